@@ -1,0 +1,40 @@
+# `make test` (as root) installs what the suite needs from Debian and PyPI, then runs ruff and
+# the whole test suite: against Debian 12's own python3-* libraries (the versions the .deb
+# runs with), then the unit tests again against the newest PyPI releases (Debian 13's API).
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+PYPI_VENV := .venv-pypi
+APT_PACKAGES := python3 python3-venv python3-pip python3-dnspython python3-netaddr \
+	python3-pytest python3-hypothesis python3-nftables python3-iptables \
+	nftables iptables ipset iproute2 procps kmod \
+	pdns-server pdns-backend-bind chrony nmap ulogd2 ulogd2-json dnsutils ntpsec-ntpdate
+PYTEST_ARGS ?=
+
+.PHONY: test deps lint unit demo clean
+
+test: deps lint
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) tests
+	$(PYPI_VENV)/bin/python -m pytest -q -m "not root and not lab" -p no:cacheprovider tests
+
+deps:
+	@if [ "$$(id -u)" != 0 ]; then echo "make test: run as root (it installs packages and builds network namespaces)" >&2; exit 1; fi
+	DEBIAN_FRONTEND=noninteractive apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
+	@# Debian starts the packaged daemons where it can; the tests run their own instances.
+	-pkill -x pdns_server; pkill -x chronyd; pkill -x ulogd; true
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(VENV)/bin/pip install -q ruff
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	test -x $(PYPI_VENV)/bin/python || $(PYTHON) -m venv $(PYPI_VENV)
+	$(PYPI_VENV)/bin/pip install -q -U dnspython netaddr pytest hypothesis
+	$(PYPI_VENV)/bin/pip install -q --no-deps -e .
+
+lint:
+	$(VENV)/bin/ruff check ntpguard tests benchmarks
+
+unit: deps
+	$(VENV)/bin/python -m pytest -m "not root and not lab" tests
+
+clean:
+	rm -rf $(VENV) $(PYPI_VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from ntpguard.cli import main
+
+sys.exit(main())

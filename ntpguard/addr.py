@@ -1,0 +1,87 @@
+"""Address parsing shared by every module: one canonical (RFC 5952) form, one idea of "global".
+
+Kernel log lines print IPv6 fully expanded with leading zeros; DNS, lists and users print it
+compressed. Everything that stores or compares an address goes through `canonical()` first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Optional, Union
+
+from ntpguard.errors import UsageError
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+# Ranges that never belong to a public NTP server or a scanner on the internet.
+_NONGLOBAL: list[tuple[IPNetwork, str]] = [
+    (ipaddress.ip_network(n), why)
+    for n, why in [
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"),
+        ("fc00::/7", "unique local (ULA)"),
+        ("2001:db8::/32", "documentation"),
+        ("3fff::/20", "documentation"),
+        ("::ffff:0:0/96", "IPv4-mapped"),
+        ("0.0.0.0/8", "unspecified"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),
+        ("10.0.0.0/8", "private"),
+        ("172.16.0.0/12", "private"),
+        ("192.168.0.0/16", "private"),
+        ("100.64.0.0/10", "shared address space (CGN)"),
+        ("192.0.2.0/24", "documentation"),
+        ("198.51.100.0/24", "documentation"),
+        ("203.0.113.0/24", "documentation"),
+    ]
+]
+
+
+def parse_address(text: str) -> IPAddress:
+    """Parse one address in any textual form; raise UsageError with the text on failure."""
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise UsageError(f"not an IP address: {text!r}") from None
+
+
+def canonical(text: str) -> str:
+    """The RFC 5952 form of an address (lower case, zeros compressed, longest run as ::)."""
+    return str(parse_address(text))
+
+
+def family(address: IPAddress) -> int:
+    """4 or 6, as stored in the state database."""
+    return address.version
+
+
+def nonglobal_reason(address: IPAddress) -> Optional[str]:
+    """Why an address can't be a public server (e.g. "link-local"), or None if it can."""
+    for net, why in _NONGLOBAL:
+        if address.version == net.version and address in net:
+            return why
+    return None
+
+
+def parse_prefix(text: str, max_v6: int = 32, max_v4: int = 16) -> IPNetwork:
+    """Parse an address or prefix; refuse host bits and prefixes broader than /max_v6 or /max_v4.
+
+    A too-broad prefix in a blocklist can cut a host off the internet, so it is an error,
+    never silently narrowed.
+    """
+    raw = text.strip()
+    try:
+        net = ipaddress.ip_network(raw, strict=True)
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            raise UsageError(f"prefix has host bits set: {raw!r}") from None
+        raise UsageError(f"not an IP address or prefix: {raw!r}") from None
+    limit = max_v6 if net.version == 6 else max_v4
+    if net.prefixlen < limit:
+        raise UsageError(f"prefix {net} is broader than the limit /{limit}")
+    return net

@@ -1,0 +1,1 @@
+"""Firewall backends: nftables (default) and legacy ip6tables via python-iptables."""

@@ -1,0 +1,214 @@
+"""TOML configuration → frozen, validated settings.
+
+Every key has a default here; packaging/ntpguard.toml documents each one and is the README's
+reference. A section is a frozen dataclass; its field types and `check` metadata are the schema,
+so adding a key is adding a field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ntpguard.addr import canonical
+from ntpguard.errors import ConfigError, UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Debian 11 / Python 3.9 only
+    import tomli as tomllib
+
+DEFAULT_PATH = "/etc/ntpguard/ntpguard.toml"
+DEFAULT_STATE_DIR = "/var/lib/ntpguard"
+
+
+def _check(fn: Callable[[Any], Any]) -> dict[str, Any]:
+    return {"check": fn}
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _non_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a port number 1-65535")
+    return value
+
+
+def _addresses(values: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        return tuple(canonical(v) for v in values)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _dns_names(values: tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for v in values:
+        name = v.strip().rstrip(".").lower()
+        labels = name.split(".")
+        if not name or len(name) > 253 or any(
+            not lab or len(lab) > 63 or not all(c.isalnum() or c in "-_" for c in lab)
+            for lab in labels
+        ):
+            raise ValueError(f"not a DNS name: {v!r}")
+        out.append(name)
+    if not out:
+        raise ValueError("must name at least one pool name")
+    return tuple(out)
+
+
+def _record_types(values: tuple[str, ...]) -> tuple[str, ...]:
+    out = tuple(v.upper() for v in values)
+    bad = [v for v in out if v not in ("A", "AAAA")]
+    if bad or not out:
+        raise ValueError('must be a non-empty list of "A" and/or "AAAA"')
+    return out
+
+
+@dataclass(frozen=True)
+class General:
+    state_dir: str = DEFAULT_STATE_DIR
+
+
+@dataclass(frozen=True)
+class Pool:
+    # Debian's default sources (/etc/ntpsec/ntp.conf, timesyncd FallbackNTP).
+    names: tuple[str, ...] = field(
+        default=(
+            "0.debian.pool.ntp.org",
+            "1.debian.pool.ntp.org",
+            "2.debian.pool.ntp.org",
+            "3.debian.pool.ntp.org",
+        ),
+        metadata=_check(_dns_names),
+    )
+    # Only 2.* carries AAAA today, but the pool may add it elsewhere: ask every name for both.
+    record_types: tuple[str, ...] = field(default=("AAAA", "A"), metadata=_check(_record_types))
+    # One answer holds at most 4 records and lives 150 s (TTL) in every cache on the way. A round
+    # sooner than the TTL only reads the same cached answer back through the system resolver and
+    # asks the pool's authoritative servers more often than they publish changes. 3 rounds of
+    # 8 queries (4 names x A/AAAA) at 150 s apart is 24 queries per run: less than a browser
+    # makes loading one page, and it still adds up to full zones over a day of hourly runs.
+    rounds: int = field(default=3, metadata=_check(_positive))
+    interval: float = field(default=150.0, metadata=_check(_non_negative))
+    # Empty: the system resolver (/etc/resolv.conf), which is what the time daemon sees; the
+    # pool's GeoDNS answers depend on the resolver's location.
+    nameservers: tuple[str, ...] = field(default=(), metadata=_check(_addresses))
+    port: int = field(default=53, metadata=_check(_port))
+    timeout: float = field(default=5.0, metadata=_check(_positive))
+    # Test labs serve documentation or ULA addresses; real pool servers never are.
+    allow_nonglobal: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Optional[str] = None
+    general: General = field(default_factory=General)
+    pool: Pool = field(default_factory=Pool)
+
+
+SECTIONS: dict[str, type] = {"general": General, "pool": Pool}
+
+
+def _type_name(tp: Any) -> str:
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    return "a list of strings"
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Check a TOML value against a field type; raise ValueError on mismatch."""
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif typing.get_origin(tp) is tuple:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if ok:
+            value = tuple(value)
+    else:  # pragma: no cover - a schema bug, not user input
+        raise TypeError(f"unsupported config type {tp!r}")
+    if not ok:
+        raise ValueError(f"must be {_type_name(tp)}")
+    return value
+
+
+def _load_section(cls: type, table: Any, path: str, section: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(path, section, "must be a table ([section])")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(path, f"{section}.{key}", "unknown key")
+        try:
+            value = _coerce(hints[key], value)
+            check = fields[key].metadata.get("check")
+            values[key] = check(value) if check else value
+        except ValueError as exc:
+            raise ConfigError(path, f"{section}.{key}", str(exc)) from None
+    return cls(**values)
+
+
+def parse(text: str, path: str) -> Config:
+    """Parse configuration text; every problem is a ConfigError naming file and key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "syntax", str(exc)) from None
+    sections = {}
+    for name, table in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(path, name, "unknown section")
+        sections[name] = _load_section(SECTIONS[name], table, path, name)
+    return Config(path=path, **sections)
+
+
+def load(path: Optional[str] = None) -> Config:
+    """Load the configuration: --config, else $NTPGUARD_CONFIG, else the default path.
+
+    A missing default file means all defaults; a missing file that was asked for is an error.
+    """
+    explicit = path or os.environ.get("NTPGUARD_CONFIG")
+    target = explicit or DEFAULT_PATH
+    try:
+        with open(target, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        if explicit:
+            raise UsageError(f"{target}: configuration file not found") from None
+        return Config()
+    except OSError as exc:
+        raise UsageError(f"{target}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(target, "syntax", "not valid UTF-8") from None
+    return parse(text, target)

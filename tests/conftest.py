@@ -1,0 +1,48 @@
+"""Shared fixtures: the CLI as a subprocess, a private state dir, root-only test gating."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (network namespaces, netfilter)")
+    for item in items:
+        if "root" in item.keywords or "lab" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    d = tmp_path / "state"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def run_cli(tmp_path, state_dir):
+    """Run `python -m ntpguard ARGS` for real; returns the CompletedProcess."""
+
+    def run(*args, config=None, input=None, env=None, timeout=120):
+        full_env = dict(os.environ)
+        full_env["NTPGUARD_STATE_DIR"] = str(state_dir)
+        full_env["NTPGUARD_CONFIG"] = str(config) if config else str(tmp_path / "none.toml")
+        full_env["PYTHONPATH"] = str(ROOT)
+        if config is None:
+            (tmp_path / "none.toml").write_text("")
+        full_env.update(env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "ntpguard", *map(str, args)],
+            input=input, capture_output=True, text=True, env=full_env, timeout=timeout,
+        )
+
+    return run
