@@ -7,7 +7,7 @@ VENV := .venv
 PYPI_VENV := .venv-pypi
 APT_PACKAGES := python3 python3-venv python3-pip python3-dnspython python3-netaddr \
 	python3-pytest python3-hypothesis python3-nftables python3-iptables \
-	nftables iptables ipset iproute2 procps kmod \
+	nftables iptables ipset iproute2 iputils-ping procps kmod \
 	pdns-server pdns-backend-bind chrony nmap ulogd2 ulogd2-json dnsutils ntpsec-ntpdate
 PYTEST_ARGS ?=
 
