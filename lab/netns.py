@@ -6,6 +6,7 @@ found and removed by the next (`cleanup(prefix)`). Nothing is connected to the r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,10 +38,8 @@ def cleanup(prefix: str = PREFIX) -> None:
             continue
         pids = sh("ip", "netns", "pids", name, check=False).stdout.split()
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
         sh("ip", "netns", "delete", name, check=False)
         # /etc/netns/NAME holds per-namespace resolv.conf; remove ours with the namespace.
         etc = f"/etc/netns/{name}"
@@ -120,10 +119,8 @@ class Lab:
             for proc in ns.procs:
                 if proc.poll() is None:
                     proc.kill()
-                    try:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        pass
         cleanup(self.prefix)
 
     def __enter__(self) -> Lab:
