@@ -114,14 +114,60 @@ class Pool:
     allow_nonglobal: bool = False
 
 
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError("must be one of " + ", ".join(f'"{c}"' for c in choices))
+        return value
+    return check
+
+
+def _prefix_limit(bits: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if not 1 <= value <= bits:
+            raise ValueError(f"must be a prefix length 1-{bits}")
+        return value
+    return check
+
+
+def _log_group(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError("must be 0 (kernel log) or an NFLOG group 1-65535")
+    return value
+
+
+@dataclass(frozen=True)
+class Rules:
+    # host: this machine's own NTP and inbound traffic (OUTPUT/INPUT); gateway: also FORWARD,
+    # protecting a LAN routed through this box.
+    mode: str = field(default="host", metadata=_check(_one_of("host", "gateway")))
+    # NTP to an address that is not a known clean server: "block" is what "NTP reaches clean
+    # servers only" means; "allow" only rejects harvesters and suspects.
+    unknown: str = field(default="block", metadata=_check(_one_of("block", "allow")))
+    # auto: nft wherever it works; iptables only where the host's iptables is legacy.
+    backend: str = field(default="auto", metadata=_check(_one_of("auto", "nft", "iptables")))
+    # Rate-limited log lines ("ntpguard-ntp-out: ", "ntpguard-in: ", ...) are the evidence the
+    # detector reads on hosts whose firewall logs nothing. A 100-port scan within 1 s still
+    # leaves burst + rate lines, well above a 15-distinct-port scan threshold.
+    log: bool = True
+    log_rate: int = field(default=20, metadata=_check(_positive))
+    log_burst: int = field(default=100, metadata=_check(_positive))
+    # 0: kernel log (LOG); N: NFLOG group N for ulogd2 (nft backend only).
+    log_group: int = field(default=0, metadata=_check(_log_group))
+    # A blocklist entry broader than this could cut the host off the internet: refused.
+    max_prefix_v6: int = field(default=32, metadata=_check(_prefix_limit(128)))
+    max_prefix_v4: int = field(default=16, metadata=_check(_prefix_limit(32)))
+
+
 @dataclass(frozen=True)
 class Config:
     path: Optional[str] = None
     general: General = field(default_factory=General)
     pool: Pool = field(default_factory=Pool)
+    rules: Rules = field(default_factory=Rules)
 
 
-SECTIONS: dict[str, type] = {"general": General, "pool": Pool}
+SECTIONS: dict[str, type] = {"general": General, "pool": Pool, "rules": Rules}
 
 
 def _type_name(tp: Any) -> str:
