@@ -159,15 +159,117 @@ class Rules:
     max_prefix_v4: int = field(default=16, metadata=_check(_prefix_limit(32)))
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(repr(a) for a in allowed)}")
+        return value
+
+    return check
+
+
+def _list_name(value: str) -> str:
+    if not value or len(value) > 63 or not value[0].isalnum() or not all(
+        c.islower() or c.isdigit() or c in "_.-" for c in value
+    ):
+        raise ValueError("must be lower-case letters, digits, '.', '_', '-' (up to 63)")
+    return value
+
+
+def _list_url(value: str) -> str:
+    # Plain http would let anyone on the path rewrite a blocklist; file:// is for local mirrors.
+    if not (value.startswith("https://") or value.startswith("file:///")):
+        raise ValueError("must be an https:// (or file:///) URL")
+    return value
+
+
+def _sha256_hex(value: str) -> str:
+    v = value.strip().lower()
+    if v and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v)):
+        raise ValueError("must be empty or 64 hex digits (a SHA-256)")
+    return v
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One shared list fetched by `list fetch` and `sync` ([[lists.subscriptions]])."""
+
+    name: str = field(metadata=_check(_list_name))
+    url: str = field(metadata=_check(_list_url))
+    trust: str = field(default="enforce", metadata=_check(_choice("enforce", "report")))
+    sha256: str = field(default="", metadata=_check(_sha256_hex))
+    # A minisign public key (the base64 line of a .pub file, "RW..."): the list must come with
+    # a valid signature at URL.minisig.
+    pubkey: str = ""
+    max_entries: int = field(default=100_000, metadata=_check(_positive))
+    max_bytes: int = field(default=8 << 20, metadata=_check(_positive))
+    timeout: float = field(default=30.0, metadata=_check(_positive))
+    ca_file: str = ""
+    kind: str = field(default="", metadata=_check(_choice("", "harvester", "scanner")))
+
+
+def _unique_subscriptions(values: tuple[Subscription, ...]) -> tuple[Subscription, ...]:
+    seen = set()
+    for sub in values:
+        if sub.name in seen:
+            raise ValueError(f"two subscriptions are named {sub.name!r}")
+        if sub.name.startswith("builtin"):
+            raise ValueError(f"{sub.name!r}: names starting with 'builtin' are for shipped lists")
+        seen.add(sub.name)
+    return values
+
+
+@dataclass(frozen=True)
+class Lists:
+    # The 2016 harvesters and scanner prefix shipped in rules/ (harvesters.txt, scanners.txt).
+    builtin: bool = True
+    builtin_trust: str = field(default="enforce", metadata=_check(_choice("enforce", "report")))
+    # Empty: rules/ beside the package (source tree), else /usr/share/ntpguard/rules.
+    builtin_dir: str = ""
+    # Limit for imported lists (subscriptions have their own max_entries). Prefix limits are
+    # [rules] max_prefix_v6/v4.
+    max_entries: int = field(default=100_000, metadata=_check(_positive))
+    allow_nonglobal: bool = False
+    subscriptions: tuple[Subscription, ...] = field(
+        default=(), metadata=_check(_unique_subscriptions)
+    )
+
+
+@dataclass(frozen=True)
+class Timeconf:
+    # auto: detect the daemon in use; none: never write.
+    daemon: str = field(default="auto", metadata=_check(
+        _choice("auto", "chrony", "timesyncd", "ntpsec", "ntp", "openntpd", "none")))
+    count: int = field(default=4, metadata=_check(_positive))
+    # Only servers seen in a DNS answer this recently (seconds): the pool drops dead servers.
+    max_age: float = field(default=7 * 86400.0, metadata=_check(_positive))
+    # One operator often holds many addresses: at most one server per /48 (IPv4: /24).
+    spread_v6: int = field(default=48, metadata=_check(_prefix_limit(128)))
+    spread_v4: int = field(default=24, metadata=_check(_prefix_limit(32)))
+    # Send one SNTP query to each candidate and prefer those that answer sanely and fast.
+    check: bool = False
+    check_timeout: float = field(default=1.0, metadata=_check(_positive))
+    max_delay: float = field(default=0.5, metadata=_check(_positive))
+    options: str = "iburst"
+    chrony_sources: str = "/etc/chrony/sources.d/ntpguard.sources"
+    timesyncd_dropin: str = "/etc/systemd/timesyncd.conf.d/ntpguard.conf"
+    # timesyncd FallbackNTP=; empty: leave Debian's default pool names as the fallback.
+    fallback: tuple[str, ...] = ()
+    # After a changed file: `chronyc reload sources` / restart systemd-timesyncd.
+    reload: bool = True
+
+
 @dataclass(frozen=True)
 class Config:
     path: Optional[str] = None
     general: General = field(default_factory=General)
     pool: Pool = field(default_factory=Pool)
+    lists: Lists = field(default_factory=Lists)
+    timeconf: Timeconf = field(default_factory=Timeconf)
     rules: Rules = field(default_factory=Rules)
 
 
-SECTIONS: dict[str, type] = {"general": General, "pool": Pool, "rules": Rules}
+SECTIONS: dict[str, type] = {"general": General, "pool": Pool, "rules": Rules, "lists": Lists, "timeconf": Timeconf}
 
 
 def _type_name(tp: Any) -> str:
@@ -205,6 +307,30 @@ def _coerce(tp: Any, value: Any) -> Any:
     return value
 
 
+def _table_list_type(tp: Any) -> Optional[type]:
+    """The dataclass X of a `tuple[X, ...]` field (a TOML array of tables), else None."""
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if args and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
+
+
+def _load_tables(cls: type, value: Any, path: str, key: str) -> tuple[Any, ...]:
+    """[[key]] tables → a tuple of cls; a field without a default is a required key."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(path, key, f"must be an array of tables ([[{key}]])")
+    out = []
+    for index, table in enumerate(value):
+        where = f"{key}[{index}]"
+        for f in dataclasses.fields(cls):
+            if (f.name not in table and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING):
+                raise ConfigError(path, f"{where}.{f.name}", "missing (required)")
+        out.append(_load_section(cls, table, path, where))
+    return tuple(out)
+
+
 def _load_section(cls: type, table: Any, path: str, section: str) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(path, section, "must be a table ([section])")
@@ -215,7 +341,11 @@ def _load_section(cls: type, table: Any, path: str, section: str) -> Any:
         if key not in fields:
             raise ConfigError(path, f"{section}.{key}", "unknown key")
         try:
-            value = _coerce(hints[key], value)
+            table_type = _table_list_type(hints[key])
+            if table_type is not None:
+                value = _load_tables(table_type, value, path, f"{section}.{key}")
+            else:
+                value = _coerce(hints[key], value)
             check = fields[key].metadata.get("check")
             values[key] = check(value) if check else value
         except ValueError as exc:
