@@ -44,6 +44,8 @@ _NONGLOBAL: list[tuple[IPNetwork, str]] = [
 
 def parse_address(text: str) -> IPAddress:
     """Parse one address in any textual form; raise UsageError with the text on failure."""
+    if "%" in text:  # a scope id (fe80::1%eth0) names a link, never a server
+        raise UsageError(f"not an IP address: {text!r}")
     try:
         return ipaddress.ip_address(text.strip())
     except ValueError:

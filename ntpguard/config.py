@@ -269,7 +269,9 @@ class Config:
     rules: Rules = field(default_factory=Rules)
 
 
-SECTIONS: dict[str, type] = {"general": General, "pool": Pool, "rules": Rules, "lists": Lists, "timeconf": Timeconf}
+SECTIONS: dict[str, type] = {
+    "general": General, "pool": Pool, "rules": Rules, "lists": Lists, "timeconf": Timeconf,
+}
 
 
 def _type_name(tp: Any) -> str:

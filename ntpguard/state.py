@@ -143,7 +143,8 @@ class State:
         try:
             os.makedirs(directory, mode=0o755, exist_ok=True)
         except OSError as exc:
-            raise StateError(f"{directory}: cannot create state directory: {exc.strerror}") from None
+            raise StateError(
+                f"{directory}: cannot create state directory: {exc.strerror}") from None
         held = _Lock(os.path.join(directory, LOCK_NAME), holder, wait)
         try:
             conn = sqlite3.connect(path, timeout=30, isolation_level=None)

@@ -107,7 +107,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
     )
     try:
-        return int(args.func(Context(args), args) or 0)
+        ctx = Context(args)
+        ctx.config  # noqa: B018 - a bad config file fails every command, not only some
+        return int(args.func(ctx, args) or 0)
     except NtpguardError as exc:
         print(f"ntpguard: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -36,7 +36,9 @@ def run(ctx, args: argparse.Namespace) -> int:
             "state_dir": state.directory,
             "schema": state.schema_version,
             "servers": len(rows),
-            "by_family": {f"ipv{f}": n for f, n in sorted(Counter(r["family"] for r in rows).items())},
+            "by_family": {
+                f"ipv{f}": n for f, n in sorted(Counter(r["family"] for r in rows).items())
+            },
             "by_status": dict(sorted(Counter(r["status"] for r in rows).items())),
             "zones": zones,
             "last_resolve": iso(last_resolve["finished"]) if last_resolve else None,

@@ -1,0 +1,92 @@
+"""The CLI contract: one-line errors with documented exit codes, help everywhere, JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ntpguard.cli import COMMANDS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_version(run_cli):
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("ntpguard ")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(run_cli, command):
+    out = run_cli(command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert f"ntpguard {command}" in out.stdout
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[pool]\nrounds = -1\n", "pool.rounds: must be greater than 0"),
+    ("[pool]\nnameservers = ['999.1.1.1']\n", "pool.nameservers: not an IP address"),
+    ("[pool]]\n", "syntax:"),
+    ("[pool]\ncolour = 'red'\n", "pool.colour: unknown key"),
+])
+def test_bad_config_is_one_line_and_exit_2(tmp_path, run_cli, text, message):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    for command in ("resolve", "servers", "status"):
+        out = run_cli(command, config=cfg)
+        assert out.returncode == 2
+        assert out.stderr.startswith(f"ntpguard: {cfg}: ") and message in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_missing_explicit_config(tmp_path, run_cli):
+    out = run_cli("status", "--config", str(tmp_path / "nope.toml"))
+    assert out.returncode == 2 and "configuration file not found" in out.stderr
+
+
+def test_bad_arguments_exit_2(run_cli):
+    assert run_cli("resolve", "--rounds", "0").returncode == 2
+    assert run_cli("resolve", "--rounds", "x").returncode == 2
+    assert run_cli("frobnicate").returncode == 2
+
+
+def test_lock_busy_is_exit_3_and_wait_waits(run_cli, state_dir):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time; from ntpguard.state import State\n"
+         f"s = State.open({str(state_dir)!r}, holder='ntpguard sync')\n"
+         "print('held', flush=True); time.sleep(2); s.close()"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        # resolve writes, so it needs the lock; pool.rounds = 0 is invalid, use a dead port.
+        out = run_cli("resolve", "--rounds", "1")
+        assert out.returncode == 3
+        assert "locked by pid" in out.stderr and "(ntpguard sync)" in out.stderr
+        # Readers do not need the lock.
+        assert run_cli("status").returncode == 0
+        start = time.monotonic()
+        run_cli("resolve", "--rounds", "1", "--wait", "--interval", "0",
+                env={"NTPGUARD_CONFIG": "/dev/null"})
+        assert time.monotonic() - start > 0.5
+    finally:
+        holder.wait()
+
+
+def test_unwritable_state_dir_is_a_one_line_error(run_cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = run_cli("resolve", "--state-dir", str(blocker / "sub"))
+    assert out.returncode == 1
+    assert out.stderr.startswith("ntpguard: ") and "Traceback" not in out.stderr
+
+
+def test_status_and_servers_json_on_empty_state(run_cli):
+    status = json.loads(run_cli("status", "--json").stdout)
+    assert status["servers"] == 0 and status["last_resolve"] is None
+    assert json.loads(run_cli("servers", "--json").stdout) == []

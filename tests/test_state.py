@@ -1,0 +1,169 @@
+"""The state database: schema, merge, verdict history, the writer lock and crash consistency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ntpguard import state as state_mod
+from ntpguard.errors import LockBusy, StateError
+from ntpguard.state import State
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_new_state_is_migrated_and_in_wal(state_dir):
+    with State.open(str(state_dir)) as st:
+        assert st.schema_version == len(state_mod.MIGRATIONS)
+        assert st.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert st.servers() == []
+
+
+def test_merge_counts_zones_and_new_servers(state_dir):
+    with State.open(str(state_dir)) as st:
+        assert st.record_answer("2.p", "AAAA", [("2001:db8::1", 6), ("2001:db8::2", 6)], 10) == [
+            "2001:db8::1", "2001:db8::2"]
+        assert st.record_answer("2.p", "AAAA", [("2001:db8::2", 6)], 20) == []
+        assert st.record_answer("0.p", "A", [("192.0.2.1", 4)], 30) == ["192.0.2.1"]
+        st.record_answer("3.p", "AAAA", [("2001:db8::2", 6)], 15)
+        servers = {s.address: s for s in st.servers()}
+    two = servers["2001:db8::2"]
+    assert (two.first_seen, two.last_seen, two.times_seen) == (10, 20, 3)
+    assert two.zones == ("2.p", "3.p")
+    assert servers["192.0.2.1"].family == 4
+    with State.open(str(state_dir), lock=False) as ro:
+        assert ro.zone_incidence("2.p", 6) == (2, [1, 2]) or ro.zone_incidence("2.p", 6) == (
+            2, [2, 1])
+
+
+def test_verdict_history_and_bad_status(state_dir):
+    with State.open(str(state_dir)) as st:
+        st.add_verdict("2001:db8::1", "suspect", "detect", {"positive": 1}, 1)
+        st.add_verdict("2001:db8::1", "harvester", "detect", {"positive": 3}, 2)
+        st.add_verdict("2001:db8::1", "clean", "manual", None, 3)
+        with pytest.raises(StateError, match="unknown status"):
+            st.add_verdict("2001:db8::1", "evil", "manual", None, 4)
+        hist = st.verdict_history("2001:db8::1")
+        latest = st.latest_verdicts()["2001:db8::1"]
+    assert [v.status for v in hist] == ["suspect", "harvester", "clean"]
+    assert latest["detect"].evidence == {"positive": 3}
+    assert latest["manual"].status == "clean"
+
+
+def test_readonly_open_of_missing_state_creates_nothing(tmp_path):
+    target = tmp_path / "nowhere"
+    with State.open(str(target), lock=False) as st:
+        assert st.servers() == []
+    assert not target.exists()
+
+
+def test_newer_schema_is_refused(state_dir):
+    with State.open(str(state_dir)) as st:
+        st.conn.execute("PRAGMA user_version=99")
+    with pytest.raises(StateError, match="newer ntpguard"):
+        State.open(str(state_dir))
+    with pytest.raises(StateError, match="newer ntpguard"):
+        State.open(str(state_dir), lock=False)
+
+
+def test_garbage_database_is_a_state_error(state_dir):
+    (state_dir / "state.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StateError, match=r"state\.db"):
+        State.open(str(state_dir))
+
+
+def test_second_writer_is_refused_and_names_the_holder(state_dir):
+    with State.open(str(state_dir), holder="ntpguard resolve"), pytest.raises(LockBusy) as info:
+        State.open(str(state_dir), holder="ntpguard sync")
+    assert f"pid {os.getpid()} (ntpguard resolve)" in str(info.value)
+    # Released on close: a new writer gets in.
+    State.open(str(state_dir)).close()
+
+
+def test_wait_blocks_until_the_holder_is_gone(state_dir):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from ntpguard.state import State\n"
+         f"s = State.open({str(state_dir)!r}, holder='holder')\n"
+         "print('held', flush=True); time.sleep(1.5); s.close()"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    start = time.monotonic()
+    with State.open(str(state_dir), wait=True):
+        waited = time.monotonic() - start
+    holder.wait()
+    assert waited > 0.5
+
+
+WRITER = """
+import sys
+from ntpguard.state import State
+st = State.open(sys.argv[1])
+i = 0
+print("go", flush=True)
+while True:
+    base = (i * 4) % 4000
+    st.record_answer("2.p", "AAAA",
+                     [(f"2001:db8::{base + k:x}", 6) for k in range(4)], float(i))
+    i += 1
+"""
+
+
+def test_sigkill_mid_write_leaves_a_consistent_database(state_dir):
+    """Every answer adds exactly 4 sightings; after a kill at a random point they still add up."""
+    for delay in (0.05, 0.2, 0.5):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(state_dir)],
+                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert proc.stdout.readline().strip() == "go"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with State.open(str(state_dir)) as st:
+            assert st.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            answers = st.conn.execute("SELECT answers FROM zone_answers").fetchone()[0]
+            sightings = st.conn.execute("SELECT sum(times_seen) FROM server_zones").fetchone()[0]
+            total = st.conn.execute("SELECT sum(times_seen) FROM servers").fetchone()[0]
+        assert answers > 0
+        assert sightings == total == 4 * answers
+
+
+def test_migrations_run_in_order_and_only_once(state_dir, monkeypatch):
+    calls = []
+
+    def step(conn: sqlite3.Connection) -> None:
+        calls.append(1)
+        conn.execute("CREATE TABLE extra (x)")
+
+    with State.open(str(state_dir)):
+        pass
+    monkeypatch.setattr(state_mod, "MIGRATIONS", [*state_mod.MIGRATIONS, step])
+    with State.open(str(state_dir)) as st:
+        assert st.schema_version == len(state_mod.MIGRATIONS)
+    with State.open(str(state_dir)):
+        pass
+    assert calls == [1]
+
+
+def test_failed_migration_rolls_back(state_dir, monkeypatch):
+    with State.open(str(state_dir)):
+        pass
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half (x)")
+        raise sqlite3.OperationalError("boom")
+
+    monkeypatch.setattr(state_mod, "MIGRATIONS", [*state_mod.MIGRATIONS, broken])
+    with pytest.raises(StateError, match="boom"):
+        State.open(str(state_dir))
+    monkeypatch.undo()
+    with State.open(str(state_dir)) as st:
+        tables = {r[0] for r in st.conn.execute("SELECT name FROM sqlite_master")}
+    assert "half" not in tables
