@@ -135,7 +135,8 @@ def _parse_text(text: str, source: str, limits: Limits) -> list[Entry]:
         if not fields:
             continue
         if len(fields) > 2:
-            problems.append(f"line {number}: expected ADDRESS KIND [# comment], got {line.strip()!r}")
+            problems.append(f"line {number}: expected ADDRESS KIND [# comment], "
+                            f"got {line.strip()!r}")
             continue
         kind = fields[1] if len(fields) == 2 else limits.default_kind
         if not kind:
@@ -307,7 +308,7 @@ def list_dir(state_dir: str) -> str:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, rename: readers see old or new, never half."""
+    """Write a temporary file beside `path`, fsync, rename: readers see old or new, never half."""
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
@@ -346,6 +347,15 @@ def store(state_dir: str, name: str, parsed: ParsedList, meta: dict[str, Any]) -
     except OSError as exc:
         raise UsageError(f"{directory}: cannot store list {name}: {exc.strerror}") from None
     return path
+
+
+def store_meta(state_dir: str, name: str, meta: dict[str, Any]) -> None:
+    """Rewrite only the metadata (e.g. the time of a 304 check); the list stays as it is."""
+    path = os.path.join(list_dir(state_dir), f"{check_name(name)}.meta.json")
+    try:
+        _atomic_write(path, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
 
 
 def read_meta(state_dir: str, name: str) -> dict[str, Any]:
@@ -394,3 +404,135 @@ def remove_stored(state_dir: str, name: str) -> bool:
             os.unlink(path)
             removed = True
     return removed
+
+
+# -- the lists in force --------------------------------------------------------------------------
+
+BUILTIN_FILES = ("harvesters.txt", "scanners.txt")
+SYSTEM_RULES_DIR = "/usr/share/ntpguard/rules"
+
+
+@dataclass(frozen=True)
+class LoadedList:
+    """A list in force: its name (`builtin-harvesters`, a subscription, an import) and trust.
+
+    trust "enforce": entries count as evidence for verdicts and rules (below manual marks and
+    local evidence); "report": shown by `list show`/`explain` only.
+    """
+
+    name: str
+    trust: str
+    entries: tuple[Entry, ...]
+    origin: str  # file or URL it came from
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def limits_for(config: Any, max_entries: Optional[int] = None, kind: str = "") -> Limits:
+    """Limits from the [lists] and [rules] sections (prefix limits are shared with the rules)."""
+    rules = getattr(config, "rules", None)
+    return Limits(
+        max_entries=max_entries if max_entries is not None else config.lists.max_entries,
+        min_prefixlen_v6=getattr(rules, "max_prefix_v6", 32),
+        min_prefixlen_v4=getattr(rules, "max_prefix_v4", 16),
+        allow_nonglobal=config.lists.allow_nonglobal,
+        default_kind=kind,
+    )
+
+
+def builtin_dir(config: Any) -> str:
+    if config.lists.builtin_dir:
+        return config.lists.builtin_dir
+    source_tree = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "rules")
+    if os.path.isfile(os.path.join(source_tree, BUILTIN_FILES[0])):
+        return source_tree
+    return SYSTEM_RULES_DIR
+
+
+def load_builtin(config: Any) -> list[LoadedList]:
+    """The shipped lists; [lists] builtin = false switches them off."""
+    if not config.lists.builtin:
+        return []
+    directory = builtin_dir(config)
+    out = []
+    for fname in BUILTIN_FILES:
+        path = os.path.join(directory, fname)
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read shipped list: {exc.strerror} "
+                             "(set [lists] builtin_dir, or builtin = false)") from None
+        parsed = parse(raw, path, limits_for(config), "text")
+        name = "builtin-" + fname.rsplit(".", 1)[0]
+        out.append(LoadedList(name, config.lists.builtin_trust, parsed.entries, path))
+    return out
+
+
+def load_all(config: Any, state_dir: str) -> list[LoadedList]:
+    """Every list in force: shipped, subscribed and imported (their last good copies)."""
+    subs = {s.name: s for s in config.lists.subscriptions}
+    out = load_builtin(config)
+    for name in stored_names(state_dir):
+        meta = read_meta(state_dir, name)
+        sub = subs.get(name)
+        if sub is not None:
+            limits, trust = limits_for(config, sub.max_entries, sub.kind), sub.trust
+        else:
+            limits = limits_for(config, kind=str(meta.get("kind", "")))
+            trust = meta.get("trust") if meta.get("trust") in TRUSTS else "enforce"
+        parsed = load_stored(state_dir, name, limits)
+        if parsed is not None:
+            out.append(LoadedList(name, trust, parsed.entries, str(meta.get("source", "")), meta))
+    return out
+
+
+# -- export from local verdicts ------------------------------------------------------------------
+
+
+def entries_from_verdicts(history: Iterable[Any]) -> list[Entry]:
+    """This host's own findings as list entries: what `list export` publishes.
+
+    Only local sources (manual marks, detection, probes) count: re-publishing other people's
+    lists would launder them into "evidence" on every host that subscribes. A server is
+    exported when its effective local verdict (ntpguard.precedence) is `harvester`; evidence
+    counts are the integer fields of that verdict's evidence; scanner addresses or prefixes a
+    detection names under evidence "scanners" are exported as `scanner` entries.
+    """
+    from ntpguard.precedence import LIST_RANK, effective, rank
+
+    by_address: dict[str, list[Any]] = {}
+    for v in history:
+        if rank(v.source) < LIST_RANK:
+            by_address.setdefault(v.address, []).append(v)
+    harvesters: dict[IPNetwork, Entry] = {}
+    scanners: dict[IPNetwork, Entry] = {}
+    for address, verdicts in by_address.items():
+        latest: dict[str, Any] = {}
+        for v in sorted(verdicts, key=lambda v: v.time):
+            latest[v.source] = v
+        decided = effective(latest)
+        if decided is None or decided.status != "harvester":
+            continue
+        try:
+            net = parse_prefix(address, 0, 0)
+        except UsageError:
+            continue
+        times = [v.time for v in verdicts if v.status == "harvester"]
+        counts = tuple(sorted((k, n) for k, n in decided.evidence.items()
+                              if isinstance(n, int) and not isinstance(n, bool) and n >= 0))
+        note = decided.evidence.get("note") if isinstance(decided.evidence.get("note"), str) else ""
+        comment = f"{decided.source}: {note}" if note else decided.source
+        harvesters[net] = Entry(net, "harvester", comment.replace("\n", " "), 0, counts,
+                                min(times), max(times))
+        named = decided.evidence.get("scanners")
+        for s in named if isinstance(named, list) else []:
+            try:
+                snet = parse_prefix(str(s), 0, 0)
+            except UsageError:
+                continue
+            old = scanners.get(snet)
+            first = min(times) if old is None else min(old.first_seen or min(times), min(times))
+            scanners[snet] = Entry(snet, "scanner", f"scanned after {address}", 0, (),
+                                   first, max(times))
+    return list(harvesters.values()) + [s for n, s in scanners.items() if n not in harvesters]

@@ -1,0 +1,161 @@
+"""`ntpguard list show|import|fetch|export|remove`: shared harvester and scanner lists."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from ntpguard import fetch, lists
+from ntpguard.cli._fmt import iso, table
+from ntpguard.errors import UsageError
+
+
+def register(sub, common) -> None:
+    # `common` goes on each action only: on both levels argparse lets the action's defaults
+    # overwrite options given before it.
+    p = sub.add_parser("list", help="shared harvester/scanner lists",
+                       description="Show, import, fetch and export shared lists of harvesters "
+                       "and scanners (formats: README, 'Shared lists').")
+    lsub = p.add_subparsers(dest="list_command", metavar="ACTION")
+    lsub.required = True
+
+    show = lsub.add_parser("show", parents=[common], help="the lists in force, or one list")
+    show.add_argument("name", nargs="?", help="print this list's entries (text format)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=run_show)
+
+    imp = lsub.add_parser("import", parents=[common], help="validate and keep a list",
+                          description="Validate FILE or URL as a whole and keep it as list NAME. "
+                          "A list with any error is refused and the previous copy stays.")
+    imp.add_argument("source", metavar="FILE|URL")
+    imp.add_argument("--name", default="", help="list name (default: the file name's stem)")
+    imp.add_argument("--kind", choices=lists.KINDS, default="",
+                     help="kind for lines without one (e.g. a plain scanner blocklist)")
+    imp.add_argument("--trust", choices=lists.TRUSTS, default="enforce",
+                     help="enforce: used for verdicts and rules; report: shown only")
+    imp.add_argument("--format", choices=("auto", "text", "json"), default="auto")
+    imp.add_argument("--sha256", default="", help="refuse unless the content has this SHA-256")
+    imp.add_argument("--pubkey", default="",
+                     help="minisign public key (RW...); needs SOURCE.minisig")
+    imp.add_argument("--ca-file", default="", help="CA certificates for an https:// URL")
+    imp.set_defaults(func=run_import)
+
+    fet = lsub.add_parser("fetch", parents=[common], help="refresh the subscriptions now")
+    fet.add_argument("name", nargs="?", help="only this subscription")
+    fet.add_argument("--json", action="store_true", help="print JSON")
+    fet.set_defaults(func=run_fetch)
+
+    exp = lsub.add_parser("export", parents=[common], help="this host's findings as a list")
+    exp.add_argument("--format", choices=("text", "json"), default="text")
+    exp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    exp.set_defaults(func=run_export)
+
+    rm = lsub.add_parser("remove", parents=[common], help="forget an imported list")
+    rm.add_argument("name")
+    rm.set_defaults(func=run_remove)
+
+
+def _counts(entries) -> str:
+    h = sum(1 for e in entries if e.kind == "harvester")
+    return f"{h} harvesters, {len(entries) - h} scanners"
+
+
+def run_show(ctx, args: argparse.Namespace) -> int:
+    loaded = lists.load_all(ctx.config, ctx.state_dir)
+    if args.name:
+        match = [lst for lst in loaded if lst.name == args.name]
+        if not match:
+            raise UsageError(f"no list named {args.name!r} (see `ntpguard list show`)")
+        lst = match[0]
+        if args.json:
+            sys.stdout.write(lists.export_json(lst.entries, time.time()))
+        else:
+            sys.stdout.write(lists.export_text(lst.entries, f"{lst.name} ({lst.trust}) from "
+                                               f"{lst.origin}"))
+        return 0
+    rows = []
+    names = {lst.name for lst in loaded}
+    for lst in loaded:
+        rows.append({"name": lst.name, "trust": lst.trust, "entries": len(lst.entries),
+                     "summary": _counts(lst.entries), "source": lst.origin,
+                     "fetched": iso(lst.meta.get("fetched")),
+                     "checked": iso(lst.meta.get("checked")),
+                     "signed": bool(lst.meta.get("signed"))})
+    for sub in ctx.config.lists.subscriptions:
+        if sub.name not in names:
+            rows.append({"name": sub.name, "trust": sub.trust, "entries": 0,
+                         "summary": "never fetched", "source": sub.url, "fetched": None,
+                         "checked": None, "signed": bool(sub.pubkey)})
+    if args.json:
+        from ntpguard.cli import print_json
+        print_json(rows)
+        return 0
+    out = [["list", "trust", "entries", "fetched", "source"]]
+    for r in rows:
+        out.append([r["name"], r["trust"], r["summary"], r["fetched"] or "-", r["source"]])
+    print(table(out))
+    return 0
+
+
+def run_import(ctx, args: argparse.Namespace) -> int:
+    # The lock keeps an import from interleaving with a running `sync` that reads the lists.
+    with ctx.open_state(write=True):
+        name, parsed = fetch.import_source(
+            ctx.config, ctx.state_dir, args.source, name=args.name, kind=args.kind,
+            trust=args.trust, ca_file=args.ca_file, sha256=args.sha256, pubkey=args.pubkey,
+            fmt=args.format,
+        )
+    print(f"list {name}: {len(parsed.entries)} entries ({_counts(parsed.entries)}), "
+          f"{args.trust}")
+    return 0
+
+
+def run_fetch(ctx, args: argparse.Namespace) -> int:
+    if not ctx.config.lists.subscriptions:
+        print("no subscriptions configured ([[lists.subscriptions]])")
+        return 0
+    with ctx.open_state(write=True):
+        report = fetch.refresh_subscriptions(ctx.config, ctx.state_dir, only=args.name)
+    if args.json:
+        from ntpguard.cli import print_json
+        print_json(report.as_dict())
+    else:
+        for r in report.results:
+            detail = f": {r.message}" if r.message else ""
+            print(f"{r.name}: {r.status}, {r.entries} entries{detail}")
+        print(report.summary())
+    if report.ok:
+        return 0
+    return 4 if report.count("failed") < len(report.results) else 1
+
+
+def run_export(ctx, args: argparse.Namespace) -> int:
+    with ctx.open_state(write=False) as state:
+        entries = lists.entries_from_verdicts(state.verdict_history())
+    now = time.time()
+    if args.format == "json":
+        text = lists.export_json(entries, now)
+    else:
+        text = lists.export_text(entries, f"ntpguard {lists.iso(now)}: harvesters found on this "
+                                 "host (manual marks, detection, probes)")
+    if args.output:
+        tmp = f"{args.output}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, args.output)
+        except OSError as exc:
+            raise UsageError(f"{args.output}: cannot write: {exc.strerror}") from None
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def run_remove(ctx, args: argparse.Namespace) -> int:
+    with ctx.open_state(write=True):
+        if not lists.remove_stored(ctx.state_dir, lists.check_name(args.name)):
+            raise UsageError(f"no stored list named {args.name!r}")
+    print(f"list {args.name} removed")
+    return 0
