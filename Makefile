@@ -21,8 +21,6 @@ deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make test: run as root (it installs packages and builds network namespaces)" >&2; exit 1; fi
 	DEBIAN_FRONTEND=noninteractive apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
-	@# Debian starts the packaged daemons where it can; the tests run their own instances.
-	-pkill -x pdns_server; pkill -x chronyd; pkill -x ulogd; true
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(VENV)/bin/pip install -q ruff
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
