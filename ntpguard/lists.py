@@ -525,14 +525,16 @@ def entries_from_verdicts(history: Iterable[Any]) -> list[Entry]:
         comment = f"{decided.source}: {note}" if note else decided.source
         harvesters[net] = Entry(net, "harvester", comment.replace("\n", " "), 0, counts,
                                 min(times), max(times))
-        named = decided.evidence.get("scanners")
-        for s in named if isinstance(named, list) else []:
-            try:
-                snet = parse_prefix(str(s), 0, 0)
-            except UsageError:
-                continue
-            old = scanners.get(snet)
-            first = min(times) if old is None else min(old.first_seen or min(times), min(times))
-            scanners[snet] = Entry(snet, "scanner", f"scanned after {address}", 0, (),
-                                   first, max(times))
+        for v in verdicts:
+            named = v.evidence.get("scanners") if v.status == "harvester" else None
+            for s in named if isinstance(named, list) else []:
+                try:
+                    snet = parse_prefix(str(s), 0, 0)
+                except UsageError:
+                    continue
+                old = scanners.get(snet)
+                first = v.time if old is None else min(old.first_seen or v.time, v.time)
+                last = v.time if old is None else max(old.last_seen or v.time, v.time)
+                scanners[snet] = Entry(snet, "scanner", f"scanned after {address}", 0, (),
+                                       first, last)
     return list(harvesters.values()) + [s for n, s in scanners.items() if n not in harvesters]

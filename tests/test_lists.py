@@ -1,0 +1,256 @@
+"""Shared-list parsing, validation, storage and export (pure; no root)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ntpguard import config, lists
+from ntpguard.errors import ConfigError, UsageError
+from ntpguard.state import Verdict
+
+RULES = Path(__file__).resolve().parent.parent / "rules"
+LIM = lists.Limits()
+
+
+def parse_text(text: str, limits: lists.Limits = LIM) -> lists.ParsedList:
+    return lists.parse(text.encode(), "t.txt", limits)
+
+
+def refused(raw: bytes, limits: lists.Limits = LIM) -> list[str]:
+    with pytest.raises(lists.ListError) as exc:
+        lists.parse(raw, "t.txt", limits)
+    assert str(exc.value).startswith("t.txt: list refused")
+    assert "\n" not in str(exc.value)
+    return exc.value.problems
+
+
+def test_text_format_documented_example():
+    p = parse_text("# a comment line\n\n2604:a880:800:10::/64 scanner # scan6.shodan.io\r\n"
+                   "2604:A880:0400:00D0:0000:0000:0009:B001   harvester\n"
+                   "198.51.99.7 harvester#no space\n")
+    assert p.format == "text"
+    assert [(e.address, e.kind, e.comment, e.line) for e in p.entries] == [
+        ("2604:a880:800:10::/64", "scanner", "scan6.shodan.io", 3),
+        ("2604:a880:400:d0::9:b001", "harvester", "", 4),
+        ("198.51.99.7", "harvester", "no space", 5),
+    ]
+
+
+def test_every_problem_reported_with_line_numbers():
+    problems = refused(
+        b"2604:a880:800:10::/64 scanner\n"      # 1 ok
+        b"2001:db8::1 harvester\n"             # 2 documentation
+        b"2604::/16 scanner\n"                 # 3 too broad
+        b"2a03:b0c0:3:d0::18:b001 friend\n"    # 4 unknown kind
+        b"2604:a880:800:10::/64 scanner\n"     # 5 duplicate
+        b"2604:a880:800:10::1/64 scanner\n"    # 6 host bits
+        b"fe80::1 harvester\n"                 # 7 link-local
+        b"2604:a880:1:20::a7:f001\n"           # 8 no kind
+        b"1.2.3.4 harvester extra\n"           # 9 too many fields
+        b"nonsense harvester\n"                # 10 not an address
+        b"10.1.2.3 harvester\n"                # 11 private
+    )
+    text = " | ".join(problems)
+    for n, word in [(2, "documentation"), (3, "broader than the limit /32"), (4, "unknown kind"),
+                    (5, "duplicate of line 1"), (6, "host bits"), (7, "link-local"),
+                    (8, "no kind"), (9, "expected ADDRESS KIND"), (10, "not an IP address"),
+                    (11, "private")]:
+        assert any(p.startswith(f"line {n}:") and word in p for p in problems), (n, text)
+    assert len(problems) == 10
+
+
+def test_conflicting_kinds_and_error_message_is_one_line_capped():
+    problems = refused(b"2604:a880:1:20::a7:f001 harvester\n2604:a880:1:20::a7:f001 scanner\n")
+    assert problems == ["line 2: 2604:a880:1:20::a7:f001 is listed as scanner here and as "
+                        "harvester on line 1"]
+    many = "".join(f"2001:db8::{i:x} harvester\n" for i in range(1, 21)).encode()
+    with pytest.raises(lists.ListError) as exc:
+        lists.parse(many, "m.txt", LIM)
+    assert "and 15 more" in str(exc.value) and "20 problems" in str(exc.value)
+
+
+def test_bad_encodings():
+    assert refused(b"2604:a880:1:20::a7:f001 harvester\n\xff\xfe bad\n")[0].startswith(
+        "line 2: not valid UTF-8")
+    assert "NUL byte" in refused(b"2604:a880:1:20::a7:f001 harvester\x00\n")[0]
+    # A UTF-8 BOM (Windows editors) is not an error.
+    assert len(lists.parse(b"\xef\xbb\xbf2604:a880:1:20::a7:f001 harvester\n", "b", LIM)
+               .entries) == 1
+
+
+def test_max_entries_and_limits():
+    body = "".join(f"2604:a880:1:20::{i:x} harvester\n" for i in range(1, 12)).encode()
+    assert refused(body, lists.Limits(max_entries=10)) == [
+        "11 entries, more than max_entries 10"]
+    assert len(lists.parse(body, "x", lists.Limits(max_entries=11)).entries) == 11
+    # Prefix limits come from [rules]; IPv4 too.
+    assert "broader" in refused(b"198.51.0.0/17 scanner\n", lists.Limits(min_prefixlen_v4=24))[0]
+    lab = lists.Limits(allow_nonglobal=True)
+    assert lists.parse(b"2001:db8::1 harvester\nfd00::/64 scanner\n", "x", lab).entries
+
+
+def test_prefix_reaching_into_nonglobal_space_is_refused():
+    # 172.0.0.0/11 starts in global space and ends inside 172.16.0.0/12 (private).
+    problems = refused(b"172.0.0.0/11 scanner\n", lists.Limits(min_prefixlen_v4=8))
+    assert problems == ["line 1: 172.0.0.0/11 is not a global address (private)"]
+
+
+def test_default_kind_reads_plain_blocklists():
+    p = lists.parse(b"2602:80d:1000:b0cc:e::/80 # censys\n", "c.txt",
+                    lists.Limits(default_kind="scanner"))
+    assert p.entries[0].kind == "scanner" and p.entries[0].comment == "censys"
+
+
+def test_json_roundtrip_with_evidence_and_times():
+    e = lists.Entry(ipaddress.ip_network("2604:a880:1:20::a7:f007/128"), "harvester", "lag 7 s",
+                    0, (("scans", 3), ("triggers", 5)), 1452713545.0, 1452715279.0)
+    s = lists.Entry(ipaddress.ip_network("2604:a880:800:10::/64"), "scanner")
+    text = lists.export_json([e, s], 1452716000.0)
+    doc = json.loads(text)
+    assert doc["format"] == "ntpguard-list" and doc["version"] == 1
+    assert doc["generated"] == "2016-01-13T20:13:20Z"
+    assert doc["entries"][0] == {"address": "2604:a880:1:20::a7:f007", "kind": "harvester",
+                                 "comment": "lag 7 s", "evidence": {"scans": 3, "triggers": 5},
+                                 "first_seen": "2016-01-13T19:32:25Z",
+                                 "last_seen": "2016-01-13T20:01:19Z"}
+    back = lists.parse(text.encode(), "j.json", LIM)
+    assert back.format == "json"
+    assert [(x.network, x.kind, x.comment, x.evidence, x.first_seen, x.last_seen)
+            for x in back.entries] == [(e.network, e.kind, e.comment, e.evidence, e.first_seen,
+                                        e.last_seen), (s.network, "scanner", "", (), None, None)]
+
+
+def test_text_roundtrip():
+    original = (RULES / "harvesters.txt").read_bytes()
+    p = lists.parse(original, "h", LIM)
+    again = lists.parse(lists.export_text(p.entries, "header\nline two").encode(), "h2", LIM)
+    assert [(e.network, e.kind, e.comment) for e in again.entries] == sorted(
+        [(e.network, e.kind, e.comment) for e in p.entries])
+
+
+@pytest.mark.parametrize("doc, word", [
+    ('{"format": "x", "version": 1, "entries": []}', "not an ntpguard list"),
+    ('{"format": "ntpguard-list", "version": 2, "entries": []}', "unsupported version"),
+    ('{"format": "ntpguard-list", "version": 1, "entries": {}}', "must be a list"),
+    ('{"format": "ntpguard-list", "version": 1,\n "entries": [1,]}', "line 2: invalid JSON"),
+    ('{"format": "ntpguard-list", "version": 1, "entries": [1]}', "entry 1: must be an object"),
+    ('{"format": "ntpguard-list", "version": 1, "entries": [{"address": "2604:a880:1:20::1",'
+     ' "kind": "harvester", "evidence": {"scans": -1}}]}', "non-negative"),
+    ('{"format": "ntpguard-list", "version": 1, "entries": [{"address": "2604:a880:1:20::1",'
+     ' "kind": "harvester", "first_seen": "2016-01-13T19:32:25"}]}', "no time zone"),
+    ('{"format": "ntpguard-list", "version": 1, "entries": [{"address": "2604:a880:1:20::1",'
+     ' "kind": "harvester"}, {"address": "2604:a880:1:20::1", "kind": "harvester"}]}',
+     "entry 2: duplicate of entry 1"),
+])
+def test_json_validation(doc, word):
+    problems = refused(doc.encode())
+    assert any(word in p for p in problems), problems
+
+
+def test_shipped_lists_are_valid_and_complete():
+    h = lists.parse((RULES / "harvesters.txt").read_bytes(), "h", LIM)
+    s = lists.parse((RULES / "scanners.txt").read_bytes(), "s", LIM)
+    got = {e.address for e in h.entries}
+    want = {f"{pre}{i:03x}" for pre in ("2604:a880:400:d0::9:b", "2604:a880:1:20::a7:f",
+                                         "2a03:b0c0:3:d0::18:b") for i in range(1, 16)}
+    assert got == want and all(e.kind == "harvester" for e in h.entries)
+    assert [(e.address, e.kind) for e in s.entries] == [("2604:a880:800:10::/64", "scanner")]
+    for e in h.entries + s.entries:
+        assert "netpatterns.blogspot.com 2016-01-15" in e.comment
+    for f in ("harvesters.txt", "scanners.txt"):
+        assert "The Rising Sophistication of Network Scanning" in (RULES / f).read_text()
+
+
+def test_builtin_switchable_off_and_load_all(tmp_path):
+    on = config.parse("", "c.toml")
+    names = [x.name for x in lists.load_all(on, str(tmp_path))]
+    assert names == ["builtin-harvesters", "builtin-scanners"]
+    off = config.parse("[lists]\nbuiltin = false\n", "c.toml")
+    assert lists.load_all(off, str(tmp_path)) == []
+    missing = config.parse(f'[lists]\nbuiltin_dir = "{tmp_path}/nope"\n', "c.toml")
+    with pytest.raises(UsageError, match="cannot read shipped list"):
+        lists.load_all(missing, str(tmp_path))
+
+
+def test_store_keeps_last_good_copy(tmp_path):
+    state = str(tmp_path)
+    good = lists.parse(b"2604:a880:1:20::a7:f001 harvester\n", "g", LIM)
+    path = lists.store(state, "mine", good, {"source": "g", "trust": "report"})
+    assert path.endswith("lists/mine.txt") and os.path.exists(path)
+    assert lists.read_meta(state, "mine")["sha256"] == good.sha256
+    with pytest.raises(lists.ListError):
+        lists.parse(b"2604:a880:1:20::a7:f001 harvester\nbad line here\n", "b", LIM)
+    assert lists.load_stored(state, "mine", LIM).entries == good.entries
+    loaded = [x for x in lists.load_all(config.Config(), state) if x.name == "mine"]
+    assert loaded[0].trust == "report" and len(loaded[0].entries) == 1
+    # Switching format replaces the other file, no temporary files are left behind.
+    j = lists.parse(lists.export_json(good.entries, 0).encode(), "j", LIM)
+    lists.store(state, "mine", j, {})
+    assert sorted(os.listdir(tmp_path / "lists")) == ["mine.json", "mine.meta.json"]
+    assert lists.stored_names(state) == ["mine"]
+    assert lists.remove_stored(state, "mine") and lists.stored_names(state) == []
+    with pytest.raises(UsageError):
+        lists.store(state, "../escape", good, {})
+
+
+def test_export_from_verdicts_only_local_harvesters():
+    history = [
+        Verdict("2604:a880:1:20::a7:f007", "harvester", "detect",
+                {"scans": 2, "triggers": 3, "scanners": ["2604:a880:800:10::970:a001"]}, 100.0),
+        Verdict("2604:a880:1:20::a7:f007", "harvester", "detect", {"scans": 4}, 200.0),
+        # A manual "clean" overrides detection.
+        Verdict("2604:a880:1:20::a7:f009", "harvester", "detect", {}, 100.0),
+        Verdict("2604:a880:1:20::a7:f009", "clean", "manual", {}, 150.0),
+        # Other people's lists are not re-published.
+        Verdict("2a03:b0c0:3:d0::18:b001", "harvester", "list:builtin-harvesters", {}, 100.0),
+        Verdict("2604:a880:400:d0::9:b00d", "harvester", "manual", {"note": "saw it"}, 300.0),
+    ]
+    entries = lists.entries_from_verdicts(history)
+    got = {(e.address, e.kind): e for e in entries}
+    assert set(got) == {("2604:a880:1:20::a7:f007", "harvester"),
+                        ("2604:a880:400:d0::9:b00d", "harvester"),
+                        ("2604:a880:800:10::970:a001", "scanner")}
+    f007 = got[("2604:a880:1:20::a7:f007", "harvester")]
+    assert f007.evidence == (("scans", 4),) and (f007.first_seen, f007.last_seen) == (100, 200)
+    assert got[("2604:a880:400:d0::9:b00d", "harvester")].comment == "manual: saw it"
+    # What is exported is a valid list.
+    lists.parse(lists.export_json(entries, 0).encode(), "x", LIM)
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+SUB = '[[lists.subscriptions]]\nname = "peers"\nurl = "https://lists.example/h.txt"\n'
+
+
+def test_config_subscriptions():
+    c = config.parse(SUB + 'sha256 = "' + "AB" * 32 + '"\ntrust = "report"\n' + SUB.replace(
+        "peers", "other"), "c.toml")
+    a, b = c.lists.subscriptions
+    assert (a.name, a.trust, a.sha256, a.max_entries) == ("peers", "report", "ab" * 32, 100000)
+    assert b.name == "other" and b.timeout == 30.0
+
+
+@pytest.mark.parametrize("text, key, word", [
+    ('[[lists.subscriptions]]\nname = "x"\n', "lists.subscriptions[0].url", "missing"),
+    (SUB.replace("https://", "http://"), "lists.subscriptions[0].url", "https://"),
+    (SUB + 'sha256 = "abc"\n', "lists.subscriptions[0].sha256", "64 hex"),
+    (SUB + "max_entries = 0\n", "lists.subscriptions[0].max_entries", "greater than 0"),
+    (SUB + 'trust = "maybe"\n', "lists.subscriptions[0].trust", "one of"),
+    (SUB + "colour = 1\n", "lists.subscriptions[0].colour", "unknown key"),
+    (SUB + SUB, "lists.subscriptions", "two subscriptions"),
+    (SUB.replace("peers", "Bad Name"), "lists.subscriptions[0].name", "lower-case"),
+    (SUB.replace("peers", "builtin-x"), "lists.subscriptions", "builtin"),
+    ("[lists]\nsubscriptions = [1, 2]\n", "lists.subscriptions", "array of tables"),
+    ("[lists]\nsubscriptions = 3\n", "lists.subscriptions", "array of tables"),
+    ("[timeconf]\ndaemon = \"systemd\"\n", "timeconf.daemon", "one of"),
+    ("[timeconf]\nspread_v6 = 200\n", "timeconf.spread_v6", "prefix length"),
+])
+def test_config_errors(text, key, word):
+    with pytest.raises(ConfigError) as exc:
+        config.parse(text, "c.toml")
+    assert exc.value.key == key and word in exc.value.problem
