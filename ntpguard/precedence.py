@@ -2,6 +2,7 @@
 
 An admin's mark is a decision; local detection and probes are evidence about this host's own
 traffic; a shared list is somebody else's evidence. Within a rank the newest verdict wins.
+A manual mark of `unknown` withdraws the admin's mark, so the other sources decide again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def rank(source: str) -> int:
 
 def effective(by_source: dict[str, Verdict]) -> Optional[Verdict]:
     """The verdict that decides a server's status, or None when no source has spoken."""
-    if not by_source:
+    voices = [v for v in by_source.values()
+              if not (v.source == "manual" and v.status == "unknown")]
+    if not voices:
         return None
-    return min(by_source.values(), key=lambda v: (rank(v.source), -v.time))
+    return min(voices, key=lambda v: (rank(v.source), -v.time))

@@ -1,0 +1,43 @@
+"""Manual marks outrank other sources; `unknown` withdraws them; explain shows the history."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ntpguard.state import State
+
+H = "2604:a880:400:d0::9:b001"
+
+
+def status_of(run_cli, address):
+    out = run_cli("explain", address, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_mark_outranks_detection_and_unknown_withdraws(run_cli, state_dir):
+    with State.open(str(state_dir)) as st:
+        st.record_answer("2.debian.pool.ntp.org", "AAAA", [(H, 6)], time.time())
+        st.add_verdict(H, "harvester", "detect", {"positive": 3, "negative": 0}, time.time())
+    assert status_of(run_cli, H)["status"] == "harvester"
+    # Kernel-style expanded input is accepted and stored canonically.
+    out = run_cli("mark", "2604:a880:0400:00d0:0000:0000:0009:b001", "clean", "--note", "mine")
+    assert out.returncode == 0, out.stderr
+    info = status_of(run_cli, H)
+    assert (info["status"], info["decided_by"]) == ("clean", "manual")
+    assert info["known"] and info["zones"] == ["2.debian.pool.ntp.org"]
+    assert run_cli("mark", H, "unknown").returncode == 0
+    info = status_of(run_cli, H)
+    assert (info["status"], info["decided_by"]) == ("harvester", "detect")
+    assert [h["status"] for h in info["history"]] == ["harvester", "clean", "unknown"]
+    assert info["history"][1]["evidence"] == {"note": "mine"}
+    servers = json.loads(run_cli("servers", "--json").stdout)
+    assert servers[0]["status"] == "harvester" and servers[0]["source"] == "detect"
+
+
+def test_mark_rejects_bad_input(run_cli):
+    for args in (["not-an-ip", "clean"], ["fe80::1", "clean"], [H, "evil"]):
+        out = run_cli("mark", *args)
+        assert out.returncode == 2, args
+        assert "Traceback" not in out.stderr
