@@ -259,6 +259,42 @@ class Timeconf:
     reload: bool = True
 
 
+def _probability(value: float) -> float:
+    if not 0 < value < 1:
+        raise ValueError("must be between 0 and 1 (exclusive)")
+    return value
+
+
+@dataclass(frozen=True)
+class Detect:
+    """[detect]: scan detection, trigger attribution and harvester verdicts (ntpguard detect)."""
+
+    # A scan: >= min_ports distinct (protocol, port) probes of one address within `window` s.
+    # The 2016 harvester scans hit 100-120 ports in ~1 s; CrowdSec calls 15 ports a scan, and a
+    # host's normal inbound (replies are not logged, services are few) never shows 15 ports from
+    # one peer. 15 in 120 s catches the 2016 scans with 85 ports to spare and nmap's default
+    # timing; a slow scan needs a larger window (memory grows with it, correctness does not).
+    min_ports: int = field(default=15, metadata=_check(_positive))
+    window: float = field(default=120.0, metadata=_check(_positive))
+    # Count IPv6 scanner sources per /64: 2016's scan6.shodan.io hosts shared one /64.
+    aggregate_sources: bool = True
+    # Outbound packets this long before a scan's start are its possible triggers. 2016 lags
+    # were 6-47 s; a harvester queueing its work can take minutes. Longer adds innocent
+    # servers to each positive test (group testing copes) but costs negative evidence.
+    lookback: float = field(default=600.0, metadata=_check(_positive))
+    trigger_port: int = field(default=123, metadata=_check(_port))
+    # Any outbound packet can trigger (2016: even an empty UDP packet to port 321 did).
+    trigger_any_port: bool = False
+    # Verdicts (group testing, see verdict.py): a prior share of harvesters among servers...
+    prior: float = field(default=0.05, metadata=_check(_probability))
+    # ...and the posterior probability / evidence counts each status needs.
+    harvester_probability: float = field(default=0.95, metadata=_check(_probability))
+    harvester_min_positive: int = field(default=2, metadata=_check(_positive))
+    suspect_probability: float = field(default=0.5, metadata=_check(_probability))
+    clean_probability: float = field(default=0.05, metadata=_check(_probability))
+    clean_min_negative: int = field(default=2, metadata=_check(_positive))
+
+
 @dataclass(frozen=True)
 class Config:
     path: Optional[str] = None
@@ -267,10 +303,12 @@ class Config:
     lists: Lists = field(default_factory=Lists)
     timeconf: Timeconf = field(default_factory=Timeconf)
     rules: Rules = field(default_factory=Rules)
+    detect: Detect = field(default_factory=Detect)
 
 
 SECTIONS: dict[str, type] = {
     "general": General, "pool": Pool, "rules": Rules, "lists": Lists, "timeconf": Timeconf,
+    "detect": Detect,
 }
 
 

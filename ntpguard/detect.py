@@ -1,0 +1,222 @@
+"""Events → scans → triggers: pure and streaming (memory is bounded by the active window).
+
+A scan is one source (optionally its /64) probing at least `min_ports` distinct destination
+ports of one destination address within `window` seconds. Its triggers are the outbound packets
+from the scanned address in the `lookback` seconds before the scan started: by default UDP to
+port 123 (NTP), optionally to any port (in 2016 an empty packet to port 321 of a harvester
+triggered a scan too).
+
+Besides scans the detector keeps each address's first contact with each server: verdict.py
+turns contacts and scans into group tests.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+from ntpguard.config import Detect
+from ntpguard.logs import Event
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """An outbound packet that may have made a harvester call the scanner."""
+
+    server: str
+    proto: str
+    sport: Optional[int]
+    dport: Optional[int]
+    time: float
+    lag: float  # seconds from this packet to the scan's start
+
+
+@dataclass(frozen=True)
+class Scan:
+    start: float
+    end: float
+    src: str          # the scanner's address, or its /64 when several of its addresses took part
+    dst: str          # the scanned (local) address
+    ports: int        # distinct (protocol, port) pairs probed
+    packets: int
+    protocols: tuple[str, ...]
+    triggers: tuple[Trigger, ...] = ()
+
+
+class _Flow:
+    """Probes from one source (key) to one destination while it is active."""
+
+    __slots__ = ("dst", "first", "last", "packets", "window", "counts", "ports", "protocols",
+                 "sources", "start", "triggers")
+
+    def __init__(self, dst: str) -> None:
+        self.dst = dst
+        self.last = 0.0
+        self.packets = 0
+        self.window: collections.deque = collections.deque()   # (time, portkey) in window
+        self.counts: dict[tuple[str, int], int] = {}           # portkey → packets in window
+        self.ports: Optional[set] = None                        # all ports, once a scan
+        self.protocols: set[str] = set()
+        self.sources: set[str] = set()
+        self.start = 0.0
+        self.triggers: tuple[Trigger, ...] = ()
+
+
+def source_key(address: str, aggregate: bool) -> str:
+    """The scanner identity: the address, or with aggregation its /64 (2016: several
+    scan6.shodan.io hosts in one /64 shared the work)."""
+    if aggregate and ":" in address:
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return address
+
+
+@dataclass
+class Contacts:
+    """First contact of each local address with each server, plus the time span the log covers."""
+
+    first: dict[tuple[str, str], float] = field(default_factory=dict)  # (address, server) → time
+    start: Optional[float] = None
+    end: Optional[float] = None
+
+
+class Detector:
+    """Feed events in time order (a few seconds of disorder are tolerated); collect scans."""
+
+    def __init__(self, settings: Detect) -> None:
+        self.settings = settings
+        self.contacts = Contacts()
+        self._flows: dict[tuple[str, str], _Flow] = {}
+        self._recent: dict[str, collections.deque] = {}
+        self._skey: dict[str, str] = {}
+        self._now = 0.0
+        self._swept = 0.0
+        # Outbound packets must be kept for the lookback before a scan start, and a scan is
+        # recognised up to `window` after it started.
+        self._keep = settings.lookback + settings.window
+
+    def feed(self, events: Iterable[Event]) -> Iterator[Scan]:
+        """Consume events; yield each scan once it is over (no probe for `window` seconds)."""
+        st = self.settings
+        min_ports, window = st.min_ports, st.window
+        any_port, trigger_port = st.trigger_any_port, st.trigger_port
+        aggregate = st.aggregate_sources
+        flows, recent, skeys = self._flows, self._recent, self._skey
+        first_contact = self.contacts.first
+        keep = self._keep
+        contacts = self.contacts
+        now = self._now
+        for ev in events:
+            t = ev.time
+            if t > now:
+                now = t
+                if contacts.start is None:
+                    contacts.start = t
+            dport = ev.dport
+            if dport is None:
+                continue
+            src = ev.src
+            # Possible trigger: remember it for `keep` seconds, and the first contact for good.
+            if any_port or (dport == trigger_port and ev.proto == "UDP"):
+                q = recent.get(src)
+                if q is None:
+                    q = recent[src] = collections.deque()
+                q.append((t, ev))
+                while q[0][0] < t - keep:
+                    q.popleft()
+                pair = (src, ev.dst)
+                if pair not in first_contact:
+                    first_contact[pair] = t
+            # Probe accounting for scan detection.
+            sk = skeys.get(src)
+            if sk is None:
+                sk = skeys[src] = source_key(src, aggregate)
+                if len(skeys) > 200_000:
+                    skeys.clear()
+            fkey = (ev.dst, sk)
+            flow = flows.get(fkey)
+            if flow is None:
+                flow = flows[fkey] = _Flow(ev.dst)
+            elif t - flow.last > window and flow.ports is not None:
+                # The previous scan is over; this starts afresh.
+                done = self._close(flow)
+                flow = flows[fkey] = _Flow(ev.dst)
+                if done is not None:
+                    yield done
+            flow.last = t
+            flow.packets += 1
+            flow.protocols.add(ev.proto)
+            if len(flow.sources) < 64:
+                flow.sources.add(src)
+            pk = (ev.proto, dport)
+            if flow.ports is not None:
+                flow.ports.add(pk)
+            else:
+                win, counts = flow.window, flow.counts
+                win.append((t, pk))
+                counts[pk] = counts.get(pk, 0) + 1
+                while win[0][0] < t - window:
+                    _, old = win.popleft()
+                    n = counts[old] - 1
+                    if n:
+                        counts[old] = n
+                    else:
+                        del counts[old]
+                if len(counts) >= min_ports:
+                    flow.start = win[0][0]
+                    flow.ports = set(counts)
+                    flow.triggers = self._triggers(flow.dst, flow.start)
+                    flow.window = collections.deque()
+                    flow.counts = {}
+            if now - self._swept > window:
+                self._now = now
+                yield from self._sweep(now)
+        self._now = now
+        contacts.end = now if contacts.end is None else max(contacts.end, now)
+
+    def finish(self) -> list[Scan]:
+        """Close every open scan (end of input)."""
+        out = [s for s in (self._close(f) for f in self._flows.values()) if s is not None]
+        self._flows.clear()
+        return sorted(out, key=lambda s: s.start)
+
+    def _triggers(self, address: str, start: float) -> tuple[Trigger, ...]:
+        q = self._recent.get(address)
+        if not q:
+            return ()
+        lo = start - self.settings.lookback
+        return tuple(
+            Trigger(ev.dst, ev.proto, ev.sport, ev.dport, t, round(start - t, 6))
+            for t, ev in q if lo <= t <= start
+        )
+
+    def _close(self, flow: _Flow) -> Optional[Scan]:
+        if flow.ports is None:
+            return None
+        srcs = flow.sources
+        src = next(iter(srcs)) if len(srcs) == 1 else source_key(next(iter(srcs)), True)
+        return Scan(flow.start, flow.last, src, flow.dst, len(flow.ports), flow.packets,
+                    tuple(sorted(flow.protocols)), flow.triggers)
+
+    def _sweep(self, now: float) -> Iterator[Scan]:
+        """Drop idle flows and old outbound packets: what keeps memory to the active window."""
+        self._swept = now
+        window = self.settings.window
+        dead = [k for k, f in self._flows.items() if now - f.last > window]
+        for k in dead:
+            done = self._close(self._flows.pop(k))
+            if done is not None:
+                yield done
+        keep = self._keep
+        for a in [a for a, q in self._recent.items() if q[-1][0] < now - keep]:
+            del self._recent[a]
+
+
+def detect(events: Iterable[Event], settings: Detect) -> tuple[list[Scan], Contacts]:
+    """All scans (by start) and the contacts of a finite event stream."""
+    det = Detector(settings)
+    scans = list(det.feed(events))
+    scans.extend(det.finish())
+    scans.sort(key=lambda s: s.start)
+    return scans, det.contacts
