@@ -179,7 +179,7 @@ class Nft:
     def via(self) -> str:
         return "libnftables" if self._lib is not None else "nft -f -"
 
-    def run(self, text: str, json_out: bool = False) -> str:
+    def run(self, text: str, json_out: bool = False, reading: bool = False) -> str:
         """Run commands as one transaction; FirewallError with nft's message on failure."""
         if self._lib is not None:
             self._lib.set_json_output(json_out)
@@ -193,20 +193,25 @@ class Nft:
             rc, out, err = proc.returncode, proc.stdout, proc.stderr
         if rc != 0:
             first = next((ln for ln in (err or "").splitlines() if ln.strip()), f"exit {rc}")
+            if reading:
+                raise FirewallError(f"nft {text.split(chr(10))[0]!r} failed: {first.strip()}")
             raise FirewallError(f"nft refused the change, nothing was changed: {first.strip()}")
         return out or ""
 
     def table_exists(self) -> bool:
-        out = self.run(f"list tables {FAMILY}")
+        out = self.run(f"list tables {FAMILY}", reading=True)
         return any(line.split()[-1:] == [TABLE] for line in out.splitlines()
                    if line.startswith("table "))
 
     def token(self) -> Optional[int]:
-        """The generation token in the kernel's table, or None without table or token."""
-        if not self.table_exists():
-            return None
+        """The generation token in the kernel's table, or None without table or token.
+
+        `list set` of the tiny generation set in JSON takes 0.1 ms; `list tables` takes 75 ms
+        with 100k elements loaded (libnftables fetches every set), so this is the existence test.
+        """
         try:
-            data = json.loads(self.run(f"list set {FAMILY} {TABLE} generation", json_out=True))
+            data = json.loads(self.run(f"list set {FAMILY} {TABLE} generation", json_out=True,
+                                       reading=True))
         except (FirewallError, ValueError):
             return None
         for item in data.get("nftables", []):
@@ -236,7 +241,9 @@ def _save_cache(path: Optional[str], token: int, rendered: Rendered) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"token": token, "skeleton": rendered.skeleton, "sets": rendered.sets}, fh)
+            # json.dumps (the C encoder) is ~7x faster than json.dump streaming 100k strings.
+            fh.write(json.dumps({"token": token, "skeleton": rendered.skeleton,
+                                 "sets": rendered.sets}))
         os.replace(tmp, path)
     except OSError:
         try:
