@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -44,9 +45,7 @@ def cleanup(prefix: str = PREFIX) -> None:
         # /etc/netns/NAME holds per-namespace resolv.conf; remove ours with the namespace.
         etc = f"/etc/netns/{name}"
         if os.path.isdir(etc):
-            for f in os.listdir(etc):
-                os.unlink(os.path.join(etc, f))
-            os.rmdir(etc)
+            shutil.rmtree(etc, ignore_errors=True)
 
 
 @dataclass

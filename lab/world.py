@@ -1,0 +1,489 @@
+"""The lab world: an NTP pool with harvesters, a scanner, and a protected host, all in namespaces.
+
+    ┌──────────── scan ────────────┐        ┌──────────── host ─────────────────────┐
+    │ scanner prefix 2001:db8:5ca::/64 │    │ 2001:db8:4057:1::/64, RFC 4941 temporary │
+    │ nmap, started by the harvester │      │ addresses; chronyd client; nft log →    │
+    └──────────────┬───────────────┘        │ ulogd2 (LOGEMU text + JSON)            │
+                   │ veth                   └──────────────┬────────────────────────┘
+    ┌──────────────┴──────────── inet (router) ────────────┴───┐
+    │ PowerDNS: 0-3.debian.pool.ntp.org (rotating 4-subsets)     │
+    │ one chronyd -x serving every NTP server address on lo      │
+    │ harvester: AF_PACKET sniffer → lag → scan → ground truth    │
+    └────────────────────────────────────────────────────────────┘
+
+Nothing is connected to the root namespace. Every name starts with the world's prefix, so a
+crashed run is cleaned up by the next one (`lab.netns.cleanup(prefix)` in `Lab.__init__`).
+Addresses are documentation ones (2001:db8::/32, 192.0.2.0/24, ...): ntpguard needs
+`pool.allow_nonglobal = true` in the lab.
+
+Files (under workdir): truth.jsonl (ground truth, see lab.harvester), world.json (the servers,
+which are harvesters), host/firewall.log (LOGEMU) and host/firewall.json (ulogd2 JSON), and
+every daemon's own log, all printed by `World.dump_logs()` when a test fails.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from lab.netns import Lab, Namespace
+from lab.pooldns import PoolDNS, pool_zones
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DNS_ADDR = "2001:db8:53::53"
+HOST_NET = "2001:db8:4057:1::/64"
+HOST_GW = "2001:db8:4057:1::1"
+HOST_STABLE = "2001:db8:4057:1::100"
+HOST_V4, HOST_V4_GW = "192.0.2.100", "192.0.2.1"
+SCAN_NET = "2001:db8:5ca::/64"
+SCAN_GW = "2001:db8:5ca::1"
+LOG_GROUP_TEXT, LOG_GROUP_JSON = 7, 8
+# The lab's observer rules log with these prefixes; ntpguard's own rules use "ntpguard-...".
+LOG_PREFIX_OUT = "lab-ntp-out: "
+LOG_PREFIX_IN = "lab-in: "
+
+
+class WorldError(RuntimeError):
+    """The lab could not be built (a daemon did not start, a command failed)."""
+
+
+@dataclass
+class WorldSpec:
+    """What to build. Defaults make a run that sees its first scan within ~10 s."""
+
+    seed: int = 1
+    prefix: str = "ntpg-l-"
+    operators: int = 18            # each holds one /48 with 1-3 IPv6 NTP servers
+    harvesters: int = 4            # how many of those addresses harvest
+    v4_servers: int = 8            # IPv4-only servers in 0., 1., 3.
+    lag_min: float = 1.0           # seconds from first packet to scan (2016: 6-47 s)
+    lag_max: float = 5.0
+    cooldown: float = 60.0         # a source is not scanned again within this
+    scan_ports: str = "1-120"
+    scanners: int = 4              # scanner addresses in SCAN_NET
+    ttl: int = 150                 # DNS TTL of the pool answers
+    temp_prefered_lft: int = 30    # RFC 4941 rotation; kernel needs > regen_advance (~5 s)
+    temp_valid_lft: int = 120
+    chrony_client: bool = True     # start the protected host's time daemon
+    chrony_minpoll: int = 1        # lab-fast polling (2 s .. 8 s); a real host polls 64 s+
+    chrony_maxpoll: int = 3
+
+
+@dataclass
+class Server:
+    address: str
+    operator: str              # its /48
+    harvester: bool = False
+
+
+def plan_servers(spec: WorldSpec) -> list[Server]:
+    """Deterministic server layout for a seed: operators' /48s, addresses, which harvest.
+
+    Pure. Harvesters are spread over operators that also run clean servers in the same /48,
+    so a verdict that blocks a whole /48 marks a clean server: the lab catches that mistake.
+    """
+    rng = random.Random(spec.seed)
+    nets = rng.sample(range(0x100, 0xF000), spec.operators)
+    servers: list[Server] = []
+    for net in nets:
+        op = f"2001:db8:{net:x}::/48"
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            host = ipaddress.IPv6Address(f"2001:db8:{net:x}::") + rng.randrange(1, 1 << 32)
+            servers.append(Server(str(host), op))
+    if spec.harvesters > len(servers):
+        raise WorldError(f"{spec.harvesters} harvesters but only {len(servers)} servers")
+    for s in rng.sample(servers, spec.harvesters):
+        s.harvester = True
+    for i in range(spec.v4_servers):
+        net = ("198.51.100", "203.0.113")[i % 2]
+        servers.append(Server(f"{net}.{10 + i}", f"{net}.0/24"))
+    return servers
+
+
+def chrony_server_conf(workdir: Path) -> str:
+    return "\n".join([
+        "# lab pool servers: one chronyd -x answers on every address of the namespace",
+        "local stratum 2",
+        "allow all",
+        "port 123",
+        "cmdport 0",
+        "bindcmdaddress /",
+        f"pidfile {workdir}/chronyd.pid",
+        "",
+    ])
+
+
+def chrony_client_conf(spec: WorldSpec) -> str:
+    """Debian 12's /etc/chrony/chrony.conf, with lab-fast polling."""
+    poll = f"minpoll {spec.chrony_minpoll} maxpoll {spec.chrony_maxpoll}"
+    return "\n".join([
+        "# Debian's default pool line (lab: faster polling)",
+        f"pool 2.debian.pool.ntp.org iburst {poll}",
+        "# ntpguard timeconf --write puts ntpguard.sources here; `chronyc reload sources`",
+        "sourcedir /etc/chrony/sources.d",
+        "keyfile /etc/chrony/chrony.keys",
+        "# (no driftfile/logdir: chronyd -x never adjusts the clock, and nothing of the lab",
+        "# may land in the root namespace's /var)",
+        "maxupdateskew 100.0",
+        "makestep 1 3",
+        "leapsectz right/UTC",
+        "",
+    ])
+
+
+def nft_observer(prefix_out: str = LOG_PREFIX_OUT, prefix_in: str = LOG_PREFIX_IN) -> str:
+    """The protected host's logging: outbound NTP and every new inbound connection.
+
+    Only `log` statements, no verdicts: the lab observes and ntpguard's own table decides.
+    Each rule logs to two NFLOG groups (ulogd2 LOGEMU text and JSON; a ulogd2 stack is a
+    line, so one group per output). queue-threshold 1: no ~1 s batching (NOTES.md).
+    """
+    def log(prefix: str) -> str:
+        return " ".join(
+            f'log prefix "{prefix}" group {g} queue-threshold 1'
+            for g in (LOG_GROUP_TEXT, LOG_GROUP_JSON)
+        )
+
+    return f"""
+table inet lab_observe {{
+    chain output {{
+        type filter hook output priority -50; policy accept;
+        udp dport 123 {log(prefix_out)}
+    }}
+    chain input {{
+        type filter hook input priority -50; policy accept;
+        ct state new iifname != "lo" meta l4proto {{ tcp, udp }} {log(prefix_in)}
+    }}
+}}
+"""
+
+
+def ulogd_conf(workdir: Path) -> str:
+    plug = "/usr/lib/x86_64-linux-gnu/ulogd"
+    plugins = ["inppkt_NFLOG", "raw2packet_BASE", "filter_IFINDEX", "filter_IP2STR",
+               "filter_PRINTPKT", "output_LOGEMU", "output_JSON"]
+    lines = ["[global]", f'logfile="{workdir}/ulogd.log"', "loglevel=3"]
+    lines += [f'plugin="{plug}/ulogd_{p}.so"' for p in plugins]
+    lines += [
+        "stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU",
+        "stack=log2:NFLOG,base2:BASE,ifi2:IFINDEX,ip2str2:IP2STR,json1:JSON",
+        "[log1]", f"group={LOG_GROUP_TEXT}",
+        "[log2]", f"group={LOG_GROUP_JSON}",
+        "[emu1]", f'file="{workdir}/firewall.log"', "sync=1",
+        "[json1]", f'file="{workdir}/firewall.json"', "sync=1",
+        "[ip2str1]", "[ip2str2]",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_in(ns: Namespace, cmd: list[str], run_dir: Path) -> list[str]:
+    """A command line that runs cmd in ns with run_dir mounted over /run.
+
+    chronyd and chronyc meet at /run/chrony/chronyd.sock, as on a real host; `ip netns exec`
+    already gives the command a private (slave) mount namespace, so the bind mount is seen
+    by this command only and never by the root namespace.
+    """
+    script = 'mount --bind "$0" /run && exec "$@"'
+    return ["ip", "netns", "exec", ns.name, "sh", "-c", script, str(run_dir), *cmd]
+
+
+class World:
+    """Build, run and tear down one lab world. A context manager; teardown always runs."""
+
+    def __init__(self, spec: WorldSpec, workdir: Path) -> None:
+        self.spec = spec
+        self.workdir = Path(workdir)
+        self.servers = plan_servers(spec)
+        self.lab: Optional[Lab] = None
+        self.dns: Optional[PoolDNS] = None
+        rng = random.Random(spec.seed + 1)
+        self.scanners = [f"2001:db8:5ca::{0xb001 + i:x}" for i in range(spec.scanners)]
+        rng.shuffle(self.scanners)
+        self.inet: Namespace
+        self.host: Namespace
+        self.scan: Namespace
+
+    # -- what the world is ---------------------------------------------------------------
+    @property
+    def harvesters(self) -> list[str]:
+        return [s.address for s in self.servers if s.harvester]
+
+    @property
+    def clean(self) -> list[str]:
+        return [s.address for s in self.servers if not s.harvester]
+
+    @property
+    def zones(self) -> dict[str, list[str]]:
+        v6 = [s.address for s in self.servers if ":" in s.address]
+        v4 = [s.address for s in self.servers if ":" not in s.address]
+        return pool_zones(v6, v4)
+
+    @property
+    def truth_path(self) -> Path:
+        return self.workdir / "truth.jsonl"
+
+    @property
+    def firewall_log(self) -> Path:
+        return self.workdir / "host" / "firewall.log"
+
+    @property
+    def firewall_json(self) -> Path:
+        return self.workdir / "host" / "firewall.json"
+
+    @property
+    def host_run(self) -> Path:
+        return self.workdir / "host" / "run"
+
+    # -- build ---------------------------------------------------------------------------
+    def start(self) -> World:
+        try:
+            self._build()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _build(self) -> None:
+        spec, w = self.spec, self.workdir
+        if w.exists():
+            shutil.rmtree(w)
+        for d in ("inet", "host", "scan", "host/run", "host/etc/chrony/sources.d",
+                  "host/state"):
+            (w / d).mkdir(parents=True, exist_ok=True)
+        (w / "world.json").write_text(json.dumps({
+            "spec": asdict(spec),
+            "servers": [asdict(s) for s in self.servers],
+            "scanners": self.scanners, "scan_net": SCAN_NET, "dns": DNS_ADDR,
+            "host_net": HOST_NET,
+        }, indent=1))
+        self.lab = Lab(spec.prefix)
+        self.inet, self.host, self.scan = (self.lab.ns(n) for n in ("inet", "host", "scan"))
+        self._network()
+        self._internet()
+        self._protected_host()
+
+    def _network(self) -> None:
+        lab, inet, host, scan = self.lab, self.inet, self.host, self.scan
+        assert lab is not None
+        # Temporary addresses need use_tempaddr on the device before the mngtmpaddr address;
+        # `default` makes the veth inherit it when it is created.
+        host.sysctl("net.ipv6.conf.default.use_tempaddr", "2")
+        host.sysctl("net.ipv6.conf.default.temp_prefered_lft", str(self.spec.temp_prefered_lft))
+        host.sysctl("net.ipv6.conf.default.temp_valid_lft", str(self.spec.temp_valid_lft))
+        host.sysctl("net.ipv6.conf.default.max_desync_factor", "1")
+        lab.link(inet, "h0", host, "eth0")
+        lab.link(inet, "s0", scan, "eth0")
+        inet.sysctl("net.ipv6.conf.all.forwarding", "1")
+        inet.sysctl("net.ipv4.ip_forward", "1")
+        inet.addr("h0", HOST_GW + "/64")
+        inet.addr("h0", HOST_V4_GW + "/24")
+        inet.addr("s0", SCAN_GW + "/64")
+        inet.addr("lo", DNS_ADDR + "/128")
+        for s in self.servers:
+            inet.addr("lo", s.address + ("/128" if ":" in s.address else "/32"))
+        host.run("ip", "-6", "addr", "add", HOST_STABLE + "/64", "dev", "eth0", "mngtmpaddr",
+                 "nodad")
+        host.addr("eth0", HOST_V4 + "/24")
+        host.run("ip", "-6", "route", "add", "default", "via", HOST_GW)
+        host.run("ip", "route", "add", "default", "via", HOST_V4_GW)
+        for a in self.scanners:
+            scan.addr("eth0", a + "/64")
+        scan.run("ip", "-6", "route", "add", "default", "via", SCAN_GW)
+
+    def _internet(self) -> None:
+        w = self.workdir / "inet"
+        os.chmod(w, 0o755)
+        self.dns = PoolDNS(self.zones, listen=DNS_ADDR, port=53, workdir=w, ns=self.inet,
+                           ttl=self.spec.ttl).start()
+        # chronyd drops to _chrony: its pid file dir must be writable by it.
+        shutil.chown(w, user="_chrony", group="_chrony")
+        (w / "chronyd.conf").write_text(chrony_server_conf(w))
+        with open(w / "chronyd.log", "ab") as log:
+            self.inet.popen(["chronyd", "-x", "-d", "-f", str(w / "chronyd.conf")],
+                            stdout=log, stderr=subprocess.STDOUT)
+        cfg = {
+            "harvesters": self.harvesters, "scan_ns": self.scan.name, "scan_dev": "eth0",
+            "scanners": self.scanners, "lag_min": self.spec.lag_min,
+            "lag_max": self.spec.lag_max, "cooldown": self.spec.cooldown,
+            "ports": self.spec.scan_ports, "seed": self.spec.seed,
+            "truth": str(self.truth_path),
+        }
+        (w / "harvester.json").write_text(json.dumps(cfg, indent=1))
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        with open(w / "harvester.log", "ab") as log:
+            self.inet.popen([sys.executable, "-m", "lab.harvester", str(w / "harvester.json")],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+        self._wait(lambda: any(e["event"] == "ready" for e in self.truth()), "harvester")
+        self._wait(lambda: self._ntp_answers(self.clean[0]), "chronyd server")
+
+    def _protected_host(self) -> None:
+        w = self.workdir / "host"
+        host = self.host
+        # /etc/netns/NAME/{resolv.conf,chrony} are bind-mounted over /etc by `ip netns exec`.
+        host.resolv_conf(DNS_ADDR)
+        etc = Path(f"/etc/netns/{host.name}")
+        (w / "etc/chrony/chrony.conf").write_text(chrony_client_conf(self.spec))
+        (w / "etc/chrony/chrony.keys").write_text("")
+        if (etc / "chrony").exists():
+            shutil.rmtree(etc / "chrony")
+        shutil.copytree(w / "etc/chrony", etc / "chrony")
+        (w / "ulogd.conf").write_text(ulogd_conf(w))
+        with open(w / "ulogd.stderr", "ab") as log:
+            host.popen(["ulogd", "-c", str(w / "ulogd.conf")], stdout=log,
+                       stderr=subprocess.STDOUT)
+        host.run("nft", "-f", "-", input=nft_observer())
+        self._wait(lambda: self.firewall_log.exists() and self.firewall_json.exists(), "ulogd")
+        self._wait(lambda: bool(self.temp_addresses()), "temporary address")
+        if self.spec.chrony_client:
+            self.start_chrony_client()
+
+    def start_chrony_client(self) -> None:
+        w = self.workdir / "host"
+        cmd = run_in(self.host, ["chronyd", "-x", "-d", "-u", "root"], self.host_run)
+        with open(w / "chronyd.log", "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.host.procs.append(proc)
+        self._wait(lambda: (self.host_run / "chrony" / "chronyd.sock").exists(), "chronyd client")
+
+    # -- helpers -------------------------------------------------------------------------
+    def _wait(self, ok: Any, what: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ok():
+                return
+            time.sleep(0.1)
+        raise WorldError(f"{what} not ready after {timeout:.0f} s\n" + self.dump_logs())
+
+    def _ntp_answers(self, server: str) -> bool:
+        out = self.host.run("ntpdate", "-q", "-t", "1", server, check=False, timeout=10)
+        return out.returncode == 0
+
+    def truth(self) -> list[dict[str, Any]]:
+        try:
+            text = self.truth_path.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def scans(self) -> list[dict[str, Any]]:
+        return [e for e in self.truth() if e["event"] == "scan"]
+
+    def temp_addresses(self) -> list[str]:
+        """The host's current RFC 4941 temporary addresses (newest first)."""
+        out = self.host.run("ip", "-6", "-j", "addr", "show", "dev", "eth0", "temporary")
+        infos = [a for i in json.loads(out.stdout or "[]") for a in i.get("addr_info", [])]
+        return [a["local"] for a in infos if a.get("family") == "inet6"]
+
+    def chronyc(self, *args: str) -> str:
+        out = subprocess.run(run_in(self.host, ["chronyc", "-n", *args], self.host_run),
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout + out.stderr
+
+    def synced(self) -> bool:
+        """The host's chronyd has a selected source (`*` in `chronyc sources`)."""
+        return any(line.startswith("^*") for line in self.chronyc("sources").splitlines())
+
+    def wait_synced(self, timeout: float = 30.0) -> None:
+        self._wait(self.synced, "time daemon sync", timeout)
+
+    def poke(self, addresses: list[str]) -> None:
+        """One NTP query from the host to each address (ntpdate -q), as a client's first poll."""
+        if addresses:
+            self.host.run("ntpdate", "-q", "-t", "1", *addresses, check=False, timeout=60)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The host's firewall log as ulogd2 JSON records."""
+        try:
+            text = self.firewall_json.read_text()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line being written right now
+        return out
+
+    def dump_logs(self, tail: int = 40) -> str:
+        """Every log of the world, tails only: what a failing test prints."""
+        parts = []
+        for p in sorted(self.workdir.rglob("*")):
+            if p.is_file() and p.suffix in (".log", ".jsonl", ".json", ".stderr", ".conf"):
+                lines = p.read_text(errors="replace").splitlines()
+                parts.append(f"==> {p.relative_to(self.workdir)} ({len(lines)} lines) <==")
+                parts.extend(lines[-tail:])
+        if self.lab is not None and "host" in self.lab.namespaces:
+            parts.append("==> host: ip -6 addr <==")
+            parts.append(self.host.run("ip", "-6", "addr", check=False).stdout)
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        if self.dns is not None:
+            self.dns.stop()
+            self.dns = None
+        if self.lab is not None:
+            self.lab.close()
+            self.lab = None
+
+    def __enter__(self) -> World:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ntpguard_config(world: World, extra: str = "") -> str:
+    """An ntpguard config for the lab host: the lab DNS, documentation addresses allowed."""
+    return (
+        "# written by lab/world.py for the protected host\n"
+        "[pool]\n"
+        f'nameservers = ["{DNS_ADDR}"]\n'
+        "allow_nonglobal = true\n"
+        "rounds = 2\n"
+        "interval = 1.0\n"
+        + extra
+    )
+
+
+def run_ntpguard(world: World, *args: str, config: Optional[Path] = None,
+                 timeout: float = 300) -> subprocess.CompletedProcess:
+    """HOOK: `ntpguard ARGS` on the protected host, as its cron job would run it.
+
+    Runs `python3 -m ntpguard` from this tree inside the host namespace, with the host's /run
+    (so `chronyc reload sources` reaches the lab chronyd), /etc/chrony (bind-mounted from
+    /etc/netns), a state dir and a config of its own.
+    """
+    w = world.workdir / "host"
+    if config is None:
+        config = w / "ntpguard.toml"
+        if not config.exists():
+            config.write_text(ntpguard_config(world))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NTPGUARD_STATE_DIR=str(w / "state"),
+               NTPGUARD_CONFIG=str(config))
+    cmd = run_in(world.host, ["/usr/bin/python3", "-m", "ntpguard", *args], world.host_run)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def summary(world: World) -> dict[str, Any]:
+    """Counts for progress lines: scans, contacts, log lines by prefix."""
+    truth = world.truth()
+    logs = world.log_lines()
+    return {
+        "contacts": sum(e["event"] == "contact" for e in truth),
+        "harvests": sum(e["event"] == "harvest" for e in truth),
+        "scans": sum(e["event"] == "scan" for e in truth),
+        "log_out": sum(str(r.get("oob.prefix", "")).startswith("lab-ntp-out") for r in logs),
+        "log_in": sum(str(r.get("oob.prefix", "")).startswith("lab-in") for r in logs),
+    }
+
