@@ -8,7 +8,8 @@ PYPI_VENV := .venv-pypi
 APT_PACKAGES := python3 python3-venv python3-pip python3-dnspython python3-netaddr \
 	python3-pytest python3-hypothesis python3-nftables python3-iptables \
 	nftables iptables ipset iproute2 iputils-ping procps kmod \
-	pdns-server pdns-backend-bind chrony nmap ulogd2 ulogd2-json dnsutils ntpsec-ntpdate
+	pdns-server pdns-backend-bind chrony nmap ulogd2 ulogd2-json dnsutils ntpsec-ntpdate \
+	python3-cryptography minisign openssl
 PYTEST_ARGS ?=
 
 .PHONY: test deps lint unit demo clean
@@ -25,7 +26,7 @@ deps:
 	$(VENV)/bin/pip install -q ruff
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	test -x $(PYPI_VENV)/bin/python || $(PYTHON) -m venv $(PYPI_VENV)
-	$(PYPI_VENV)/bin/pip install -q -U dnspython netaddr pytest hypothesis
+	$(PYPI_VENV)/bin/pip install -q -U dnspython netaddr pytest hypothesis cryptography
 	$(PYPI_VENV)/bin/pip install -q --no-deps -e .
 
 lint:
