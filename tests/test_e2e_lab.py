@@ -1,0 +1,187 @@
+"""End-to-end: the lab world itself works, checked against its ground truth and the host's logs.
+
+A world is real software in namespaces (PowerDNS, chronyd, nmap, nftables, ulogd2). These tests
+check the world before ntpguard is judged in it: the time daemon syncs through the lab pool, a
+packet to a harvester leads to a real nmap scan of its source that the protected host's
+firewall log shows, a clean server never does, and the scanner never scans an address before
+that address reached a harvester. On failure every log of the world is printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.netns import list_namespaces
+from lab.world import (
+    HOST_GW,
+    LOG_PREFIX_IN,
+    LOG_PREFIX_OUT,
+    SCAN_NET,
+    World,
+    WorldSpec,
+    plan_servers,
+)
+
+PREFIX = "ntpg-e-"
+
+
+@contextlib.contextmanager
+def explained(world: World) -> Iterator[None]:
+    """Print the world's logs if the block fails (pytest shows captured stdout on failure)."""
+    try:
+        yield
+    except BaseException:
+        print(world.dump_logs())
+        raise
+
+
+def wait_for(pred, timeout: float, step: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def canon(a: str) -> str:
+    return str(ipaddress.ip_address(a))
+
+
+def records(world: World, prefix: str) -> list[dict]:
+    return [r for r in world.log_lines() if r.get("oob.prefix") == prefix]
+
+
+def log_time(r: dict) -> float:
+    return r["oob.time.sec"] + r["oob.time.usec"] / 1e6
+
+
+# -- pure: the world's layout ---------------------------------------------------------------
+def test_plan_is_deterministic_and_mixes_operators():
+    a, b = plan_servers(WorldSpec(seed=7)), plan_servers(WorldSpec(seed=7))
+    assert a == b and a != plan_servers(WorldSpec(seed=8))
+    v6 = [s for s in a if ":" in s.address]
+    assert len(v6) >= 20 and sum(s.harvester for s in a) == 4
+    assert len({s.address for s in a}) == len(a)
+    assert not any(s.harvester for s in a if ":" not in s.address)
+    ops = {s.operator for s in v6 if s.harvester}
+    assert all(ipaddress.ip_address(s.address) in ipaddress.ip_network(s.operator) for s in v6)
+    # At least in some seeds a harvester shares its /48 with a clean server.
+    shared = [
+        seed for seed in range(1, 20)
+        for p in [plan_servers(WorldSpec(seed=seed))]
+        if {s.operator for s in p if s.harvester} & {s.operator for s in p if not s.harvester}
+    ]
+    assert shared and ops
+
+
+# -- root: the real world -------------------------------------------------------------------
+@pytest.mark.root
+@pytest.mark.lab
+@pytest.mark.parametrize("seed", [1, 2])
+def test_world_syncs_and_harvesters_cause_scans(tmp_path: Path, seed: int):
+    spec = WorldSpec(seed=seed, prefix=PREFIX, lag_min=1.0, lag_max=3.0)
+    with World(spec, tmp_path / "world") as world, explained(world):
+        assert {n for n in list_namespaces() if n.startswith(PREFIX)} == {
+            PREFIX + "inet", PREFIX + "host", PREFIX + "scan"}
+        world.wait_synced(timeout=30)
+        # A client's first poll of every pool server (what the pool's rotation adds up to).
+        t_poke = time.time()
+        world.poke(world.harvesters + world.clean[:6])
+        n = len(world.harvesters)
+        assert wait_for(lambda: len(world.scans()) >= 1, timeout=spec.lag_max + 15)
+        time.sleep(1.5)  # the scan's log lines are written through NFLOG
+        truth = world.truth()
+        contacts = [e for e in truth if e["event"] == "contact"]
+        scans = [e for e in truth if e["event"] == "scan"]
+        assert {c["harvester"] for c in contacts if c["t"] >= t_poke - 0.5} == set(
+            world.harvesters), f"not every harvester saw the poke ({n})"
+        assert not [c for c in contacts if c["harvester"] in world.clean]
+        host_addrs = set(world.temp_addresses()) | {canon("2001:db8:4057:1::100")}
+        for s in scans:
+            assert s["rc"] == 0, s
+            assert s["target"] in host_addrs or ipaddress.ip_address(
+                s["target"]) in ipaddress.ip_network("2001:db8:4057:1::/64")
+            assert ipaddress.ip_address(s["scanner"]) in ipaddress.ip_network(SCAN_NET)
+            # Never before a packet from that address reached a harvester, and not before
+            # the lag has passed.
+            first = min(c["t"] for c in contacts if c["source"] == s["target"])
+            assert s["t_start"] >= first + spec.lag_min - 0.05
+            assert s["t_start"] <= first + spec.lag_max + 5
+
+        # The protected host's firewall log shows the scan: ~120 distinct ports from the
+        # scanner to the harvested address, after the NTP packet to the harvester.
+        scan = scans[0]
+        ins = [r for r in records(world, LOG_PREFIX_IN)
+               if canon(r["src_ip"]) == scan["scanner"]
+               and canon(r["dest_ip"]) == scan["target"]]
+        ports = {r["dest_port"] for r in ins}
+        assert len(ports) >= 100, f"{len(ports)} ports logged"
+        outs = [r for r in records(world, LOG_PREFIX_OUT)
+                if canon(r["src_ip"]) == scan["target"]
+                and canon(r["dest_ip"]) in world.harvesters]
+        assert outs and min(map(log_time, outs)) < min(map(log_time, ins))
+        text = world.firewall_log.read_text()
+        assert f"SRC={scan['scanner']} " in text and "DPT=123 " in text
+        # No scanner packet ever reaches an address that did not talk to a harvester.
+        harvested = {c["source"] for c in contacts}
+        for r in records(world, LOG_PREFIX_IN):
+            if ipaddress.ip_address(r["src_ip"]) in ipaddress.ip_network(SCAN_NET):
+                assert canon(r["dest_ip"]) in harvested
+        # The time daemon is still fine (the lab only observes).
+        assert world.synced()
+    assert not [n for n in list_namespaces() if n.startswith(PREFIX)]
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_clean_servers_never_trigger_and_cooldown_holds(tmp_path: Path):
+    spec = WorldSpec(seed=3, prefix=PREFIX, lag_min=1.0, lag_max=2.0, cooldown=60,
+                     chrony_client=False)
+    with World(spec, tmp_path / "world") as world, explained(world):
+        host = world.host
+        # A fixed source that only ever talks to clean servers (NOTES.md: a /128 route with
+        # `src` picks the source address of unbound UDP sockets per server).
+        quiet, loud = "2001:db8:4057:1::c1ea", "2001:db8:4057:1::10ad"
+        host.run("ip", "-6", "addr", "add", quiet + "/64", "dev", "eth0", "nodad")
+        host.run("ip", "-6", "addr", "add", loud + "/64", "dev", "eth0", "nodad")
+        for a in world.clean:
+            if ":" in a:
+                host.run("ip", "-6", "route", "replace", a + "/128", "via", HOST_GW,
+                         "src", quiet)
+        for a in world.harvesters:
+            host.run("ip", "-6", "route", "replace", a + "/128", "via", HOST_GW, "src", loud)
+        world.poke([a for a in world.clean if ":" in a])
+        world.poke(world.harvesters)
+        assert wait_for(lambda: world.scans(), timeout=10)
+        world.poke(world.harvesters)  # again, inside the cooldown
+        time.sleep(spec.lag_max + 3)
+        scans = world.scans()
+        assert [s["target"] for s in scans] == [loud], "one scan: the harvester contact only"
+        harvests = [e for e in world.truth() if e["event"] == "harvest"]
+        assert [h["source"] for h in harvests] == [loud]
+        assert not [r for r in world.log_lines()
+                    if canon(r.get("dest_ip", "::")) == quiet and r["oob.prefix"] == LOG_PREFIX_IN]
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_temporary_addresses_rotate_and_crash_leftovers_are_cleaned(tmp_path: Path):
+    # A crashed run's leftover: a namespace with the prefix and a process in it.
+    subprocess.run(["ip", "netns", "add", PREFIX + "stray"], check=True)
+    stray = subprocess.Popen(["ip", "netns", "exec", PREFIX + "stray", "sleep", "600"])
+    spec = WorldSpec(seed=4, prefix=PREFIX, temp_prefered_lft=8, temp_valid_lft=30,
+                     chrony_client=False, harvesters=1)
+    with World(spec, tmp_path / "world") as world, explained(world):
+        assert PREFIX + "stray" not in list_namespaces()
+        assert stray.wait(timeout=5) != 0
+        first = set(world.temp_addresses())
+        assert first
+        assert wait_for(lambda: set(world.temp_addresses()) - first, timeout=20, step=0.5)
