@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 from ntpguard.config import Rules
 from ntpguard.errors import FirewallError, UsageError
@@ -310,17 +310,3 @@ def build(
         notes=tuple(notes),
     )
 
-
-def resolve_status(verdicts: dict[str, Any], default: str = "unknown") -> str:
-    """One status from several sources' latest verdicts (source → object with .status).
-
-    A manual verdict wins; otherwise the most severe (harvester > suspect > clean > unknown),
-    because letting NTP reach a possible harvester costs more than skipping one clean server.
-    The verdict engine may replace this; the rule writer only needs one status per address.
-    """
-    manual: Optional[Any] = verdicts.get("manual")
-    if manual is not None:
-        return str(manual.status)
-    order = {s: i for i, s in enumerate(STATUSES)}
-    statuses = [v.status for v in verdicts.values() if v.status in order]
-    return min(statuses, key=order.__getitem__) if statuses else default
