@@ -30,7 +30,13 @@ deps:
 	$(PYPI_VENV)/bin/pip install -q --no-deps -e .
 
 lint:
-	$(VENV)/bin/ruff check ntpguard tests benchmarks
+	$(VENV)/bin/ruff check ntpguard tests benchmarks lab
+
+# The lab story in namespaces (lab/demo.py): pool, harvesters, scanner, host, ntpguard; a few
+# minutes; always tears down. DEMO_ARGS="--seed 7 --observe 40" to vary it.
+DEMO_ARGS ?=
+demo: deps
+	$(PYTHON) -m lab.demo $(DEMO_ARGS)
 
 unit: deps
 	$(VENV)/bin/python -m pytest -m "not root and not lab" tests
