@@ -68,6 +68,40 @@ MIGRATIONS: list[Migration] = [
         summary     TEXT NOT NULL DEFAULT '{}'  -- JSON
     );
     """,
+    # 2: evidence from firewall logs (ntpguard detect --record; read/written by evidence.py).
+    # Facts, not conclusions, so verdicts can be recomputed from all runs together; the keys
+    # make ingesting the same log twice a no-op.
+    """
+    CREATE TABLE detect_positions (
+        source      TEXT PRIMARY KEY,           -- file path or "journal"
+        inode       INTEGER NOT NULL DEFAULT 0,
+        offset      INTEGER NOT NULL DEFAULT 0,
+        cursor      TEXT NOT NULL DEFAULT '',
+        updated     REAL NOT NULL
+    );
+    CREATE TABLE detect_contacts (
+        address     TEXT NOT NULL,              -- local address that sent
+        server      TEXT NOT NULL,              -- where to (NTP server)
+        first_time  REAL NOT NULL,
+        PRIMARY KEY (address, server)
+    );
+    CREATE TABLE detect_scans (
+        dst         TEXT NOT NULL,
+        src         TEXT NOT NULL,
+        start       REAL NOT NULL,
+        end         REAL NOT NULL,
+        ports       INTEGER NOT NULL,
+        packets     INTEGER NOT NULL,
+        protocols   TEXT NOT NULL,
+        triggers    TEXT NOT NULL DEFAULT '[]', -- JSON
+        PRIMARY KEY (dst, src, start)
+    );
+    CREATE TABLE detect_coverage (
+        source      TEXT PRIMARY KEY,
+        first_time  REAL NOT NULL,
+        last_time   REAL NOT NULL
+    );
+    """,
 ]
 
 
