@@ -28,6 +28,12 @@ deps:
 	test -x $(PYPI_VENV)/bin/python || $(PYTHON) -m venv $(PYPI_VENV)
 	$(PYPI_VENV)/bin/pip install -q -U dnspython netaddr pytest hypothesis cryptography
 	$(PYPI_VENV)/bin/pip install -q --no-deps -e .
+	@# ntpsec and openntpd conflict with chrony: unpack (not install) their .debs so the tests
+	@# can run their config parsers on the files timeconf generates.
+	test -x .debs/ntpsec/usr/sbin/ntpd -a -x .debs/openntpd/usr/sbin/ntpd || ( \
+		rm -rf .debs && mkdir -p .debs && cd .debs && chown _apt . 2>/dev/null; \
+		apt-get download -q ntpsec openntpd && \
+		dpkg -x ntpsec_*.deb ntpsec && dpkg -x openntpd_*.deb openntpd )
 
 lint:
 	$(VENV)/bin/ruff check ntpguard tests benchmarks lab

@@ -1,0 +1,294 @@
+"""Server selection, rendering, daemon detection, file writing, SNTP; generated files are
+parsed by the real daemons' parsers (chronyd -p; ntpsec's and openntpd's ntpd from their .debs,
+unpacked by `make deps` into .debs/ because both conflict with the installed chrony)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ntpguard import config, sntp, timeconf
+from ntpguard.errors import UsageError
+from ntpguard.state import State
+
+ROOT = Path(__file__).resolve().parent.parent
+DEBS = Path(os.environ.get("NTPGUARD_DEBS", ROOT / ".debs"))
+C = timeconf.Candidate
+
+
+def test_spread_over_prefixes_then_fill():
+    cands = [C("2604:a880:1:20::a7:f001", 100, 9), C("2604:a880:1:20::a7:f002", 100, 8),
+             C("2604:a880:1:21::1", 100, 7),  # same /48 as the two above
+             C("2a01:4f8:1::1", 100, 5), C("198.51.99.1", 100, 6), C("198.51.99.200", 100, 6),
+             C("203.0.114.9", 100, 1)]
+    assert timeconf.select_servers(cands, 4) == [
+        "2604:a880:1:20::a7:f001", "198.51.99.1", "2a01:4f8:1::1", "203.0.114.9"]
+    # Not enough distinct prefixes: fill with the best remaining.
+    assert timeconf.select_servers(cands[:3], 2) == ["2604:a880:1:20::a7:f001",
+                                                    "2604:a880:1:20::a7:f002"]
+    # /64 spread allows the /48 neighbour.
+    assert timeconf.select_servers(cands[:3], 2, spread_v6=64) == [
+        "2604:a880:1:20::a7:f001", "2604:a880:1:21::1"]
+    assert timeconf.select_servers([], 4) == []
+
+
+def test_checks_drop_failures_and_rank_by_delay():
+    cands = [C("2a01:4f8:1::1", 100, 9), C("2a01:4f8:2::1", 100, 1), C("2a01:4f8:3::1", 100, 1),
+             C("2a01:4f8:4::1", 100, 1)]
+    R = sntp.SntpResult
+    checks = {"2a01:4f8:1::1": R("2a01:4f8:1::1", False, error="no answer"),
+              "2a01:4f8:2::1": R("2a01:4f8:2::1", True, 2, 0, 0.9),
+              "2a01:4f8:3::1": R("2a01:4f8:3::1", True, 2, 0, 0.020),
+              "2a01:4f8:4::1": R("2a01:4f8:4::1", True, 1, 0, 0.010)}
+    assert timeconf.select_servers(cands, 4, checks=checks, max_delay=0.5) == [
+        "2a01:4f8:4::1", "2a01:4f8:3::1", "2a01:4f8:2::1"]
+
+
+def test_candidates_clean_and_recent_only():
+    class S:
+        def __init__(self, a, last):
+            self.address, self.last_seen, self.times_seen = a, last, 1
+
+    servers = [S("2a01:4f8:1::1", 1000), S("2a01:4f8:2::1", 1000), S("2a01:4f8:3::1", 10),
+               S("2a01:4f8:4::1", 1000)]
+    st = {"2a01:4f8:1::1": "clean", "2a01:4f8:2::1": "harvester", "2a01:4f8:3::1": "clean"}
+    got = timeconf.candidates(servers, st, now=1100, max_age=500)
+    assert [c.address for c in got] == ["2a01:4f8:1::1"]
+    got = timeconf.candidates(servers, st, 1100, 500, ("clean", "unknown"))
+    assert [c.address for c in got] == ["2a01:4f8:1::1", "2a01:4f8:4::1"]
+
+
+SERVERS = ["2604:a880:1:20::a7:f001", "198.51.99.7", "2a01:4f8:1::1"]
+
+
+def test_render_formats():
+    chrony = timeconf.render("chrony", SERVERS)
+    assert chrony.splitlines()[1:] == [f"server {s} iburst" for s in SERVERS]
+    ts = timeconf.render("timesyncd", SERVERS, fallback=("ntp.example.org",))
+    assert ts.splitlines()[1:] == ["[Time]", "NTP=" + " ".join(SERVERS),
+                                   "FallbackNTP=ntp.example.org"]
+    assert "FallbackNTP" not in timeconf.render("timesyncd", SERVERS)
+    assert timeconf.render("openntpd", SERVERS).splitlines()[1:] == [
+        f"server {s}" for s in SERVERS]
+    assert timeconf.render("ntpsec", SERVERS, "iburst prefer").splitlines()[1] == \
+        "server 2604:a880:1:20::a7:f001 iburst prefer"
+    with pytest.raises(UsageError, match="no clean servers"):
+        timeconf.render("chrony", [])
+    with pytest.raises(UsageError, match="unknown format"):
+        timeconf.render("ntpd-rs", SERVERS)
+    with pytest.raises(ValueError):
+        timeconf.render("chrony", ["pool.ntp.org"])
+
+
+def test_detect_daemon():
+    def files(*present):
+        return lambda p: p in present
+
+    assert timeconf.detect_daemon({"chronyd"}, files()) == "chrony"
+    assert timeconf.detect_daemon({"systemd-timesyn"}, files("/usr/sbin/chronyd")) == "timesyncd"
+    assert timeconf.detect_daemon({"ntpd"}, files("/etc/ntpsec/ntp.conf")) == "ntpsec"
+    assert timeconf.detect_daemon({"ntpd"}, files("/etc/openntpd/ntpd.conf")) == "openntpd"
+    assert timeconf.detect_daemon(set(), files("/usr/sbin/chronyd")) == "chrony"
+    assert timeconf.detect_daemon(set(), files("/lib/systemd/systemd-timesyncd")) == "timesyncd"
+    assert timeconf.detect_daemon(set(), files()) is None
+
+
+def test_write_only_on_change_and_reload(tmp_path):
+    path = str(tmp_path / "sources.d" / "ntpguard.sources")
+    marker = tmp_path / "reloaded"
+    cmd = ["sh", "-c", f"echo x >> {marker}"]
+    content = timeconf.render("chrony", SERVERS)
+    assert timeconf.write("chrony", content, path, reload_command=cmd) is True
+    assert Path(path).read_text() == content and oct(os.stat(path).st_mode & 0o777) == "0o644"
+    assert timeconf.write("chrony", content, path, reload_command=cmd) is False
+    assert marker.read_text() == "x\n"  # reloaded once: only on change
+    assert os.listdir(tmp_path / "sources.d") == ["ntpguard.sources"]
+    with pytest.raises(timeconf.ReloadError, match=r"wrote .* but `false` failed"):
+        timeconf.write("chrony", timeconf.render("chrony", SERVERS[:1]), path,
+                       reload_command=["false"])
+    assert Path(path).read_text() == timeconf.render("chrony", SERVERS[:1])
+    with pytest.raises(UsageError, match="no drop-in"):
+        timeconf.write("ntpsec", content, str(tmp_path / "x"))
+    (tmp_path / "ro").mkdir(mode=0o500)
+    if os.geteuid() != 0:
+        with pytest.raises(UsageError, match="cannot write"):
+            timeconf.write("chrony", content, str(tmp_path / "ro" / "f"), reload=False)
+
+
+# -- the daemons' own parsers ---------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("chronyd") is None, reason="chrony not installed")
+def test_chronyd_parses_generated_sources(tmp_path):
+    f = tmp_path / "ntpguard.sources"
+    f.write_text(timeconf.render("chrony", SERVERS))
+    p = subprocess.run(["chronyd", "-p", "-f", str(f)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [f"server {s} iburst" for s in SERVERS]
+    f.write_text("server\n")  # the check can fail
+    assert subprocess.run(["chronyd", "-p", "-f", str(f)], capture_output=True).returncode != 0
+
+
+NTPSEC = DEBS / "ntpsec" / "usr" / "sbin" / "ntpd"
+OPENNTPD = DEBS / "openntpd" / "usr" / "sbin" / "ntpd"
+
+
+def ntpsec_parse(conf: Path) -> str:
+    """Run ntpsec's ntpd for 3 s on conf: no network (unshare -n) and no CAP_SYS_TIME, so it
+    can't touch the clock; ntpsec has no dry-run, its parser logs syntax errors at startup."""
+    p = subprocess.run(["timeout", "3", "unshare", "-n", "setpriv", "--bounding-set", "-sys_time",
+                        "--inh-caps", "-sys_time", str(NTPSEC), "-n", "-d", "-c", str(conf),
+                        "-f", str(conf.parent / "drift"), "-l", "stderr"],
+                       capture_output=True, text=True)
+    return p.stdout + p.stderr
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not NTPSEC.exists(), reason="ntpsec .deb not unpacked (make deps)")
+def test_ntpsec_parses_generated_snippet_and_include(tmp_path):
+    snippet = tmp_path / "ntpguard.conf"
+    snippet.write_text(timeconf.render("ntpsec", SERVERS))
+    main = tmp_path / "ntp.conf"
+    main.write_text(f"driftfile {tmp_path}/drift\nincludefile {snippet}\n")
+    out = ntpsec_parse(main)
+    assert "syntax error" not in out, out
+    for s in SERVERS:
+        assert f"->{s} mode 3" in out, out  # one association per server line
+    snippet.write_text("server\nbogus line\n")
+    assert "syntax error" in ntpsec_parse(main)
+
+
+@pytest.mark.skipif(not OPENNTPD.exists(), reason="openntpd .deb not unpacked (make deps)")
+def test_openntpd_parses_generated_lines(tmp_path):
+    f = tmp_path / "ntpd.conf"
+    f.write_text(timeconf.render("openntpd", SERVERS))
+    p = subprocess.run([str(OPENNTPD), "-n", "-f", str(f)], capture_output=True, text=True)
+    assert p.returncode == 0 and "configuration OK" in p.stderr, p.stderr
+    # Why ntpguard prints lines for openntpd instead of an include line: it has no include.
+    f2 = tmp_path / "inc.conf"
+    f2.write_text(f'include "{f}"\n')
+    assert subprocess.run([str(OPENNTPD), "-n", "-f", str(f2)],
+                          capture_output=True).returncode != 0
+
+
+# -- SNTP -----------------------------------------------------------------------------------------
+
+
+def reply(req: bytes, stratum=2, leap=0, mode=4, echo=True, refid=b"GPS\0") -> bytes:
+    xmit = struct.unpack("!Q", req[40:48])[0]
+    now = sntp._to_ntp(time.time())
+    return struct.pack("!BBbbII4sQQQQ", (leap << 6) | (4 << 3) | mode, stratum, 6, -20, 0, 0,
+                       refid, now, xmit if echo else xmit ^ 1, now, now)
+
+
+def test_sntp_evaluate():
+    req = sntp.request(12345)
+    t = time.time()
+    ok = sntp.evaluate("x", reply(req), 12345, t, t + 0.01)
+    assert ok.ok and ok.stratum == 2 and 0 <= ok.delay < 0.05
+    assert "leap indicator 3" in sntp.evaluate("x", reply(req, leap=3), 12345, t, t).error
+    assert "kiss-o'-death 'RATE'" in sntp.evaluate("x", reply(req, 0, refid=b"RATE"), 12345,
+                                                    t, t).error
+    assert "stratum 16" in sntp.evaluate("x", reply(req, 16), 12345, t, t).error
+    assert "mode 3" in sntp.evaluate("x", reply(req, mode=3), 12345, t, t).error
+    assert "short" in sntp.evaluate("x", b"\0" * 10, 12345, t, t).error
+
+
+def fake_server(behaviour):
+    """A UDP server on ::1 answering per behaviour(request) -> list of reply packets."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.bind(("::1", 0))
+    sock.settimeout(5)
+
+    def serve():
+        try:
+            while True:
+                data, peer = sock.recvfrom(1024)
+                for r in behaviour(data):
+                    sock.sendto(r, peer)
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock, sock.getsockname()[1]
+
+
+def test_sntp_query_over_udp():
+    # A spoofed reply not echoing our timestamp is ignored; the real one after it counts.
+    sock, port = fake_server(lambda req: [reply(req, echo=False), reply(req, stratum=3)])
+    try:
+        r = sntp.query("::1", timeout=2, port=port)
+        assert r.ok and r.stratum == 3, r
+        many = sntp.query_many(["::1", "::1"], timeout=2, port=port)
+        assert list(many) == ["::1"] and many["::1"].ok
+    finally:
+        sock.close()
+    sock, port = fake_server(lambda req: [])
+    try:
+        r = sntp.query("::1", timeout=0.3, port=port)
+        assert not r.ok and "no answer within 0.3 s" in r.error
+    finally:
+        sock.close()
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+def seed(state_dir, now):
+    with State.open(str(state_dir)) as st:
+        st.record_answer("2.debian.pool.ntp.org", "AAAA",
+                         [("2604:a880:1:20::a7:f001", 6), ("2604:a880:1:20::a7:f002", 6),
+                          ("2a01:4f8:1::1", 6), ("2001:67c:1::5", 6)], now)
+        st.add_verdict("2604:a880:1:20::a7:f001", "clean", "detect", {}, now)
+        st.add_verdict("2604:a880:1:20::a7:f002", "clean", "detect", {}, now)
+        st.add_verdict("2a01:4f8:1::1", "clean", "detect", {}, now)
+        st.add_verdict("2001:67c:1::5", "harvester", "detect", {}, now)
+
+
+def test_cli_timeconf(run_cli, state_dir, tmp_path):
+    p = run_cli("timeconf", "--format", "chrony")
+    assert p.returncode == 2 and "no clean servers" in p.stderr
+    seed(state_dir, time.time())
+    p = run_cli("timeconf", "--format", "chrony", "--count", "2")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[1:] == ["server 2604:a880:1:20::a7:f001 iburst",
+                                         "server 2a01:4f8:1::1 iburst"]
+    p = run_cli("timeconf", "--format", "ntpsec")
+    assert "includefile /etc/ntpsec/ntpguard.conf" in p.stdout and "2001:67c:1::5" not in p.stdout
+    p = run_cli("timeconf", "--format", "ntpsec", "--write")
+    assert p.returncode == 2 and "no drop-in" in p.stderr
+    target = tmp_path / "out" / "ntpguard.conf"
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[timeconf]\ntimesyncd_dropin = "{target}"\nreload = false\n'
+                    'fallback = ["ntp.example.org"]\n')
+    p = run_cli("timeconf", "--format", "timesyncd", "--write", config=conf)
+    assert p.returncode == 0 and "updated (3 servers)" in p.stdout, p.stderr
+    assert "FallbackNTP=ntp.example.org" in target.read_text()
+    p = run_cli("timeconf", "--format", "timesyncd", "--write", config=conf)
+    assert "unchanged" in p.stdout
+    p = run_cli("timeconf", "--format", "chrony", "--count", "0")
+    assert p.returncode == 2 and "at least 1" in p.stderr
+
+
+def test_configure_daemon_for_sync(state_dir, tmp_path):
+    seed(state_dir, time.time())
+    path = tmp_path / "ntpguard.sources"
+    cfg = config.parse(f'[timeconf]\ndaemon = "chrony"\nchrony_sources = "{path}"\n'
+                       'reload = false\n', "c.toml")
+    with State.open(str(state_dir)) as st:
+        dry = timeconf.configure_daemon(cfg, st, time.time(), dry_run=True)
+        assert dry.changed and not path.exists()
+        out = timeconf.configure_daemon(cfg, st, time.time())
+        assert out.changed and out.daemon == "chrony" and len(out.servers) == 3
+        assert not timeconf.configure_daemon(cfg, st, time.time()).changed
+    none = config.parse('[timeconf]\ndaemon = "none"\n', "c.toml")
+    with State.open(str(state_dir)) as st:
+        assert timeconf.configure_daemon(none, st, time.time()).daemon is None
