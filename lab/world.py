@@ -401,6 +401,20 @@ class World:
         if addresses:
             self.host.run("ntpdate", "-q", "-t", "1", *addresses, check=False, timeout=60)
 
+    def scan_now(self, target: str, scanner: Optional[str] = None) -> str:
+        """A scan not caused by a harvester (the demo's proof); recorded in the ground truth
+        as "manual-scan" so it is never mistaken for a harvester's."""
+        scanner = scanner or self.scanners[0]
+        start = time.time()
+        out = self.scan.run("nmap", "-6", "-n", "-sS", "-Pn", "-p", self.spec.scan_ports,
+                            "--max-retries", "0", "-e", "eth0", "-S", scanner, target,
+                            check=False, timeout=60)
+        line = json.dumps({"event": "manual-scan", "t_start": start, "t_end": time.time(),
+                           "target": target, "scanner": scanner, "rc": out.returncode})
+        with open(self.truth_path, "a") as fh:
+            fh.write(line + "\n")
+        return out.stdout
+
     def log_lines(self) -> list[dict[str, Any]]:
         """The host's firewall log as ulogd2 JSON records."""
         try:

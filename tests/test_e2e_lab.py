@@ -185,3 +185,29 @@ def test_temporary_addresses_rotate_and_crash_leftovers_are_cleaned(tmp_path: Pa
         first = set(world.temp_addresses())
         assert first
         assert wait_for(lambda: set(world.temp_addresses()) - first, timeout=20, step=0.5)
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_ntpguard_detector_reads_the_lab_logs(tmp_path: Path):
+    """The host's logs (ulogd2 JSON and LOGEMU text) are evidence ntpguard can use: every
+    harvester scan is detected, and the harvester that was contacted is among its triggers."""
+    from ntpguard.config import Detect
+    from ntpguard.detect import detect
+    from ntpguard.logs.parse import LineParser
+
+    spec = WorldSpec(seed=5, prefix=PREFIX, lag_min=1.0, lag_max=2.0, chrony_client=False)
+    with World(spec, tmp_path / "world") as world, explained(world):
+        world.poke(world.harvesters[:1])
+        assert wait_for(lambda: world.scans(), timeout=10)
+        time.sleep(1.5)
+        truth = world.scans()
+        for path in (world.firewall_json, world.firewall_log):
+            with open(path) as fh:
+                events = list(LineParser().parse_lines(fh))
+            scans, _ = detect(events, Detect())
+            assert len(scans) == len(truth), path
+            for t in truth:
+                found = [s for s in scans if s.dst == t["target"]]
+                assert found and found[0].ports >= 100, path
+                assert t["harvester"] in {tr.server for tr in found[0].triggers}, path
