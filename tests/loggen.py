@@ -1,0 +1,184 @@
+"""A firewall log generator with ground truth, for the detector's tests and benchmark.
+
+Hosts with rotating temporary IPv6 addresses poll 4-7 pool servers (new servers at each
+rotation, as after re-resolving); harvesters among the servers report each new client address
+with their own probability and lag, and their scanner sweeps it once (cooldown). Around that:
+unrelated scans (some from the same scanner /64, some slow), inbound noise, IPv4 lines, other
+kernel messages and truncated lines. Lines look like the kernel's LOG output (IPv6 fully
+expanded, trailing space) in a traditional syslog or RFC 3339 envelope.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+SCANNER_NET = "2604:a880:800:10::"  # the 2016 scan6.shodan.io /64
+
+
+@dataclass
+class Scenario:
+    hosts: int = 1
+    servers: int = 60
+    harvesters: int = 3
+    duration: float = 3 * 86400.0
+    address_lifetime: float = 86400.0      # temporary address rotation (RFC 4941 default: 1 day)
+    servers_per_address: tuple[int, int] = (4, 7)
+    poll: float = 256.0                    # NTP poll interval
+    harvest_rate: tuple[float, float] = (0.8, 1.0)   # per-harvester P(scan | new address)
+    lag: tuple[float, float] = (5.0, 60.0)           # per-harvester lag range
+    unrelated_scans_per_day: float = 1.0
+    slow_scan_share: float = 0.0           # unrelated scans spread over minutes
+    noise_per_hour: float = 60.0           # single inbound drops from random sources
+    ipv4_share: float = 0.2                # of noise lines
+    kernel_other_per_hour: float = 5.0
+    malformed_per_hour: float = 2.0
+    gateway: bool = False                  # forwarded lines (IN=lan OUT=wan) for LAN hosts
+    envelope: str = "syslog"               # syslog | rfc3339
+    start: float = 1_760_000_000.0
+
+
+@dataclass
+class Truth:
+    harvesters: set[str] = field(default_factory=set)
+    servers: list[str] = field(default_factory=list)
+    harvester_scans: int = 0
+    unrelated_scans: int = 0
+    lines: int = 0
+
+
+def _addr(rng: random.Random, prefix: str) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(int(ipaddress.IPv6Address(prefix)) | rng.getrandbits(64))
+
+
+def generate(sc: Scenario, seed: int, truth: Optional[Truth] = None) -> Iterator[str]:
+    """Lines in time order; fills `truth` (if given) as it goes."""
+    rng = random.Random(seed)
+    truth = truth if truth is not None else Truth()
+    servers = [str(ipaddress.IPv6Address((0x2001_0db8_1000 + i) << 80 | rng.getrandbits(64)))
+               for i in range(sc.servers)]
+    truth.servers = servers
+    harvesters = {s: (rng.uniform(*sc.harvest_rate), rng.uniform(*sc.lag))
+                  for s in rng.sample(servers, sc.harvesters)}
+    truth.harvesters = set(harvesters)
+    end = sc.start + sc.duration
+    events: list[tuple[float, int, str]] = []  # (time, seq, line)
+    seq = 0
+
+    def push(t: float, line: str) -> None:
+        nonlocal seq
+        if t < end:
+            heapq.heappush(events, (t, seq, line))
+            seq += 1
+
+    scanned: set[str] = set()
+    out_if, in_if = ("eth1", "eth0") if sc.gateway else ("eth0", "")
+
+    def ntp_line(src: str, dst: str, sport: int) -> str:
+        return _packet(f"IN={in_if} OUT={out_if}" if sc.gateway else f"IN= OUT={out_if}",
+                       "ntpguard-out: ", src, dst, "UDP", sport, 123, with_mac=sc.gateway)
+
+    def scan_lines(t: float, target: str, ports: int, spread: float, scanner: str) -> None:
+        for port in rng.sample(range(1, 65536), ports):
+            push(t + rng.uniform(0, spread),
+                 _packet(f"IN=eth0 OUT={'eth1' if sc.gateway else ''}", "ntpguard-in: ",
+                         scanner, target, rng.choice(("TCP", "TCP", "UDP")),
+                         rng.randrange(32768, 61000), port, with_mac=True))
+
+    # NTP traffic and the harvesters' reactions, per host and address.
+    for h in range(sc.hosts):
+        prefix = f"2001:db8:{0xa000 + h:x}:1::"
+        t = sc.start + rng.uniform(0, sc.poll)
+        while t < end:
+            address = str(_addr(rng, prefix))
+            life_end = t + sc.address_lifetime * rng.uniform(0.8, 1.2)
+            group = rng.sample(servers, rng.randint(*sc.servers_per_address))
+            for server in group:
+                first = t + rng.uniform(0, 8)  # iburst: first packets within seconds
+                pt = first
+                sport = 123 if rng.random() < 0.5 else rng.randrange(32768, 61000)
+                while pt < min(life_end, end):
+                    push(pt, ntp_line(address, server, sport))
+                    pt += sc.poll * rng.uniform(0.9, 1.1)
+                if server in harvesters and address not in scanned:
+                    rate, lag = harvesters[server]
+                    if rng.random() < rate:
+                        scanned.add(address)
+                        st = first + lag * rng.uniform(0.7, 1.3)
+                        if st < end:
+                            truth.harvester_scans += 1
+                            scan_lines(st, address, rng.randint(100, 120), 1.0,
+                                       str(_addr(rng, SCANNER_NET)))
+            t = life_end
+    # Unrelated scans of the same hosts' current prefixes (by address we cannot know: pick
+    # a random address in the host's /64 or an earlier-used one), some from the same /64.
+    n = int(sc.unrelated_scans_per_day * sc.duration / 86400 + rng.random())
+    for _ in range(n):
+        st = rng.uniform(sc.start, end)
+        target = str(_addr(rng, f"2001:db8:{0xa000 + rng.randrange(sc.hosts):x}:1::"))
+        slow = rng.random() < sc.slow_scan_share
+        scanner = str(_addr(rng, SCANNER_NET if rng.random() < 0.5 else "2a0b:4340:1::"))
+        scan_lines(st, target, rng.randint(20, 60) if slow else rng.randint(30, 200),
+                   600.0 if slow else 2.0, scanner)
+        truth.unrelated_scans += 1
+    # Background.
+    hours = sc.duration / 3600
+
+    def rand_times(per_hour: float) -> list[float]:
+        return [rng.uniform(sc.start, end) for _ in range(int(per_hour * hours))]
+
+    for t in rand_times(sc.noise_per_hour):
+        if rng.random() < sc.ipv4_share:
+            src = str(ipaddress.IPv4Address(rng.getrandbits(32)))
+            dst = "198.51.100.7"
+        else:
+            src = str(_addr(rng, f"2a0{rng.randrange(10)}:{rng.getrandbits(16):x}::"))
+            dst = str(_addr(rng, f"2001:db8:{0xa000 + rng.randrange(sc.hosts):x}:1::"))
+        push(t, _packet("IN=eth0 OUT=", "ntpguard-in: ", src, dst, "TCP",
+                        rng.randrange(1024, 65535), rng.choice((22, 23, 80, 443, 3389, 8080)),
+                        with_mac=True))
+    for t in rand_times(sc.kernel_other_per_hour):
+        push(t, "usb 1-1.2: new high-speed USB device number 7 using xhci_hcd")
+    for t in rand_times(sc.malformed_per_hour):
+        line = _packet("IN=eth0 OUT=", "ntpguard-in: ", "2001:db8::1", "2001:db8::2", "UDP",
+                       1234, 5678, with_mac=True)
+        push(t, line[: rng.randrange(10, len(line) - 20)])
+    fmt = _envelope(sc.envelope)
+    while events:
+        t, _, line = heapq.heappop(events)
+        truth.lines += 1
+        yield fmt(t, line)
+
+
+def _packet(ifaces: str, prefix: str, src: str, dst: str, proto: str, sport: int, dport: int,
+            with_mac: bool) -> str:
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    mac = "MAC=52:54:00:12:34:56:52:54:00:65:43:21:86:dd " if with_mac else ""
+    if a.version == 6:
+        ip = (f"SRC={a.exploded} DST={b.exploded} LEN=80 TC=0 HOPLIMIT=56 FLOWLBL=0 ")
+    else:
+        ip = f"SRC={a} DST={b} LEN=60 TOS=0x00 PREC=0x00 TTL=51 ID=4242 DF "
+    if proto == "TCP":
+        l4 = f"PROTO=TCP SPT={sport} DPT={dport} WINDOW=1024 RES=0x00 SYN URGP=0 "
+    else:
+        l4 = f"PROTO=UDP SPT={sport} DPT={dport} LEN=56 "
+    return f"{prefix}{ifaces} {mac}{ip}{l4}"
+
+
+def _envelope(kind: str):
+    boot = 1_759_990_000.0
+    if kind == "rfc3339":
+        def fmt(t: float, msg: str) -> str:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+            return f"{stamp}.{int(t % 1 * 1e6):06d}+00:00 host kernel: {msg}"
+        return fmt
+
+    def fmt(t: float, msg: str) -> str:
+        lt = time.localtime(t)
+        stamp = f"{time.strftime('%b', lt)} {lt.tm_mday:2d} {time.strftime('%H:%M:%S', lt)}"
+        return f"{stamp} host kernel: [{t - boot:12.6f}] {msg}"
+    return fmt
