@@ -159,15 +159,6 @@ class Rules:
     max_prefix_v4: int = field(default=16, metadata=_check(_prefix_limit(32)))
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def check(value: str) -> str:
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(repr(a) for a in allowed)}")
-        return value
-
-    return check
-
-
 def _list_name(value: str) -> str:
     if not value or len(value) > 63 or not value[0].isalnum() or not all(
         c.islower() or c.isdigit() or c in "_.-" for c in value
@@ -196,7 +187,7 @@ class Subscription:
 
     name: str = field(metadata=_check(_list_name))
     url: str = field(metadata=_check(_list_url))
-    trust: str = field(default="enforce", metadata=_check(_choice("enforce", "report")))
+    trust: str = field(default="enforce", metadata=_check(_one_of("enforce", "report")))
     sha256: str = field(default="", metadata=_check(_sha256_hex))
     # A minisign public key (the base64 line of a .pub file, "RW..."): the list must come with
     # a valid signature at URL.minisig.
@@ -205,7 +196,7 @@ class Subscription:
     max_bytes: int = field(default=8 << 20, metadata=_check(_positive))
     timeout: float = field(default=30.0, metadata=_check(_positive))
     ca_file: str = ""
-    kind: str = field(default="", metadata=_check(_choice("", "harvester", "scanner")))
+    kind: str = field(default="", metadata=_check(_one_of("", "harvester", "scanner")))
 
 
 def _unique_subscriptions(values: tuple[Subscription, ...]) -> tuple[Subscription, ...]:
@@ -223,7 +214,7 @@ def _unique_subscriptions(values: tuple[Subscription, ...]) -> tuple[Subscriptio
 class Lists:
     # The 2016 harvesters and scanner prefix shipped in rules/ (harvesters.txt, scanners.txt).
     builtin: bool = True
-    builtin_trust: str = field(default="enforce", metadata=_check(_choice("enforce", "report")))
+    builtin_trust: str = field(default="enforce", metadata=_check(_one_of("enforce", "report")))
     # Empty: rules/ beside the package (source tree), else /usr/share/ntpguard/rules.
     builtin_dir: str = ""
     # Limit for imported lists (subscriptions have their own max_entries). Prefix limits are
@@ -239,7 +230,7 @@ class Lists:
 class Timeconf:
     # auto: detect the daemon in use; none: never write.
     daemon: str = field(default="auto", metadata=_check(
-        _choice("auto", "chrony", "timesyncd", "ntpsec", "ntp", "openntpd", "none")))
+        _one_of("auto", "chrony", "timesyncd", "ntpsec", "ntp", "openntpd", "none")))
     count: int = field(default=4, metadata=_check(_positive))
     # Only servers seen in a DNS answer this recently (seconds): the pool drops dead servers.
     max_age: float = field(default=7 * 86400.0, metadata=_check(_positive))
