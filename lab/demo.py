@@ -52,12 +52,9 @@ NTPGUARD_STEPS: list[tuple[str, list[str]]] = [
     ("status", ["status"]),
 ]
 
-# HOOK: extra ntpguard configuration for the lab host (appended after [pool]); e.g. the log
-# sources for `sync` once [detect] has them.
-NTPGUARD_EXTRA_CONFIG = """
-[rules]
-unknown = "block"
-"""
+# HOOK: extra ntpguard configuration for the lab host, appended after the [pool] and [rules]
+# tables lab.world.ntpguard_config writes; e.g. the log sources for `sync` once they exist.
+NTPGUARD_EXTRA_CONFIG = ""
 
 
 def say(msg: str) -> None:

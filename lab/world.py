@@ -467,6 +467,10 @@ def ntpguard_config(world: World, extra: str = "") -> str:
         "# the lab's TTL means nothing to a test run: many quick rounds see the whole pool\n"
         "rounds = 12\n"
         "interval = 0.2\n"
+        "[rules]\n"
+        "# ntpguard's own log lines go to the lab host's ulogd2 (JSON file), not to the\n"
+        "# machine's kernel log\n"
+        f"log_group = {LOG_GROUP_JSON}\n"
         + extra
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -211,3 +212,28 @@ def test_ntpguard_detector_reads_the_lab_logs(tmp_path: Path):
                 found = [s for s in scans if s.dst == t["target"]]
                 assert found and found[0].ports >= 100, path
                 assert t["harvester"] in {tr.server for tr in found[0].triggers}, path
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_run_ntpguard_hook_resolves_the_lab_pool(tmp_path: Path):
+    """The demo's hook runs this tree's ntpguard inside the host: lab DNS, own state/config."""
+    from lab.world import run_ntpguard
+
+    root_tables = subprocess.run(["nft", "list", "tables"], capture_output=True,
+                                 text=True).stdout
+    spec = WorldSpec(seed=6, prefix=PREFIX, chrony_client=False)
+    with World(spec, tmp_path / "world") as world, explained(world):
+        out = run_ntpguard(world, "resolve", "--json")
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout)
+        v6 = {s.address for s in world.servers if ":" in s.address}
+        # 12 rounds of 4-of-N draws: most of the pool, never anything outside it.
+        assert data["known_servers"] >= len(v6) * 0.6
+        assert (world.workdir / "host" / "state").iterdir()
+        listed = run_ntpguard(world, "servers")
+        assert listed.returncode == 0, listed.stderr
+        shown = {line.split()[0] for line in listed.stdout.splitlines()[1:] if line.strip()}
+        assert shown <= {s.address for s in world.servers}
+    assert subprocess.run(["nft", "list", "tables"], capture_output=True,
+                          text=True).stdout == root_tables
