@@ -5,14 +5,18 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 PYPI_VENV := .venv-pypi
+# What packaging/build-deb.sh needs to build the .deb offline (and tests/test_package.py to lint it).
+DEB_BUILD_PACKAGES := git dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all \
+	python3-setuptools lintian
 APT_PACKAGES := python3 python3-venv python3-pip python3-dnspython python3-netaddr \
 	python3-pytest python3-hypothesis python3-nftables python3-iptables \
 	nftables iptables ipset iproute2 iputils-ping procps kmod \
 	pdns-server pdns-backend-bind chrony nmap ulogd2 ulogd2-json dnsutils ntpsec-ntpdate \
-	python3-cryptography minisign openssl
+	python3-cryptography minisign openssl \
+	$(DEB_BUILD_PACKAGES)
 PYTEST_ARGS ?=
 
-.PHONY: test deps lint unit demo clean
+.PHONY: test deps lint unit demo clean deb
 
 test: deps lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) tests
@@ -43,6 +47,11 @@ lint:
 DEMO_ARGS ?=
 demo: deps
 	$(PYTHON) -m lab.demo $(DEMO_ARGS)
+
+# The Debian package, built from this working tree into dist/ (packaging/build-deb.sh --help).
+deb:
+	@if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_BUILD_PACKAGES); fi
+	packaging/build-deb.sh dist
 
 unit: deps
 	$(VENV)/bin/python -m pytest -m "not root and not lab" tests
