@@ -37,7 +37,8 @@ CLEAN4, HARV4 = "198.51.100.1", "198.51.100.2"
 SCANNER6, OTHER6 = "2001:db8:666::5", "2001:db8:777::5"
 SCANNER4, OTHER4 = "203.0.113.5", "198.51.100.9"
 HOST6, HOST4, NET6, NET4 = "2001:db8:1::2", "192.0.2.2", "2001:db8:1::1", "192.0.2.1"
-LAN6, LAN4, ROUTER_LAN6, ROUTER_LAN4 = "2001:db8:2::10", "198.18.0.10", "2001:db8:2::1", "198.18.0.1"
+LAN6, LAN4 = "2001:db8:2::10", "198.18.0.10"
+ROUTER_LAN6, ROUTER_LAN4 = "2001:db8:2::1", "198.18.0.1"
 
 # TCP 22 ("SSH") and UDP 53 ("DNS") on every address of a namespace, dual-stack.
 SERVICES = textwrap.dedent("""

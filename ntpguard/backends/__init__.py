@@ -16,7 +16,7 @@ NAMES = ("nft", "iptables")
 
 
 def iptables_is_legacy() -> bool:
-    """True where `iptables` is the legacy x_tables variant (the only one python-iptables drives)."""
+    """True where `iptables` is the legacy x_tables variant, the only one python-iptables drives."""
     if not shutil.which("iptables"):
         return False
     try:

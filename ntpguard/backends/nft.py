@@ -11,6 +11,7 @@ cache file next to the state, tied to the kernel by a random token kept in the t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -246,10 +247,8 @@ def _save_cache(path: Optional[str], token: int, rendered: Rendered) -> None:
                                  "sets": rendered.sets}))
         os.replace(tmp, path)
     except OSError:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def _new_token(old: Optional[int]) -> int:
@@ -353,10 +352,8 @@ class NftBackend:
     def remove(self) -> Result:
         """Delete the table (and only it); the rest of the ruleset stays as it is."""
         if self.cache_path:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.cache_path)
-            except OSError:
-                pass
         if not self.nft.table_exists():
             return Result("absent")
         self.nft.run(f"delete table {FAMILY} {TABLE}")
