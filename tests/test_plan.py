@@ -275,3 +275,17 @@ def test_iptables_rules_and_sets():
 def test_iptables_refuses_nflog():
     with pytest.raises(FirewallError, match=re.escape("NFLOG")):
         ipt.render(plan_of(rules=Rules(log_group=3)))
+
+
+def test_sample_config_documents_every_rules_key_with_its_default():
+    import dataclasses
+    from pathlib import Path
+
+    from ntpguard import config
+
+    text = (Path(__file__).resolve().parent.parent / "packaging" / "ntpguard.toml").read_text()
+    body = re.split(r"\n\[[a-z]", text.split("\n[rules]\n", 1)[1], maxsplit=1)[0]
+    documented = dict(re.findall(r"^#([a-z_0-9]+) = (.*)$", body, flags=re.M))
+    for f in dataclasses.fields(config.Rules):
+        assert f.name in documented, f.name
+        assert config.tomllib.loads(f"v = {documented[f.name]}")["v"] == f.default, f.name
