@@ -45,3 +45,18 @@ def get(name: str, cache_dir: Optional[str] = None) -> Any:
 
         return IptablesBackend()
     raise FirewallError(f"unknown firewall backend {name!r} (one of auto, {', '.join(NAMES)})")
+
+
+def dry_run(name: str, plan: Any) -> str:
+    """The exact ruleset a backend would write, without touching (or even probing) netfilter."""
+    if name == "auto":
+        name = auto_name()
+    if name == "nft":
+        from ntpguard.backends import nft
+
+        return nft.render(plan).full_text(0)
+    if name == "iptables":
+        from ntpguard.backends import iptables
+
+        return iptables.render(plan).text()
+    raise FirewallError(f"unknown firewall backend {name!r} (one of auto, {', '.join(NAMES)})")

@@ -91,9 +91,9 @@ def run(ctx, args: argparse.Namespace) -> int:
     with ctx.open_state(write=not args.dry_run) as state:
         plan = plan_from_state(ctx, state, force=args.force)
         if args.dry_run:
-            backend = backends.get(name, None)
+            text = backends.dry_run(name, plan)
             print("\n".join(f"# {line}" for line in plan.describe().splitlines()))
-            print(backend.dry_run(plan), end="")
+            print(text, end="")
             return 0
         backend = backends.get(name, ctx.state_dir)
         result = backend.apply(plan)
