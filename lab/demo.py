@@ -77,7 +77,7 @@ def available_commands() -> list[str]:
 def ntpguard(world: World, args: list[str]) -> Optional[int]:
     """Run one ntpguard step on the host and show its output (HOOK, see run_ntpguard)."""
     subst = {"fwlog": str(world.firewall_log), "fwjson": str(world.firewall_json),
-             "state": str(world.workdir / "host" / "state")}
+             "state": str(world.guard_dir / "state")}
     argv = [a.format(**subst) for a in args]
     say("$ ntpguard " + " ".join(argv))
     proc = run_ntpguard(world, *argv)
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             f"inbound new-connection lines ({LOG_PREFIX_IN.strip()})")
 
         cmds = available_commands()
-        cfg = world.workdir / "host" / "ntpguard.toml"
+        cfg = world.guard_dir / "ntpguard.toml"
         cfg.write_text(ntpguard_config(world, NTPGUARD_EXTRA_CONFIG))
         say(f"ntpguard on the host (config {cfg}); commands in this tree: {', '.join(cmds)}")
         for name, argv in NTPGUARD_STEPS:

@@ -11,13 +11,19 @@
     │ harvester: AF_PACKET sniffer → lag → scan → ground truth    │
     └────────────────────────────────────────────────────────────┘
 
+Gateway topology (`WorldSpec(topology="gateway")`): the host is replaced by a router `gw`
+(where ntpguard runs, in gateway mode, and where the firewall log is written: its FORWARD hook
+sees the LAN's NTP and the scans) with LAN clients `lan1`, `lan2`... behind it, each in its own
+/64 with temporary addresses and its own chronyd.
+
 Nothing is connected to the root namespace. Every name starts with the world's prefix, so a
 crashed run is cleaned up by the next one (`lab.netns.cleanup(prefix)` in `Lab.__init__`).
 Addresses are documentation ones (2001:db8::/32, 192.0.2.0/24, ...): ntpguard needs
 `pool.allow_nonglobal = true` in the lab.
 
 Files (under workdir): truth.jsonl (ground truth, see lab.harvester), world.json (the servers,
-which are harvesters), host/firewall.log (LOGEMU) and host/firewall.json (ulogd2 JSON), and
+which are harvesters), GUARD/firewall.log (LOGEMU) and GUARD/firewall.json (ulogd2 JSON),
+where GUARD is `host` or `gw`, and
 every daemon's own log, all printed by `World.dump_logs()` when a test fails.
 """
 
@@ -45,6 +51,10 @@ HOST_NET = "2001:db8:4057:1::/64"
 HOST_GW = "2001:db8:4057:1::1"
 HOST_STABLE = "2001:db8:4057:1::100"
 HOST_V4, HOST_V4_GW = "192.0.2.100", "192.0.2.1"
+# Gateway topology: uplink gw <-> inet, and one /64 per LAN client.
+UPLINK_GW, UPLINK_ROUTER = "2001:db8:4057:ff::1", "2001:db8:4057:ff::2"
+SITE_NET = "2001:db8:4057::/48"
+SITE_V4 = "10.57.0.0/16"
 SCAN_NET = "2001:db8:5ca::/64"
 SCAN_GW = "2001:db8:5ca::1"
 LOG_GROUP_TEXT, LOG_GROUP_JSON = 7, 8
@@ -77,6 +87,8 @@ class WorldSpec:
     chrony_client: bool = True     # start the protected host's time daemon
     chrony_minpoll: int = 1        # lab-fast polling (2 s .. 8 s); a real host polls 64 s+
     chrony_maxpoll: int = 3
+    topology: str = "host"         # "host" or "gateway"
+    lan_clients: int = 2           # gateway topology only
 
 
 @dataclass
@@ -141,12 +153,14 @@ def chrony_client_conf(spec: WorldSpec) -> str:
     ])
 
 
-def nft_observer(prefix_out: str = LOG_PREFIX_OUT, prefix_in: str = LOG_PREFIX_IN) -> str:
-    """The protected host's logging: outbound NTP and every new inbound connection.
+def nft_observer(gateway: bool = False, prefix_out: str = LOG_PREFIX_OUT,
+                 prefix_in: str = LOG_PREFIX_IN) -> str:
+    """The guard's logging: outbound NTP and every new inbound connection.
 
     Only `log` statements, no verdicts: the lab observes and ntpguard's own table decides.
     Each rule logs to two NFLOG groups (ulogd2 LOGEMU text and JSON; a ulogd2 stack is a
-    line, so one group per output). queue-threshold 1: no ~1 s batching (NOTES.md).
+    line, so one group per output). queue-threshold 1: no ~1 s batching (NOTES.md). A gateway
+    also logs what it forwards: the LAN's NTP out, new connections into the LAN.
     """
     def log(prefix: str) -> str:
         return " ".join(
@@ -154,6 +168,12 @@ def nft_observer(prefix_out: str = LOG_PREFIX_OUT, prefix_in: str = LOG_PREFIX_I
             for g in (LOG_GROUP_TEXT, LOG_GROUP_JSON)
         )
 
+    forward = f"""
+    chain forward {{
+        type filter hook forward priority -50; policy accept;
+        iifname "lan*" udp dport 123 {log(prefix_out)}
+        oifname "lan*" ct state new meta l4proto {{ tcp, udp }} {log(prefix_in)}
+    }}""" if gateway else ""
     return f"""
 table inet lab_observe {{
     chain output {{
@@ -163,7 +183,7 @@ table inet lab_observe {{
     chain input {{
         type filter hook input priority -50; policy accept;
         ct state new iifname != "lo" meta l4proto {{ tcp, udp }} {log(prefix_in)}
-    }}
+    }}{forward}
 }}
 """
 
@@ -197,10 +217,32 @@ def run_in(ns: Namespace, cmd: list[str], run_dir: Path) -> list[str]:
     return ["ip", "netns", "exec", ns.name, "sh", "-c", script, str(run_dir), *cmd]
 
 
+@dataclass
+class Client:
+    """A machine whose NTP traffic reaches the pool: the host itself, or a LAN client."""
+
+    ns: Namespace
+    dir: Path
+    net: str          # its /64
+    gw: str           # its IPv6 default gateway
+    stable: str       # the mngtmpaddr address temporary addresses are made from
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir / "run"
+
+
 class World:
-    """Build, run and tear down one lab world. A context manager; teardown always runs."""
+    """Build, run and tear down one lab world. A context manager; teardown always runs.
+
+    `guard` is where ntpguard runs and the firewall log is written (the host, or the
+    gateway); `clients` are where NTP traffic starts (the host, or the LAN clients); `host`
+    is the first client.
+    """
 
     def __init__(self, spec: WorldSpec, workdir: Path) -> None:
+        if spec.topology not in ("host", "gateway"):
+            raise WorldError(f"unknown topology {spec.topology!r}")
         self.spec = spec
         self.workdir = Path(workdir)
         self.servers = plan_servers(spec)
@@ -209,11 +251,16 @@ class World:
         rng = random.Random(spec.seed + 1)
         self.scanners = [f"2001:db8:5ca::{0xb001 + i:x}" for i in range(spec.scanners)]
         rng.shuffle(self.scanners)
+        self.clients: list[Client] = []
         self.inet: Namespace
-        self.host: Namespace
         self.scan: Namespace
+        self.guard: Namespace
 
     # -- what the world is ---------------------------------------------------------------
+    @property
+    def gateway(self) -> bool:
+        return self.spec.topology == "gateway"
+
     @property
     def harvesters(self) -> list[str]:
         return [s.address for s in self.servers if s.harvester]
@@ -229,20 +276,32 @@ class World:
         return pool_zones(v6, v4)
 
     @property
+    def host(self) -> Namespace:
+        return self.clients[0].ns
+
+    @property
+    def guard_dir(self) -> Path:
+        return self.workdir / ("gw" if self.gateway else "host")
+
+    @property
     def truth_path(self) -> Path:
         return self.workdir / "truth.jsonl"
 
     @property
     def firewall_log(self) -> Path:
-        return self.workdir / "host" / "firewall.log"
+        return self.guard_dir / "firewall.log"
 
     @property
     def firewall_json(self) -> Path:
-        return self.workdir / "host" / "firewall.json"
+        return self.guard_dir / "firewall.json"
+
+    @property
+    def guard_run(self) -> Path:
+        return self.guard_dir / "run"
 
     @property
     def host_run(self) -> Path:
-        return self.workdir / "host" / "run"
+        return self.clients[0].run_dir
 
     # -- build ---------------------------------------------------------------------------
     def start(self) -> World:
@@ -257,48 +316,114 @@ class World:
         spec, w = self.spec, self.workdir
         if w.exists():
             shutil.rmtree(w)
-        for d in ("inet", "host", "scan", "host/run", "host/etc/chrony/sources.d",
-                  "host/state"):
-            (w / d).mkdir(parents=True, exist_ok=True)
+        for d in ("inet", "scan"):
+            (w / d).mkdir(parents=True)
         (w / "world.json").write_text(json.dumps({
             "spec": asdict(spec),
             "servers": [asdict(s) for s in self.servers],
             "scanners": self.scanners, "scan_net": SCAN_NET, "dns": DNS_ADDR,
-            "host_net": HOST_NET,
+            "host_net": HOST_NET if not self.gateway else SITE_NET,
         }, indent=1))
         self.lab = Lab(spec.prefix)
-        self.inet, self.host, self.scan = (self.lab.ns(n) for n in ("inet", "host", "scan"))
-        self._network()
+        self.inet, self.scan = self.lab.ns("inet"), self.lab.ns("scan")
+        self._core_network()
+        if self.gateway:
+            self._gateway_network()
+        else:
+            self._host_network()
         self._internet()
-        self._protected_host()
+        self._guard_logging()
+        for c in self.clients:
+            self._wait(lambda c=c: bool(self.temp_addresses(c)), f"{c.ns.name} temporary address")
+        if spec.chrony_client:
+            for c in self.clients:
+                self.start_chrony_client(c)
 
-    def _network(self) -> None:
-        lab, inet, host, scan = self.lab, self.inet, self.host, self.scan
+    def _core_network(self) -> None:
+        lab, inet, scan = self.lab, self.inet, self.scan
         assert lab is not None
-        # Temporary addresses need use_tempaddr on the device before the mngtmpaddr address;
-        # `default` makes the veth inherit it when it is created.
-        host.sysctl("net.ipv6.conf.default.use_tempaddr", "2")
-        host.sysctl("net.ipv6.conf.default.temp_prefered_lft", str(self.spec.temp_prefered_lft))
-        host.sysctl("net.ipv6.conf.default.temp_valid_lft", str(self.spec.temp_valid_lft))
-        host.sysctl("net.ipv6.conf.default.max_desync_factor", "1")
-        lab.link(inet, "h0", host, "eth0")
         lab.link(inet, "s0", scan, "eth0")
         inet.sysctl("net.ipv6.conf.all.forwarding", "1")
         inet.sysctl("net.ipv4.ip_forward", "1")
-        inet.addr("h0", HOST_GW + "/64")
-        inet.addr("h0", HOST_V4_GW + "/24")
         inet.addr("s0", SCAN_GW + "/64")
         inet.addr("lo", DNS_ADDR + "/128")
         for s in self.servers:
             inet.addr("lo", s.address + ("/128" if ":" in s.address else "/32"))
-        host.run("ip", "-6", "addr", "add", HOST_STABLE + "/64", "dev", "eth0", "mngtmpaddr",
-                 "nodad")
-        host.addr("eth0", HOST_V4 + "/24")
-        host.run("ip", "-6", "route", "add", "default", "via", HOST_GW)
-        host.run("ip", "route", "add", "default", "via", HOST_V4_GW)
         for a in self.scanners:
             scan.addr("eth0", a + "/64")
         scan.run("ip", "-6", "route", "add", "default", "via", SCAN_GW)
+
+    def _temp_sysctls(self, ns: Namespace) -> None:
+        # Temporary addresses need use_tempaddr on the device before the mngtmpaddr address;
+        # `default` makes a veth inherit it when it is created.
+        ns.sysctl("net.ipv6.conf.default.use_tempaddr", "2")
+        ns.sysctl("net.ipv6.conf.default.temp_prefered_lft", str(self.spec.temp_prefered_lft))
+        ns.sysctl("net.ipv6.conf.default.temp_valid_lft", str(self.spec.temp_valid_lft))
+        ns.sysctl("net.ipv6.conf.default.max_desync_factor", "1")
+
+    def _client(self, ns: Namespace, dirname: str, net: str, gw: str, v4: str,
+                v4_gw: str) -> Client:
+        base = net.split("::/")[0]
+        c = Client(ns, self.workdir / dirname, net, gw, f"{base}::100")
+        for d in ("run", "etc/chrony/sources.d"):
+            (c.dir / d).mkdir(parents=True, exist_ok=True)
+        ns.run("ip", "-6", "addr", "add", c.stable + "/64", "dev", "eth0", "mngtmpaddr",
+               "nodad")
+        ns.addr("eth0", v4)
+        ns.run("ip", "-6", "route", "add", "default", "via", gw)
+        ns.run("ip", "route", "add", "default", "via", v4_gw)
+        self._etc(c)
+        self.clients.append(c)
+        return c
+
+    def _etc(self, c: Client) -> None:
+        """/etc/netns/NAME/{resolv.conf,chrony}: bind-mounted over /etc by `ip netns exec`."""
+        c.ns.resolv_conf(DNS_ADDR)
+        (c.dir / "etc/chrony/chrony.conf").write_text(chrony_client_conf(self.spec))
+        (c.dir / "etc/chrony/chrony.keys").write_text("")
+        etc = Path(f"/etc/netns/{c.ns.name}/chrony")
+        if etc.exists():
+            shutil.rmtree(etc)
+        shutil.copytree(c.dir / "etc/chrony", etc)
+
+    def _host_network(self) -> None:
+        assert self.lab is not None
+        host = self.lab.ns("host")
+        self._temp_sysctls(host)
+        self.lab.link(self.inet, "h0", host, "eth0")
+        self.inet.addr("h0", HOST_GW + "/64")
+        self.inet.addr("h0", HOST_V4_GW + "/24")
+        self.guard = host
+        c = self._client(host, "host", HOST_NET, HOST_GW, HOST_V4 + "/24", HOST_V4_GW)
+        assert c.stable == HOST_STABLE
+
+    def _gateway_network(self) -> None:
+        lab, inet = self.lab, self.inet
+        assert lab is not None
+        gw = lab.ns("gw")
+        self.guard = gw
+        (self.workdir / "gw" / "run").mkdir(parents=True)
+        lab.link(inet, "h0", gw, "wan0")
+        inet.addr("h0", UPLINK_GW + "/64")
+        inet.addr("h0", HOST_V4_GW + "/24")
+        gw.addr("wan0", UPLINK_ROUTER + "/64")
+        gw.addr("wan0", "192.0.2.2/24")
+        gw.run("ip", "-6", "route", "add", "default", "via", UPLINK_GW)
+        gw.run("ip", "route", "add", "default", "via", HOST_V4_GW)
+        gw.sysctl("net.ipv6.conf.all.forwarding", "1")
+        gw.sysctl("net.ipv4.ip_forward", "1")
+        inet.run("ip", "-6", "route", "add", SITE_NET, "via", UPLINK_ROUTER)
+        inet.run("ip", "route", "add", SITE_V4, "via", "192.0.2.2")
+        gw.resolv_conf(DNS_ADDR)
+        for i in range(1, self.spec.lan_clients + 1):
+            lan = lab.ns(f"lan{i}")
+            self._temp_sysctls(lan)
+            lab.link(gw, f"lan{i}", lan, "eth0")
+            net = f"2001:db8:4057:{i:x}::/64"
+            gw.addr(f"lan{i}", f"2001:db8:4057:{i:x}::1/64")
+            gw.addr(f"lan{i}", f"10.57.{i}.1/24")
+            self._client(lan, f"lan{i}", net, f"2001:db8:4057:{i:x}::1", f"10.57.{i}.100/24",
+                         f"10.57.{i}.1")
 
     def _internet(self) -> None:
         w = self.workdir / "inet"
@@ -326,34 +451,24 @@ class World:
         self._wait(lambda: any(e["event"] == "ready" for e in self.truth()), "harvester")
         self._wait(lambda: self._ntp_answers(self.clean[0]), "chronyd server")
 
-    def _protected_host(self) -> None:
-        w = self.workdir / "host"
-        host = self.host
-        # /etc/netns/NAME/{resolv.conf,chrony} are bind-mounted over /etc by `ip netns exec`.
-        host.resolv_conf(DNS_ADDR)
-        etc = Path(f"/etc/netns/{host.name}")
-        (w / "etc/chrony/chrony.conf").write_text(chrony_client_conf(self.spec))
-        (w / "etc/chrony/chrony.keys").write_text("")
-        if (etc / "chrony").exists():
-            shutil.rmtree(etc / "chrony")
-        shutil.copytree(w / "etc/chrony", etc / "chrony")
+    def _guard_logging(self) -> None:
+        w = self.guard_dir
+        (w / "state").mkdir(parents=True, exist_ok=True)
         (w / "ulogd.conf").write_text(ulogd_conf(w))
         with open(w / "ulogd.stderr", "ab") as log:
-            host.popen(["ulogd", "-c", str(w / "ulogd.conf")], stdout=log,
-                       stderr=subprocess.STDOUT)
-        host.run("nft", "-f", "-", input=nft_observer())
+            self.guard.popen(["ulogd", "-c", str(w / "ulogd.conf")], stdout=log,
+                             stderr=subprocess.STDOUT)
+        self.guard.run("nft", "-f", "-", input=nft_observer(gateway=self.gateway))
         self._wait(lambda: self.firewall_log.exists() and self.firewall_json.exists(), "ulogd")
-        self._wait(lambda: bool(self.temp_addresses()), "temporary address")
-        if self.spec.chrony_client:
-            self.start_chrony_client()
 
-    def start_chrony_client(self) -> None:
-        w = self.workdir / "host"
-        cmd = run_in(self.host, ["chronyd", "-x", "-d", "-u", "root"], self.host_run)
-        with open(w / "chronyd.log", "ab") as log:
+    def start_chrony_client(self, client: Optional[Client] = None) -> None:
+        c = client or self.clients[0]
+        cmd = run_in(c.ns, ["chronyd", "-x", "-d", "-u", "root"], c.run_dir)
+        with open(c.dir / "chronyd.log", "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        self.host.procs.append(proc)
-        self._wait(lambda: (self.host_run / "chrony" / "chronyd.sock").exists(), "chronyd client")
+        c.ns.procs.append(proc)
+        self._wait(lambda: (c.run_dir / "chrony" / "chronyd.sock").exists(),
+                   f"chronyd client in {c.ns.name}")
 
     # -- helpers -------------------------------------------------------------------------
     def _wait(self, ok: Any, what: str, timeout: float = 15.0) -> None:
@@ -365,8 +480,11 @@ class World:
         raise WorldError(f"{what} not ready after {timeout:.0f} s\n" + self.dump_logs())
 
     def _ntp_answers(self, server: str) -> bool:
-        out = self.host.run("ntpdate", "-q", "-t", "1", server, check=False, timeout=10)
+        out = self.inet.run("ntpdate", "-q", "-t", "1", server, check=False, timeout=10)
         return out.returncode == 0
+
+    def _pick(self, client: Optional[Client]) -> Client:
+        return client or self.clients[0]
 
     def truth(self) -> list[dict[str, Any]]:
         try:
@@ -378,28 +496,33 @@ class World:
     def scans(self) -> list[dict[str, Any]]:
         return [e for e in self.truth() if e["event"] == "scan"]
 
-    def temp_addresses(self) -> list[str]:
-        """The host's current RFC 4941 temporary addresses (newest first)."""
-        out = self.host.run("ip", "-6", "-j", "addr", "show", "dev", "eth0", "temporary")
+    def temp_addresses(self, client: Optional[Client] = None) -> list[str]:
+        """A client's current RFC 4941 temporary addresses (newest first)."""
+        c = self._pick(client)
+        out = c.ns.run("ip", "-6", "-j", "addr", "show", "dev", "eth0", "temporary")
         infos = [a for i in json.loads(out.stdout or "[]") for a in i.get("addr_info", [])]
         return [a["local"] for a in infos if a.get("family") == "inet6"]
 
-    def chronyc(self, *args: str) -> str:
-        out = subprocess.run(run_in(self.host, ["chronyc", "-n", *args], self.host_run),
+    def chronyc(self, *args: str, client: Optional[Client] = None) -> str:
+        c = self._pick(client)
+        out = subprocess.run(run_in(c.ns, ["chronyc", "-n", *args], c.run_dir),
                              capture_output=True, text=True, timeout=20)
         return out.stdout + out.stderr
 
-    def synced(self) -> bool:
-        """The host's chronyd has a selected source (`*` in `chronyc sources`)."""
-        return any(line.startswith("^*") for line in self.chronyc("sources").splitlines())
+    def synced(self, client: Optional[Client] = None) -> bool:
+        """The client's chronyd has a selected source (`*` in `chronyc sources`)."""
+        return any(line.startswith("^*")
+                   for line in self.chronyc("sources", client=client).splitlines())
 
     def wait_synced(self, timeout: float = 30.0) -> None:
-        self._wait(self.synced, "time daemon sync", timeout)
+        for c in self.clients:
+            self._wait(lambda c=c: self.synced(c), f"time daemon sync in {c.ns.name}", timeout)
 
-    def poke(self, addresses: list[str]) -> None:
-        """One NTP query from the host to each address (ntpdate -q), as a client's first poll."""
+    def poke(self, addresses: list[str], client: Optional[Client] = None) -> None:
+        """One NTP query from a client to each address (ntpdate -q), as a client's first poll."""
         if addresses:
-            self.host.run("ntpdate", "-q", "-t", "1", *addresses, check=False, timeout=60)
+            self._pick(client).ns.run("ntpdate", "-q", "-t", "1", *addresses, check=False,
+                                      timeout=60)
 
     def scan_now(self, target: str, scanner: Optional[str] = None) -> str:
         """A scan not caused by a harvester (the demo's proof); recorded in the ground truth
@@ -416,7 +539,7 @@ class World:
         return out.stdout
 
     def log_lines(self) -> list[dict[str, Any]]:
-        """The host's firewall log as ulogd2 JSON records."""
+        """The guard's firewall log as ulogd2 JSON records."""
         try:
             text = self.firewall_json.read_text()
         except FileNotFoundError:
@@ -437,9 +560,10 @@ class World:
                 lines = p.read_text(errors="replace").splitlines()
                 parts.append(f"==> {p.relative_to(self.workdir)} ({len(lines)} lines) <==")
                 parts.extend(lines[-tail:])
-        if self.lab is not None and "host" in self.lab.namespaces:
-            parts.append("==> host: ip -6 addr <==")
-            parts.append(self.host.run("ip", "-6", "addr", check=False).stdout)
+        if self.lab is not None:
+            for c in self.clients:
+                parts.append(f"==> {c.ns.name}: ip -6 addr <==")
+                parts.append(c.ns.run("ip", "-6", "addr", check=False).stdout)
         return "\n".join(parts)
 
     def stop(self) -> None:
@@ -457,10 +581,12 @@ class World:
         self.stop()
 
 
-def ntpguard_config(world: World, extra: str = "") -> str:
-    """An ntpguard config for the lab host: the lab DNS, documentation addresses allowed."""
+def ntpguard_config(world: Optional[World] = None, extra: str = "") -> str:
+    """An ntpguard config for the lab guard: the lab DNS, documentation addresses allowed,
+    gateway mode in the gateway topology."""
+    mode = "gateway" if world is not None and world.gateway else "host"
     return (
-        "# written by lab/world.py for the protected host\n"
+        "# written by lab/world.py for the lab's ntpguard host\n"
         "[pool]\n"
         f'nameservers = ["{DNS_ADDR}"]\n'
         "allow_nonglobal = true\n"
@@ -468,7 +594,8 @@ def ntpguard_config(world: World, extra: str = "") -> str:
         "rounds = 12\n"
         "interval = 0.2\n"
         "[rules]\n"
-        "# ntpguard's own log lines go to the lab host's ulogd2 (JSON file), not to the\n"
+        f'mode = "{mode}"\n'
+        "# ntpguard's own log lines go to the lab guard's ulogd2 (JSON file), not to the\n"
         "# machine's kernel log\n"
         f"log_group = {LOG_GROUP_JSON}\n"
         + extra
@@ -477,20 +604,20 @@ def ntpguard_config(world: World, extra: str = "") -> str:
 
 def run_ntpguard(world: World, *args: str, config: Optional[Path] = None,
                  timeout: float = 300) -> subprocess.CompletedProcess:
-    """HOOK: `ntpguard ARGS` on the protected host, as its cron job would run it.
+    """HOOK: `ntpguard ARGS` on the guard (the host, or the gateway), as cron would run it.
 
-    Runs `python3 -m ntpguard` from this tree inside the host namespace, with the host's /run
-    (so `chronyc reload sources` reaches the lab chronyd), /etc/chrony (bind-mounted from
-    /etc/netns), a state dir and a config of its own.
+    Runs `python3 -m ntpguard` from this tree inside the guard's namespace, with its own /run
+    (so `chronyc reload sources` reaches the lab host's chronyd), /etc/chrony (bind-mounted
+    from /etc/netns), a state dir and a config of its own.
     """
-    w = world.workdir / "host"
+    w = world.guard_dir
     if config is None:
         config = w / "ntpguard.toml"
         if not config.exists():
             config.write_text(ntpguard_config(world))
     env = dict(os.environ, PYTHONPATH=str(ROOT), NTPGUARD_STATE_DIR=str(w / "state"),
                NTPGUARD_CONFIG=str(config))
-    cmd = run_in(world.host, ["/usr/bin/python3", "-m", "ntpguard", *args], world.host_run)
+    cmd = run_in(world.guard, ["/usr/bin/python3", "-m", "ntpguard", *args], world.guard_run)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -505,4 +632,3 @@ def summary(world: World) -> dict[str, Any]:
         "log_out": sum(str(r.get("oob.prefix", "")).startswith("lab-ntp-out") for r in logs),
         "log_in": sum(str(r.get("oob.prefix", "")).startswith("lab-in") for r in logs),
     }
-

@@ -237,3 +237,32 @@ def test_run_ntpguard_hook_resolves_the_lab_pool(tmp_path: Path):
         assert shown <= {s.address for s in world.servers}
     assert subprocess.run(["nft", "list", "tables"], capture_output=True,
                           text=True).stdout == root_tables
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_gateway_topology_logs_lan_traffic_at_the_router(tmp_path: Path):
+    """Router `gw` with LAN clients: their NTP and the scans of their addresses cross the
+    router's FORWARD hook, so the router's log (where ntpguard runs in gateway mode) has both."""
+    from lab.world import run_ntpguard
+
+    spec = WorldSpec(seed=8, prefix=PREFIX, topology="gateway", lan_clients=2,
+                     lag_min=1.0, lag_max=2.0)
+    with World(spec, tmp_path / "world") as world, explained(world):
+        assert len(world.clients) == 2 and world.guard.name == PREFIX + "gw"
+        world.wait_synced(timeout=30)
+        lan2 = world.clients[1]
+        world.poke(world.harvesters[:1], client=lan2)
+        assert wait_for(lambda: world.scans(), timeout=10)
+        time.sleep(1.5)
+        scan = world.scans()[0]
+        assert ipaddress.ip_address(scan["target"]) in ipaddress.ip_network(lan2.net)
+        fwd_in = [r for r in records(world, LOG_PREFIX_IN)
+                  if canon(r["dest_ip"]) == scan["target"] and r["oob.out"] == "lan2"]
+        assert len({r["dest_port"] for r in fwd_in}) >= 100
+        fwd_out = [r for r in records(world, LOG_PREFIX_OUT)
+                   if canon(r["src_ip"]) == scan["target"] and r["oob.in"] == "lan2"]
+        assert fwd_out
+        out = run_ntpguard(world, "resolve", "--json")
+        assert out.returncode == 0, out.stderr
+        assert 'mode = "gateway"' in (world.guard_dir / "ntpguard.toml").read_text()
