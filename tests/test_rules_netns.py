@@ -375,3 +375,59 @@ def test_nft_small_change_updates_in_place(clean_rules):
     finally:
         with State.open(str(r.state)) as st:
             st.add_verdict(CLEAN4, "clean", "detect", {}, time.time() + 20)
+
+
+def test_iptables_debian13_dport_error_is_clear_and_changes_nothing(clean_rules):
+    """python3-iptables on Debian 13 cannot parse `udp dport` (upstream issue #353)."""
+    r = clean_rules
+    if r.backend != "iptables":
+        pytest.skip("python-iptables only")
+    r.ntpguard("rules", "apply")
+    applied = r.snapshot()
+    proc = r.library(f"""
+        import iptc
+        from iptc.errors import XTablesError
+        from iptc.ip4tc import Match
+        real = Match.__setattr__
+        def broken(self, name, value):
+            if name == "dport":
+                raise XTablesError("udp: no such parameter dport")
+            return real(self, name, value)
+        Match.__setattr__ = broken
+        from ntpguard import plan as P
+        from ntpguard.config import Rules
+        from ntpguard.errors import FirewallError
+        from ntpguard.backends.iptables import IptablesBackend
+        new = P.build([P.ServerStatus({UNKNOWN6!r}, "clean")], [], [], Rules(mode="gateway"),
+                      P.HostFacts())
+        try:
+            IptablesBackend().apply(new)
+        except FirewallError as exc:
+            print("refused:", exc)
+    """)
+    assert "refused: python-iptables cannot build an ntpguard rule" in proc.stdout, proc.stderr
+    assert "issue #353" in proc.stdout
+    assert r.snapshot() == applied
+
+
+def test_nft_without_python_nftables_uses_nft_command(clean_rules):
+    r = clean_rules
+    if r.backend != "nft":
+        pytest.skip("nft only")
+    before = r.snapshot()
+    proc = r.library(f"""
+        sys.modules["nftables"] = None  # as in a venv without Debian's python3-nftables
+        from ntpguard import plan as P
+        from ntpguard.config import Rules
+        from ntpguard.backends.nft import NftBackend
+        p = P.build([P.ServerStatus({CLEAN6!r}, "clean")], [P.PrefixEntry("2001:db8:666::/48",
+                    "t")], [], Rules(), P.HostFacts())
+        b = NftBackend({str(r.workdir)!r})
+        assert b.nft.via == "nft -f -"
+        print(b.apply(p).action, b.apply(p).action)
+        print("shown" if "chain ntp" in b.show() else "not shown")
+    """)
+    assert proc.stdout.split() == ["created", "unchanged", "shown"], proc.stderr
+    assert ntp_ok(r.host, CLEAN6) and not ntp_ok(r.host, HARV6)
+    r.ntpguard("rules", "remove", "--backend", "nft")
+    assert r.snapshot() == before

@@ -15,6 +15,7 @@ parse `udp dport` (issue #353; detected while building rules, before any change)
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import subprocess
@@ -33,6 +34,7 @@ REJECT = {6: "icmp6-adm-prohibited", 4: "icmp-admin-prohibited"}
 SAVE = {6: "ip6tables-legacy-save", 4: "iptables-legacy-save"}
 RESTORE = {6: "ip6tables-legacy-restore", 4: "iptables-legacy-restore"}
 SET_KINDS = ("clean", "harv", "scan")
+log = logging.getLogger("ntpguard")
 
 
 def set_name(kind: str, family: int) -> str:
@@ -229,6 +231,12 @@ class IptablesBackend:
             if not shutil.which(tool):
                 raise FirewallError(f"the iptables backend needs {tool} (packages iptables, ipset)")
         self.iptc = _import_iptc()
+        from ntpguard.backends import iptables_is_legacy
+
+        if not iptables_is_legacy():
+            log.warning("the iptables backend writes iptables-legacy rules; this host's `iptables`"
+                        " is nf_tables, so `iptables -L` and `nft list ruleset` will not show"
+                        " them (the kernel enforces them all the same); see `ntpguard rules show`")
 
     def dry_run(self, plan: Plan) -> str:
         return render(plan).text()

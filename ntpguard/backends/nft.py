@@ -189,8 +189,11 @@ class Nft:
             finally:
                 self._lib.set_json_output(False)
         else:
-            cmd = ["nft", "-j", "-f", "-"] if json_out else ["nft", "-f", "-"]
-            proc = subprocess.run(cmd, input=text, capture_output=True, text=True)
+            flags = ["-j"] if json_out else []
+            # `nft -j -f -` prints nothing for list commands: reads go on the command line.
+            cmd = ["nft", *flags, *text.split()] if reading else ["nft", *flags, "-f", "-"]
+            proc = subprocess.run(cmd, input=None if reading else text, capture_output=True,
+                                  text=True)
             rc, out, err = proc.returncode, proc.stdout, proc.stderr
         if rc != 0:
             first = next((ln for ln in (err or "").splitlines() if ln.strip()), f"exit {rc}")
