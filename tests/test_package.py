@@ -1,0 +1,334 @@
+"""The Debian package for real: build it, lint it, install it, run it, remove and purge it.
+
+The install test changes this machine (dpkg database, /usr/bin/ntpguard, /etc/ntpguard) for a
+few seconds and always purges the package again, also on failure. Every maintainer script that
+may touch netfilter (prerm runs `ntpguard rules remove`) runs inside a throw-away network
+namespace (`unshare -n`), never against the root namespace's firewall.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGING = ROOT / "packaging"
+BUILD = PACKAGING / "build-deb.sh"
+# Serialises two runs of this file on one machine (two engineers' `make test`): one dpkg database.
+LOCK = "/run/lock/ntpguard-test-package.lock"
+BUILD_TOOLS = ("git", "dpkg-buildpackage", "dpkg-parsechangelog", "dh", "dh_python3")
+# Debian's tools only: a pyenv or venv python3 earlier in PATH must not run the package.
+SYSTEM_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
+              "HOME": os.environ.get("HOME", "/root"), "DEBIAN_FRONTEND": "noninteractive"}
+EXPECTED_FILES = (
+    "./usr/bin/ntpguard",
+    "./etc/ntpguard/ntpguard.toml",
+    "./etc/cron.d/ntpguard",
+    "./lib/systemd/system/ntpguard.service",
+    "./lib/systemd/system/ntpguard.timer",
+    "./usr/share/man/man8/ntpguard.8.gz",
+    "./usr/share/ntpguard/rules/harvesters.txt",
+    "./usr/share/ntpguard/rules/scanners.txt",
+    "./usr/lib/python3/dist-packages/ntpguard/__init__.py",
+    "./usr/lib/python3/dist-packages/ntpguard/cli/__init__.py",
+)
+GENERATED = ("/etc/chrony/sources.d/ntpguard.sources",
+             "/etc/systemd/timesyncd.conf.d/ntpguard.conf")
+
+
+def run(cmd, *, check: bool = False, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("env", SYSTEM_ENV)
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                       **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))}: exit {p.returncode}\n"
+                             f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def upstream_version() -> str:
+    p = run(["dpkg-parsechangelog", "-l", PACKAGING / "debian" / "changelog", "-S", "Version"],
+            check=True)
+    return p.stdout.strip().rsplit("-", 1)[0]
+
+
+def dpkg_status(package: str = "ntpguard") -> str:
+    """'' when dpkg knows nothing of the package, else its Status field."""
+    p = run(["dpkg-query", "-W", "-f=${Status}", package])
+    return p.stdout.strip() if p.returncode == 0 else ""
+
+
+def installed(package: str = "ntpguard") -> bool:
+    return dpkg_status(package) not in ("", "unknown ok not-installed")
+
+
+def need_build_tools() -> None:
+    missing = [t for t in BUILD_TOOLS if not shutil.which(t, path=SYSTEM_ENV["PATH"])]
+    if missing:
+        pytest.skip(f"Debian build tools missing: {', '.join(missing)} "
+                    "(make deps installs the Makefile's DEB_BUILD_PACKAGES)")
+
+
+# -- no root needed: the packaging files themselves ------------------------------------------------
+
+
+def test_man_page_covers_every_command_exit_code_and_variable():
+    from ntpguard.cli import COMMANDS
+
+    page = (PACKAGING / "ntpguard.8").read_text()
+    for name in [*COMMANDS, "sync"]:
+        assert re.search(rf"^\.B {name}\b", page, re.M), f"ntpguard.8 lacks command {name!r}"
+    exit_codes = re.search(r"^\.SH EXIT STATUS\n(.*?)^\.SH", page, re.M | re.S)
+    assert exit_codes and re.findall(r"^\.B (\d)$", exit_codes.group(1), re.M) == list("01234")
+    for word in ("NTPGUARD_CONFIG", "NTPGUARD_STATE_DIR", "/etc/ntpguard/ntpguard.toml",
+                 "/var/lib/ntpguard"):
+        assert word in page
+    if shutil.which("man"):
+        p = run(["man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z",
+                 PACKAGING / "ntpguard.8"])
+        assert p.returncode == 0 and p.stderr == "", p.stderr
+
+
+def _unit(name: str) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit file as {section: {key: [values]}}."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for line in (PACKAGING / name).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        assert current is not None, f"{name}: {line!r} outside a section"
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+def test_units_oneshot_hardened_and_timer_installable():
+    service = _unit("ntpguard.service")
+    assert "Install" not in service, "the service is started by the timer only"
+    s = service["Service"]
+    assert s["Type"] == ["oneshot"] and s["ExecStart"] == ["/usr/bin/ntpguard sync"]
+    assert s["ProtectSystem"] == ["strict"] and s["NoNewPrivileges"] == ["yes"]
+    assert "CAP_NET_ADMIN" in s["CapabilityBoundingSet"][0].split()
+    writable = s["ReadWritePaths"][0].split()
+    for path in ("/var/lib/ntpguard", "/etc/chrony/sources.d", "/etc/systemd/timesyncd.conf.d"):
+        assert path in writable or "-" + path in writable
+    assert service["Unit"]["Documentation"] == ["man:ntpguard(8)"]
+    timer = _unit("ntpguard.timer")
+    assert timer["Install"]["WantedBy"] == ["timers.target"]
+    assert timer["Timer"]["RandomizedDelaySec"]
+
+
+def cron_command(text: str) -> str:
+    """The command of the one job line in a cron.d file, `\\%` unescaped as cron does."""
+    jobs = [ln for ln in text.splitlines()
+            if ln.strip() and not ln.startswith("#") and not re.match(r"^\w+=", ln)]
+    assert len(jobs) == 1, jobs
+    fields = jobs[0].split(None, 6)
+    assert len(fields) == 7 and fields[5] == "root", jobs[0]
+    command = fields[6]
+    # cron turns an unescaped % into a newline: there must be none.
+    assert not re.search(r"(?<!\\)%", command), command
+    return command.replace("\\%", "%")
+
+
+def test_cron_job_is_guarded_and_valid_shell():
+    command = cron_command((PACKAGING / "ntpguard.cron").read_text())
+    assert command.startswith("test -x /usr/bin/ntpguard && [ ! -d /run/systemd/system ] && ")
+    assert command.endswith("/usr/bin/ntpguard sync >/dev/null")
+    assert run(["sh", "-n", "-c", command]).returncode == 0
+
+
+def test_build_refuses_a_changelog_that_disagrees_with_the_code(tmp_path):
+    need_build_tools()
+    (tmp_path / "packaging" / "debian").mkdir(parents=True)
+    (tmp_path / "ntpguard").mkdir()
+    shutil.copy(BUILD, tmp_path / "packaging" / "build-deb.sh")
+    changelog = (PACKAGING / "debian" / "changelog").read_text()
+    (tmp_path / "packaging" / "debian" / "changelog").write_text(
+        re.sub(r"^ntpguard \([^)]*\)", "ntpguard (9.9.9-1)", changelog, count=1))
+    (tmp_path / "ntpguard" / "__init__.py").write_text('__version__ = "0.1.0"\n')
+    p = run([tmp_path / "packaging" / "build-deb.sh", tmp_path / "out"])
+    assert p.returncode == 1
+    assert "changelog says 9.9.9-1 but ntpguard/__init__.py says 0.1.0" in p.stderr
+    assert not list((tmp_path / "out").glob("*.deb"))
+
+
+# -- root: build, lint, install, remove, purge ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The .deb and source package built from this working tree (unit tests skipped: make test
+    runs them anyway, and a package build runs them again only when asked)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    need_build_tools()
+    out = tmp_path_factory.mktemp("deb")
+    env = dict(SYSTEM_ENV, DEB_BUILD_OPTIONS="nocheck")
+    started = time.monotonic()
+    p = run([BUILD, "--source", out], env=env, timeout=600)
+    assert p.returncode == 0, f"build-deb.sh failed:\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    print(f"package built in {time.monotonic() - started:.1f} s")
+    return out
+
+
+def the_deb(out: Path) -> Path:
+    debs = list(out.glob("ntpguard_*_all.deb"))
+    assert len(debs) == 1, debs
+    return debs[0]
+
+
+@pytest.mark.root
+def test_package_contents_and_fields(built):
+    deb = the_deb(built)
+    listing = run(["dpkg-deb", "-c", deb], check=True).stdout
+    paths = {line.split()[5] for line in listing.splitlines()}
+    for path in EXPECTED_FILES:
+        assert path in paths, f"{path} missing from {deb.name}"
+    assert not [p for p in paths if "/tests/" in p or "/lab/" in p or p.endswith(".pyc")]
+    fields = {}
+    for name in ("Architecture", "Depends", "Recommends", "Suggests"):
+        fields[name] = run(["dpkg-deb", "-f", deb, name], check=True).stdout.strip()
+    assert fields["Architecture"] == "all"
+    depends = {d.split()[0] for alt in fields["Depends"].split(",") for d in alt.split("|")}
+    assert {"python3-dnspython", "python3-netaddr", "nftables", "python3-nftables"} <= depends
+    assert "chrony | systemd-timesyncd" in fields["Recommends"]
+    assert "python3-iptables" in fields["Suggests"]
+    ctl = run(["dpkg-deb", "-I", deb, "conffiles"], check=True).stdout.split()
+    assert ctl == ["/etc/cron.d/ntpguard", "/etc/ntpguard/ntpguard.toml"]
+    scripts = {name: run(["dpkg-deb", "-I", deb, name]).stdout
+               for name in ("postinst", "prerm", "postrm")}
+    for name, text in scripts.items():
+        # Only debhelper's own snippets may talk to systemd (guarded by /run/systemd/system).
+        own = re.sub(r"# Automatically added by .*?# End automatically added section", "",
+                     text, flags=re.S)
+        assert "systemctl" not in own and "deb-systemd" not in own, name
+    assert "ntpguard.timer" in scripts["postinst"]
+
+
+@pytest.mark.root
+def test_lintian_finds_no_errors(built):
+    if not shutil.which("lintian", path=SYSTEM_ENV["PATH"]):
+        pytest.skip("lintian missing (make deps installs it)")
+    changes = list(built.glob("*.changes"))
+    assert len(changes) == 1
+    p = run(["lintian", "--pedantic", "--display-info", changes[0]], timeout=300)
+    tags = [ln for ln in p.stdout.splitlines() if re.match(r"^[EWIPX]: ", ln)]
+    errors = [t for t in tags if t.startswith("E: ")]
+    assert not errors and p.returncode == 0, "\n".join(tags) + p.stderr
+    for tag in tags:  # reported, not fatal
+        warnings.warn(f"lintian: {tag}", stacklevel=1)
+
+
+@pytest.fixture
+def dpkg_lock():
+    with open(LOCK, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def in_scratch_netns(script: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a shell script in a new, empty network namespace (dies with the script)."""
+    return run(["unshare", "--net", "sh", "-c", "ip link set lo up\n" + script],
+               timeout=timeout)
+
+
+def purge() -> subprocess.CompletedProcess:
+    return in_scratch_netns("dpkg --purge ntpguard")
+
+
+@pytest.mark.root
+def test_install_run_remove_purge(built, tmp_path, dpkg_lock):
+    if installed():
+        pytest.skip(f"ntpguard is installed on this machine ({dpkg_status()}); "
+                    "this test would remove it")
+    if os.path.exists("/var/lib/ntpguard"):
+        pytest.skip("/var/lib/ntpguard exists on this machine; purging would delete it")
+    deb = the_deb(built)
+    made = []  # generated files this test plants for postrm to purge
+    try:
+        p = run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                 "-o", "DPkg::Lock::Timeout=120", f"./{deb.name}"], cwd=built, timeout=300)
+        # A package that fails to configure can still leave apt-get exit 0 next time: ask dpkg.
+        assert p.returncode == 0 and dpkg_status() == "install ok installed", \
+            p.stdout[-3000:] + p.stderr[-3000:]
+
+        version = run(["/usr/bin/ntpguard", "--version"], check=True, cwd="/").stdout.strip()
+        assert version == f"ntpguard {upstream_version()}"
+        conffiles = run(["dpkg-query", "-W", "-f=${Conffiles}", "ntpguard"]).stdout
+        assert "/etc/ntpguard/ntpguard.toml" in conffiles and "/etc/cron.d/ntpguard" in conffiles
+        # With no --config and no $NTPGUARD_CONFIG: the shipped conffile must load.
+        state = tmp_path / "state"
+        p = run(["/usr/bin/ntpguard", "status", "--state-dir", state], cwd="/")
+        assert p.returncode == 0 and version in p.stdout, p.stderr
+        # The shipped lists are found where the package puts them, not in a source tree.
+        p = run(["/usr/bin/ntpguard", "list", "show", "--state-dir", state], cwd="/")
+        assert p.returncode == 0, p.stderr
+        assert "builtin-harvesters" in p.stdout and "builtin-scanners" in p.stdout
+        assert "/usr/share/ntpguard/rules" in p.stdout or "45" in p.stdout
+        assert run(["man", "-w", "ntpguard"]).stdout.strip() == \
+            "/usr/share/man/man8/ntpguard.8.gz"
+        assert os.path.islink("/etc/systemd/system/timers.target.wants/ntpguard.timer")
+
+        if shutil.which("systemd-analyze"):
+            units = ["/lib/systemd/system/ntpguard.service", "/lib/systemd/system/ntpguard.timer"]
+            p = run(["systemd-analyze", "verify", *units])
+            complaints = [ln for ln in p.stderr.splitlines() if "ntpguard" in ln]
+            assert p.returncode == 0 and not complaints, p.stderr
+        else:
+            warnings.warn("systemd-analyze missing: units not verified", stacklevel=1)
+
+        # Where systemd runs, the cron job must stand down at once (the timer is in charge).
+        # Scratch mount and network namespaces: even a broken guard changes nothing real.
+        command = cron_command(Path("/etc/cron.d/ntpguard").read_text())
+        started = time.monotonic()
+        p = run(["unshare", "--mount", "--net", "sh", "-c",
+                 'mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && exec sh -c "$0"',
+                 command], timeout=20)
+        assert p.returncode != 0 and time.monotonic() - started < 10
+        assert not os.path.exists("/var/lib/ntpguard/state.db")
+
+        # Remove, in a scratch network namespace holding ntpguard's rules: prerm takes them down.
+        p = in_scratch_netns(
+            "ntpguard rules apply --force >/dev/null || exit 90\n"
+            "nft list tables | grep -qx 'table inet ntpguard' || exit 91\n"
+            "dpkg -r ntpguard || exit 92\n"
+            "nft list tables | grep -q ntpguard && exit 93\n"
+            "exit 0\n")
+        assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+        assert "nft: table inet ntpguard removed" in p.stdout + p.stderr
+        assert dpkg_status() == "deinstall ok config-files"
+        assert not os.path.exists("/usr/bin/ntpguard")
+        assert os.path.isfile("/etc/ntpguard/ntpguard.toml"), "remove keeps conffiles"
+        assert os.path.isdir("/var/lib/ntpguard"), "remove keeps the state"
+        assert not [p for p in Path("/usr/lib/python3/dist-packages").glob("ntpguard*")]
+
+        for path in GENERATED:
+            if os.path.isdir(os.path.dirname(path)) and not os.path.exists(path):
+                Path(path).write_text("# written by test_package.py for postrm to purge\n")
+                made.append(path)
+
+        p = purge()
+        assert p.returncode == 0, p.stderr
+        assert dpkg_status() == ""
+        for path in ("/var/lib/ntpguard", "/etc/ntpguard", "/etc/cron.d/ntpguard",
+                     "/etc/systemd/system/timers.target.wants/ntpguard.timer", *made):
+            assert not os.path.lexists(path), f"{path} survived the purge"
+    finally:
+        if installed():
+            purge()
+        for path in made:
+            if os.path.exists(path):
+                os.unlink(path)
