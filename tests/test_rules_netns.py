@@ -431,3 +431,48 @@ def test_nft_without_python_nftables_uses_nft_command(clean_rules):
     assert ntp_ok(r.host, CLEAN6) and not ntp_ok(r.host, HARV6)
     r.ntpguard("rules", "remove", "--backend", "nft")
     assert r.snapshot() == before
+
+
+def _expanded(address: str) -> str:
+    """How LOG lines print IPv6 (fully expanded, leading zeros)."""
+    import ipaddress
+
+    return ipaddress.ip_address(address).exploded
+
+
+def test_log_lines_give_the_detector_its_evidence(clean_rules):
+    """Outbound NTP and new inbound connections are logged with the documented prefixes."""
+    r = clean_rules
+    r.ntpguard("rules", "apply")
+    sport = 20000 + (os.getpid() * 7 + (1 if r.backend == "nft" else 2)) % 20000
+    send = textwrap.dedent("""
+        import socket, sys
+        fam = socket.AF_INET6
+        kind, src, dst, dport, sport = sys.argv[1:6]
+        s = socket.socket(fam, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
+        s.settimeout(1)
+        s.bind((src, int(sport)))
+        try:
+            if kind == "udp":
+                s.sendto(b"\\x23" + b"\\0" * 47, (dst, int(dport)))
+            else:
+                s.connect((dst, int(dport)))
+        except OSError:
+            pass
+    """)
+    r.host.run(sys.executable, "-c", send, "udp", HOST6, HARV6, "123", str(sport))
+    r.net.run(sys.executable, "-c", send, "tcp", SCANNER6, HOST6, "22", str(sport))
+    want_out = f"DST={_expanded(HARV6)} "
+    want_in = f"SRC={_expanded(SCANNER6)} "
+    deadline = time.time() + 5
+    while True:
+        kmsg = subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
+        out = [ln for ln in kmsg if "ntpguard-ntp-out: " in ln and want_out in ln
+               and f"SPT={sport} DPT=123 " in ln]
+        inb = [ln for ln in kmsg if "ntpguard-in: " in ln and want_in in ln
+               and f"SPT={sport} DPT=22 " in ln]
+        if (out and inb) or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert out, "no ntpguard-ntp-out: line for the rejected NTP packet"
+    assert inb, "no ntpguard-in: line for the scanner's SYN"
