@@ -48,8 +48,19 @@ class Scan:
 class _Flow:
     """Probes from one source (key) to one destination while it is active."""
 
-    __slots__ = ("dst", "first", "last", "packets", "window", "counts", "ports", "protocols",
-                 "sources", "start", "triggers")
+    __slots__ = (
+        "counts",
+        "dst",
+        "first",
+        "last",
+        "packets",
+        "ports",
+        "protocols",
+        "sources",
+        "start",
+        "triggers",
+        "window",
+    )
 
     def __init__(self, dst: str) -> None:
         self.dst = dst

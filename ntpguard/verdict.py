@@ -152,9 +152,10 @@ def decide(tests: list[Test], settings: Detect, unattributed: int = 0,
             new_p[s] = 1 / (1 + math.exp(-_clamp(prior_logit + best - 0.5, -50, 50)))
         p = new_p
         # Common rate: what the likely harvesters did; background: scans on groups without one.
-        weight = sum(p.values())
-        if weight > 0.5:
-            h = _clamp(sum(p[s] * best_h[s] for s in servers) / weight, 0.1, 0.95)
+        likely = [s for s in servers if p[s] >= 0.5]
+        if likely:
+            h = _clamp(sum(p[s] * best_h[s] for s in likely) / sum(p[s] for s in likely),
+                       0.1, 0.95)
         c_pos = c_all = 0.0
         for t in tests:
             w = math.prod(1 - p[s] for s in t.servers)

@@ -270,7 +270,7 @@ class LineParser:
         return t
 
     def _rfc3339(self, line: str) -> Any:
-        """`2015-03-07T05:09:30.045015+02:00 host kernel: msg` (rsyslog, journalctl -o short-iso*)."""
+        """`2015-03-07T05:09:30.045015+02:00 host kernel: msg` (rsyslog, journalctl short-iso)."""
         if line[:1] == "<":
             end = line.find(">", 1, 6)
             line = line[end + 1:]

@@ -8,6 +8,7 @@ it was rotated (finish the old file, found by inode as NAME.1, then read the new
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -86,9 +87,9 @@ def file_lines(path: str, position: Optional[Position] = None) -> Iterator[str]:
     start = position.offset if position is not None else 0
     try:
         if gz:
-            fh: BinaryIO = gzip.open(path, "rb")  # type: ignore[assignment]
+            fh: BinaryIO = gzip.open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
         else:
-            fh = open(path, "rb")
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
     except OSError as exc:
         raise UsageError(f"{path}: cannot read log: {exc.strerror}") from None
     with fh:
@@ -99,7 +100,9 @@ def file_lines(path: str, position: Optional[Position] = None) -> Iterator[str]:
             for line in _blocks(fh, pos):
                 yield line
                 if position is not None:
-                    position.offset = pos[0]
+                    position.offset = pos[0]  # lags a block behind: re-reading is harmless
+            if position is not None:
+                position.offset = pos[0]
         except (OSError, EOFError) as exc:  # a corrupt or cut gzip member
             raise UsageError(f"{path}: cannot read log: {exc}") from None
 
@@ -125,10 +128,8 @@ def journal_lines(position: Position, journalctl: str = "journalctl") -> Iterato
         yield line
         i = line.find('"__CURSOR":"')
         if i >= 0:
-            try:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
                 position.cursor = json.loads(line)["__CURSOR"]
-            except (ValueError, KeyError, TypeError):
-                pass
     err = proc.stderr.read().decode("utf-8", "replace").strip() if proc.stderr else ""
     if proc.wait() != 0:
         raise UsageError(f"journalctl failed: {err.splitlines()[-1] if err else proc.returncode}")

@@ -1,0 +1,166 @@
+"""Log readers: the public corpus, every envelope, year inference, hostile input, positions."""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ntpguard.logs.parse import LineParser, parse_when
+from ntpguard.logs.sources import Position, file_lines
+
+CORPUS = Path("/work/shared/corpus")
+# Robustness inputs (edited, anonymised, truncated) per corpus/SOURCES.md: not ground truth.
+_NOT_GENUINE = re.compile(r"edited|anonymised|truncated|Forums-Archive__syslog\.log")
+
+
+def _corpus_files() -> list[Path]:
+    return sorted(p for p in CORPUS.glob("*.log*") if p.is_file()) + sorted(
+        CORPUS.glob("*.jsonl"))
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not present")
+def test_corpus_every_genuine_line_is_read():
+    """Every genuine line with an IP SRC= either gives an event whose addresses match the text,
+    or (no timestamp in the line at all) is counted as untimed; ARP lines are not IP packets."""
+    checked = 0
+    for path in _corpus_files():
+        genuine = not _NOT_GENUINE.search(path.name)
+        parser = LineParser(boot_time=1.7e9, reference_time=path.stat().st_mtime)
+        for line in path.read_text(encoding="utf-8").splitlines():
+            before = parser.stats.untimed
+            ev = parser.parse_line(line)
+            if not genuine:
+                continue  # robustness only: must not crash (it did not)
+            m = re.search(r' SRC=(\S+) DST=(\S+)', line) or re.search(
+                r'"src_ip": "([^"]+)", "dest_ip": "([^"]+)"', line)
+            if m is None:
+                assert ev is None, line  # ARP / no IP header
+                continue
+            checked += 1
+            if ev is None:
+                assert parser.stats.untimed == before + 1, f"{path.name}: {line}"
+                continue
+            assert ev.src == str(ipaddress.ip_address(m.group(1))), line
+            assert ev.dst == str(ipaddress.ip_address(m.group(2))), line
+            assert ev.time > 0
+    assert checked > 300
+
+
+def test_corpus_ipv6_is_canonical():
+    parser = LineParser(reference_time=time.mktime((2010, 3, 20, 0, 0, 0, 0, 0, -1)))
+    line = ("Mar 17 13:39:13 linux kernel: [956932.482352] DROP IN=eth0 OUT= "
+            "MAC=00:13:46:3a:41:36:00:1b:b9:76:9c:e4:86:dd "
+            "SRC=2001:0db8:0000:f101:0000:0000:0000:0002 "
+            "DST=2001:0db8:0000:f101:0000:0000:0000:0001"
+            " LEN=80 TC=0 HOPLIMIT=64 FLOWLBL=0 PROTO=TCP SPT=46395 DPT=80 WINDOW=5760 RES=0x00 "
+            "SYN URGP=0 ")
+    ev = parser.parse_line(line)
+    assert ev is not None
+    assert (ev.src, ev.dst, ev.proto, ev.sport, ev.dport) == (
+        "2001:db8:0:f101::2", "2001:db8:0:f101::1", "TCP", 46395, 80)
+    assert (ev.iface_in, ev.iface_out, ev.prefix) == ("eth0", "", "DROP")
+    assert time.localtime(ev.time)[:6] == (2010, 3, 17, 13, 39, 13)
+
+
+BODY = ("IN= OUT=eth0 SRC=2001:0db8:0000:0000:0000:0000:0000:0001 "
+        "DST=2001:0db8:0000:0000:0000:0000:0000:0123 LEN=76 TC=0 HOPLIMIT=64 FLOWLBL=0 "
+        "PROTO=UDP SPT=123 DPT=123 LEN=56 ")
+
+
+@pytest.mark.parametrize("line,expected", [
+    (f"2026-01-02T03:04:05.250000+01:00 host kernel: [ 1.0] ntp: {BODY}", 1767319445.25),
+    (f"2026-01-02T03:04:05.250000+0100 host kernel: ntp: {BODY}", 1767319445.25),  # short-iso
+    (f"<6>2026-01-02T02:04:05Z host kernel: ntp: {BODY}", 1767319445.0),
+    (f"[  100.500000] ntp: {BODY}", 1767000100.5),                                  # dmesg
+    ('{"__REALTIME_TIMESTAMP":"1767319445250000","__CURSOR":"s=1","MESSAGE":"ntp: '
+     + BODY + '"}', 1767319445.25),                                                  # journal
+    ('{"oob.time.sec": 1767319445, "oob.time.usec": 250000, "oob.prefix": "ntp: ", '
+     '"ip.protocol": 17, "src_ip": "2001:db8::1", "dest_ip": "2001:db8::123", '
+     '"src_port": 123, "dest_port": 123, "oob.in": "", "oob.out": "eth0"}', 1767319445.25),
+])
+def test_envelopes(line, expected):
+    ev = LineParser(boot_time=1767000000.0).parse_line(line)
+    assert ev is not None
+    assert ev.time == pytest.approx(expected)
+    assert (ev.src, ev.dst, ev.proto, ev.sport, ev.dport) == (
+        "2001:db8::1", "2001:db8::123", "UDP", 123, 123)
+    assert ev.iface_out == "eth0"
+
+
+def test_year_inferred_across_new_year(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        ref = parse_when("2026-01-01T12:00:00")  # file last written on 1 January 2026
+        parser = LineParser(reference_time=ref)
+        evs = [parser.parse_line(f"{d} host kernel: ntp: {BODY}")
+               for d in ("Dec 31 23:59:58", "Jan  1 00:00:01")]
+        assert [time.gmtime(e.time)[:3] for e in evs] == [(2025, 12, 31), (2026, 1, 1)]
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_forced_format_and_bad_lines_are_counted():
+    parser = LineParser(fmt="rfc3339")
+    assert parser.parse_line(f"Jan  1 00:00:01 host kernel: ntp: {BODY}") is not None  # fallback
+    for bad in ("", "usb 1-1: new device", f"Jan  1 00:00:01 host kernel: ntp: {BODY[:120]}",
+                BODY.replace("2001:0db8:0000:0000:0000:0000:0000:0001", "xx.xx.xx.xx"), "{",
+                '{"MESSAGE": [1, 2]}'):
+        assert parser.parse_line(bad) is None
+    s = parser.stats
+    assert s.lines == 7 and s.events == 1 and s.skipped == 6
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=300))
+def test_no_text_crashes_the_parser(text):
+    parser = LineParser(boot_time=0.0)
+    for line in text.split("\n"):
+        parser.parse_line(line)
+    assert parser.stats.lines == len(text.split("\n"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(BODY)), st.text(max_size=20))
+def test_mangled_real_lines_never_crash(cut, junk):
+    line = f"Jan  1 00:00:01 host kernel: ntp: {BODY}"
+    parser = LineParser()
+    parser.parse_line(line[:cut] + junk + line[cut:])
+    parser.parse_line(line[: 35 + cut])
+
+
+def test_file_positions_resume_truncate_and_rotate(tmp_path):
+    log = tmp_path / "kern.log"
+    log.write_text("a\nb\n")
+    pos = Position(str(log))
+    assert list(file_lines(str(log), pos)) == ["a", "b"]
+    with open(log, "a") as fh:
+        fh.write("c\npartial")
+    assert list(file_lines(str(log), pos)) == ["c", "partial"]
+    assert list(file_lines(str(log), pos)) == ["partial"]  # an unfinished line is re-read
+    with open(log, "a") as fh:
+        fh.write(" line\nd\n")
+    os.rename(log, tmp_path / "kern.log.1")  # rotation: the rest of the old file comes first
+    log.write_text("e\nmore\n")
+    assert list(file_lines(str(log), pos)) == ["partial line", "d", "e", "more"]
+    log.write_text("")  # copytruncate: detected because the file is now shorter
+    with open(log, "a") as fh:
+        fh.write("f\n")
+    assert list(file_lines(str(log), pos)) == ["f"]
+
+
+def test_gzip_file(tmp_path):
+    path = tmp_path / "kern.log.2.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write(f"Jan  1 00:00:01 host kernel: ntp: {BODY}\n" * 3)
+    parser = LineParser()
+    assert len(list(parser.parse_lines(file_lines(str(path))))) == 3
