@@ -44,7 +44,7 @@ T0 = time.monotonic()
 # firewall logs (ulogd2 LOGEMU text / JSON), `{state}` its state dir.
 NTPGUARD_STEPS: list[tuple[str, list[str]]] = [
     ("resolve", ["resolve"]),
-    ("detect", ["detect", "--file", "{fwjson}"]),
+    ("detect", ["detect", "--record", "{fwjson}"]),
     ("servers", ["servers"]),
     ("sync", ["sync"]),
     ("rules", ["rules", "apply"]),
@@ -114,8 +114,9 @@ def observe(world: World, seconds: float, rng: random.Random, seen: set) -> None
         if time.monotonic() - last > 3 and i < len(pool):
             last = time.monotonic()
             pick, i = pool[i:i + 3], i + 3
-            world.poke(pick)
-            say(f"host meets pool servers {', '.join(pick)} (pool rotation)")
+            client = rng.choice(world.clients)
+            world.poke(pick, client=client)
+            say(f"{client.ns.name} meets pool servers {', '.join(pick)} (pool rotation)")
         report_scans(world, seen)
         time.sleep(0.5)
     report_scans(world, seen)
@@ -146,7 +147,8 @@ def proof(world: World) -> None:
 def run(args: argparse.Namespace) -> int:
     # Short rotation and cooldown: several harvested addresses within the demo's half minute.
     spec = WorldSpec(seed=args.seed, prefix="ntpg-demo-", lag_min=1.0, lag_max=4.0,
-                     cooldown=15.0, temp_prefered_lft=12, temp_valid_lft=60)
+                     cooldown=15.0, temp_prefered_lft=12, temp_valid_lft=60,
+                     topology=args.topology)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ntpguard-demo-"))
     rng = random.Random(args.seed)
     say(f"building the lab world (seed {args.seed}) in {workdir} ...")
@@ -156,10 +158,14 @@ def run(args: argparse.Namespace) -> int:
             f"{len(world.servers) - len(v6)} IPv4) behind 0-3.debian.pool.ntp.org, "
             f"{len(world.harvesters)} of them harvesters (ground truth, hidden from ntpguard); "
             f"scanner prefix {SCAN_NET}")
-        say(f"protected host: temporary address {', '.join(world.temp_addresses())} "
-            f"(rotates every ~{spec.temp_prefered_lft} s)")
+        if world.gateway:
+            say(f"gateway topology: ntpguard runs on router {world.guard.name}, LAN clients "
+                + ", ".join(c.ns.name for c in world.clients))
+        for c in world.clients:
+            say(f"{c.ns.name}: temporary address {', '.join(world.temp_addresses(c))} "
+                f"(rotates every ~{spec.temp_prefered_lft} s)")
         world.wait_synced(timeout=40)
-        say("time daemon synced: chronyd on the host selected a pool server")
+        say("time daemons synced: chronyd selected a pool server")
         detail(world.chronyc("sources"))
         seen: set = set()
         say(f"observing the world for {args.observe:.0f} s ...")
@@ -195,6 +201,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--observe", type=float, default=25.0,
                    help="seconds of world life before ntpguard runs (default 25)")
+    p.add_argument("--topology", choices=("host", "gateway"), default="host",
+                   help="a protected host, or a router with LAN clients (default host)")
     p.add_argument("--workdir", help="keep the lab's files here (default: a new temp dir)")
     args = p.parse_args(argv)
     # SIGTERM tears down like Ctrl-C: the World context manager's exit runs either way.
