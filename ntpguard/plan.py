@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Union
 
+from ntpguard.addr import IPNetwork
 from ntpguard.config import Rules
 from ntpguard.errors import FirewallError, UsageError
 
@@ -57,9 +58,13 @@ class ServerStatus:
 
 @dataclass(frozen=True)
 class PrefixEntry:
-    """An address or prefix from a list or a verdict; `source` is for error messages."""
+    """An address or prefix from a list or a verdict; `source` is for error messages.
 
-    prefix: str
+    `prefix` is text, or an ipaddress network already parsed (lists.Entry.network): 100k
+    entries parse in ~0.5 s, so they are not parsed twice.
+    """
+
+    prefix: Union[str, IPNetwork]
     source: str
 
 
@@ -159,12 +164,16 @@ class Plan:
 
 def _parse_network(entry: PrefixEntry, rules: Rules) -> tuple[int, int, int]:
     """(family, network int, length) of an entry; refuses host bits and too-broad prefixes."""
-    text = entry.prefix.strip()
-    try:
-        net = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        why = "has host bits set" if "host bits" in str(exc) else "is not an IP address or prefix"
-        raise PlanInputError(f"{entry.source}: {text!r} {why}") from None
+    if isinstance(entry.prefix, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        net = entry.prefix
+    else:
+        text = entry.prefix.strip()
+        try:
+            net = ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            why = ("has host bits set" if "host bits" in str(exc)
+                   else "is not an IP address or prefix")
+            raise PlanInputError(f"{entry.source}: {text!r} {why}") from None
     limit = rules.max_prefix_v6 if net.version == 6 else rules.max_prefix_v4
     if net.prefixlen < limit:
         raise PlanInputError(

@@ -289,3 +289,13 @@ def test_sample_config_documents_every_rules_key_with_its_default():
     for f in dataclasses.fields(config.Rules):
         assert f.name in documented, f.name
         assert config.tomllib.loads(f"v = {documented[f.name]}")["v"] == f.default, f.name
+
+
+def test_parsed_networks_accepted_and_still_checked():
+    p = build(servers(("2001:db8:100::1", "clean")),
+              [PrefixEntry(ipaddress.ip_network("2604:a880:800:10::/64"), "l:1")], [], Rules(),
+              HOST)
+    assert p.scanners[0].networks == ("2604:a880:800:10::",)
+    with pytest.raises(PlanInputError, match=re.escape("l:1: 2600::/16 is broader")):
+        build(servers(("2001:db8:100::1", "clean")),
+              [PrefixEntry(ipaddress.ip_network("2600::/16"), "l:1")], [], Rules(), HOST)

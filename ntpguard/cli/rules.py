@@ -67,9 +67,9 @@ def inputs_from_state(config: Any, state: Any, state_dir: str
         for entry in loaded.entries:
             source = f"{loaded.origin or loaded.name}:{entry.line}"
             if entry.kind == "scanner":
-                scanners.append(PrefixEntry(str(entry.network), source))
+                scanners.append(PrefixEntry(entry.network, source))
             elif entry.address not in decided_locally:
-                harvesters.append(PrefixEntry(str(entry.network), source))
+                harvesters.append(PrefixEntry(entry.network, source))
     return servers, scanners, harvesters
 
 
