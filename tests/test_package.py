@@ -332,3 +332,43 @@ def test_install_run_remove_purge(built, tmp_path, dpkg_lock):
         for path in made:
             if os.path.exists(path):
                 os.unlink(path)
+
+
+TRIXIE_CHECK = """set -e
+r=$1
+test "$(chroot "$r" /usr/bin/ntpguard --version)" = "ntpguard $2"
+mkdir -p "$r/tmp/ntpguard-state"
+chroot "$r" /usr/bin/ntpguard status --state-dir /tmp/ntpguard-state
+chroot "$r" /usr/bin/ntpguard list show --state-dir /tmp/ntpguard-state \\
+    | grep -q '^builtin-harvesters .*/usr/share/ntpguard/rules/harvesters.txt$'
+chroot "$r" dpkg-query -W python3 python3-dnspython python3-netaddr python3-nftables
+# prerm and postrm in a scratch network namespace: nothing reaches the host's firewall.
+unshare --net chroot "$r" dpkg --purge ntpguard
+test ! -e "$r/var/lib/ntpguard" && test ! -e "$r/usr/bin/ntpguard" && test ! -e "$r/etc/ntpguard"
+echo TRIXIE-OK
+"""
+
+
+@pytest.mark.root
+def test_installs_runs_and_purges_on_debian_13(built, tmp_path):
+    """The package built here on Debian 12 in a fresh Debian 13 (trixie) chroot: its
+    dependencies resolve there (Python 3.13, dnspython 2.7, netaddr 1.3) and it runs."""
+    if not shutil.which("mmdebstrap", path=SYSTEM_ENV["PATH"]):
+        pytest.skip("mmdebstrap missing (make deps installs it)")
+    mirror = os.environ.get("NTPGUARD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+    deb = the_deb(built)
+    check = tmp_path / "check.sh"
+    check.write_text(TRIXIE_CHECK)
+    started = time.monotonic()
+    p = run(["mmdebstrap", "--variant=apt", "--mode=root", "--include=python3",
+             f"--customize-hook=copy-in {deb} /tmp",
+             "--customize-hook=chroot \"$1\" env DEBIAN_FRONTEND=noninteractive apt-get install "
+             f"-y -q --no-install-recommends /tmp/{deb.name}",
+             f"--customize-hook=sh {check} \"$1\" {upstream_version()}",
+             "trixie", "/dev/null", mirror], timeout=600)
+    if p.returncode != 0 and ("Failed to fetch" in p.stderr or "Could not resolve" in p.stderr):
+        pytest.skip(f"Debian mirror {mirror} unreachable")
+    assert p.returncode == 0 and "TRIXIE-OK" in p.stdout + p.stderr, \
+        (p.stdout + p.stderr)[-5000:]
+    versions = re.findall(r"^(python3[\w-]*)\t(\S+)$", p.stdout + p.stderr, re.M)
+    print(f"Debian 13 chroot: {dict(versions)}; {time.monotonic() - started:.0f} s")
