@@ -258,6 +258,7 @@ def test_install_run_remove_purge(built, tmp_path, dpkg_lock):
         pytest.skip("/var/lib/ntpguard exists on this machine; purging would delete it")
     deb = the_deb(built)
     made = []  # generated files this test plants for postrm to purge
+    had_timesyncd_dir = os.path.isdir("/etc/systemd/timesyncd.conf.d")
     try:
         p = run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
                  "-o", "DPkg::Lock::Timeout=120", f"./{deb.name}"], cwd=built, timeout=300)
@@ -300,6 +301,13 @@ def test_install_run_remove_purge(built, tmp_path, dpkg_lock):
         assert p.returncode != 0 and time.monotonic() - started < 10
         assert not os.path.exists("/var/lib/ntpguard/state.db")
 
+        # Drop-ins as `ntpguard timeconf --write` leaves them; purge must delete them.
+        assert os.path.isdir("/etc/systemd/timesyncd.conf.d"), "shipped for the sandboxed unit"
+        for path in GENERATED:
+            if os.path.isdir(os.path.dirname(path)) and not os.path.exists(path):
+                Path(path).write_text("# written by test_package.py for postrm to purge\n")
+                made.append(path)
+
         # Remove, in a scratch network namespace holding ntpguard's rules: prerm takes them down.
         # The rules are applied with no more than the unit's CapabilityBoundingSet and
         # NoNewPrivileges, so the unit's hardening is known to leave ntpguard able to work.
@@ -320,17 +328,14 @@ def test_install_run_remove_purge(built, tmp_path, dpkg_lock):
         assert os.path.isdir("/var/lib/ntpguard"), "remove keeps the state"
         assert not [p for p in Path("/usr/lib/python3/dist-packages").glob("ntpguard*")]
 
-        for path in GENERATED:
-            if os.path.isdir(os.path.dirname(path)) and not os.path.exists(path):
-                Path(path).write_text("# written by test_package.py for postrm to purge\n")
-                made.append(path)
-
         p = purge()
         assert p.returncode == 0, p.stderr
         assert dpkg_status() == ""
         for path in ("/var/lib/ntpguard", "/etc/ntpguard", "/etc/cron.d/ntpguard",
                      "/etc/systemd/system/timers.target.wants/ntpguard.timer", *made):
             assert not os.path.lexists(path), f"{path} survived the purge"
+        if not had_timesyncd_dir:
+            assert not os.path.exists("/etc/systemd/timesyncd.conf.d")
     finally:
         if installed():
             purge()
