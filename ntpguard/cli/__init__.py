@@ -19,7 +19,9 @@ from ntpguard import __version__, config
 from ntpguard.errors import NtpguardError
 
 # Sub-command modules, in the order `--help` lists them.
-COMMANDS = ["resolve", "servers", "status", "mark", "explain", "list", "rules", "timeconf", "detect"]
+COMMANDS = [
+    "resolve", "servers", "status", "mark", "explain", "list", "rules", "timeconf", "detect",
+]
 
 EXIT_CODES = """exit status:
   0  success
