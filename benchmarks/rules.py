@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,6 +128,7 @@ def inner() -> None:
     backend.remove()
     subprocess.run(["nft", "delete", "table", "inet", "bench"], check=True)
     remove_s = time.perf_counter() - t
+    shutil.rmtree(cache, ignore_errors=True)
     json.dump({
         "plan_s": plan_s, "full_s": full_s, "update_mean_s": sum(update_s) / len(update_s),
         "update_max_s": max(update_s), "update_kernel_max_s": max(kernel_s), "noop_s": noop_s,
