@@ -286,6 +286,32 @@ class Detect:
     clean_min_negative: int = field(default=2, metadata=_check(_positive))
 
 
+def _log_sources(values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        if v != "journal" and not v.startswith("/"):
+            raise ValueError(f'{v!r}: each source is "journal" or an absolute file path')
+    return values
+
+
+@dataclass(frozen=True)
+class Sync:
+    """[sync]: what the cron job / timer (`ntpguard sync`) does on each run."""
+
+    # Rounds of pool queries per sync. Run every 15 minutes (the timer's default), one round of
+    # 8 queries is ~770 queries a day: full zones within days, negligible load on the pool.
+    resolve_rounds: int = field(default=1, metadata=_check(_positive))
+    # Firewall logs to read: "journal" (the kernel messages in journald, with a cursor) and/or
+    # file paths. Empty: journald where it runs, else /var/log/kern.log, else ulogd2's
+    # /var/log/ulog/syslogemu.log.
+    log_sources: tuple[str, ...] = field(default=(), metadata=_check(_log_sources))
+    # Steps that touch the system; switch off to use ntpguard for detection only.
+    apply_rules: bool = True
+    configure_time_daemon: bool = True
+    # Apply even when no clean server is known yet with rules.unknown = "block"; that stops
+    # all time sync, so it is off: until detection has cleared servers, rules stay as they were.
+    force_rules: bool = False
+
+
 @dataclass(frozen=True)
 class Config:
     path: Optional[str] = None
@@ -295,11 +321,12 @@ class Config:
     timeconf: Timeconf = field(default_factory=Timeconf)
     rules: Rules = field(default_factory=Rules)
     detect: Detect = field(default_factory=Detect)
+    sync: Sync = field(default_factory=Sync)
 
 
 SECTIONS: dict[str, type] = {
     "general": General, "pool": Pool, "rules": Rules, "lists": Lists, "timeconf": Timeconf,
-    "detect": Detect,
+    "detect": Detect, "sync": Sync,
 }
 
 

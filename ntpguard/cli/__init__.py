@@ -20,7 +20,8 @@ from ntpguard.errors import NtpguardError
 
 # Sub-command modules, in the order `--help` lists them.
 COMMANDS = [
-    "resolve", "servers", "status", "mark", "explain", "list", "rules", "timeconf", "detect",
+    "sync", "resolve", "detect", "rules", "timeconf", "list", "servers", "status", "mark",
+    "explain",
 ]
 
 EXIT_CODES = """exit status:

@@ -1,0 +1,44 @@
+"""`ntpguard sync`: the cron job / timer. One summary line to stdout and syslog."""
+
+from __future__ import annotations
+
+import argparse
+import syslog
+
+from ntpguard import sync
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser(
+        "sync", parents=[common], help="the periodic job: resolve, detect, decide, enforce",
+        description="Under the state lock: resolve the pool, ingest new firewall log lines, "
+        "refresh subscribed lists, recompute verdicts, apply the firewall plan and write the "
+        "time daemon's configuration. A failing step is reported and the others still run.",
+    )
+    p.add_argument("--dry-run", action="store_true",
+                   help="do everything on a scratch copy of the state; leave the firewall, "
+                   "the time daemon and the state alone")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(ctx, args: argparse.Namespace) -> int:
+    def progress(step: sync.Step) -> None:
+        if args.verbose and not args.json:
+            mark = "skipped" if step.skipped else ("ok" if step.ok else "FAILED")
+            print(f"  {step.name}: {mark}: {step.message}", flush=True)
+
+    report = sync.run(ctx.config, ctx.state_dir, dry_run=args.dry_run, wait=args.wait,
+                      progress=progress)
+    line = report.line()
+    if args.json:
+        from ntpguard.cli import print_json
+        print_json(report.as_dict())
+    else:
+        print(line)
+        for step in report.steps:
+            if not step.ok and not args.verbose:
+                print(f"  {step.name} failed: {step.message}")
+    syslog.openlog("ntpguard", 0, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_WARNING if report.failed else syslog.LOG_INFO, line)
+    return report.exit_code

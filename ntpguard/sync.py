@@ -1,0 +1,238 @@
+"""`ntpguard sync`: the unattended job: resolve, ingest logs, refresh lists, decide, enforce.
+
+Every step runs under the one state lock, and a step that fails (DNS down, journal unreadable,
+list unreachable, firewall refusing) is reported while the later steps still run with the last
+good data: a broken list server must not stop the firewall from learning about a new harvester.
+A dry run works on a scratch copy of the state directory, so it can do everything for real
+except touch the firewall, the time daemon and the real state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ntpguard import backends, evidence, fetch, pool, timeconf
+from ntpguard.config import Config
+from ntpguard.enforce import plan_from_state
+from ntpguard.errors import NtpguardError
+from ntpguard.plan import UnsafePlan
+from ntpguard.precedence import effective
+from ntpguard.state import DB_NAME, State
+
+STEPS = ("resolve", "logs", "lists", "verdicts", "rules", "timeconf")
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool = True
+    skipped: bool = False
+    message: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SyncReport:
+    dry_run: bool
+    steps: list[Step] = field(default_factory=list)
+    servers: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[str]:
+        return [s.name for s in self.steps if not s.ok]
+
+    @property
+    def exit_code(self) -> int:
+        """0 all good; 4 some steps failed (the others ran); 1 every step that ran failed."""
+        ran = [s for s in self.steps if not s.skipped]
+        if ran and all(not s.ok for s in ran):
+            return 1
+        return 4 if self.failed else 0
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def line(self) -> str:
+        """The one summary line for stdout and syslog."""
+        s = self.servers
+        logs = self.step("logs")
+        rules = self.step("rules")
+        tc = self.step("timeconf")
+        parts = [
+            f"servers {s.get('known', 0)} known/{s.get('clean', 0)} clean/"
+            f"{s.get('harvester', 0)} harvester/{s.get('suspect', 0)} suspect",
+            f"scans {logs.data.get('scans', 0)} new",
+            f"rules {rules.data.get('action', 'skipped' if rules.skipped else 'failed')}",
+            f"time daemon {tc.data.get('action', 'skipped' if tc.skipped else 'failed')}",
+        ]
+        if self.failed:
+            parts.append("failed: " + ", ".join(self.failed))
+        return ("sync (dry run): " if self.dry_run else "sync: ") + ", ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run, "exit": self.exit_code, "servers": self.servers,
+            "failed": self.failed,
+            "steps": {s.name: {"ok": s.ok, "skipped": s.skipped, "message": s.message, **s.data}
+                      for s in self.steps},
+        }
+
+
+def default_log_sources(exists: Callable[[str], bool] = os.path.exists) -> tuple[str, ...]:
+    """journald on Debian 12+ (no rsyslog by default), else the classic kernel log files."""
+    if exists("/run/systemd/journal/socket"):
+        return ("journal",)
+    for path in ("/var/log/kern.log", "/var/log/ulog/syslogemu.log"):
+        if exists(path):
+            return (path,)
+    return ()
+
+
+def _scratch_copy(state_dir: str, into: str) -> str:
+    """A consistent copy of the state directory for a dry run (SQLite's online backup)."""
+    target = os.path.join(into, "state")
+    os.makedirs(target)
+    src = os.path.join(state_dir, DB_NAME)
+    if os.path.exists(src):
+        with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as a, \
+                sqlite3.connect(os.path.join(target, DB_NAME)) as b:
+            a.backup(b)
+    for name in os.listdir(state_dir) if os.path.isdir(state_dir) else ():
+        path = os.path.join(state_dir, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, os.path.join(target, name))
+        elif not name.startswith(DB_NAME) and name != "lock":
+            shutil.copy2(path, os.path.join(target, name))
+    return target
+
+
+def run(config: Config, state_dir: str, dry_run: bool = False, wait: bool = False,
+        now: Callable[[], float] = time.time,
+        progress: Optional[Callable[[Step], None]] = None) -> SyncReport:
+    """One sync under the state lock; see the module docstring."""
+    with State.open(state_dir, lock=True, wait=wait, holder="ntpguard sync") as real:
+        if not dry_run:
+            return _run_steps(config, real, state_dir, False, now, progress)
+        with tempfile.TemporaryDirectory(prefix="ntpguard-dry-") as tmp:
+            scratch_dir = _scratch_copy(state_dir, tmp)
+            with State.open(scratch_dir, lock=True, holder="ntpguard sync --dry-run") as scratch:
+                return _run_steps(config, scratch, scratch_dir, True, now, progress)
+
+
+def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
+               now: Callable[[], float], progress: Optional[Callable[[Step], None]]
+               ) -> SyncReport:
+    report = SyncReport(dry_run)
+    started = now()
+    settings = config.sync
+
+    def attempt(name: str, fn: Callable[[Step], None], enabled: bool = True,
+                why_not: str = "") -> None:
+        step = Step(name)
+        if not enabled:
+            step.skipped, step.message = True, why_not
+        else:
+            try:
+                fn(step)
+            except NtpguardError as exc:
+                step.ok, step.message = False, str(exc)
+            except (OSError, sqlite3.DatabaseError) as exc:
+                step.ok, step.message = False, f"{type(exc).__name__}: {exc}"
+        report.steps.append(step)
+        if progress:
+            progress(step)
+
+    def do_resolve(step: Step) -> None:
+        rep = pool.resolve(config.pool, state, rounds=settings.resolve_rounds)
+        step.data = {"queries": rep.queries, "answers": rep.answers,
+                     "new": len(rep.new_servers)}
+        if rep.failed_names:
+            step.message = "failed: " + ", ".join(rep.failed_names)
+            step.ok = not rep.all_failed
+            if rep.all_failed:
+                return
+        step.message = step.message or f"{rep.answers} answers, {len(rep.new_servers)} new"
+
+    def do_logs(step: Step) -> None:
+        sources = list(settings.log_sources or default_log_sources())
+        if not sources:
+            step.skipped, step.message = True, "no firewall log found (set sync.log_sources)"
+            return
+        summary = evidence.ingest(state, evidence.order_sources(sources), config.detect,
+                                  now=now())
+        d = summary.as_dict()
+        step.data = {"scans": d["scans"], "lines": d["lines"], "events": d["events"],
+                     "skipped_lines": d["skipped"], "sources": sources}
+        step.message = (f"{d['lines']} lines, {d['events']} firewall events, "
+                        f"{d['scans']} scans, {d['skipped']} lines skipped")
+
+    def do_lists(step: Step) -> None:
+        if not config.lists.subscriptions:
+            step.skipped, step.message = True, "no subscriptions"
+            return
+        rep = fetch.refresh_subscriptions(config, state_dir, now=now())
+        step.data = rep.as_dict()
+        step.message = rep.summary()
+        step.ok = rep.ok
+
+    def do_verdicts(step: Step) -> None:
+        verdicts, _ = evidence.compute_verdicts(state, config.detect, record=True, now=now())
+        step.data = dict(Counter(v.status for v in verdicts.values()))
+        step.message = ", ".join(f"{n} {k}" for k, n in sorted(step.data.items())) or \
+            "no evidence yet"
+
+    def do_rules(step: Step) -> None:
+        notes = []
+        try:
+            plan = plan_from_state(config, state, state_dir, force=settings.force_rules)
+        except UnsafePlan:
+            # No server is cleared yet (a new host). Blocking all NTP would stop time sync, but
+            # doing nothing would leave scanners and known harvesters in and log nothing, and
+            # without logs no server is ever cleared. So: enforce what is known to be bad, let
+            # NTP reach unknown servers for now, and log, until detection clears some.
+            lenient = dataclasses.replace(config, rules=dataclasses.replace(
+                config.rules, unknown="allow"))
+            plan = plan_from_state(lenient, state, state_dir)
+            notes.append("no clean server known yet: NTP to unknown servers allowed for now")
+        step.data = dict(plan.counts())
+        step.data["unknown"] = plan.unknown
+        if dry_run:
+            backends.dry_run(config.rules.backend, plan)  # renders, so errors show
+            step.data["action"] = "planned"
+            step.message = "; ".join([*notes, "dry run: not applied"])
+            return
+        result = backends.get(config.rules.backend, state_dir).apply(plan)
+        step.message = "; ".join(
+            [*notes, result if isinstance(result, str) else result.describe()])
+        step.data["action"] = getattr(result, "action", "applied")
+
+    def do_timeconf(step: Step) -> None:
+        out = timeconf.configure_daemon(config, state, now(), dry_run=dry_run)
+        step.data = {"daemon": out.daemon, "servers": list(out.servers), "path": out.path,
+                     "action": "changed" if out.changed else "unchanged"}
+        step.message = out.message or (f"{out.path} {'rewritten' if out.changed else 'unchanged'}")
+
+    attempt("resolve", do_resolve)
+    attempt("logs", do_logs)
+    attempt("lists", do_lists)
+    attempt("verdicts", do_verdicts)
+    attempt("rules", do_rules, settings.apply_rules, "sync.apply_rules = false")
+    attempt("timeconf", do_timeconf, settings.configure_time_daemon,
+            "sync.configure_time_daemon = false")
+
+    latest = state.latest_verdicts()
+    counts: Counter = Counter()
+    for s in state.servers():
+        v = effective(latest.get(s.address, {}))
+        counts[v.status if v else "unknown"] += 1
+    report.servers = {"known": sum(counts.values()), **counts}
+    state.record_run("sync", started, now(), not report.failed, report.as_dict())
+    return report
