@@ -143,7 +143,7 @@ class Detector:
             sk = skeys.get(src)
             if sk is None:
                 sk = skeys[src] = source_key(src, aggregate)
-                if len(skeys) > 200_000:
+                if len(skeys) > 50_000:
                     skeys.clear()
             fkey = (ev.dst, sk)
             flow = flows.get(fkey)

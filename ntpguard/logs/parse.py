@@ -36,7 +36,7 @@ _PROTO_BY_NUMBER = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP", 3
                     136: "UDPLITE", 50: "ESP", 51: "AH", 47: "GRE", 2: "IGMP"}
 
 # A bounded cache: a month of rotating privacy addresses is far below this, a hostile log is not.
-_CACHE_LIMIT = 500_000
+_CACHE_LIMIT = 100_000
 
 _BSD_ANYWHERE = re.compile(
     r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d\d:\d\d:\d\d ")
