@@ -6,13 +6,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-import threading
 from pathlib import Path
 
-import dns.flags
-import dns.message
-import dns.rrset
 import pytest
+from dnsfake import FakeDNS
 
 from lab.pooldns import PoolDNS
 
@@ -97,47 +94,6 @@ def test_nonglobal_answers_are_rejected_by_default(tmp_path, run_cli):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["zones"][0]["rejected"] == 3
     assert [s["address"] for s in servers(run_cli, cfg)] == ["2604:a880:400:d0::9:b001"]
-
-
-class FakeDNS:
-    """A UDP DNS server on loopback that answers every query in one chosen (mis)way."""
-
-    def __init__(self, answer=None, garbage: bytes = b"", truncate=False, wrong_type=False):
-        self.answer, self.garbage, self.truncate, self.wrong_type = (
-            answer, garbage, truncate, wrong_type)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.queries = 0
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-
-    def serve(self):
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            self.queries += 1
-            if self.garbage:
-                self.sock.sendto(data[:2] + self.garbage, peer)
-                continue
-            query = dns.message.from_wire(data)
-            reply = dns.message.make_response(query)
-            qname = query.question[0].name
-            if self.truncate:
-                reply.flags |= dns.flags.TC
-            elif self.wrong_type:
-                reply.answer.append(dns.rrset.from_text(qname, 150, "IN", "TXT", '"hi"'))
-            elif self.answer is not None:
-                reply.answer.append(dns.rrset.from_text(qname, 150, "IN", "AAAA", *self.answer))
-            self.sock.sendto(reply.to_wire(), peer)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.sock.close()
 
 
 @pytest.mark.parametrize("fake_kw,problem", [
