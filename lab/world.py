@@ -252,6 +252,7 @@ class World:
         self.scanners = [f"2001:db8:5ca::{0xb001 + i:x}" for i in range(spec.scanners)]
         rng.shuffle(self.scanners)
         self.clients: list[Client] = []
+        self._rng = random.Random(spec.seed + 2)
         self.inet: Namespace
         self.scan: Namespace
         self.guard: Namespace
@@ -524,6 +525,42 @@ class World:
             self._pick(client).ns.run("ntpdate", "-q", "-t", "1", *addresses, check=False,
                                       timeout=60)
 
+    def rotate_address(self, client: Optional[Client] = None) -> str:
+        """A fresh random address in the client's /64, made its source for everything.
+
+        What RFC 4941 rotation does every `temp_prefered_lft` s, on demand: scenario tests get
+        one clean "test" per address without waiting for the kernel. The default route's
+        `src` overrides the kernel's temporary-address preference from then on.
+        """
+        c = self._pick(client)
+        net = ipaddress.IPv6Network(c.net)
+        addr = str(net[self._rng.randrange(1 << 32, 1 << 64)])
+        c.ns.run("ip", "-6", "addr", "add", addr + "/64", "dev", "eth0", "nodad")
+        c.ns.run("ip", "-6", "route", "replace", "default", "via", c.gw, "src", addr)
+        return addr
+
+    def live(self, passes: int = 4, per_round: int = 2, settle: Optional[float] = None,
+             client: Optional[Client] = None) -> list[str]:
+        """Months of pool life in seconds: every IPv6 server is met `passes` times, each time
+        from a fresh address together with per_round - 1 others (one group test each).
+
+        Ends by waiting `settle` s (default: the lab config's detect lookback + 2) and one
+        last contact from a fresh address, so the log's clock passes every test's lookback
+        and an address that was not scanned counts as a negative. Returns the addresses used.
+        """
+        pool = [s.address for s in self.servers if ":" in s.address]
+        used = []
+        for _ in range(passes):
+            order = pool[:]
+            self._rng.shuffle(order)
+            for i in range(0, len(order), per_round):
+                used.append(self.rotate_address(client))
+                self.poke(order[i:i + per_round], client)
+        time.sleep(settle if settle is not None else lab_lookback(self.spec) + 2)
+        used.append(self.rotate_address(client))
+        self.poke(self.clean[:1], client)
+        return used
+
     def scan_now(self, target: str, scanner: Optional[str] = None) -> str:
         """A scan not caused by a harvester (the demo's proof); recorded in the ground truth
         as "manual-scan" so it is never mistaken for a harvester's."""
@@ -581,10 +618,16 @@ class World:
         self.stop()
 
 
+def lab_lookback(spec: WorldSpec) -> float:
+    """detect.lookback for the lab: well above the lab's lags, short enough for a test."""
+    return max(10.0, 2 * spec.lag_max)
+
+
 def ntpguard_config(world: Optional[World] = None, extra: str = "") -> str:
     """An ntpguard config for the lab guard: the lab DNS, documentation addresses allowed,
     gateway mode in the gateway topology."""
     mode = "gateway" if world is not None and world.gateway else "host"
+    lookback = lab_lookback(world.spec if world is not None else WorldSpec())
     return (
         "# written by lab/world.py for the lab's ntpguard host\n"
         "[pool]\n"
@@ -598,6 +641,10 @@ def ntpguard_config(world: Optional[World] = None, extra: str = "") -> str:
         "# ntpguard's own log lines go to the lab guard's ulogd2 (JSON file), not to the\n"
         "# machine's kernel log\n"
         f"log_group = {LOG_GROUP_JSON}\n"
+        "[detect]\n"
+        "# lab lags are seconds (WorldSpec.lag_max), not the 6-47 s of 2016: a short lookback\n"
+        "# lets an address that was not scanned count as a negative test within the run\n"
+        f"lookback = {lookback:g}\n"
         + extra
     )
 

@@ -266,3 +266,44 @@ def test_gateway_topology_logs_lan_traffic_at_the_router(tmp_path: Path):
         out = run_ntpguard(world, "resolve", "--json")
         assert out.returncode == 0, out.stderr
         assert 'mode = "gateway"' in (world.guard_dir / "ntpguard.toml").read_text()
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@pytest.mark.parametrize("seed", [11, 12])
+def test_ntpguard_finds_every_harvester_and_blocks_it(tmp_path: Path, seed: int):
+    """ntpguard against the lab's ground truth, with the commands this tree has today:
+    resolve, then months of pool life in seconds (each server met 4 times from fresh
+    addresses), `detect --record` on the host's log, `rules apply`, then the proof."""
+    from lab.world import run_ntpguard
+
+    spec = WorldSpec(seed=seed, prefix=PREFIX, lag_min=0.5, lag_max=2.0, chrony_client=False)
+    with World(spec, tmp_path / "world") as world, explained(world):
+        out = run_ntpguard(world, "resolve")
+        assert out.returncode == 0, out.stderr
+        world.live(passes=4, per_round=2)
+        out = run_ntpguard(world, "detect", "--record", "--json", str(world.firewall_json))
+        assert out.returncode == 0, out.stderr
+        lines = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+        status = {v["address"]: v["status"] for v in lines if v.get("type") == "server"}
+        print("verdicts:", json.dumps(status, indent=1))
+        assert {h: status.get(h) for h in world.harvesters} == {
+            h: "harvester" for h in world.harvesters}
+        wrong = {a: s for a, s in status.items()
+                 if a in world.clean and s in ("harvester", "suspect")}
+        assert not wrong, f"clean servers marked: {wrong}"
+
+        out = run_ntpguard(world, "rules", "apply")
+        assert out.returncode == 0, out.stdout + out.stderr
+        again = run_ntpguard(world, "rules", "apply")
+        assert again.returncode == 0 and "nothing changed" in again.stdout, again.stdout
+        # The proof: no NTP reaches a harvester, clean servers still answer.
+        for h in world.harvesters:
+            assert world.host.run("ntpdate", "-q", "-t", "1", h, check=False).returncode != 0
+        # Only servers ntpguard met in DNS can be allowed (unknown = "block").
+        listed = run_ntpguard(world, "servers", "--json")
+        known = {s["address"] for s in json.loads(listed.stdout)}
+        judged_clean = [a for a, s in status.items() if s == "clean" and a in known]
+        assert judged_clean, (known, status)
+        for c in judged_clean[:3]:
+            assert world.host.run("ntpdate", "-q", "-t", "1", c, check=False).returncode == 0
