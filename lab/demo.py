@@ -17,6 +17,7 @@ Run: python3 -m lab.demo [--seed N] [--observe SECONDS] [--keep-going]   (as roo
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import signal
 import sys
@@ -88,19 +89,25 @@ def ntpguard(world: World, args: list[str]) -> Optional[int]:
     return proc.returncode
 
 
-def report_scans(world: World, seen: set[tuple[str, float]]) -> None:
+def report_scans(world: World, seen: set[tuple[str, float]], quiet: bool = False) -> None:
     """Print scans from the ground truth once each, with what the host's log saw of them."""
     logs = world.log_lines()
+    fresh = 0
     for s in world.scans():
         key = (s["target"], s["t_start"])
         if key in seen:
             continue
         seen.add(key)
+        fresh += 1
+        if quiet:
+            continue
         ports = {r["dest_port"] for r in logs if r.get("oob.prefix") == LOG_PREFIX_IN
                  and r.get("src_ip") == s["scanner"] and r.get("dest_ip") == s["target"]}
         say(f"SCAN {s['scanner']} -> {s['target']}: nmap ports {s['ports']} "
             f"in {s['t_end'] - s['t_start']:.1f} s, {s['lag']:.1f} s after it reached "
             f"harvester {s['harvester']}; host log shows {len(ports)} ports")
+    if quiet and fresh:
+        say(f"{fresh} more scans of the host's addresses (ground truth and log)")
 
 
 def observe(world: World, seconds: float, rng: random.Random, seen: set) -> None:
@@ -122,6 +129,18 @@ def observe(world: World, seconds: float, rng: random.Random, seen: set) -> None
     report_scans(world, seen)
 
 
+def ntpguard_clean(world: World) -> list[str]:
+    """IPv6 servers ntpguard's state calls clean (`servers --json`), or [] if it can't say."""
+    if "servers" not in available_commands():
+        return []
+    out = run_ntpguard(world, "servers", "--json")
+    try:
+        rows = json.loads(out.stdout)
+        return [r["address"] for r in rows if r.get("status") == "clean" and ":" in r["address"]]
+    except (ValueError, TypeError, KeyError):
+        return []
+
+
 def proof(world: World) -> None:
     """What the host looks like after ntpguard: NTP to harvesters, scanner, chronyd."""
     say("proof: NTP from the host to each harvester (should be refused)")
@@ -129,8 +148,10 @@ def proof(world: World) -> None:
         out = world.host.run("ntpdate", "-q", "-t", "1", h, check=False, timeout=20)
         verdict = "answered" if out.returncode == 0 else "no answer / refused"
         detail(f"{h}: {verdict}")
-    say("proof: NTP to a few clean servers (should answer)")
-    for c in [a for a in world.clean if ":" in a][:3]:
+    judged = ntpguard_clean(world)
+    what = "servers ntpguard judged clean" if judged else "clean servers (ground truth)"
+    say(f"proof: NTP to a few {what} (should answer)")
+    for c in (judged or [a for a in world.clean if ":" in a])[:3]:
         out = world.host.run("ntpdate", "-q", "-t", "1", c, check=False, timeout=20)
         detail(f"{c}: {'answered' if out.returncode == 0 else 'no answer / refused'}")
     target = (world.temp_addresses() or ["2001:db8:4057:1::100"])[0]
@@ -170,6 +191,12 @@ def run(args: argparse.Namespace) -> int:
         seen: set = set()
         say(f"observing the world for {args.observe:.0f} s ...")
         observe(world, args.observe, rng, seen)
+        if args.passes:
+            v6 = sum(":" in a.address for a in world.servers)
+            say(f"compressing months of pool life: every IPv6 server met {args.passes} times, "
+                f"2 per fresh address ({args.passes * ((v6 + 1) // 2)} addresses) ...")
+            world.live(passes=args.passes, per_round=2)
+            report_scans(world, seen, quiet=True)
         s = summary(world)
         say(f"so far: {s['harvests']} addresses harvested, {s['scans']} scans; host log: "
             f"{s['log_out']} outbound NTP lines ({LOG_PREFIX_OUT.strip()}), {s['log_in']} "
@@ -199,8 +226,11 @@ def _interrupt(*_: Any) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="lab.demo", description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--observe", type=float, default=25.0,
-                   help="seconds of world life before ntpguard runs (default 25)")
+    p.add_argument("--observe", type=float, default=15.0,
+                   help="seconds of real-time world life first (default 15)")
+    p.add_argument("--passes", type=int, default=3,
+                   help="compressed pool life: times each server is met from fresh addresses "
+                   "before ntpguard runs (default 3; 0: only --observe)")
     p.add_argument("--topology", choices=("host", "gateway"), default="host",
                    help="a protected host, or a router with LAN clients (default host)")
     p.add_argument("--workdir", help="keep the lab's files here (default: a new temp dir)")
