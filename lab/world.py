@@ -633,9 +633,11 @@ def ntpguard_config(world: Optional[World] = None, extra: str = "") -> str:
         "[pool]\n"
         f'nameservers = ["{DNS_ADDR}"]\n'
         "allow_nonglobal = true\n"
-        "# the lab's TTL means nothing to a test run: many quick rounds see the whole pool\n"
-        "rounds = 12\n"
-        "interval = 0.2\n"
+        "# the lab's TTL means nothing to a test run: 60 quick rounds of 4-of-~31 draws miss\n"
+        "# a given server with p = (27/31)^60 = 0.0002, so the pool is known after one resolve\n"
+        "# and a later sync's resolve round finds nothing new\n"
+        "rounds = 60\n"
+        "interval = 0\n"
         "[rules]\n"
         f'mode = "{mode}"\n'
         "# ntpguard's own log lines go to the lab guard's ulogd2 (JSON file), not to the\n"
@@ -645,6 +647,12 @@ def ntpguard_config(world: Optional[World] = None, extra: str = "") -> str:
         "# lab lags are seconds (WorldSpec.lag_max), not the 6-47 s of 2016: a short lookback\n"
         "# lets an address that was not scanned count as a negative test within the run\n"
         f"lookback = {lookback:g}\n"
+        + (
+            "[sync]\n"
+            "# the guard's ulogd2 JSON log (the lab has no journald)\n"
+            f'log_sources = ["{world.firewall_json}"]\n'
+            if world is not None else ""
+        )
         + extra
     )
 
