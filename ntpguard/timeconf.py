@@ -35,6 +35,7 @@ class Candidate:
     address: str
     last_seen: float
     times_seen: int = 0
+    cleared: bool = False  # detection (or the admin) said clean, not merely "not bad"
 
 
 def candidates(servers: Iterable, statuses: Mapping[str, str], now: float, max_age: float,
@@ -42,8 +43,9 @@ def candidates(servers: Iterable, statuses: Mapping[str, str], now: float, max_a
     """Servers (state.Server-like) whose status is usable and that DNS served recently."""
     out = []
     for s in servers:
-        if statuses.get(s.address, "unknown") in usable and now - s.last_seen <= max_age:
-            out.append(Candidate(s.address, s.last_seen, s.times_seen))
+        status = statuses.get(s.address, "unknown")
+        if status in usable and now - s.last_seen <= max_age:
+            out.append(Candidate(s.address, s.last_seen, s.times_seen, status == "clean"))
     return out
 
 
@@ -66,10 +68,10 @@ def select_servers(cands: Sequence[Candidate], count: int, spread_v6: int = 48,
     pool = list(cands)
     if checks is not None:
         pool = [c for c in pool if c.address in checks and checks[c.address].ok]
-        pool.sort(key=lambda c: (checks[c.address].delay > max_delay,
+        pool.sort(key=lambda c: (not c.cleared, checks[c.address].delay > max_delay,
                                  checks[c.address].delay, c.address))
     else:
-        pool.sort(key=lambda c: (-c.times_seen, -c.last_seen, c.address))
+        pool.sort(key=lambda c: (not c.cleared, -c.times_seen, -c.last_seen, c.address))
     chosen: list[str] = []
     used = set()
     for c in pool:  # first pass: one per prefix
@@ -259,8 +261,9 @@ def choose(config, state, now: float, check: Optional[bool] = None, count: Optio
         v = effective(by_source)
         if v is not None:
             statuses[address] = v.status
-    usable = ("clean", "unknown") if getattr(config.rules, "unknown", "block") == "allow" \
-        else ("clean",)
+    # The firewall lets NTP reach every known server not marked harvester or suspect
+    # (ntpguard.plan), so the daemon may use them too; servers cleared by evidence come first.
+    usable = ("clean", "unknown")
     cands = candidates(state.servers(), statuses, now, tc.max_age, usable)
     want = count or tc.count
     checks: dict[str, SntpResult] = {}

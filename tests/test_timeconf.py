@@ -292,3 +292,10 @@ def test_configure_daemon_for_sync(state_dir, tmp_path):
     none = config.parse('[timeconf]\ndaemon = "none"\n', "c.toml")
     with State.open(str(state_dir)) as st:
         assert timeconf.configure_daemon(none, st, time.time()).daemon is None
+
+
+def test_cleared_servers_come_before_merely_unjudged_ones():
+    C = timeconf.Candidate
+    cands = [C("2a01:4f8:1::1", 100, 50), C("2a01:4f8:2::1", 100, 1, cleared=True),
+             C("2a01:4f8:3::1", 100, 9)]
+    assert timeconf.select_servers(cands, 2) == ["2a01:4f8:2::1", "2a01:4f8:1::1"]
