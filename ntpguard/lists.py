@@ -23,12 +23,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from ntpguard.addr import IPNetwork, nonglobal_reason, parse_prefix
 from ntpguard.errors import UsageError
+from ntpguard.files import atomic_write
 
 KINDS = ("harvester", "scanner")
 TRUSTS = ("enforce", "report")
@@ -307,23 +307,6 @@ def list_dir(state_dir: str) -> str:
     return os.path.join(state_dir, "lists")
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write a temporary file beside `path`, fsync, rename: readers see old or new, never half."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def store(state_dir: str, name: str, parsed: ParsedList, meta: dict[str, Any]) -> str:
     """Keep a validated list as STATE/lists/NAME.{txt,json} with NAME.meta.json beside it.
 
@@ -337,10 +320,10 @@ def store(state_dir: str, name: str, parsed: ParsedList, meta: dict[str, Any]) -
         os.makedirs(directory, mode=0o755, exist_ok=True)
         ext = "json" if parsed.format == "json" else "txt"
         path = os.path.join(directory, f"{name}.{ext}")
-        _atomic_write(path, parsed.raw)
+        atomic_write(path, parsed.raw)
         other = os.path.join(directory, f"{name}.{'txt' if ext == 'json' else 'json'}")
         full = dict(meta, format=parsed.format, sha256=parsed.sha256, entries=len(parsed.entries))
-        _atomic_write(os.path.join(directory, f"{name}.meta.json"),
+        atomic_write(os.path.join(directory, f"{name}.meta.json"),
                       (json.dumps(full, indent=1, sort_keys=True) + "\n").encode())
         if os.path.exists(other):
             os.unlink(other)
@@ -353,7 +336,7 @@ def store_meta(state_dir: str, name: str, meta: dict[str, Any]) -> None:
     """Rewrite only the metadata (e.g. the time of a 304 check); the list stays as it is."""
     path = os.path.join(list_dir(state_dir), f"{check_name(name)}.meta.json")
     try:
-        _atomic_write(path, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(path, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from ntpguard.errors import NtpguardError, UsageError
+from ntpguard.files import atomic_write
 from ntpguard.sntp import SntpResult
 
 FORMATS = ("chrony", "timesyncd", "ntpsec", "ntp", "openntpd")
@@ -209,18 +209,7 @@ def write(fmt: str, content: str, path: str, reload: bool = True,
     directory = os.path.dirname(path) or "."
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ntpguard-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(content)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, content.encode("utf-8"))
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
     if reload:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 from ntpguard import fetch, lists
 from ntpguard.cli._fmt import iso, table
 from ntpguard.errors import UsageError
+from ntpguard.files import atomic_write
 
 
 def register(sub, common) -> None:
@@ -141,11 +141,8 @@ def run_export(ctx, args: argparse.Namespace) -> int:
         text = lists.export_text(entries, f"ntpguard {lists.iso(now)}: harvesters found on this "
                                  "host (manual marks, detection, probes)")
     if args.output:
-        tmp = f"{args.output}.tmp{os.getpid()}"
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, args.output)
+            atomic_write(args.output, text.encode("utf-8"))
         except OSError as exc:
             raise UsageError(f"{args.output}: cannot write: {exc.strerror}") from None
     else:
