@@ -14,8 +14,8 @@ from typing import Any, Iterable, Union
 from ntpguard.addr import IPNetwork
 from ntpguard.config import Rules
 from ntpguard.errors import FirewallError, UsageError
+from ntpguard.state import STATUSES
 
-STATUSES = ("harvester", "suspect", "clean", "unknown")
 # A known server with one of these statuses never receives NTP from us.
 BLOCKED_STATUSES = ("harvester", "suspect")
 BITS = {4: 32, 6: 128}
