@@ -623,38 +623,47 @@ def lab_lookback(spec: WorldSpec) -> float:
     return max(10.0, 2 * spec.lag_max)
 
 
-def ntpguard_config(world: Optional[World] = None, extra: str = "") -> str:
+def ntpguard_config(world: Optional[World] = None, extra: str = "",
+                    overrides: Optional[dict[str, dict[str, Any]]] = None) -> str:
     """An ntpguard config for the lab guard: the lab DNS, documentation addresses allowed,
-    gateway mode in the gateway topology."""
+    gateway mode in the gateway topology. `overrides` sets or adds keys per section, e.g.
+    {"rules": {"backend": "iptables"}}; `extra` is appended as raw TOML (new sections only)."""
     mode = "gateway" if world is not None and world.gateway else "host"
     lookback = lab_lookback(world.spec if world is not None else WorldSpec())
-    return (
-        "# written by lab/world.py for the lab's ntpguard host\n"
-        "[pool]\n"
-        f'nameservers = ["{DNS_ADDR}"]\n'
-        "allow_nonglobal = true\n"
-        "# the lab's TTL means nothing to a test run: 60 quick rounds of 4-of-~31 draws miss\n"
-        "# a given server with p = (27/31)^60 = 0.0002, so the pool is known after one resolve\n"
-        "# and a later sync's resolve round finds nothing new\n"
-        "rounds = 60\n"
-        "interval = 0\n"
-        "[rules]\n"
-        f'mode = "{mode}"\n'
-        "# ntpguard's own log lines go to the lab guard's ulogd2 (JSON file), not to the\n"
-        "# machine's kernel log\n"
-        f"log_group = {LOG_GROUP_JSON}\n"
-        "[detect]\n"
-        "# lab lags are seconds (WorldSpec.lag_max), not the 6-47 s of 2016: a short lookback\n"
-        "# lets an address that was not scanned count as a negative test within the run\n"
-        f"lookback = {lookback:g}\n"
-        + (
-            "[sync]\n"
-            "# the guard's ulogd2 JSON log (the lab has no journald)\n"
-            f'log_sources = ["{world.firewall_json}"]\n'
-            if world is not None else ""
-        )
-        + extra
-    )
+    sections: dict[str, list[tuple[str, Any, str]]] = {
+        "pool": [
+            ("nameservers", [DNS_ADDR], ""),
+            ("allow_nonglobal", True, "documentation addresses in the lab"),
+            # 60 quick rounds of 4-of-~31 draws miss a given server with p = (27/31)^60 =
+            # 0.0002: the pool is known after one resolve and a later sync finds nothing new.
+            ("rounds", 60, "the lab's TTL means nothing to a test run: see the whole pool"),
+            ("interval", 0, ""),
+        ],
+        "rules": [
+            ("mode", mode, ""),
+            ("log_group", LOG_GROUP_JSON,
+             "ntpguard's own log lines go to the lab guard's ulogd2, not the kernel log"),
+        ],
+        "detect": [
+            ("lookback", lookback,
+             "lab lags are seconds: an address not scanned is a negative test within the run"),
+        ],
+    }
+    if world is not None:
+        sections["sync"] = [("log_sources", [str(world.firewall_json)],
+                             "the guard's ulogd2 JSON log (the lab has no journald)")]
+    for name, keys in (overrides or {}).items():
+        entries = sections.setdefault(name, [])
+        for key, value in keys.items():
+            entries[:] = [e for e in entries if e[0] != key] + [(key, value, "override")]
+    lines = ["# written by lab/world.py for the lab's ntpguard host"]
+    for name, entries in sections.items():
+        lines.append(f"[{name}]")
+        for key, value, why in entries:
+            if why:
+                lines.append(f"# {why}")
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n" + extra
 
 
 def run_ntpguard(world: World, *args: str, config: Optional[Path] = None,
