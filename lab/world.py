@@ -252,6 +252,7 @@ class World:
         self.scanners = [f"2001:db8:5ca::{0xb001 + i:x}" for i in range(spec.scanners)]
         rng.shuffle(self.scanners)
         self.clients: list[Client] = []
+        self.guard_client: Optional[Client] = None  # the gateway's own chronyd
         self._rng = random.Random(spec.seed + 2)
         self.inet: Namespace
         self.scan: Namespace
@@ -339,6 +340,8 @@ class World:
         if spec.chrony_client:
             for c in self.clients:
                 self.start_chrony_client(c)
+            if self.guard_client is not None:
+                self.start_chrony_client(self.guard_client)
 
     def _core_network(self) -> None:
         lab, inet, scan = self.lab, self.inet, self.scan
@@ -373,19 +376,21 @@ class World:
         ns.addr("eth0", v4)
         ns.run("ip", "-6", "route", "add", "default", "via", gw)
         ns.run("ip", "route", "add", "default", "via", v4_gw)
-        self._etc(c)
+        self._etc(ns, c.dir)
         self.clients.append(c)
         return c
 
-    def _etc(self, c: Client) -> None:
-        """/etc/netns/NAME/{resolv.conf,chrony}: bind-mounted over /etc by `ip netns exec`."""
-        c.ns.resolv_conf(DNS_ADDR)
-        (c.dir / "etc/chrony/chrony.conf").write_text(chrony_client_conf(self.spec))
-        (c.dir / "etc/chrony/chrony.keys").write_text("")
-        etc = Path(f"/etc/netns/{c.ns.name}/chrony")
+    def _etc(self, ns: Namespace, d: Path) -> None:
+        """/etc/netns/NAME/{resolv.conf,chrony}: bind-mounted over /etc by `ip netns exec`,
+        so chronyd, chronyc and `ntpguard timeconf --write` there never touch the real /etc."""
+        ns.resolv_conf(DNS_ADDR)
+        (d / "etc/chrony/sources.d").mkdir(parents=True, exist_ok=True)
+        (d / "etc/chrony/chrony.conf").write_text(chrony_client_conf(self.spec))
+        (d / "etc/chrony/chrony.keys").write_text("")
+        etc = Path(f"/etc/netns/{ns.name}/chrony")
         if etc.exists():
             shutil.rmtree(etc)
-        shutil.copytree(c.dir / "etc/chrony", etc)
+        shutil.copytree(d / "etc/chrony", etc)
 
     def _host_network(self) -> None:
         assert self.lab is not None
@@ -415,7 +420,10 @@ class World:
         gw.sysctl("net.ipv4.ip_forward", "1")
         inet.run("ip", "-6", "route", "add", SITE_NET, "via", UPLINK_ROUTER)
         inet.run("ip", "route", "add", SITE_V4, "via", "192.0.2.2")
-        gw.resolv_conf(DNS_ADDR)
+        # The router keeps its own time too (and ntpguard's timeconf on it needs a chronyd).
+        self.guard_client = Client(gw, self.workdir / "gw", "2001:db8:4057:ff::/64", UPLINK_GW,
+                                   UPLINK_ROUTER)
+        self._etc(gw, self.workdir / "gw")
         for i in range(1, self.spec.lan_clients + 1):
             lan = lab.ns(f"lan{i}")
             self._temp_sysctls(lan)
@@ -639,6 +647,9 @@ def ntpguard_config(world: Optional[World] = None, extra: str = "",
             ("rounds", 60, "the lab's TTL means nothing to a test run: see the whole pool"),
             ("interval", 0, ""),
         ],
+        "timeconf": [
+            ("daemon", "chrony", "the lab hosts run chronyd; never probe for the real ones"),
+        ],
         "rules": [
             ("mode", mode, ""),
             ("log_group", LOG_GROUP_JSON,
@@ -675,6 +686,9 @@ def run_ntpguard(world: World, *args: str, config: Optional[Path] = None,
     from /etc/netns), a state dir and a config of its own.
     """
     w = world.guard_dir
+    if not Path(f"/etc/netns/{world.guard.name}/chrony").is_dir():
+        # Without the bind mount, timeconf --write would edit the real /etc/chrony.
+        raise WorldError(f"{world.guard.name} has no /etc/netns chrony dir: refusing to run")
     if config is None:
         config = w / "ntpguard.toml"
         if not config.exists():
