@@ -194,3 +194,32 @@ def test_settings_override_validation():
     st = dataclasses.replace(Detect(), min_ports=3)
     events = [probe(1.0 + i, p) for i, p in enumerate((22, 80, 443))]
     assert len(detect(events, st)[0]) == 1
+
+
+@pytest.mark.parametrize("name,workers", [("gateway", 2), ("slow-noisy", 3), ("half", 2)])
+def test_parallel_split_equals_sequential(tmp_path, name, workers):
+    """A big log split over processes gives the sequential answer: same scans (with their
+    triggers), contacts, counts and resume position."""
+    from ntpguard.evidence import detect_sources
+    from ntpguard.logs import ReadStats
+    from ntpguard.logs.sources import Position
+
+    sc = dataclasses.replace(SCENARIOS[name], envelope="rfc3339" if workers == 3 else "syslog")
+    log = tmp_path / "kern.log"
+    log.write_text("\n".join(generate(sc, 11)) + "\npartial line without newline")
+    import os
+    os.utime(log, (sc.start + sc.duration, sc.start + sc.duration))
+    results = []
+    for n in (1, workers):
+        stats = ReadStats()
+        positions = {str(log): Position(str(log))}
+        scans, contacts = detect_sources([str(log)], Detect(), stats=stats, workers=n,
+                                         positions=positions, parallel_min=0)
+        results.append((scans, contacts, stats, positions[str(log)]))
+    (s1, c1, st1, p1), (s2, c2, st2, p2) = results
+    assert len(s1) > 5
+    assert s1 == s2
+    assert (c1.first, c1.start, c1.end) == (c2.first, c2.start, c2.end)
+    assert (st1.lines, st1.events, st1.garbled, st1.not_netfilter) == \
+        (st2.lines, st2.events, st2.garbled, st2.not_netfilter)
+    assert p1.offset == p2.offset == log.stat().st_size - len("partial line without newline")

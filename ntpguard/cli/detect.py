@@ -10,7 +10,7 @@ from typing import Optional
 
 from ntpguard.cli import print_json
 from ntpguard.cli._fmt import table
-from ntpguard.detect import Scan, detect
+from ntpguard.detect import Scan
 from ntpguard.errors import UsageError
 from ntpguard.logs import ReadStats
 from ntpguard.logs.parse import FORMATS, boot_time_now, parse_when
@@ -81,8 +81,8 @@ def run(ctx, args: argparse.Namespace) -> int:
             state.record_run("detect", started, time.time(), True, summary.as_dict())
     else:
         stats = ReadStats()
-        scans, contacts = detect(
-            evidence.read_events(sources, args.format, boot, None, stats), settings)
+        scans, contacts = evidence.detect_sources(sources, settings, args.format, boot,
+                                                  None, stats)
         tests, unattributed = build_tests(contacts.first, scans, contacts.end, settings.lookback)
         verdicts, estimates = decide(tests, settings, unattributed)
     if args.json:

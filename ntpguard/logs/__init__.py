@@ -29,6 +29,18 @@ class Event(NamedTuple):
     prefix: str
 
 
+class Packet(NamedTuple):
+    """The six fields the detector needs, in Event's order (an Event is a Packet plus where
+    it was logged): what the fast path (`LineParser.packets`) makes, ~2x cheaper to build."""
+
+    time: float
+    src: str
+    dst: str
+    proto: str
+    sport: Optional[int]
+    dport: Optional[int]
+
+
 @dataclass
 class ReadStats:
     """What a read saw; the report prints it so silent data loss is visible."""

@@ -40,30 +40,39 @@ def _is_gzip(path: str) -> bool:
         return False
 
 
-def _blocks(fh: BinaryIO, pos: list[int]) -> Iterator[str]:
-    """Complete lines of fh as str; pos[0] advances past each line handed out."""
+def _raw_blocks(fh: BinaryIO, pos: list[int]) -> Iterator[list[bytes]]:
+    """Complete lines of fh, a block at a time, as bytes without newlines; pos[0] advances
+    past each block handed out. Splitting 4 MiB at once costs ~0.2 µs a line."""
     rest = b""
     while True:
         block = fh.read(BLOCK)
         if not block:
             break
-        block = rest + block
+        if rest:
+            block = rest + block
         cut = block.rfind(b"\n") + 1
         if cut == 0:
             rest = block
             continue
         rest = block[cut:]
-        text = block[:cut].decode("utf-8", "replace")
-        lines = text.split("\n")
+        lines = block[:cut].split(b"\n")
         lines.pop()  # after the last newline
-        yield from lines
+        yield lines
         pos[0] += cut
     if rest:  # a last line without newline: read it, but resume before it (it may grow)
-        yield rest.decode("utf-8", "replace")
+        yield [rest]
 
 
-def file_lines(path: str, position: Optional[Position] = None) -> Iterator[str]:
-    """Lines of a file from a saved position (updated in place as lines are handed out)."""
+def _blocks(fh: BinaryIO, pos: list[int]) -> Iterator[str]:
+    """Complete lines of fh as str; pos[0] advances past each line handed out."""
+    for lines in _raw_blocks(fh, pos):
+        for line in lines:
+            yield line.decode("utf-8", "replace")
+
+
+def file_blocks(path: str, position: Optional[Position] = None) -> Iterator[list[bytes]]:
+    """Blocks of raw lines of a file from a saved position (updated in place as blocks are
+    handed out)."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -74,7 +83,7 @@ def file_lines(path: str, position: Optional[Position] = None) -> Iterator[str]:
             try:
                 if os.stat(old).st_ino == position.inode and not _is_gzip(old):
                     rotated = Position(old, position.inode, position.offset)
-                    yield from file_lines(old, rotated)
+                    yield from file_blocks(old, rotated)
                     break
             except OSError:
                 continue
@@ -97,19 +106,78 @@ def file_lines(path: str, position: Optional[Position] = None) -> Iterator[str]:
             if start:
                 fh.seek(start)
             pos = [start]
-            for line in _blocks(fh, pos):
-                yield line
+            for lines in _raw_blocks(fh, pos):
+                yield lines
                 if position is not None:
-                    position.offset = pos[0]  # lags a block behind: re-reading is harmless
+                    position.offset = pos[0]
             if position is not None:
                 position.offset = pos[0]
         except (OSError, EOFError) as exc:  # a corrupt or cut gzip member
             raise UsageError(f"{path}: cannot read log: {exc}") from None
 
 
+def range_blocks(path: str, start: int, stop: Optional[int] = None,
+                 end: Optional[list[int]] = None) -> Iterator[list[bytes]]:
+    """Blocks of the lines in bytes [start, stop) of a plain file; start and stop are line
+    boundaries (stop None: to the end, a last line without newline included). end[0], if
+    given, ends up past the last complete line read (where a later read resumes)."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read log: {exc.strerror}") from None
+    with fh:
+        fh.seek(start)
+        pos = [start]
+        if stop is None:
+            yield from _raw_blocks(fh, pos)
+        else:
+            yield from _raw_blocks(_Limited(fh, stop - start), pos)
+        if end is not None:
+            end[0] = pos[0]
+
+
+class _Limited:
+    """A file object that ends after n bytes (a worker's share of a big log)."""
+
+    def __init__(self, fh: BinaryIO, n: int) -> None:
+        self.fh, self.left = fh, n
+
+    def read(self, size: int) -> bytes:
+        data = self.fh.read(min(size, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
+        return data
+
+
+def line_start(path: str, offset: int) -> int:
+    """The first line boundary at or after offset (the file's size if none)."""
+    if offset <= 0:
+        return 0
+    with open(path, "rb") as fh:
+        fh.seek(offset - 1)
+        while True:
+            chunk = fh.read(1 << 16)
+            if not chunk:
+                return fh.tell()
+            i = chunk.find(b"\n")
+            if i >= 0:
+                return fh.tell() - len(chunk) + i + 1
+
+
+def file_lines(path: str, position: Optional[Position] = None) -> Iterator[str]:
+    """Lines of a file (str) from a saved position (updated in place as blocks are read)."""
+    for lines in file_blocks(path, position):
+        for line in lines:
+            yield line.decode("utf-8", "replace")
+
+
 def stdin_lines() -> Iterator[str]:
     pos = [0]
     yield from _blocks(sys.stdin.buffer, pos)
+
+
+def stdin_blocks() -> Iterator[list[bytes]]:
+    pos = [0]
+    yield from _raw_blocks(sys.stdin.buffer, pos)
 
 
 def journal_lines(position: Position, journalctl: str = "journalctl") -> Iterator[str]:
