@@ -164,3 +164,56 @@ def test_gzip_file(tmp_path):
         fh.write(f"Jan  1 00:00:01 host kernel: ntp: {BODY}\n" * 3)
     parser = LineParser()
     assert len(list(parser.parse_lines(file_lines(str(path))))) == 3
+
+
+# -- the fast path (LineParser.packets) agrees with the full parser on every line -------------
+
+def _both(raw: list[bytes], fmt: str = "auto", ref: float = 1.7e9) -> None:
+    slow = LineParser(fmt, reference_time=ref, boot_time=1.7e9)
+    fast = LineParser(fmt, reference_time=ref, boot_time=1.7e9)
+    want = [tuple(ev[:6]) for ev in slow.parse_lines(r.decode("utf-8", "replace") for r in raw)]
+    got = [tuple(p[:6]) for p in fast.packets([raw[i:i + 97] for i in range(0, len(raw), 97)])]
+    assert got == want
+    a, b = slow.stats, fast.stats
+    assert (a.lines, a.events, a.not_netfilter, a.garbled, a.untimed) == \
+        (b.lines, b.events, b.not_netfilter, b.garbled, b.untimed)
+    assert slow.detected_format() == fast.detected_format()
+
+
+@pytest.mark.parametrize("envelope", ["syslog", "rfc3339"])
+@pytest.mark.parametrize("fmt", ["auto", "syslog", "rfc3339"])
+def test_fast_path_equals_full_parser_on_generated_logs(envelope, fmt):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from loggen import Scenario, generate
+
+    sc = Scenario(hosts=3, servers=20, harvesters=2, duration=86400, envelope=envelope,
+                  address_lifetime=4 * 3600, unrelated_scans_per_day=5, noise_per_hour=200,
+                  malformed_per_hour=30, kernel_other_per_hour=30)
+    _both([line.encode() for line in generate(sc, 5)], fmt, ref=sc.start + sc.duration)
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not present")
+def test_fast_path_equals_full_parser_on_corpus():
+    for path in _corpus_files():
+        raw = path.read_bytes().split(b"\n")
+        _both(raw, ref=path.stat().st_mtime)
+
+
+_FAST_LINES = [
+    f"Jan  1 00:00:01 host kernel: [ 5.000000] ntp: {BODY}",
+    f"2026-01-02T03:04:05.250000+01:00 host kernel: ntp: {BODY}",
+    f"2026-01-02T03:04:05.25-0130 host kernel: ntp: {BODY}",
+    f"2026-01-02T03:04:05.250000Z host kernel: ntp: {BODY}",
+]
+
+
+@settings(max_examples=int(os.environ.get("NTPGUARD_EXAMPLES", "500")), deadline=None)
+@given(st.sampled_from(_FAST_LINES), st.integers(0, 240), st.integers(0, 8),
+       st.sampled_from(["", " ", "0", "9", ":", ".", "+", "-", "Z", "x", "SPT=1 ", "DPT=",
+                        "PROTO=ICMP ", " SRC=1.2.3.4 DST=5.6.7.8 ", "\u00e9", "\ufffd", "{",
+                        "::ffff:1.2.3.4", "65536", "٣"]))
+def test_fast_path_equals_full_parser_on_mangled_lines(line, at, cut, junk):
+    mangled = line[:at] + junk + line[at + cut:]
+    _both([mangled.encode("utf-8"), line.encode(), mangled.encode("utf-8")[:at + 3]])

@@ -340,6 +340,8 @@ class LineParser:
             text = key.decode("ascii")
         except UnicodeDecodeError:
             return None
+        if text[5:6] == " ":  # an unpadded day: the full parser pads it
+            return None
         ss = text[13:15]
         if text[12:13] != ":" or not ss.isdigit() or int(ss) > 60:
             return self._bsd.get(text) or self._bsd_time(text)
@@ -364,7 +366,9 @@ class LineParser:
         except UnicodeDecodeError:
             return None
         ss = text[17:19]
-        if text[16:17] != ":" or not ss.isdigit() or int(ss) > 60:
+        if text[16:17] != ":" or not ss.isdigit() or int(ss) > 60 or not (
+                text[:4].isdigit() and text[5:7].isdigit() and text[8:10].isdigit()
+                and text[11:13].isdigit() and text[14:16].isdigit()):
             return None
         mkey = text[:16] + text[19:]
         minute = self._iso_min.get(mkey)
@@ -472,7 +476,7 @@ class LineParser:
 
     def _bsd_time(self, key: str) -> Optional[float]:
         month = MONTHS.get(key[:3])
-        if month is None or key[3] != " " or key[9] != ":" or key[12] != ":" or len(key) < 15:
+        if month is None or len(key) < 15 or key[3] != " " or key[9] != ":" or key[12] != ":":
             return None
         try:
             day, hh, mm, ss = int(key[4:6]), int(key[7:9]), int(key[10:12]), int(key[13:15])
