@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from ntpguard import hostinfo
-from ntpguard.plan import HostFacts, Plan, PrefixEntry, ServerStatus, build
+from ntpguard.plan import (
+    BLOCKED_STATUSES,
+    HostFacts,
+    Plan,
+    PrefixEntry,
+    ServerStatus,
+    build,
+    protected_reason,
+)
 
 
 def inputs_from_state(config: Any, state: Any, state_dir: str
@@ -51,8 +60,33 @@ def inputs_from_state(config: Any, state: Any, state_dir: str
     return servers, scanners, harvesters
 
 
+def detected_scanners(state: Any, bad_servers: set[str], host: HostFacts) -> list[PrefixEntry]:
+    """Sources of recorded scans that a harvester (or suspect) among the triggers explains.
+
+    Those are the harvesters' scanners: drop their prefix (IPv6: the /64, as scan6.shodan.io
+    spread its work over one /64; IPv4: the address). A scan nobody triggered proves nothing
+    about its source, and a prefix that covers this host or its gateway is never dropped.
+    """
+    from ntpguard.evidence import stored_facts
+
+    scans, _ = stored_facts(state)
+    out: dict[str, PrefixEntry] = {}
+    for scan in scans:
+        if not any(t.server in bad_servers for t in scan.triggers):
+            continue
+        address = scan.src.split("/")[0]
+        net = ipaddress.ip_network(f"{address}/{64 if ':' in address else 32}", strict=False)
+        key = str(net)
+        if key in out or protected_reason(net, host):
+            continue
+        out[key] = PrefixEntry(net, f"scan of {scan.dst} detected at {scan.start:.0f}")
+    return list(out.values())
+
+
 def plan_from_state(config: Any, state: Any, state_dir: str, force: bool = False) -> Plan:
     """The plan `rules apply` and `sync` enforce: inputs from state, host facts gathered now."""
     servers, scanners, harvesters = inputs_from_state(config, state, state_dir)
     host: HostFacts = hostinfo.gather()
+    bad = {s.address for s in servers if s.status in BLOCKED_STATUSES}
+    scanners += detected_scanners(state, bad, host)
     return build(servers, scanners, harvesters, config.rules, host, force=force)

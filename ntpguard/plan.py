@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Optional, Union
 
 from ntpguard.addr import IPNetwork
 from ntpguard.config import Rules
@@ -198,6 +198,16 @@ def _protected(host: HostFacts) -> dict[int, list[tuple[int, int, str]]]:
             addr = ipaddress.ip_address(text.split("%")[0])
             out[addr.version].append((int(addr), BITS[addr.version], f"{kind} {addr}"))
     return out
+
+
+def protected_reason(network: Any, host: HostFacts) -> Optional[str]:
+    """What a prefix would cut off if its packets were dropped (None: nothing protected)."""
+    net = ipaddress.ip_network(network)
+    fam, value, length = net.version, int(net.network_address), net.prefixlen
+    for pnet, plen, why in _protected(host)[fam]:
+        if _overlaps(fam, value, length, pnet, plen):
+            return why
+    return None
 
 
 def _collapse(items: Iterable[tuple[int, int, int]]) -> dict[tuple[int, int], list[int]]:

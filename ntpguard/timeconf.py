@@ -57,21 +57,26 @@ def _group(address: str, spread_v6: int, spread_v4: int) -> ipaddress._BaseNetwo
 
 def select_servers(cands: Sequence[Candidate], count: int, spread_v6: int = 48,
                    spread_v4: int = 24, checks: Optional[Mapping[str, SntpResult]] = None,
-                   max_delay: float = 0.5) -> list[str]:
+                   max_delay: float = 0.5, current: Sequence[str] = ()) -> list[str]:
     """Pick `count` servers, at most one per /48 (IPv4 /24) while others remain.
 
     One operator often holds many addresses in one prefix; spreading keeps one operator (or
     one harvester we have not caught yet) from being all our sources. With `checks`, servers
     that failed the SNTP query are dropped and the rest ranked by delay (those above max_delay
     last); without, the servers DNS served most often and most recently come first.
+    Servers cleared by evidence come before merely unjudged ones, and the `current` sources
+    before new ones, so a daemon is not reloaded for a mere re-ranking.
     """
     pool = list(cands)
+    kept = set(current)
     if checks is not None:
         pool = [c for c in pool if c.address in checks and checks[c.address].ok]
-        pool.sort(key=lambda c: (not c.cleared, checks[c.address].delay > max_delay,
+        pool.sort(key=lambda c: (not c.cleared, c.address not in kept,
+                                 checks[c.address].delay > max_delay,
                                  checks[c.address].delay, c.address))
     else:
-        pool.sort(key=lambda c: (not c.cleared, -c.times_seen, -c.last_seen, c.address))
+        pool.sort(key=lambda c: (not c.cleared, c.address not in kept, -c.times_seen,
+                                 -c.last_seen, c.address))
     chosen: list[str] = []
     used = set()
     for c in pool:  # first pass: one per prefix
@@ -237,8 +242,35 @@ def remove(path: str) -> bool:
 # -- the step `timeconf` and `sync` run ----------------------------------------------------------
 
 
+def allowed_servers(config, state) -> set[str]:
+    """The servers the firewall plan would let NTP reach, whatever this host's own facts."""
+    from ntpguard.enforce import inputs_from_state
+    from ntpguard.plan import HostFacts, build
+
+    servers, scanners, harvesters = inputs_from_state(config, state, state.directory)
+    plan = build(servers, scanners, harvesters, config.rules, HostFacts(), force=True)
+    return set(plan.clean4) | set(plan.clean6)
+
+
+def current_servers(path: Optional[str]) -> list[str]:
+    """The servers in a file ntpguard wrote earlier (chrony `server` lines, timesyncd NTP=)."""
+    try:
+        with open(path or "", encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "server":
+            out.append(words[1])
+        elif line.startswith("NTP="):
+            out.extend(line[4:].split())
+    return out
+
+
 def choose(config, state, now: float, check: Optional[bool] = None, count: Optional[int] = None,
-           port: int = 123) -> tuple[list[str], dict[str, SntpResult]]:
+           port: int = 123, current: Sequence[str] = ()) -> tuple[list[str], dict[str, SntpResult]]:
     """Known servers + verdicts → the servers to configure (and SNTP results when checked)."""
     from ntpguard.precedence import effective
     from ntpguard.sntp import query_many
@@ -250,10 +282,11 @@ def choose(config, state, now: float, check: Optional[bool] = None, count: Optio
         v = effective(by_source)
         if v is not None:
             statuses[address] = v.status
-    # The firewall lets NTP reach every known server not marked harvester or suspect
-    # (ntpguard.plan), so the daemon may use them too; servers cleared by evidence come first.
-    usable = ("clean", "unknown")
-    cands = candidates(state.servers(), statuses, now, tc.max_age, usable)
+    # Exactly the servers the firewall plan lets NTP reach (known, not harvester or suspect,
+    # not inside a listed harvester or scanner prefix); servers cleared by evidence come first.
+    reachable = allowed_servers(config, state)
+    cands = [c for c in candidates(state.servers(), statuses, now, tc.max_age,
+                                   ("clean", "unknown")) if c.address in reachable]
     want = count or tc.count
     checks: dict[str, SntpResult] = {}
     do_check = tc.check if check is None else check
@@ -264,7 +297,7 @@ def choose(config, state, now: float, check: Optional[bool] = None, count: Optio
         checks = query_many(ranked, tc.check_timeout, port)
         cands = [c for c in cands if c.address in checks]
     chosen = select_servers(cands, want, tc.spread_v6, tc.spread_v4,
-                            checks if do_check else None, tc.max_delay)
+                            checks if do_check else None, tc.max_delay, current)
     return chosen, checks
 
 
@@ -285,11 +318,15 @@ def configure_daemon(config, state, now: float, dry_run: bool = False) -> Outcom
                                                           else tc.daemon)
     if daemon is None:
         return Outcome(None, (), None, False, "no time daemon found (or [timeconf] daemon = none)")
-    servers, _ = choose(config, state, now)
+    path = owned_path(daemon, tc.chrony_sources, tc.timesyncd_dropin)
+    # Keep the sources the daemon already has while they stay usable: re-ranking on every
+    # run would restart its source selection (and reload it) for nothing.
+    servers, _ = choose(config, state, now, current=current_servers(path))
+    # A stable order too: the same set in another order would rewrite and reload for nothing.
+    servers = sorted(servers, key=lambda a: (":" not in a, ipaddress.ip_address(a)))
     if not servers:
         return Outcome(daemon, (), None, False, "no clean servers yet; daemon left as it is")
     content = render(daemon, servers, tc.options, tc.fallback)
-    path = owned_path(daemon, tc.chrony_sources, tc.timesyncd_dropin)
     if path is None:
         return Outcome(daemon, tuple(servers), None, False,
                        f"{daemon} has no drop-in directory: see `ntpguard timeconf`")

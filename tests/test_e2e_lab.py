@@ -317,6 +317,11 @@ def test_ntpguard_finds_every_harvester_and_blocks_it(tmp_path: Path, seed: int,
                  if a in world.clean and s in ("harvester", "suspect")}
         assert not wrong, f"clean servers marked: {wrong}"
 
+        # The host's stable address (never an NTP source: temporary addresses are preferred)
+        # answers a direct scan with RSTs before ntpguard learns the harvesters' scanner.
+        stable = "2001:db8:4057:1::100"
+        assert "closed" in world.scan_now(stable, world.scanners[0])
+
         first = run_ntpguard(world, "sync")
         print("sync 1:", first.stdout, first.stderr)
         assert first.returncode == 0, first.stdout + first.stderr
@@ -347,8 +352,7 @@ def test_ntpguard_finds_every_harvester_and_blocks_it(tmp_path: Path, seed: int,
         assert firewall_snapshot(world) == before, "the second sync changed the firewall"
         if backend == "nft":
             assert "rules unchanged" in second.stdout
-        if "time daemon unchanged" not in second.stdout:
-            # Known (reported to the lead): timeconf ranks servers by times_seen/last_seen,
-            # which every resolve round changes, so each sync picks other servers and reloads
-            # chrony. Visible as XFAIL in -ra until timeconf keeps its choice.
-            pytest.xfail("second sync rewrote the time-daemon config: " + second.stdout)
+        assert "time daemon unchanged" in second.stdout, second.stdout
+        # The scanner that swept harvested addresses is now dropped: no RST comes back.
+        after = world.scan_now(stable, world.scanners[0])
+        assert "closed" not in after and "filtered" in after, after

@@ -277,20 +277,6 @@ def test_iptables_refuses_nflog():
         ipt.render(plan_of(rules=Rules(log_group=3)))
 
 
-def test_sample_config_documents_every_rules_key_with_its_default():
-    import dataclasses
-    from pathlib import Path
-
-    from ntpguard import config
-
-    text = (Path(__file__).resolve().parent.parent / "packaging" / "ntpguard.toml").read_text()
-    body = re.split(r"\n\[[a-z]", text.split("\n[rules]\n", 1)[1], maxsplit=1)[0]
-    documented = dict(re.findall(r"^#([a-z_0-9]+) = (.*)$", body, flags=re.M))
-    for f in dataclasses.fields(config.Rules):
-        assert f.name in documented, f.name
-        assert config.tomllib.loads(f"v = {documented[f.name]}")["v"] == f.default, f.name
-
-
 def test_parsed_networks_accepted_and_still_checked():
     p = build(servers(("2001:db8:100::1", "clean")),
               [PrefixEntry(ipaddress.ip_network("2604:a880:800:10::/64"), "l:1")], [], Rules(),
@@ -299,3 +285,12 @@ def test_parsed_networks_accepted_and_still_checked():
     with pytest.raises(PlanInputError, match=re.escape("l:1: 2600::/16 is broader")):
         build(servers(("2001:db8:100::1", "clean")),
               [PrefixEntry(ipaddress.ip_network("2600::/16"), "l:1")], [], Rules(), HOST)
+
+
+def test_protected_reason_names_what_a_prefix_would_cut_off():
+    from ntpguard.plan import protected_reason
+
+    host = HostFacts(addresses=("2001:db8:1::2",), gateways=("fe80::1",))
+    assert protected_reason("2604:a880:800:10::/64", host) is None
+    assert "2001:db8:1::2" in protected_reason("2001:db8:1::/64", host)
+    assert protected_reason("fe80::/64", host) == "link-local"

@@ -299,3 +299,32 @@ def test_cleared_servers_come_before_merely_unjudged_ones():
     cands = [C("2a01:4f8:1::1", 100, 50), C("2a01:4f8:2::1", 100, 1, cleared=True),
              C("2a01:4f8:3::1", 100, 9)]
     assert timeconf.select_servers(cands, 2) == ["2a01:4f8:2::1", "2a01:4f8:1::1"]
+
+
+def test_current_sources_are_kept_while_usable(tmp_path):
+    C = timeconf.Candidate
+    cands = [C("2a01:4f8:1::1", 100, 50), C("2a01:4f8:2::1", 100, 40), C("2a01:4f8:3::1", 100, 9)]
+    assert timeconf.select_servers(cands, 2) == ["2a01:4f8:1::1", "2a01:4f8:2::1"]
+    assert timeconf.select_servers(cands, 2, current=["2a01:4f8:3::1", "2a01:4f8:9::9"]) == [
+        "2a01:4f8:3::1", "2a01:4f8:1::1"]
+    f = tmp_path / "ntpguard.sources"
+    f.write_text(timeconf.render("chrony", ["2a01:4f8:3::1", "192.0.2.1"]))
+    assert timeconf.current_servers(str(f)) == ["2a01:4f8:3::1", "192.0.2.1"]
+    f.write_text(timeconf.render("timesyncd", ["2a01:4f8:3::1", "192.0.2.1"]))
+    assert timeconf.current_servers(str(f)) == ["2a01:4f8:3::1", "192.0.2.1"]
+    assert timeconf.current_servers(str(tmp_path / "none")) == []
+
+
+def test_servers_in_an_enforced_harvester_list_are_never_chosen(state_dir):
+    import time as _time
+
+    from ntpguard import config
+    from ntpguard.state import State
+
+    listed = "2604:a880:1:20::a7:f001"  # in the shipped rules/harvesters.txt
+    now = _time.time()
+    with State.open(str(state_dir)) as st:
+        st.record_answer("2.debian.pool.ntp.org", "AAAA",
+                         [(listed, 6), ("2a01:4f8:1::1", 6), ("2a01:4f8:2::1", 6)], now)
+        chosen, _ = timeconf.choose(config.Config(), st, now)
+    assert listed not in chosen and set(chosen) == {"2a01:4f8:1::1", "2a01:4f8:2::1"}
