@@ -298,6 +298,8 @@ def choose(config, state, now: float, check: Optional[bool] = None, count: Optio
         cands = [c for c in cands if c.address in checks]
     chosen = select_servers(cands, want, tc.spread_v6, tc.spread_v4,
                             checks if do_check else None, tc.max_delay, current)
+    # A stable order too: the same set in another order would rewrite and reload for nothing.
+    chosen.sort(key=lambda a: (":" not in a, ipaddress.ip_address(a)))
     return chosen, checks
 
 
@@ -322,8 +324,6 @@ def configure_daemon(config, state, now: float, dry_run: bool = False) -> Outcom
     # Keep the sources the daemon already has while they stay usable: re-ranking on every
     # run would restart its source selection (and reload it) for nothing.
     servers, _ = choose(config, state, now, current=current_servers(path))
-    # A stable order too: the same set in another order would rewrite and reload for nothing.
-    servers = sorted(servers, key=lambda a: (":" not in a, ipaddress.ip_address(a)))
     if not servers:
         return Outcome(daemon, (), None, False, "no clean servers yet; daemon left as it is")
     content = render(daemon, servers, tc.options, tc.fallback)

@@ -43,10 +43,11 @@ def run(ctx, args: argparse.Namespace) -> int:
         fmt = tc.daemon if tc.daemon not in ("auto", "none") else timeconf.detect_daemon()
         if fmt is None:
             raise UsageError("no time daemon detected: pass --format")
-    with ctx.open_state(write=False) as state:
-        servers, checks = timeconf.choose(cfg, state, time.time(), args.check, args.count)
-    content = timeconf.render(fmt, servers, tc.options, tc.fallback)
     path = args.path or timeconf.owned_path(fmt, tc.chrony_sources, tc.timesyncd_dropin)
+    with ctx.open_state(write=False) as state:
+        servers, checks = timeconf.choose(cfg, state, time.time(), args.check, args.count,
+                                          current=timeconf.current_servers(path))
+    content = timeconf.render(fmt, servers, tc.options, tc.fallback)
     changed = None
     if args.write:
         if path is None or fmt not in timeconf.RELOAD:
