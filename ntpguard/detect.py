@@ -51,6 +51,7 @@ class _Flow:
     """Probes from one source (key) to one destination while it is active."""
 
     __slots__ = (
+        "alive",
         "dst",
         "first",
         "last",
@@ -64,6 +65,7 @@ class _Flow:
     )
 
     def __init__(self, dst: str) -> None:
+        self.alive = True  # False once closed or dropped: the repeat cache checks it
         self.dst = dst
         self.last = 0.0
         self.packets = 0
@@ -116,6 +118,10 @@ class Detector:
         self._flows: dict[tuple[str, str], _Flow] = {}
         self._recent: dict[str, collections.deque] = {}
         self._skey: dict[str, str] = {}
+        # Repeat cache: (src, dst, dport, proto) → (flow, port key, is a trigger). Most
+        # packets repeat one (an NTP poll every 64 s, a peer's service): such a packet only
+        # moves its flow's and port's last time and, if a trigger, joins the recent list.
+        self._hot: dict[tuple, tuple[_Flow, tuple[str, int], bool]] = {}
         self._now = 0.0
         self._swept = 0.0
         # Outbound packets must be kept for the lookback before a scan start, and a scan is
@@ -136,7 +142,7 @@ class Detector:
         min_ports, window = st.min_ports, st.window
         any_port, trigger_port = st.trigger_any_port, st.trigger_port
         aggregate = st.aggregate_sources
-        flows, recent, skeys = self._flows, self._recent, self._skey
+        flows, recent, skeys, hot = self._flows, self._recent, self._skey, self._hot
         first_contact = self.contacts.first
         keep = self._keep
         contacts = self.contacts
@@ -155,9 +161,29 @@ class Detector:
             dport = ev[5]
             if dport is None:
                 continue
-            src, dst = ev[1], ev[2]
+            src, dst, proto = ev[1], ev[2], ev[3]
+            hk = (src, dst, dport, proto)
+            h = hot.get(hk)
+            if h is not None:
+                flow, pk, trig = h
+                if flow.alive and flow.ports is None:
+                    seen = flow.seen
+                    last = seen.get(pk)
+                    if last is not None and last >= t - window:
+                        if trig:
+                            q = recent.get(src)
+                            if q is None:
+                                q = recent[src] = deque()
+                            q.append((t, ev))
+                            while q[0][0] < t - keep:
+                                q.popleft()
+                        flow.last = t
+                        flow.packets += 1
+                        seen[pk] = t
+                        continue
             # Possible trigger: remember it for `keep` seconds, and the first contact for good.
-            if any_port or (dport == trigger_port and ev[3] == "UDP"):
+            trig = any_port or (dport == trigger_port and proto == "UDP")
+            if trig:
                 q = recent.get(src)
                 if q is None:
                     q = recent[src] = deque()
@@ -179,13 +205,13 @@ class Detector:
                 flow = flows[fkey] = _Flow(dst)
             elif t - flow.last > window and flow.ports is not None:
                 # The previous scan is over; this starts afresh.
+                flow.alive = False
                 done = self._close(flow)
                 flow = flows[fkey] = _Flow(dst)
                 if done is not None:
                     yield done
             flow.last = t
             flow.packets += 1
-            proto = ev[3]
             flow.protocols.add(proto)
             if len(flow.sources) < 64:
                 flow.sources.add(src)
@@ -196,6 +222,7 @@ class Detector:
             seen = flow.seen
             last = seen.get(pk)
             seen[pk] = t
+            hot[hk] = (flow, pk, trig)
             if last is not None and last >= t - window:
                 continue  # a port already counted in the window
             first = flow.first
@@ -225,7 +252,10 @@ class Detector:
     def finish(self) -> list[Scan]:
         """Close every open scan (end of input)."""
         out = [s for s in (self._close(f) for f in self._flows.values()) if s is not None]
+        for f in self._flows.values():
+            f.alive = False
         self._flows.clear()
+        self._hot.clear()
         return sorted(out, key=lambda s: s.start)
 
     def _triggers(self, address: str, start: float) -> tuple[Trigger, ...]:
@@ -252,9 +282,16 @@ class Detector:
         window = self.settings.window
         dead = [k for k, f in self._flows.items() if now - f.last > window]
         for k in dead:
-            done = self._close(self._flows.pop(k))
+            flow = self._flows.pop(k)
+            flow.alive = False
+            done = self._close(flow)
             if done is not None:
                 yield done
+        hot = self._hot
+        if len(hot) > 4 * len(self._flows) + 1000:  # drop entries of closed flows and scans
+            kept = {k: h for k, h in hot.items() if h[0].alive and h[0].ports is None}
+            hot.clear()
+            hot.update(kept)
         keep = self._keep
         for a in [a for a, q in self._recent.items() if q[-1][0] < now - keep]:
             del self._recent[a]

@@ -8,6 +8,7 @@ position costs time, never double counting. Used by `ntpguard detect --record` a
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import math
@@ -117,12 +118,21 @@ def detect_sources(sources: list[str], settings: Detect, fmt: str = "auto",
     plan = None
     if workers > 1 and len(sources) == 1 and fmt in ("auto", "syslog", "rfc3339"):
         plan = _split(sources[0], positions, workers, parallel_min, settings, fmt, boot_time)
-    if plan is None:
-        return detect_blocks(read_blocks(sources, fmt, boot_time, positions, stats), settings)
-    import multiprocessing
+    # Millions of short-lived tuples trigger the cycle collector ~1000 times per second of
+    # reading for nothing (packets, flows and deques hold no cycles): 15% of the time.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        if plan is None:
+            return detect_blocks(read_blocks(sources, fmt, boot_time, positions, stats),
+                                 settings)
+        import multiprocessing
 
-    with multiprocessing.get_context("fork").Pool(len(plan)) as pool:
-        parts = pool.map(_share, plan)
+        with multiprocessing.get_context("fork").Pool(len(plan)) as pool:
+            parts = pool.map(_share, plan)
+    finally:
+        if paused:
+            gc.enable()
     scans: list[Scan] = []
     contacts = Contacts()
     first = contacts.first

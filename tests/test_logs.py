@@ -182,7 +182,8 @@ def _both(raw: list[bytes], fmt: str = "auto", ref: float = 1.7e9) -> None:
 
 @pytest.mark.parametrize("envelope", ["syslog", "rfc3339"])
 @pytest.mark.parametrize("fmt", ["auto", "syslog", "rfc3339"])
-def test_fast_path_equals_full_parser_on_generated_logs(envelope, fmt):
+@pytest.mark.parametrize("start", [1_760_000_000.0, 1_767_139_200.0])  # Oct; Dec 31 (new year)
+def test_fast_path_equals_full_parser_on_generated_logs(envelope, fmt, start):
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -190,7 +191,7 @@ def test_fast_path_equals_full_parser_on_generated_logs(envelope, fmt):
 
     sc = Scenario(hosts=3, servers=20, harvesters=2, duration=86400, envelope=envelope,
                   address_lifetime=4 * 3600, unrelated_scans_per_day=5, noise_per_hour=200,
-                  malformed_per_hour=30, kernel_other_per_hour=30)
+                  malformed_per_hour=30, kernel_other_per_hour=30, start=start)
     _both([line.encode() for line in generate(sc, 5)], fmt, ref=sc.start + sc.duration)
 
 

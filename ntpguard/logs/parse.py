@@ -52,6 +52,8 @@ _UPTIME = re.compile(r"\[ *(\d+\.\d+)(?:@\d+)?\] ?")
 NOT_NETFILTER, GARBLED = 1, 2
 
 _new_tuple = tuple.__new__
+_NONE = (None, 0.0)
+_SS = {f"{n:02d}".encode(): n for n in range(61)}  # seconds fields a stamp may have
 _AF_INET6, _inet_pton, _inet_ntop = socket.AF_INET6, socket.inet_pton, socket.inet_ntop
 
 
@@ -147,7 +149,9 @@ class LineParser:
         self._addr_b: dict[bytes, str] = {}
         self._bsd_b: dict[bytes, float] = {}
         self._iso_b: dict[bytes, float] = {}
+        self._iso6: dict[bytes, tuple[bytes, float]] = {}
         self._bsd_min: dict[str, float] = {}
+        self._bsd_min_b: dict[bytes, float] = {}
         self._iso_min: dict[str, float] = {}
         self._dispatch: dict[str, Callable[[str], Any]] = {
             "syslog": self._syslog, "rfc3339": self._rfc3339, "dmesg": self._dmesg,
@@ -216,6 +220,8 @@ class LineParser:
         addr = self._addr_b
         bsd = self._bsd_b
         iso = self._iso_b
+        iso6 = self._iso6
+        bsd_min = self._bsd_min_b
         protos = _PROTO_B
         ported = _PORTED
         spt, dpt = _SPT, _DPT
@@ -240,17 +246,33 @@ class LineParser:
                         stats.not_netfilter += 1
                     continue
                 t = bsd.get(line[:15])
-                if t is not None and syslog_ok and s >= 16 and line[15:16] == b" ":
+                if t is not None and s > 15:  # a known stamp (only syslog ones are cached)
                     is_sys = True
-                elif line[3:4] == b" " and line[9:10] == b":" and line[15:16] == b" " \
-                        and s >= 16 and syslog_ok:
-                    t = self._bsd_time_b(line[:15])
+                elif line[3:4] == b" " and line[9:10] == b":" and s > 15 and syslog_ok:
+                    # A new second (a busy log has one every few lines): its minute is known.
+                    t = bsd_min.get(line[:12])
+                    ss = _SS.get(line[13:15])
+                    if t is not None and ss is not None and line[12:13] == b":":
+                        t += ss
+                        if len(bsd) > _CACHE_LIMIT:
+                            bsd.clear()
+                        bsd[line[:15]] = t
+                    else:
+                        t = self._bsd_time_b(line[:15])
                     if t is None:
                         ev = slow(line)
                         if ev is not None:
                             app(ev)
                         continue
                     is_sys = True
+                elif s > 32 and line[32:33] == b" " and line[26:27] == b"+" and iso_ok and \
+                        iso6.get(line[:16], _NONE)[0] == line[26:32] and \
+                        line[16:17] == b":" and line[19:20] == b"." and \
+                        line[17:19] in _SS and line[20:26].isdigit():
+                    # rsyslog's "2025-10-09T08:53:22.061068+00:00 ": minutes cached with their
+                    # offset; int/1e6 is the same double as float(".061068").
+                    t = iso6[line[:16]][1] + _SS[line[17:19]] + int(line[20:26]) / 1e6
+                    is_sys = False
                 elif line[4:5] == b"-" and line[10:11] == b"T" and line[19:20] == b"." \
                         and iso_ok:
                     # RFC 3339 with a fraction and an offset: whole seconds cached, the
@@ -278,6 +300,8 @@ class LineParser:
                             if ev is not None:
                                 app(ev)
                             continue
+                    if j == 26 and sp == 32 and line[26:27] == b"+" and line[17:19] in _SS:
+                        iso6[line[:16]] = (line[26:32], base - _SS[line[17:19]])
                     t = base + float(line[19:j])
                     is_sys = False
                 else:
@@ -352,7 +376,9 @@ class LineParser:
                 return None
             if len(self._bsd_min) > _CACHE_LIMIT:
                 self._bsd_min.clear()
+                self._bsd_min_b.clear()
             self._bsd_min[text[:12]] = minute
+        self._bsd_min_b[key[:12]] = minute
         t = minute + int(ss)
         if len(self._bsd_b) > _CACHE_LIMIT:
             self._bsd_b.clear()
@@ -382,6 +408,7 @@ class LineParser:
         base = minute + int(ss)
         if len(self._iso_b) > _CACHE_LIMIT:
             self._iso_b.clear()
+            self._iso6.clear()
         self._iso_b[key] = base
         return base
 
@@ -473,6 +500,7 @@ class LineParser:
         self._bsd.clear()
         self._bsd_b.clear()
         self._bsd_min.clear()
+        self._bsd_min_b.clear()
 
     def _bsd_time(self, key: str) -> Optional[float]:
         month = MONTHS.get(key[:3])
