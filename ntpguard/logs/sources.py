@@ -48,15 +48,13 @@ def _raw_blocks(fh: BinaryIO, pos: list[int]) -> Iterator[list[bytes]]:
         block = fh.read(BLOCK)
         if not block:
             break
-        if rest:
-            block = rest + block
-        cut = block.rfind(b"\n") + 1
-        if cut == 0:
-            rest = block
+        lines = block.split(b"\n")  # no copy of the block: the line before joins rest
+        if len(lines) == 1:
+            rest += block
             continue
-        rest = block[cut:]
-        lines = block[:cut].split(b"\n")
-        lines.pop()  # after the last newline
+        cut = len(block) - len(lines[-1]) + len(rest)
+        lines[0] = rest + lines[0]
+        rest = lines.pop()  # after the last newline
         yield lines
         pos[0] += cut
     if rest:  # a last line without newline: read it, but resume before it (it may grow)
