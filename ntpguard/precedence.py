@@ -7,7 +7,8 @@ A manual mark of `unknown` withdraws the admin's mark, so the other sources deci
 
 from __future__ import annotations
 
-from typing import Optional
+import ipaddress
+from typing import Any, Iterable, Optional
 
 from ntpguard.state import Verdict
 
@@ -26,3 +27,33 @@ def effective(by_source: dict[str, Verdict]) -> Optional[Verdict]:
     if not voices:
         return None
     return min(voices, key=lambda v: (rank(v.source), -v.time))
+
+
+def with_lists(latest: dict[str, dict[str, Verdict]], loaded: Iterable[Any],
+               known: Iterable[str]) -> dict[str, dict[str, Verdict]]:
+    """`latest` plus a `list:NAME` harvester verdict for each known server an enforced list
+    names or covers (lists.load_all), so `servers` and `explain` say why it is blocked."""
+    merged = {a: dict(v) for a, v in latest.items()}
+    prefixes: dict[tuple[int, int], dict[int, Any]] = {}  # (family, length) -> net -> list
+    for lst in loaded:
+        if lst.trust != "enforce":
+            continue
+        for entry in lst.entries:
+            if entry.kind == "harvester":
+                net = entry.network
+                key = (net.version, net.prefixlen)
+                prefixes.setdefault(key, {}).setdefault(int(net.network_address), (lst, entry))
+    for address in known:
+        ip = ipaddress.ip_address(address)
+        bits = ip.max_prefixlen
+        for (fam, length), nets in prefixes.items():
+            hit = nets.get(int(ip) >> (bits - length) << (bits - length)) if fam == ip.version \
+                else None
+            if hit:
+                lst, entry = hit
+                merged.setdefault(address, {})[f"list:{lst.name}"] = Verdict(
+                    address, "harvester", f"list:{lst.name}",
+                    {"entry": entry.address, "line": entry.line, "comment": entry.comment},
+                    float(lst.meta.get("fetched", 0) or 0))
+                break
+    return merged

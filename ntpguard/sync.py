@@ -9,6 +9,7 @@ except touch the firewall, the time daemon and the real state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -19,12 +20,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ntpguard import backends, evidence, fetch, pool, timeconf
+from ntpguard import backends, evidence, fetch, lists, pool, timeconf
 from ntpguard.config import Config
 from ntpguard.enforce import plan_from_state
 from ntpguard.errors import NtpguardError
 from ntpguard.plan import UnsafePlan
-from ntpguard.precedence import effective
+from ntpguard.precedence import effective, with_lists
 from ntpguard.state import DB_NAME, State
 
 STEPS = ("resolve", "logs", "lists", "verdicts", "rules", "timeconf")
@@ -228,9 +229,13 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
     attempt("timeconf", do_timeconf, settings.configure_time_daemon,
             "sync.configure_time_daemon = false")
 
+    known = state.servers()
     latest = state.latest_verdicts()
+    # A broken stored list was reported by its step; then count without lists.
+    with contextlib.suppress(NtpguardError):
+        latest = with_lists(latest, lists.load_all(config, state_dir), [s.address for s in known])
     counts: Counter = Counter()
-    for s in state.servers():
+    for s in known:
         v = effective(latest.get(s.address, {}))
         counts[v.status if v else "unknown"] += 1
     report.servers = {"known": sum(counts.values()), **counts}

@@ -7,7 +7,7 @@ import time
 
 from ntpguard.state import State
 
-H = "2604:a880:400:d0::9:b001"
+H = "2a01:4f8:200::123"
 
 
 def status_of(run_cli, address):
@@ -22,7 +22,7 @@ def test_mark_outranks_detection_and_unknown_withdraws(run_cli, state_dir):
         st.add_verdict(H, "harvester", "detect", {"positive": 3, "negative": 0}, time.time())
     assert status_of(run_cli, H)["status"] == "harvester"
     # Kernel-style expanded input is accepted and stored canonically.
-    out = run_cli("mark", "2604:a880:0400:00d0:0000:0000:0009:b001", "clean", "--note", "mine")
+    out = run_cli("mark", "2a01:04f8:0200:0000:0000:0000:0000:0123", "clean", "--note", "mine")
     assert out.returncode == 0, out.stderr
     info = status_of(run_cli, H)
     assert (info["status"], info["decided_by"]) == ("clean", "manual")
@@ -41,3 +41,21 @@ def test_mark_rejects_bad_input(run_cli):
         out = run_cli("mark", *args)
         assert out.returncode == 2, args
         assert "Traceback" not in out.stderr
+
+
+def test_a_listed_server_shows_its_list_and_a_mark_overrides_it(run_cli, state_dir):
+    listed = "2604:a880:1:20::a7:f001"  # in the shipped rules/harvesters.txt
+    with State.open(str(state_dir)) as st:
+        st.record_answer("2.debian.pool.ntp.org", "AAAA", [(listed, 6), ("2a01:4f8:1::1", 6)],
+                         time.time())
+    rows = {r["address"]: r for r in json.loads(run_cli("servers", "--json").stdout)}
+    assert (rows[listed]["status"], rows[listed]["source"]) == ("harvester",
+                                                                 "list:builtin-harvesters")
+    assert rows["2a01:4f8:1::1"]["status"] == "unknown"
+    info = status_of(run_cli, listed)
+    assert info["decided_by"] == "list:builtin-harvesters"
+    assert info["history"][-1]["evidence"]["entry"] == listed
+    assert run_cli("mark", listed, "clean").returncode == 0
+    assert status_of(run_cli, listed)["status"] == "clean"
+    status = json.loads(run_cli("status", "--json").stdout)
+    assert status["by_status"] == {"clean": 1, "unknown": 1}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ntpguard import lists
 from ntpguard.addr import parse_address
 from ntpguard.cli._fmt import iso
-from ntpguard.precedence import effective
+from ntpguard.precedence import effective, with_lists
 
 
 def register(sub, common) -> None:
@@ -24,8 +25,10 @@ def run(ctx, args: argparse.Namespace) -> int:
     address = str(parse_address(args.address))
     with ctx.open_state(write=False) as state:
         server = next((s for s in state.servers() if s.address == address), None)
-        history = state.verdict_history(address)
-        latest = state.latest_verdicts().get(address, {})
+        latest = with_lists(state.latest_verdicts(), lists.load_all(ctx.config, state.directory),
+                            [address]).get(address, {})
+        history = state.verdict_history(address) + [
+            v for src, v in latest.items() if src.startswith("list:")]
     decider = effective(latest)
     data = {
         "address": address,

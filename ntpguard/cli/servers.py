@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ntpguard import lists
 from ntpguard.cli._fmt import iso, table
-from ntpguard.precedence import effective
+from ntpguard.precedence import effective, with_lists
 
 
 def register(sub, common) -> None:
@@ -16,10 +17,12 @@ def register(sub, common) -> None:
     p.set_defaults(func=run)
 
 
-def server_rows(state) -> list[dict]:
-    latest = state.latest_verdicts()
+def server_rows(state, config) -> list[dict]:
+    servers = state.servers()
+    latest = with_lists(state.latest_verdicts(), lists.load_all(config, state.directory),
+                        [s.address for s in servers])
     rows = []
-    for s in state.servers():
+    for s in servers:
         v = effective(latest.get(s.address, {}))
         rows.append({
             "address": s.address, "family": s.family, "zones": list(s.zones),
@@ -34,7 +37,7 @@ def server_rows(state) -> list[dict]:
 
 def run(ctx, args: argparse.Namespace) -> int:
     with ctx.open_state(write=False) as state:
-        rows = server_rows(state)
+        rows = server_rows(state, ctx.config)
     if args.json:
         from ntpguard.cli import print_json
         print_json(rows)

@@ -21,7 +21,7 @@ def register(sub, common) -> None:
 
 def run(ctx, args: argparse.Namespace) -> int:
     with ctx.open_state(write=False) as state:
-        rows = server_rows(state)
+        rows = server_rows(state, ctx.config)
         zones = []
         for zone, rdtype, answers, last in state.zones():
             fam = 6 if rdtype == "AAAA" else 4
