@@ -327,6 +327,17 @@ def _load_positions(state: State) -> dict[str, Position]:
         "SELECT source, inode, offset, cursor FROM detect_positions")}
 
 
+def record_contacts(state: State, contacts: Iterable[tuple[str, str, float]]) -> None:
+    """Store contacts (local address, server, time) known without a log line: `ntpguard
+    probe`'s packets, so they form tests even if the firewall logged nothing. Merged like
+    ingested ones (earliest time wins), so the same packet seen in the log later is no-op."""
+    with state.transaction() as db:
+        db.executemany(
+            "INSERT INTO detect_contacts (address, server, first_time) VALUES (?, ?, ?)"
+            " ON CONFLICT (address, server) DO UPDATE SET"
+            " first_time = min(first_time, excluded.first_time)", list(contacts))
+
+
 def stored_facts(state: State) -> tuple[list[Scan], Contacts]:
     """Every scan and first contact recorded so far."""
     scans = [
