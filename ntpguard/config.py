@@ -8,6 +8,7 @@ so adding a key is adding a field.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import sys
 import typing
@@ -312,6 +313,42 @@ class Sync:
     force_rules: bool = False
 
 
+def _ifname(value: str) -> str:
+    if value and (len(value) > 15 or any(c.isspace() or c in "/:" for c in value)):
+        raise ValueError("must be empty or an interface name (up to 15 characters)")
+    return value
+
+
+def _probe_prefix(value: str) -> str:
+    if not value:
+        return value
+    try:
+        net = ipaddress.IPv6Network(value, strict=True)
+    except ValueError:
+        raise ValueError("must be empty or an IPv6 prefix such as 2001:db8:1:2::/64") from None
+    if not 32 <= net.prefixlen <= 120:
+        raise ValueError("must be a prefix /32-/120 routed to this host (usually its /64)")
+    return str(net)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """[probe]: active confirmation from fresh source addresses (ntpguard probe)."""
+
+    # Where probe addresses are added. Empty: the IPv6 default route's interface, and the /64
+    # of a stable global address on it.
+    interface: str = field(default="", metadata=_check(_ifname))
+    prefix: str = field(default="", metadata=_check(_probe_prefix))
+    # Servers probed per run (--suspects): each probe is a packet a harvester sees and an
+    # address the host keeps for the lifetime.
+    max_per_run: int = field(default=8, metadata=_check(_positive))
+    # Seconds a probe address lives (the kernel removes it). 0: detect.lookback + window.
+    # Never shorter than detect.lookback: a late scan would find no address.
+    lifetime: float = field(default=0.0, metadata=_check(_non_negative))
+    # Seconds to wait for the server's answer (only reported; the probe counts either way).
+    timeout: float = field(default=1.0, metadata=_check(_positive))
+
+
 @dataclass(frozen=True)
 class Config:
     path: Optional[str] = None
@@ -322,11 +359,12 @@ class Config:
     rules: Rules = field(default_factory=Rules)
     detect: Detect = field(default_factory=Detect)
     sync: Sync = field(default_factory=Sync)
+    probe: Probe = field(default_factory=Probe)
 
 
 SECTIONS: dict[str, type] = {
     "general": General, "pool": Pool, "rules": Rules, "lists": Lists, "timeconf": Timeconf,
-    "detect": Detect, "sync": Sync,
+    "detect": Detect, "sync": Sync, "probe": Probe,
 }
 
 

@@ -20,8 +20,8 @@ from ntpguard.errors import NtpguardError
 
 # Sub-command modules, in the order `--help` lists them.
 COMMANDS = [
-    "sync", "resolve", "detect", "rules", "timeconf", "list", "servers", "status", "mark",
-    "explain",
+    "sync", "resolve", "detect", "probe", "rules", "timeconf", "list", "servers", "status",
+    "mark", "explain",
 ]
 
 EXIT_CODES = """exit status:

@@ -1,0 +1,99 @@
+"""`ntpguard probe`: one packet to each server from its own fresh address (ntpguard.probe)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ntpguard.cli import print_json
+from ntpguard.cli._fmt import iso
+from ntpguard.errors import UsageError
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser(
+        "probe", parents=[common], help="confirm harvesters: probe servers from fresh addresses",
+        description="Send one NTP request to each server, each from a brand-new random "
+        "address of this host's /64 that nothing else uses. If that address is scanned within "
+        "detect.lookback, exactly that server handed it on; if not, it is evidence of a clean "
+        "server. The verdict comes with the next `sync` or `detect --record` after the "
+        "lookback, which reads the scans from the firewall log. Needs root (adds addresses).")
+    p.add_argument("servers", nargs="*", metavar="ADDRESS", help="IPv6 server addresses")
+    p.add_argument("--suspects", action="store_true",
+                   help="probe the servers judged suspect, or unknown with positive evidence "
+                   "(most likely first, at most probe.max_per_run)")
+    p.add_argument("--json", action="store_true", help="JSON Lines: one object per probe")
+    p.set_defaults(func=run)
+
+
+def suspects(ctx, state) -> list[str]:
+    """The --suspects selection: effective statuses, this run's evidence, pending probes."""
+    from ntpguard import evidence, lists
+    from ntpguard import probe as probing
+    from ntpguard.precedence import effective, with_lists
+
+    known = [s.address for s in state.servers()]
+    latest = with_lists(state.latest_verdicts(), lists.load_all(ctx.config, state.directory),
+                        known)
+    statuses = {}
+    for address in known:
+        v = effective(latest.get(address, {}))
+        statuses[address] = v.status if v else "unknown"
+    detected, _ = evidence.compute_verdicts(state, ctx.config.detect, record=False)
+    target = probing.find_target(ctx.config.probe)
+    live = probing.live_probes(probing.ip_json("-6", "addr", "show"), target)
+    _, contacts = evidence.stored_facts(state)
+    pending = {server for (address, server) in contacts.first if address in live}
+    return probing.select_suspects(statuses, detected, pending, ctx.config.probe.max_per_run)
+
+
+def run(ctx, args: argparse.Namespace) -> int:
+    from ntpguard import evidence
+    from ntpguard import probe as probing
+
+    cfg = ctx.config
+    if args.suspects and args.servers:
+        raise UsageError("probe: give server addresses or --suspects, not both")
+    if not args.suspects and not args.servers:
+        raise UsageError("probe: give server addresses to probe, or --suspects")
+    servers = probing.check_servers(args.servers, cfg.pool.allow_nonglobal)
+    if len(servers) > cfg.probe.max_per_run:
+        raise UsageError(f"probe: {len(servers)} servers, more than probe.max_per_run "
+                         f"({cfg.probe.max_per_run}) in one run")
+    probing.lifetime(cfg.probe, cfg.detect)  # a bad lifetime fails before anything is sent
+    started = time.time()
+    with ctx.open_state(write=True) as state:
+        if args.suspects:
+            servers = suspects(ctx, state)
+            if not servers:
+                if not args.json:
+                    print("no suspects to probe (none suspect, none unknown with positive "
+                          "evidence, or their probes are still pending)")
+                return 0
+
+        def record(r: probing.Result) -> None:
+            evidence.record_contacts(state, [(r.source, r.server, r.time)])
+
+        target, valid, results = probing.run(servers, cfg.probe, cfg.detect, record)
+        sent = [r for r in results if r.sent]
+        state.record_run("probe", started, time.time(), len(sent) == len(results), {
+            "interface": target.interface, "prefix": str(target.prefix), "lifetime": valid,
+            "probes": [r.as_dict() for r in results]})
+    if args.json:
+        for r in results:
+            print_json({"type": "probe", **r.as_dict(), "time": iso(r.time),
+                        "expires": iso(r.time + valid),
+                        "verdict_after": iso(r.time + cfg.detect.lookback)})
+    else:
+        for r in results:
+            print(f"{r.server}: from {r.source}: {r.detail}")
+        if sent:
+            ready = max(r.time for r in sent) + cfg.detect.lookback
+            print(f"{len(sent)} probe(s) sent from {target.prefix} on {target.interface}. "
+                  f"A harvester has them scanned within detect.lookback "
+                  f"({cfg.detect.lookback:g} s): the first `ntpguard sync` or `detect --record` "
+                  f"after {iso(ready)} reads the scans and gives the verdicts. The probe "
+                  f"addresses expire after {valid} s.")
+    if not sent:
+        return 1
+    return 4 if len(sent) < len(results) else 0

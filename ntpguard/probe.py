@@ -1,0 +1,286 @@
+"""Active confirmation: one NTP packet to one server from a brand-new address of the host's /64.
+
+Passive evidence is confounded when one local address talks to several servers: a scan then
+says only "one of these harvests". A probe is a group test of exactly one server: a fresh
+random address that nothing else ever uses sends one SNTP request to the server. If that
+address is scanned within the lookback, the server handed it on (a *sole* positive); if not,
+a negative. The probe's contact is stored with the log's contacts (evidence.record_contacts),
+and the scan, if any, arrives through the firewall log like every other one: the verdicts of
+`detect --record` / `sync` then use it without knowing it was a probe.
+
+The address is added as `/128 nodad valid_lft L preferred_lft 0`: deprecated, so the kernel
+never picks it as the source of the host's own traffic (RFC 4862 5.5.4), and removed by the
+kernel itself after L seconds, so a crashed or killed run leaves nothing behind for long. L
+must outlast the lookback, or a late scan finds no address, is never logged, and the probe
+counts as a false negative.
+
+Pure parts (choosing the prefix, making the address, picking suspects) take data and return
+data; the side effects (iproute2, the socket) are in the functions below them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+from ntpguard import sntp
+from ntpguard.addr import nonglobal_reason, parse_address
+from ntpguard.config import Detect, Probe
+from ntpguard.errors import NtpguardError, UsageError
+from ntpguard.verdict import ServerVerdict
+
+NTP_PORT = 123
+# SO_MARK of probe packets: a firewall that rejects NTP to suspects can let these through
+# (`meta mark 0x6e747067 accept` before the reject). "ntpg" in ASCII.
+PROBE_MARK = 0x6E747067
+# RFC 5453 reserved interface identifiers: the subnet-router anycast (all zero) and the
+# reserved subnet anycast range fdff:ffff:ffff:ff80-ffff. Never a host's unicast address.
+_ANYCAST_LOW = 0xFDFF_FFFF_FFFF_FF80
+
+
+class ProbeError(NtpguardError):
+    """The host cannot probe: no global IPv6 prefix, an address cannot be added, no root."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where probes come from: the interface and the prefix routed to it."""
+
+    interface: str
+    prefix: ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Result:
+    """One probe: the server, the fresh source address, when, and what happened."""
+
+    server: str
+    source: str
+    time: float
+    sent: bool
+    answered: bool = False
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return {"server": self.server, "source": self.source, "time": round(self.time, 3),
+                "sent": self.sent, "answered": self.answered, "detail": self.detail}
+
+
+# -- pure --------------------------------------------------------------------------------------
+
+def check_servers(texts: Iterable[str], allow_nonglobal: bool = False) -> list[str]:
+    """Canonical IPv6 server addresses, in order, without repeats; UsageError on bad input.
+
+    IPv4 servers cannot be probed: a host has one IPv4 address, nothing fresh to send from.
+    """
+    out: list[str] = []
+    for text in texts:
+        ip = parse_address(text)
+        if ip.version != 6:
+            raise UsageError(f"{ip}: IPv4 servers cannot be probed (a host has no fresh IPv4 "
+                             "source addresses); probe its IPv6 servers")
+        why = nonglobal_reason(ip)
+        if why and not allow_nonglobal:
+            raise UsageError(f"{ip} is {why}, not a public NTP server "
+                             "(pool.allow_nonglobal = true allows it)")
+        if str(ip) not in out:
+            out.append(str(ip))
+    return out
+
+
+def choose_target(links: list, routes: list, interface: str = "", prefix: str = "") -> Target:
+    """The interface (configured, else the IPv6 default route's) and the prefix (configured,
+    else the /64 of a global, non-temporary, non-deprecated address on it) from `ip -j`."""
+    iface = interface
+    if not iface:
+        for r in sorted(routes, key=lambda r: r.get("metric", 0)):
+            if r.get("dev"):
+                iface = r["dev"]
+                break
+            for hop in r.get("nexthops", []):
+                if hop.get("dev"):
+                    iface = hop["dev"]
+                    break
+            if iface:
+                break
+        if not iface:
+            raise ProbeError("no IPv6 default route: set probe.interface (and probe.prefix)")
+    if prefix:
+        return Target(iface, ipaddress.IPv6Network(prefix))
+    link = next((lk for lk in links if lk.get("ifname") == iface), None)
+    if link is None:
+        raise ProbeError(f"interface {iface!r} not found")
+    for info in link.get("addr_info", []):
+        if (info.get("family") == "inet6" and info.get("scope") == "global"
+                and not info.get("temporary") and not info.get("deprecated")
+                and not info.get("tentative") and info.get("prefixlen", 128) <= 64):
+            net = ipaddress.IPv6Network(f"{info['local']}/64", strict=False)
+            if nonglobal_reason(net.network_address) not in ("link-local", "loopback",
+                                                             "multicast"):
+                return Target(iface, net)
+    raise ProbeError(f"no global IPv6 /64 on {iface}: set probe.prefix")
+
+
+def fresh_address(prefix: ipaddress.IPv6Network, taken: Iterable[str],
+                  rand: Callable[[int], int] = lambda bits: int.from_bytes(
+                      os.urandom((bits + 7) // 8), "big") >> (-bits % 8)) -> str:
+    """A random address in prefix that is none of `taken` (the host's addresses) and no
+    reserved anycast identifier. `rand(bits)` gives a random integer of that many bits."""
+    bits = 128 - prefix.prefixlen
+    if bits < 8:
+        raise UsageError(f"probe.prefix {prefix} is too small to hold fresh addresses")
+    used = {int(ipaddress.IPv6Address(a)) for a in taken if ":" in a}
+    base = int(prefix.network_address)
+    for _ in range(1000):
+        iid = rand(bits) & ((1 << bits) - 1)
+        if iid == 0 or (bits == 64 and iid >= _ANYCAST_LOW) or iid == (1 << bits) - 1:
+            continue
+        if base + iid not in used:
+            return str(ipaddress.IPv6Address(base + iid))
+    raise ProbeError(f"no free address found in {prefix}")  # pragma: no cover - 2^-64 odds
+
+
+def lifetime(settings: Probe, detect: Detect) -> int:
+    """Seconds a probe address lives: configured, else lookback + window (a scan that
+    starts at the end of the lookback still gets its window of ports logged)."""
+    if settings.lifetime:
+        if settings.lifetime < detect.lookback:
+            raise UsageError(f"probe.lifetime ({settings.lifetime:g} s) is shorter than "
+                             f"detect.lookback ({detect.lookback:g} s): a late scan would find "
+                             "no address and the probe would count as a negative")
+        return int(settings.lifetime + 0.999)
+    return int(detect.lookback + detect.window + 0.999)
+
+
+def live_probes(links: list, target: Target) -> set[str]:
+    """Probe addresses still on the interface: deprecated /128s inside the prefix."""
+    out = set()
+    for link in links:
+        if link.get("ifname") != target.interface:
+            continue
+        for info in link.get("addr_info", []):
+            if (info.get("family") == "inet6" and info.get("prefixlen") == 128
+                    and info.get("preferred_life_time") == 0
+                    and ipaddress.IPv6Address(info["local"]) in target.prefix):
+                out.add(str(ipaddress.IPv6Address(info["local"])))
+    return out
+
+
+def select_suspects(statuses: dict[str, str], detected: dict[str, ServerVerdict],
+                    pending: set[str], limit: int) -> list[str]:
+    """IPv6 servers worth a probe, most likely harvesters first, at most `limit`: status
+    suspect, or unknown with positive evidence; not those with a probe still pending.
+
+    `statuses`: the effective status of each known server (manual > local > lists);
+    `detected`: this run's group-testing verdicts (for the evidence counts and probability).
+    """
+    picked = []
+    for address in set(statuses) | set(detected):
+        if ":" not in address or address in pending:
+            continue
+        status = statuses.get(address, "unknown")
+        v = detected.get(address)
+        if status == "suspect" or (status == "unknown" and v is not None and v.positive > 0):
+            picked.append((-(v.probability if v else 0.0), -(v.positive if v else 0), address))
+    return [a for _, _, a in sorted(picked)[:limit]]
+
+
+# -- side effects ------------------------------------------------------------------------------
+
+def ip_json(*args: str) -> list:
+    """`ip -j ARGS` in this network namespace."""
+    from ntpguard.hostinfo import _ip_json
+
+    return _ip_json(*args)
+
+
+def find_target(settings: Probe) -> Target:
+    return choose_target(ip_json("-6", "addr", "show"), ip_json("-6", "route", "show", "default"),
+                         settings.interface, settings.prefix)
+
+
+def add_address(target: Target, address: str, valid: int) -> None:
+    """Add the probe address: deprecated at once, gone after `valid` seconds."""
+    cmd = ["ip", "-6", "addr", "add", f"{address}/128", "dev", target.interface, "nodad",
+           "valid_lft", str(valid), "preferred_lft", "0"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ProbeError(f"cannot run ip: {exc}") from None
+    if proc.returncode != 0:
+        raise ProbeError(f"cannot add probe address {address} to {target.interface}: "
+                         f"{proc.stderr.strip() or 'ip failed'} (probes need root)")
+
+
+def remove_address(target: Target, address: str) -> None:
+    subprocess.run(["ip", "-6", "addr", "del", f"{address}/128", "dev", target.interface],
+                   capture_output=True, timeout=10)
+
+
+def send(source: str, server: str, timeout: float, port: int = NTP_PORT
+         ) -> tuple[bool, bool, str]:
+    """One SNTP request from `source`; (sent, answered, detail). Never raises for the network."""
+    transmit = int.from_bytes(os.urandom(8), "big")
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, PROBE_MARK)
+            except (OSError, AttributeError):
+                pass  # without CAP_NET_ADMIN: unmarked, still a probe
+            sock.bind((source, 0))
+            sock.connect((server, port))
+            t1 = time.time()
+            sock.send(sntp.request(transmit))
+            # From here on the server has (probably) seen the packet: the probe counts.
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return True, False, f"sent; no answer within {timeout:g} s"
+                sock.settimeout(left)
+                try:
+                    reply = sock.recv(1024)
+                except socket.timeout:
+                    return True, False, f"sent; no answer within {timeout:g} s"
+                except OSError as exc:  # ICMP unreachable / admin-prohibited on the reply
+                    return True, False, f"sent; {exc.strerror or exc}"
+                r = sntp.evaluate(server, reply, transmit, t1, time.time())
+                if r.ok:
+                    return True, True, f"answered (stratum {r.stratum})"
+                if r.error != "reply does not echo our request":
+                    return True, True, f"answered: {r.error}"
+    except OSError as exc:
+        # EPERM: a firewall rejected the packet before it left (NOTES.md), e.g. ntpguard's own
+        # rules for a suspect: nothing reached the server, so no contact is recorded.
+        return False, False, f"not sent: {exc.strerror or exc}"
+
+
+def run(servers: list[str], settings: Probe, detect: Detect,
+        record: Callable[[Result], None], now: Callable[[], float] = time.time
+        ) -> tuple[Target, int, list[Result]]:
+    """Probe each server once from its own fresh address; `record` stores each sent probe
+    before the next one goes out (a crash keeps what was sent). Returns the target, the
+    address lifetime and the results."""
+    valid = lifetime(settings, detect)
+    target = find_target(settings)
+    taken = {i["local"] for lk in ip_json("-6", "addr", "show")
+             for i in lk.get("addr_info", []) if i.get("local")}
+    results = []
+    for server in servers:
+        source = fresh_address(target.prefix, taken)
+        taken.add(source)
+        add_address(target, source, valid)
+        t = now()
+        sent, answered, detail = send(source, server, settings.timeout)
+        result = Result(server, source, t, sent, answered, detail)
+        if sent:
+            record(result)
+        else:
+            remove_address(target, source)
+        results.append(result)
+    return target, valid, results
