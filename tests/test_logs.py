@@ -16,7 +16,10 @@ from hypothesis import strategies as st
 from ntpguard.logs.parse import LineParser, parse_when
 from ntpguard.logs.sources import Position, file_lines
 
-CORPUS = Path("/work/shared/corpus")
+# shared/ lies beside the checkout (CI clones elsewhere, with a copy of shared/ beside it).
+CORPUS = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "corpus",
+                           Path("/work/shared/corpus")) if p.is_dir()),
+              Path("/work/shared/corpus"))
 # Robustness inputs (edited, anonymised, truncated) per corpus/SOURCES.md: not ground truth.
 _NOT_GENUINE = re.compile(r"edited|anonymised|truncated|Forums-Archive__syslog\.log")
 
