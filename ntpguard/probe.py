@@ -43,6 +43,10 @@ PROBE_MARK = 0x6E747067
 _ANYCAST_LOW = 0xFDFF_FFFF_FFFF_FF80
 
 
+# Never a probe target, even in a lab (pool.allow_nonglobal): no route leads there.
+_NEVER = ("unspecified", "loopback", "link-local", "multicast", "IPv4-mapped")
+
+
 class ProbeError(NtpguardError):
     """The host cannot probe: no global IPv6 prefix, an address cannot be added, no root."""
 
@@ -85,6 +89,8 @@ def check_servers(texts: Iterable[str], allow_nonglobal: bool = False) -> list[s
             raise UsageError(f"{ip}: IPv4 servers cannot be probed (a host has no fresh IPv4 "
                              "source addresses); probe its IPv6 servers")
         why = nonglobal_reason(ip)
+        if why in _NEVER:
+            raise UsageError(f"{ip} is {why}: a probe goes to a server's routed address")
         if why and not allow_nonglobal:
             raise UsageError(f"{ip} is {why}, not a public NTP server "
                              "(pool.allow_nonglobal = true allows it)")
@@ -169,6 +175,14 @@ def live_probes(links: list, target: Target) -> set[str]:
                     and ipaddress.IPv6Address(info["local"]) in target.prefix):
                 out.add(str(ipaddress.IPv6Address(info["local"])))
     return out
+
+
+def pending_servers(first_contacts: dict[tuple[str, str], float], live: set[str], now: float,
+                    lookback: float) -> set[str]:
+    """Servers probed from a still-present probe address less than `lookback` ago: their
+    result is not in yet, and another probe would only cost one more address."""
+    return {server for (address, server), t in first_contacts.items()
+            if address in live and t > now - lookback}
 
 
 def select_suspects(statuses: dict[str, str], detected: dict[str, ServerVerdict],

@@ -43,7 +43,8 @@ def suspects(ctx, state) -> list[str]:
     target = probing.find_target(ctx.config.probe)
     live = probing.live_probes(probing.ip_json("-6", "addr", "show"), target)
     _, contacts = evidence.stored_facts(state)
-    pending = {server for (address, server) in contacts.first if address in live}
+    pending = probing.pending_servers(contacts.first, live, time.time(),
+                                      ctx.config.detect.lookback)
     return probing.select_suspects(statuses, detected, pending, ctx.config.probe.max_per_run)
 
 
