@@ -20,13 +20,14 @@ data; the side effects (iproute2, the socket) are in the functions below them.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 from ntpguard import sntp
 from ntpguard.addr import nonglobal_reason, parse_address
@@ -242,10 +243,9 @@ def send(source: str, server: str, timeout: float, port: int = NTP_PORT
     transmit = int.from_bytes(os.urandom(8), "big")
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            try:
+            # Without CAP_NET_ADMIN: unmarked, still a probe.
+            with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, PROBE_MARK)
-            except (OSError, AttributeError):
-                pass  # without CAP_NET_ADMIN: unmarked, still a probe
             sock.bind((source, 0))
             sock.connect((server, port))
             t1 = time.time()

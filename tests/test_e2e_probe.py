@@ -168,7 +168,7 @@ def test_probe_failures_are_one_line_errors(tmp_path: Path):
     spec = WorldSpec(seed=22, prefix=PREFIX, chrony_client=False, harvesters=1)
     with World(spec, tmp_path / "world") as world, explained(world):
         cfg = world.guard_dir / "ntpguard.toml"
-        server = [a for a in world.clean if ":" in a][0]
+        server = next(a for a in world.clean if ":" in a)
         before = set(host_addresses(world))
         cfg.write_text(ntpguard_config(world, overrides={"probe": {"lifetime": 1.0}}))
         out = run_ntpguard(world, "probe", server)

@@ -1,0 +1,207 @@
+"""ntpguard.probe's pure parts and the CLI's input checks (no root; the lab test is
+tests/test_e2e_probe.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ntpguard import evidence
+from ntpguard import probe as probing
+from ntpguard.config import Detect, Probe
+from ntpguard.detect import Scan
+from ntpguard.errors import UsageError
+from ntpguard.state import State
+from ntpguard.verdict import ServerVerdict, build_tests
+
+NET = ipaddress.IPv6Network("2001:db8:4057:1::/64")
+
+# `ip -j -6 addr show` / `ip -j -6 route show default` as iproute2 prints them (Debian 12).
+LINKS = [
+    {"ifname": "lo", "addr_info": [{"family": "inet6", "local": "::1", "prefixlen": 128,
+                                    "scope": "host"}]},
+    {"ifname": "eth0", "addr_info": [
+        {"family": "inet6", "local": "2001:db8:4057:1::5", "prefixlen": 128, "scope": "global",
+         "nodad": True, "deprecated": True, "dynamic": True, "valid_life_time": 20,
+         "preferred_life_time": 0},
+        {"family": "inet6", "local": "2001:db8:4057:1:c448:1c7b:ffe9:2e9c", "prefixlen": 64,
+         "scope": "global", "temporary": True, "dynamic": True, "valid_life_time": 120,
+         "preferred_life_time": 30},
+        {"family": "inet6", "local": "2001:db8:4057:1::100", "prefixlen": 64, "scope": "global",
+         "mngtmpaddr": True, "valid_life_time": 4294967295,
+         "preferred_life_time": 4294967295},
+        {"family": "inet6", "local": "fe80::707a:4aff:feac:bfa3", "prefixlen": 64,
+         "scope": "link"},
+    ]},
+    {"ifname": "wlan0", "addr_info": [{"family": "inet6", "local": "2001:db8:99:2::7",
+                                       "prefixlen": 64, "scope": "global"}]},
+]
+ROUTES = [{"dst": "default", "gateway": "2001:db8:4057:1::1", "dev": "eth0", "metric": 1024}]
+
+
+# -- addresses -------------------------------------------------------------------------------
+
+def test_fresh_address_skips_reserved_and_taken_identifiers():
+    taken = {"2001:db8:4057:1::100", "2001:db8:4057:1::2"}
+    draws = iter([0, 0xFDFF_FFFF_FFFF_FF80, 0xFFFF_FFFF_FFFF_FFFF, 0x100, 0x2, 0x1234])
+    got = probing.fresh_address(NET, taken, rand=lambda bits: next(draws))
+    assert got == "2001:db8:4057:1::1234"
+
+
+@given(st.integers(min_value=32, max_value=120), st.integers(min_value=0, max_value=2**64),
+       st.integers(min_value=0, max_value=2**32))
+def test_fresh_address_is_inside_the_prefix_and_never_the_hosts(length, base, seed):
+    rnd = random.Random(seed)
+    net = ipaddress.IPv6Network(((0x2001 << 112 | base << 48) >> (128 - length)
+                                 << (128 - length), length))
+    taken = {str(net[i]) for i in range(1, 5)}
+    got = probing.fresh_address(net, taken, rand=lambda bits: rnd.getrandbits(bits))
+    ip = ipaddress.IPv6Address(got)
+    assert ip in net and got not in taken and ip != net.network_address
+
+
+def test_fresh_address_default_randomness_varies():
+    got = {probing.fresh_address(NET, ()) for _ in range(50)}
+    assert len(got) == 50 and all(ipaddress.IPv6Address(a) in NET for a in got)
+
+
+def test_a_tiny_prefix_is_refused():
+    with pytest.raises(UsageError):
+        probing.fresh_address(ipaddress.IPv6Network("2001:db8::/126"), ())
+
+
+# -- where probes come from -------------------------------------------------------------------
+
+def test_target_is_the_default_routes_interface_and_its_stable_64():
+    t = probing.choose_target(LINKS, ROUTES)
+    assert t == probing.Target("eth0", NET)
+
+
+def test_target_configured_interface_and_prefix_win():
+    assert probing.choose_target(LINKS, ROUTES, "wlan0").prefix == \
+        ipaddress.IPv6Network("2001:db8:99:2::/64")
+    assert probing.choose_target(LINKS, [], "eth0", "2001:db8:77::/64") == \
+        probing.Target("eth0", ipaddress.IPv6Network("2001:db8:77::/64"))
+
+
+@pytest.mark.parametrize("links,routes,iface,msg", [
+    (LINKS, [], "", "no IPv6 default route"),
+    (LINKS, ROUTES, "eth9", "interface 'eth9' not found"),
+    ([{"ifname": "eth0", "addr_info": LINKS[1]["addr_info"][:2] + LINKS[1]["addr_info"][3:]}],
+     ROUTES, "", "no global IPv6 /64 on eth0"),
+])
+def test_target_problems_are_probe_errors(links, routes, iface, msg):
+    with pytest.raises(probing.ProbeError, match=msg):
+        probing.choose_target(links, routes, iface)
+
+
+def test_live_probes_are_the_deprecated_128s_in_the_prefix():
+    assert probing.live_probes(LINKS, probing.Target("eth0", NET)) == {"2001:db8:4057:1::5"}
+    assert probing.live_probes(LINKS, probing.Target("wlan0", NET)) == set()
+
+
+# -- settings and input --------------------------------------------------------------------
+
+def test_lifetime_default_outlasts_lookback_and_window():
+    assert probing.lifetime(Probe(), Detect(lookback=600, window=120)) == 720
+    assert probing.lifetime(Probe(lifetime=14.2), Detect(lookback=10)) == 15
+    with pytest.raises(UsageError, match=r"shorter than detect\.lookback"):
+        probing.lifetime(Probe(lifetime=30), Detect(lookback=600))
+
+
+def test_check_servers_canonical_unique_ipv6_only():
+    assert probing.check_servers(["2A03:B0C0:3:D0::18:B001", "2a03:b0c0:3:d0::18:b001",
+                                  "2604:a880:1:20::a7:f001"]) == [
+        "2a03:b0c0:3:d0::18:b001", "2604:a880:1:20::a7:f001"]
+    for bad, msg in [("192.0.2.1", "IPv4"), ("nope", "not an IP address"),
+                     ("2001:db8::1", "documentation"), ("fe80::1%eth0", "not an IP")]:
+        with pytest.raises(UsageError, match=msg):
+            probing.check_servers([bad])
+    assert probing.check_servers(["2001:db8::1"], allow_nonglobal=True) == ["2001:db8::1"]
+    with pytest.raises(UsageError, match="link-local"):  # even in a lab
+        probing.check_servers(["fe80::1"], allow_nonglobal=True)
+
+
+# -- choosing suspects -------------------------------------------------------------------------
+
+def v(address: str, status: str, p: float, pos: int) -> ServerVerdict:
+    return ServerVerdict(address, status, p, pos, 0, 0)
+
+
+def test_select_suspects_order_limit_pending():
+    statuses = {"2001:db8::a": "suspect", "2001:db8::b": "unknown", "2001:db8::c": "clean",
+                "2001:db8::d": "harvester", "2001:db8::e": "unknown", "192.0.2.9": "suspect",
+                "2001:db8::f": "suspect", "2001:db8::10": "unknown"}
+    detected = {"2001:db8::a": v("2001:db8::a", "suspect", 0.6, 2),
+                "2001:db8::b": v("2001:db8::b", "unknown", 0.3, 1),
+                "2001:db8::c": v("2001:db8::c", "clean", 0.01, 1),   # cleared by a mark, say
+                "2001:db8::d": v("2001:db8::d", "harvester", 0.99, 3),
+                "2001:db8::e": v("2001:db8::e", "unknown", 0.05, 0),  # no positive: no probe
+                "2001:db8::f": v("2001:db8::f", "suspect", 0.9, 2),
+                "2001:db8::11": v("2001:db8::11", "unknown", 0.2, 1)}  # not known: still
+    assert probing.select_suspects(statuses, detected, set(), 8) == [
+        "2001:db8::f", "2001:db8::a", "2001:db8::b", "2001:db8::11"]
+    assert probing.select_suspects(statuses, detected, {"2001:db8::f"}, 2) == [
+        "2001:db8::a", "2001:db8::b"]
+    # A list or manual "suspect" without local evidence is probed too (last).
+    assert probing.select_suspects({"2001:db8::9": "suspect"}, {}, set(), 8) == ["2001:db8::9"]
+
+
+def test_pending_servers_only_from_live_probe_addresses_within_lookback():
+    first = {("2001:db8:4057:1::5", "2001:db8::a"): 95.0,
+             ("2001:db8:4057:1::6", "2001:db8::b"): 50.0,
+             ("2001:db8:4057:1::100", "2001:db8::c"): 99.0}
+    live = {"2001:db8:4057:1::5", "2001:db8:4057:1::6"}
+    assert probing.pending_servers(first, live, now=100.0, lookback=10) == {"2001:db8::a"}
+
+
+# -- the recorded contact is a group test of one server ---------------------------------------
+
+def test_recorded_probe_contacts_become_sole_tests(tmp_path):
+    with State.open(str(tmp_path), lock=True) as state:
+        evidence.record_contacts(state, [("2001:db8:4057:1::5", "2001:db8::a", 100.0),
+                                         ("2001:db8:4057:1::6", "2001:db8::b", 100.0)])
+        evidence.record_contacts(state, [("2001:db8:4057:1::5", "2001:db8::a", 90.0),
+                                         ("2001:db8:4057:1::5", "2001:db8::a", 120.0)])
+        _, contacts = evidence.stored_facts(state)
+    assert contacts.first == {("2001:db8:4057:1::5", "2001:db8::a"): 90.0,
+                              ("2001:db8:4057:1::6", "2001:db8::b"): 100.0}
+    scan = Scan(95.0, 96.0, "2001:db8:5ca::/64", "2001:db8:4057:1::5", 120, 120, ("TCP",), ())
+    tests, unattributed = build_tests(contacts.first, [scan], covered_until=200.0, lookback=10)
+    assert unattributed == 0
+    assert [(t.servers, t.positive) for t in tests] == [
+        (("2001:db8::a",), True), (("2001:db8::b",), False)]
+
+
+# -- the CLI refuses bad input with one line, before touching anything ------------------------
+
+@pytest.mark.parametrize("args,config,msg", [
+    ([], "", "give server addresses to probe, or --suspects"),
+    (["--suspects", "2001:db8::1"], "", "not both"),
+    (["192.0.2.1"], "", "IPv4 servers cannot be probed"),
+    (["zzz"], "", "not an IP address"),
+    (["2604:a880:1:20::a7:f001"], "[probe]\nlifetime = 5.0\n", "probe.lifetime (5 s)"),
+    (["2604:a880:1:20::a7:f001"], "[probe]\nprefix = \"2001:db8::1/64\"\n", "probe.prefix"),
+    (["2604:a880:1:20::a7:f001"], "[probe]\ninterface = \"a b\"\n", "probe.interface"),
+    (["2604:a880:1:20::a7:f001", "2604:a880:1:20::a7:f002"], "[probe]\nmax_per_run = 1\n",
+     "more than probe.max_per_run"),
+])
+def test_cli_bad_input_is_one_line_exit_2(run_cli, tmp_path, state_dir, args, config, msg):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(config)
+    out = run_cli("probe", *args, config=cfg)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("ntpguard: ") and out.stderr.count("\n") == 1, out.stderr
+    assert msg in out.stderr
+    assert not (state_dir / "state.db").exists()
+
+
+def test_random_draws_use_all_64_bits():
+    rnd = random.Random(1)
+    got = [probing.fresh_address(NET, (), rand=lambda bits: rnd.getrandbits(bits))
+           for _ in range(200)]
+    assert max(int(ipaddress.IPv6Address(a)) - int(NET.network_address) for a in got) > 2**62
