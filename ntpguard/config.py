@@ -347,6 +347,9 @@ class Probe:
     lifetime: float = field(default=0.0, metadata=_check(_non_negative))
     # Seconds to wait for the server's answer (only reported; the probe counts either way).
     timeout: float = field(default=1.0, metadata=_check(_positive))
+    # `sync` probes the suspects after its verdicts (a step of its own). Off: every probe is
+    # a packet to a likely harvester, which an admin may prefer to send by hand.
+    in_sync: bool = False
 
 
 @dataclass(frozen=True)

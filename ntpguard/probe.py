@@ -31,8 +31,9 @@ from typing import Callable, Iterable
 
 from ntpguard import sntp
 from ntpguard.addr import nonglobal_reason, parse_address
-from ntpguard.config import Detect, Probe
+from ntpguard.config import Config, Detect, Probe
 from ntpguard.errors import NtpguardError, UsageError
+from ntpguard.state import State
 from ntpguard.verdict import ServerVerdict
 
 NTP_PORT = 123
@@ -217,6 +218,25 @@ def ip_json(*args: str) -> list:
 def find_target(settings: Probe) -> Target:
     return choose_target(ip_json("-6", "addr", "show"), ip_json("-6", "route", "show", "default"),
                          settings.interface, settings.prefix)
+
+
+def suspects_from_state(config: Config, state: State, now: float) -> list[str]:
+    """The `--suspects` (and sync step) choice: effective statuses (manual > local > lists),
+    this moment's group-testing evidence, minus servers whose probe is still pending."""
+    from ntpguard import evidence, lists
+    from ntpguard.precedence import effective, with_lists
+
+    known = [s.address for s in state.servers()]
+    latest = with_lists(state.latest_verdicts(), lists.load_all(config, state.directory), known)
+    statuses = {}
+    for address in known:
+        v = effective(latest.get(address, {}))
+        statuses[address] = v.status if v else "unknown"
+    detected, _ = evidence.compute_verdicts(state, config.detect, record=False)
+    live = live_probes(ip_json("-6", "addr", "show"), find_target(config.probe))
+    _, contacts = evidence.stored_facts(state)
+    pending = pending_servers(contacts.first, live, now, config.detect.lookback)
+    return select_suspects(statuses, detected, pending, config.probe.max_per_run)
 
 
 def add_address(target: Target, address: str, valid: int) -> None:

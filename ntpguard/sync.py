@@ -28,7 +28,7 @@ from ntpguard.plan import UnsafePlan
 from ntpguard.precedence import effective, with_lists
 from ntpguard.state import DB_NAME, State
 
-STEPS = ("resolve", "logs", "lists", "verdicts", "rules", "timeconf")
+STEPS = ("resolve", "logs", "lists", "verdicts", "probe", "rules", "timeconf")
 
 
 @dataclass
@@ -190,6 +190,29 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         step.message = ", ".join(f"{n} {k}" for k, n in sorted(step.data.items())) or \
             "no evidence yet"
 
+    def do_probe(step: Step) -> None:
+        # After the verdicts, so the suspects are this run's; the results come with a later
+        # sync (after detect.lookback), which reads the scans of the probe addresses.
+        from ntpguard import probe
+
+        if dry_run:
+            step.skipped, step.message = True, "dry run: no probe sent"
+            return
+        servers = probe.suspects_from_state(config, state, now())
+        if not servers:
+            step.message = "no suspects to probe"
+            return
+
+        def record(r: probe.Result) -> None:
+            evidence.record_contacts(state, [(r.source, r.server, r.time)])
+
+        _, _, results = probe.run(servers, config.probe, config.detect, record, now)
+        sent = [r for r in results if r.sent]
+        step.data = {"probes": [r.as_dict() for r in results]}
+        step.ok = bool(sent)
+        step.message = f"{len(sent)} of {len(results)} suspects probed" + "".join(
+            f"; {r.server}: {r.detail}" for r in results if not r.sent)
+
     def do_rules(step: Step) -> None:
         notes = []
         try:
@@ -225,6 +248,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
     attempt("logs", do_logs)
     attempt("lists", do_lists)
     attempt("verdicts", do_verdicts)
+    attempt("probe", do_probe, config.probe.in_sync, "probe.in_sync = false")
     attempt("rules", do_rules, settings.apply_rules, "sync.apply_rules = false")
     attempt("timeconf", do_timeconf, settings.configure_time_daemon,
             "sync.configure_time_daemon = false")

@@ -183,3 +183,43 @@ def test_probe_failures_are_one_line_errors(tmp_path: Path):
             out = run_ntpguard(world, "probe", bad)
             assert out.returncode == 2 and out.stderr.startswith("ntpguard: "), (bad, out.stderr)
         assert set(host_addresses(world)) == before
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_sync_probes_the_suspects_when_asked(tmp_path: Path):
+    """probe.in_sync = true: a sync after a positive group test of two servers probes each
+    of them from its own fresh address (a step after the verdicts), and only the harvester's
+    probe address is scanned; a dry run never probes."""
+    spec = WorldSpec(seed=23, prefix=PREFIX, lag_min=1.0, lag_max=2.0, chrony_client=False)
+    lookback = lab_lookback(spec)
+    with World(spec, tmp_path / "world") as world, explained(world):
+        (world.guard_dir / "ntpguard.toml").write_text(ntpguard_config(world, overrides={
+            "probe": {"lifetime": lookback + 4, "in_sync": True},
+            "sync": {"apply_rules": False, "configure_time_daemon": False}}))
+        assert run_ntpguard(world, "resolve").returncode == 0
+        harvester = world.harvesters[0]
+        clean = [a for a in world.clean if ":" in a][:5]
+        t0 = time.time()
+        # One group test of the harvester with a clean server (an ordinary temporary address
+        # of the host), and negatives for the other clean servers from probes.
+        world.rotate_address()
+        world.poke([harvester, clean[0]])
+        probe(world, *clean[1:])
+        assert wait_for(lambda: world.scans(), timeout=spec.lag_max + 10)
+        time.sleep(max(0.0, t0 + lookback + 1 - time.time()))
+        world.poke(world.clean[-1:])
+        time.sleep(1.5)
+        dry = run_ntpguard(world, "sync", "--dry-run", "--json")
+        assert json.loads(dry.stdout)["steps"]["probe"]["skipped"], dry.stdout + dry.stderr
+        out = run_ntpguard(world, "sync", "--json")
+        rep = json.loads(out.stdout)
+        step = rep["steps"]["probe"]
+        assert step["ok"] and not step["skipped"], rep
+        # Both members of the positive group are probed, each alone: that splits the group.
+        sources = {p["server"]: p["source"] for p in step["probes"]}
+        assert set(sources) == {harvester, clean[0]}, step
+        assert wait_for(lambda: sources[harvester] in [s["target"] for s in world.scans()],
+                        timeout=spec.lag_max + 10)
+        time.sleep(spec.lag_max + 1)
+        assert sources[clean[0]] not in [s["target"] for s in world.scans()]

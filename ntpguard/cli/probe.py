@@ -26,28 +26,6 @@ def register(sub, common) -> None:
     p.set_defaults(func=run)
 
 
-def suspects(ctx, state) -> list[str]:
-    """The --suspects selection: effective statuses, this run's evidence, pending probes."""
-    from ntpguard import evidence, lists
-    from ntpguard import probe as probing
-    from ntpguard.precedence import effective, with_lists
-
-    known = [s.address for s in state.servers()]
-    latest = with_lists(state.latest_verdicts(), lists.load_all(ctx.config, state.directory),
-                        known)
-    statuses = {}
-    for address in known:
-        v = effective(latest.get(address, {}))
-        statuses[address] = v.status if v else "unknown"
-    detected, _ = evidence.compute_verdicts(state, ctx.config.detect, record=False)
-    target = probing.find_target(ctx.config.probe)
-    live = probing.live_probes(probing.ip_json("-6", "addr", "show"), target)
-    _, contacts = evidence.stored_facts(state)
-    pending = probing.pending_servers(contacts.first, live, time.time(),
-                                      ctx.config.detect.lookback)
-    return probing.select_suspects(statuses, detected, pending, ctx.config.probe.max_per_run)
-
-
 def run(ctx, args: argparse.Namespace) -> int:
     from ntpguard import evidence
     from ntpguard import probe as probing
@@ -65,7 +43,7 @@ def run(ctx, args: argparse.Namespace) -> int:
     started = time.time()
     with ctx.open_state(write=True) as state:
         if args.suspects:
-            servers = suspects(ctx, state)
+            servers = probing.suspects_from_state(cfg, state, time.time())
             if not servers:
                 if not args.json:
                     print("no suspects to probe (none suspect, none unknown with positive "
