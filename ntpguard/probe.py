@@ -21,6 +21,7 @@ data; the side effects (iproute2, the socket) are in the functions below them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import socket
@@ -291,7 +292,10 @@ def send(source: str, server: str, timeout: float, port: int = NTP_PORT
     except OSError as exc:
         # EPERM: a firewall rejected the packet before it left (NOTES.md), e.g. ntpguard's own
         # rules for a suspect: nothing reached the server, so no contact is recorded.
-        return False, False, f"not sent: {exc.strerror or exc}"
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EPERM:
+            why += " (a firewall rule rejects NTP to it, e.g. ntpguard's own for suspects)"
+        return False, False, f"not sent: {why}"
 
 
 def run(servers: list[str], settings: Probe, detect: Detect,
