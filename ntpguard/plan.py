@@ -19,6 +19,9 @@ from ntpguard.state import STATUSES
 # A known server with one of these statuses never receives NTP from us.
 BLOCKED_STATUSES = ("harvester", "suspect")
 BITS = {4: 32, 6: 128}
+# `ntpguard probe` marks its packets (SO_MARK, "ntpg"): they may reach a blocked server, since
+# confirming a suspect means sending it one packet. Setting a mark needs CAP_NET_ADMIN.
+PROBE_MARK = 0x6E747067
 
 # Traffic the host needs whatever a blocklist says: dropping packets from these would break
 # loopback, neighbour discovery or DHCP, so a scanner entry overlapping them is an error.

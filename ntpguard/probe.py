@@ -34,13 +34,11 @@ from ntpguard import sntp
 from ntpguard.addr import nonglobal_reason, parse_address
 from ntpguard.config import Config, Detect, Probe
 from ntpguard.errors import NtpguardError, UsageError
+from ntpguard.plan import PROBE_MARK
 from ntpguard.state import State
 from ntpguard.verdict import ServerVerdict
 
 NTP_PORT = 123
-# SO_MARK of probe packets: a firewall that rejects NTP to suspects can let these through
-# (`meta mark 0x6e747067 accept` before the reject). "ntpg" in ASCII.
-PROBE_MARK = 0x6E747067
 # RFC 5453 reserved interface identifiers: the subnet-router anycast (all zero) and the
 # reserved subnet anycast range fdff:ffff:ffff:ff80-ffff. Never a host's unicast address.
 _ANYCAST_LOW = 0xFDFF_FFFF_FFFF_FF80

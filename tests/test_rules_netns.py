@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from lab.netns import Lab, Namespace
+from ntpguard.plan import PROBE_MARK
 
 pytestmark = pytest.mark.root
 
@@ -241,6 +242,29 @@ def test_host_mode_ntp_scanners_ssh_dns(clean_rules):
     assert probe(r.host, "udp", NET6, 53) == "ok"
     assert probe(r.host, "udp", NET4, 53) == "ok"
     assert probe(r.net, "udp", HOST6, 53, src=OTHER6) == "ok"
+    # ntpguard's own probes carry PROBE_MARK and may reach a blocked server; nothing else may.
+    assert marked_ntp(r.host, HARV6, PROBE_MARK) == "answered"
+    assert marked_ntp(r.host, HARV6, PROBE_MARK + 1).startswith("errno")
+
+
+MARKED_NTP = r"""
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, int(sys.argv[2]))
+s.settimeout(3)
+try:
+    s.sendto(b"\x23" + b"\0" * 47, (sys.argv[1], 123))
+    s.recvfrom(512)
+    print("answered")
+except OSError as exc:
+    print(f"errno{exc.errno}" if exc.errno else "timeout")
+"""
+
+
+def marked_ntp(ns: Namespace, server: str, mark: int) -> str:
+    """One SNTP request with SO_MARK set, as `ntpguard probe` sends it."""
+    return ns.run(sys.executable, "-c", MARKED_NTP, server, str(mark), timeout=15).stdout.strip()
 
 
 def test_reapply_is_noop_and_remove_restores_exactly(clean_rules):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ntpguard.errors import FirewallError
-from ntpguard.plan import Plan
+from ntpguard.plan import PROBE_MARK, Plan
 
 CHAINS = {"OUTPUT": "NTPGUARD-OUT", "INPUT": "NTPGUARD-IN", "FORWARD": "NTPGUARD-FWD"}
 LOG_NTP_OUT = "ntpguard-ntp-out: "
@@ -150,13 +150,15 @@ def render(plan: Plan) -> Rendered:
                 ("match_set", f"{set_name('harv', fam)} dst"),))), (("reject_with", REJECT[fam]),))]
         drop = XRule("DROP", "", (), (("set", (("match_set", f"{set_name('scan', fam)} src"),)),))
         ntp_reply = XRule("RETURN", "udp", (), (udp123[1], reply))
+        # ntpguard's own probes (logged above) may reach the servers they confirm.
+        probe = XRule("RETURN", "", (), (("mark", (("mark", f"{PROBE_MARK:#x}"),)),))
 
         def ntp_log(prefix: str, udp: Any = udp123) -> list[XRule]:
             return log(prefix, (udp[0], udp[1]))
 
         chains = {
             "NTPGUARD-OUT": [XRule("RETURN", "", ("out", "lo")), ntp_reply,
-                             *ntp_log(LOG_NTP_OUT), *deny],
+                             *ntp_log(LOG_NTP_OUT), probe, *deny],
             "NTPGUARD-IN": [XRule("RETURN", "", ("in", "lo")),
                             *log(LOG_IN, ("tcp", new), ("udp", new)), drop],
         }

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from ntpguard.errors import FirewallError
 from ntpguard.files import atomic_write
-from ntpguard.plan import Plan, PrefixSet
+from ntpguard.plan import PROBE_MARK, Plan, PrefixSet
 
 FAMILY, TABLE = "inet", "ntpguard"
 CACHE_NAME = "rules-nft.json"
@@ -132,6 +132,8 @@ def render(plan: Plan) -> Rendered:
     out = ['oifname "lo" return']
     if plan.log:
         out.append(ntp + log(LOG_NTP_OUT))
+    # ntpguard's own probes (logged above) may reach the servers they confirm.
+    out.append(f"meta mark {PROBE_MARK:#x} return")
     out.append(f"{ntp} jump ntp")
     chains.append(("output", "output", out))
     inp = ['iifname "lo" return']
