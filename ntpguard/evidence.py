@@ -333,9 +333,15 @@ def record_contacts(state: State, contacts: Iterable[tuple[str, str, float]]) ->
     ingested ones (earliest time wins), so the same packet seen in the log later is no-op."""
     with state.transaction() as db:
         db.executemany(
-            "INSERT INTO detect_contacts (address, server, first_time) VALUES (?, ?, ?)"
-            " ON CONFLICT (address, server) DO UPDATE SET"
-            " first_time = min(first_time, excluded.first_time)", list(contacts))
+            "INSERT INTO detect_contacts (address, server, first_time, probe)"
+            " VALUES (?, ?, ?, 1) ON CONFLICT (address, server) DO UPDATE SET"
+            " first_time = min(first_time, excluded.first_time), probe = 1", list(contacts))
+
+
+def probe_addresses(state: State) -> set[str]:
+    """The local addresses `ntpguard probe` made (each known to one server only)."""
+    return {a for (a,) in state.conn.execute(
+        "SELECT DISTINCT address FROM detect_contacts WHERE probe = 1")}
 
 
 def stored_facts(state: State) -> tuple[list[Scan], Contacts]:
@@ -363,7 +369,8 @@ def compute_verdicts(state: State, settings: Detect, record: bool = True,
     """Verdicts from all stored evidence; with record, a 'detect' verdict is added for each
     server whose status changed since its last one (the history stays small)."""
     scans, contacts = stored_facts(state)
-    tests, unattributed = build_tests(contacts.first, scans, contacts.end, settings.lookback)
+    tests, unattributed = build_tests(contacts.first, scans, contacts.end, settings.lookback,
+                                      probe_addresses(state))
     verdicts, estimates = decide(tests, settings, unattributed)
     if record:
         now = time.time() if now is None else now

@@ -25,7 +25,9 @@ from typing import Iterable, Optional
 from ntpguard.config import Detect
 from ntpguard.detect import Scan
 
-STATUSES = ("harvester", "suspect", "clean", "unknown")
+# An unrelated scan of a probe address: it was never used for anything but one packet to one
+# server, so only that server (or its path) can have passed it on. The estimator's floor.
+PROBE_BACKGROUND = 0.001
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Test:
     servers: tuple[str, ...]
     positive: bool
     contacted: tuple[float, ...] = ()  # first-contact time of each server, same order
+    probe: bool = False         # the address was an `ntpguard probe` address
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,12 @@ class Estimates:
 
 
 def build_tests(first_contacts: dict[tuple[str, str], float], scans: Iterable[Scan],
-                covered_until: Optional[float], lookback: float) -> tuple[list[Test], int]:
+                covered_until: Optional[float], lookback: float,
+                probes: Iterable[str] = ()) -> tuple[list[Test], int]:
     """Group tests from first contacts (address, server) → time and scans; and the number of
-    scans that had no contact before them (the background of unrelated scans)."""
+    scans that had no contact before them (the background of unrelated scans). Tests of the
+    addresses in `probes` are marked as probe tests."""
+    probes = set(probes)
     scan_times: dict[str, list[float]] = defaultdict(list)
     for s in scans:
         scan_times[s.dst].append(s.start)
@@ -88,7 +94,7 @@ def build_tests(first_contacts: dict[tuple[str, str], float], scans: Iterable[Sc
                        if first_scan is not None and first_scan - lookback <= t <= first_scan)
         if group:
             tests.append(Test(address, first_scan, tuple(s for s, _ in group), True,
-                              tuple(t for _, t in group)))
+                              tuple(t for _, t in group), address in probes))
         # Contacts not followed by a scan within the lookback, before any scan of the address
         # (afterwards a harvester's cooldown would hide it), with the log covering the lookback.
         negative = sorted({
@@ -98,7 +104,7 @@ def build_tests(first_contacts: dict[tuple[str, str], float], scans: Iterable[Sc
         })
         if negative:
             first = min(t for t, s in contacts if s in negative)
-            tests.append(Test(address, first, tuple(negative), False))
+            tests.append(Test(address, first, tuple(negative), False, (), address in probes))
     tests.sort(key=lambda x: (x.time, x.address))
     return tests, unattributed
 
@@ -137,8 +143,9 @@ def decide(tests: list[Test], settings: Detect, unattributed: int = 0,
             if t.positive:
                 factors = [1 - h * p[s] for s in t.servers]
                 total = math.prod(factors)
+                bg = PROBE_BACKGROUND if t.probe else e
                 for s, f in zip(t.servers, factors):
-                    member[s].append(min((1 - e) * total / f, 1 - 1e-9))
+                    member[s].append(min((1 - bg) * total / f, 1 - 1e-9))
         new_p = {}
         for s in servers:
             qs, neg = member.get(s, ()), negative[s]
@@ -158,6 +165,8 @@ def decide(tests: list[Test], settings: Detect, unattributed: int = 0,
                        0.1, 0.95)
         c_pos = c_all = 0.0
         for t in tests:
+            if t.probe:
+                continue  # probe addresses say nothing about the background of other tests
             w = math.prod(1 - p[s] for s in t.servers)
             c_all += w
             if t.positive:

@@ -177,6 +177,36 @@ def test_recorded_probe_contacts_become_sole_tests(tmp_path):
         (("2001:db8::a",), True), (("2001:db8::b",), False)]
 
 
+def test_two_sole_probe_hits_convict_where_two_passive_ones_do_not(tmp_path):
+    """A probe address was given to one server only: a scan of it is not background noise.
+    The same evidence from ordinary addresses stays below "harvester" (few tests, so the
+    estimated background rate is high); from probe addresses it convicts."""
+    from ntpguard import config
+    from ntpguard.verdict import decide
+
+    harvester, clean = "2001:db8::a", ["2001:db8::b", "2001:db8::c", "2001:db8::d"]
+    first, scans = {}, []
+    for i in range(2):  # two probes of the harvester, both scanned
+        address = f"2001:db8:4057:1::{i + 10:x}"
+        first[(address, harvester)] = 100.0 + i
+        scans.append(Scan(105.0 + i, 106.0 + i, "2001:db8:5ca::/64", address, 120, 120,
+                          ("TCP",), ()))
+    for i, server in enumerate(clean):  # one probe of each clean server, never scanned
+        first[(f"2001:db8:4057:1::{i + 20:x}", server)] = 100.0
+    probes = {a for a, _ in first}
+    for marked, want in ((set(), {"suspect", "unknown"}), (probes, {"harvester"})):
+        tests, _ = build_tests(first, scans, covered_until=500.0, lookback=10, probes=marked)
+        assert all(t.probe == bool(marked) for t in tests)
+        verdicts, _ = decide(tests, config.Detect())
+        assert verdicts[harvester].status in want, (marked, verdicts[harvester])
+        assert verdicts[harvester].sole == 2
+        assert all(verdicts[c].status != "harvester" for c in clean)
+
+    with State.open(str(tmp_path), lock=True) as state:
+        evidence.record_contacts(state, [(a, s, t) for (a, s), t in first.items()])
+        assert evidence.probe_addresses(state) == probes
+
+
 # -- the CLI refuses bad input with one line, before touching anything ------------------------
 
 @pytest.mark.parametrize("args,config,msg", [
