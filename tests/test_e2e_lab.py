@@ -9,16 +9,15 @@ that address reached a harvester. On failure every log of the world is printed.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from labtools import canon, explained, wait_for
 
 from lab.netns import list_namespaces
 from lab.world import (
@@ -32,29 +31,6 @@ from lab.world import (
 )
 
 PREFIX = "ntpg-e-"
-
-
-@contextlib.contextmanager
-def explained(world: World) -> Iterator[None]:
-    """Print the world's logs if the block fails (pytest shows captured stdout on failure)."""
-    try:
-        yield
-    except BaseException:
-        print(world.dump_logs())
-        raise
-
-
-def wait_for(pred, timeout: float, step: float = 0.25) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
-
-
-def canon(a: str) -> str:
-    return str(ipaddress.ip_address(a))
 
 
 def records(world: World, prefix: str) -> list[dict]:
