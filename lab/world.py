@@ -301,10 +301,6 @@ class World:
     def guard_run(self) -> Path:
         return self.guard_dir / "run"
 
-    @property
-    def host_run(self) -> Path:
-        return self.clients[0].run_dir
-
     # -- build ---------------------------------------------------------------------------
     def start(self) -> World:
         try:

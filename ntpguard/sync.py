@@ -28,8 +28,6 @@ from ntpguard.plan import UnsafePlan
 from ntpguard.precedence import effective, with_lists
 from ntpguard.state import DB_NAME, State
 
-STEPS = ("resolve", "logs", "lists", "verdicts", "probe", "rules", "timeconf")
-
 
 @dataclass
 class Step:

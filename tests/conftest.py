@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -46,3 +47,20 @@ def run_cli(tmp_path, state_dir):
         )
 
     return run
+
+
+@contextlib.contextmanager
+def lock_held(state_dir, seconds: float, holder: str = "holder"):
+    """Another process holds the state's writer lock for `seconds` (yields once it does)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time; from ntpguard.state import State\n"
+         f"s = State.open({str(state_dir)!r}, holder={holder!r})\n"
+         f"print('held', flush=True); time.sleep({seconds}); s.close()"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.wait()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import lock_held
 
 from ntpguard.cli import COMMANDS
 
@@ -55,16 +54,8 @@ def test_bad_arguments_exit_2(run_cli):
 
 
 def test_lock_busy_is_exit_3_and_wait_waits(run_cli, state_dir):
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import time; from ntpguard.state import State\n"
-         f"s = State.open({str(state_dir)!r}, holder='ntpguard sync')\n"
-         "print('held', flush=True); time.sleep(2); s.close()"],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        # resolve writes, so it needs the lock; pool.rounds = 0 is invalid, use a dead port.
+    with lock_held(state_dir, 2, "ntpguard sync"):
+        # resolve writes, so it needs the lock.
         out = run_cli("resolve", "--rounds", "1")
         assert out.returncode == 3
         assert "locked by pid" in out.stderr and "(ntpguard sync)" in out.stderr
@@ -74,8 +65,6 @@ def test_lock_busy_is_exit_3_and_wait_waits(run_cli, state_dir):
         run_cli("resolve", "--rounds", "1", "--wait", "--interval", "0",
                 env={"NTPGUARD_CONFIG": "/dev/null"})
         assert time.monotonic() - start > 0.5
-    finally:
-        holder.wait()
 
 
 def test_unwritable_state_dir_is_a_one_line_error(run_cli, tmp_path):

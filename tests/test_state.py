@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import lock_held
 
 from ntpguard import state as state_mod
 from ntpguard.errors import LockBusy, StateError
@@ -88,18 +89,10 @@ def test_second_writer_is_refused_and_names_the_holder(state_dir):
 
 
 def test_wait_blocks_until_the_holder_is_gone(state_dir):
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from ntpguard.state import State\n"
-         f"s = State.open({str(state_dir)!r}, holder='holder')\n"
-         "print('held', flush=True); time.sleep(1.5); s.close()"],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    assert holder.stdout.readline().strip() == "held"
-    start = time.monotonic()
-    with State.open(str(state_dir), wait=True):
-        waited = time.monotonic() - start
-    holder.wait()
+    with lock_held(state_dir, 1.5):
+        start = time.monotonic()
+        with State.open(str(state_dir), wait=True):
+            waited = time.monotonic() - start
     assert waited > 0.5
 
 

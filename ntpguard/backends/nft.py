@@ -293,15 +293,6 @@ class NftBackend:
         self.nft = Nft()
         self.cache_path = os.path.join(cache_dir, CACHE_NAME) if cache_dir else None
 
-    @staticmethod
-    def is_supported() -> bool:
-        """nft works here: the library or binary exists and the kernel answers."""
-        try:
-            Nft().run("list tables")
-        except FirewallError:
-            return False
-        return True
-
     def dry_run(self, plan: Plan) -> str:
         """The exact transaction a full apply would run (token shown as 0x0)."""
         return render(plan).full_text(0)

@@ -61,13 +61,6 @@ def _raw_blocks(fh: BinaryIO, pos: list[int]) -> Iterator[list[bytes]]:
         yield [rest]
 
 
-def _blocks(fh: BinaryIO, pos: list[int]) -> Iterator[str]:
-    """Complete lines of fh as str; pos[0] advances past each line handed out."""
-    for lines in _raw_blocks(fh, pos):
-        for line in lines:
-            yield line.decode("utf-8", "replace")
-
-
 def file_blocks(path: str, position: Optional[Position] = None) -> Iterator[list[bytes]]:
     """Blocks of raw lines of a file from a saved position (updated in place as blocks are
     handed out)."""
@@ -166,11 +159,6 @@ def file_lines(path: str, position: Optional[Position] = None) -> Iterator[str]:
     for lines in file_blocks(path, position):
         for line in lines:
             yield line.decode("utf-8", "replace")
-
-
-def stdin_lines() -> Iterator[str]:
-    pos = [0]
-    yield from _blocks(sys.stdin.buffer, pos)
 
 
 def stdin_blocks() -> Iterator[list[bytes]]:
