@@ -172,15 +172,31 @@ def test_gzip_file(tmp_path):
 # -- the fast path (LineParser.packets) agrees with the full parser on every line -------------
 
 def _both(raw: list[bytes], fmt: str = "auto", ref: float = 1.7e9) -> None:
+    """The full parser, the fast path in Python and its C copy give the same packets, the
+    same counts and the same detected format."""
     slow = LineParser(fmt, reference_time=ref, boot_time=1.7e9)
-    fast = LineParser(fmt, reference_time=ref, boot_time=1.7e9)
     want = [tuple(ev[:6]) for ev in slow.parse_lines(r.decode("utf-8", "replace") for r in raw)]
-    got = [tuple(p[:6]) for p in fast.packets([raw[i:i + 97] for i in range(0, len(raw), 97)])]
-    assert got == want
-    a, b = slow.stats, fast.stats
-    assert (a.lines, a.events, a.not_netfilter, a.garbled, a.untimed) == \
-        (b.lines, b.events, b.not_netfilter, b.garbled, b.untimed)
-    assert slow.detected_format() == fast.detected_format()
+    a = slow.stats
+    for native in (False, True):
+        fast = LineParser(fmt, reference_time=ref, boot_time=1.7e9, native=native)
+        got = [tuple(p[:6]) for p in fast.packets([raw[i:i + 97]
+                                                   for i in range(0, len(raw), 97)])]
+        assert got == want, f"native={native}"
+        assert [type(x) for p in got for x in p] == [type(x) for p in want for x in p]
+        b = fast.stats
+        assert (a.lines, a.events, a.not_netfilter, a.garbled, a.untimed) == \
+            (b.lines, b.events, b.not_netfilter, b.garbled, b.untimed), f"native={native}"
+        assert slow.detected_format() == fast.detected_format()
+
+
+def test_native_fast_path_is_built():
+    """setup.py builds it optionally (a missing compiler must not stop an install); here,
+    where the tests run, it must be there, or the figures in README.md are not this code's."""
+    from ntpguard.logs import parse
+
+    assert parse._native_cut is not None, \
+        "ntpguard/logs/_cut.c is not built: install gcc and python3-dev, then " \
+        "`python3 setup.py build_ext --inplace` (make test does)"
 
 
 @pytest.mark.parametrize("envelope", ["syslog", "rfc3339"])
@@ -221,3 +237,13 @@ _FAST_LINES = [
 def test_fast_path_equals_full_parser_on_mangled_lines(line, at, cut, junk):
     mangled = line[:at] + junk + line[at + cut:]
     _both([mangled.encode("utf-8"), line.encode(), mangled.encode("utf-8")[:at + 3]])
+
+
+def test_fast_paths_follow_the_year_the_full_parser_moves_on():
+    """Lines only the full parser takes (here: with a <PRI>) can move the year on and clear
+    the stamp caches; the same stamp after them must not come from a memo of the old year.
+    (Dec 2025, Jan 2026, Jun 2026, then Dec again: within 6 months of June, so 2026.)"""
+    line = f"Dec 31 23:59:59 host kernel: ntp: {BODY}".encode()
+    raw = [line, b"<4>Jan  1 00:00:01 host kernel: ntp: " + BODY.encode(),
+           b"<4>Jun  1 00:00:01 host kernel: ntp: " + BODY.encode(), line]
+    _both(raw, ref=1_767_225_600.0 + 86400)  # written on 2026-01-02

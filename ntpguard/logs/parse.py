@@ -24,6 +24,11 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from ntpguard.errors import UsageError
 from ntpguard.logs import Event, Packet, ReadStats
 
+try:  # the C copy of packet_blocks()'s fast path (setup.py); optional, same results
+    from ntpguard.logs._cut import cut as _native_cut
+except ImportError:  # not built (no compiler) or not loadable here: the Python path below
+    _native_cut = None
+
 FORMATS = ("auto", "syslog", "rfc3339", "dmesg", "json", "pvefw")
 
 MONTHS = {m: i for i, m in enumerate(
@@ -34,6 +39,7 @@ _PORTED = frozenset(("TCP", "UDP", "UDPLITE", "SCTP", "DCCP"))
 _PROTO_NAMES = _PORTED | frozenset(("ICMP", "ICMPv6", "AH", "ESP", "GRE", "IGMP"))
 # ulogd2 JSON gives ip.protocol as a number; name it the way the kernel's text does.
 _PROTO_B = {p.encode(): p for p in _PROTO_NAMES}
+_PROTO_INFO = {p.encode(): (p, p in _PORTED) for p in _PROTO_NAMES}  # for _native_cut
 # Every valid port field, so the fast path parses and range-checks a port with one lookup.
 _SPT = {f"SPT={n}".encode(): n for n in range(65536)}
 _DPT = {f"DPT={n}".encode(): n for n in range(65536)}
@@ -132,10 +138,13 @@ class LineParser:
     """
 
     def __init__(self, fmt: str = "auto", reference_time: Optional[float] = None,
-                 boot_time: Optional[float] = None) -> None:
+                 boot_time: Optional[float] = None, native: bool = True) -> None:
         if fmt not in FORMATS:
             raise UsageError(f"unknown log format {fmt!r} (one of {', '.join(FORMATS)})")
         self.format = fmt
+        # native=False: the pure-Python fast path even where the C one is built (tests
+        # compare the two; the benchmark measures both).
+        self._cut = _native_cut if native else None
         self.stats = ReadStats()
         self.format_counts: dict[str, int] = {}
         self.boot_time = boot_time
@@ -214,14 +223,16 @@ class LineParser:
             for block in blocks:
                 yield list(self.parse_lines([b.decode("utf-8", "replace") for b in block]))
             return
+        if self._cut is not None:
+            yield from self._native_blocks(blocks)
+            return
         stats = self.stats
         counts = self.format_counts
         slow = self._slow_packet
+        sys_stamp, iso_stamp = self._sys_stamp_b, self._iso_stamp_b
         addr = self._addr_b
         bsd = self._bsd_b
-        iso = self._iso_b
         iso6 = self._iso6
-        bsd_min = self._bsd_min_b
         protos = _PROTO_B
         ported = _PORTED
         spt, dpt = _SPT, _DPT
@@ -249,16 +260,8 @@ class LineParser:
                 if t is not None and s > 15:  # a known stamp (only syslog ones are cached)
                     is_sys = True
                 elif line[3:4] == b" " and line[9:10] == b":" and s > 15 and syslog_ok:
-                    # A new second (a busy log has one every few lines): its minute is known.
-                    t = bsd_min.get(line[:12])
-                    ss = _SS.get(line[13:15])
-                    if t is not None and ss is not None and line[12:13] == b":":
-                        t += ss
-                        if len(bsd) > _CACHE_LIMIT:
-                            bsd.clear()
-                        bsd[line[:15]] = t
-                    else:
-                        t = self._bsd_time_b(line[:15])
+                    # A new second (a busy log has one every few lines).
+                    t = sys_stamp(line[:15])
                     if t is None:
                         ev = slow(line)
                         if ev is not None:
@@ -291,15 +294,12 @@ class LineParser:
                         if ev is not None:
                             app(ev)
                         continue
-                    key = line[:19] + line[j:sp]
-                    base = iso.get(key)
+                    base = iso_stamp(line[:19] + line[j:sp])
                     if base is None:
-                        base = self._iso_b_time(key)
-                        if base is None:
-                            ev = slow(line)
-                            if ev is not None:
-                                app(ev)
-                            continue
+                        ev = slow(line)
+                        if ev is not None:
+                            app(ev)
+                        continue
                     if j == 26 and sp == 32 and line[26:27] == b"+" and line[17:19] in _SS:
                         iso6[line[:16]] = (line[26:32], base - _SS[line[17:19]])
                     t = base + float(line[19:j])
@@ -350,6 +350,46 @@ class LineParser:
             if n_iso:
                 counts["rfc3339"] = counts.get("rfc3339", 0) + n_iso
             yield out
+
+    def _native_blocks(self, blocks: Iterable[list[bytes]]) -> Iterator[list[Packet]]:
+        """packet_blocks() through the C cutter: it takes the lines the loop above takes,
+        asks the same caches (through the callables) and hands the rest to _slow_packet."""
+        stats, counts = self.stats, self.format_counts
+        cut = self._cut
+        assert cut is not None
+        syslog_ok, iso_ok = self.format != "rfc3339", self.format != "syslog"
+        for block in blocks:
+            out, n_sys, n_iso, n_other = cut(block, _PROTO_INFO, self._canonical_b,
+                                             self._sys_stamp_b, self._iso_stamp_b,
+                                             self._slow_packet, syslog_ok, iso_ok)
+            stats.lines += n_sys + n_iso + n_other
+            stats.events += n_sys + n_iso
+            stats.not_netfilter += n_other
+            if n_sys:
+                counts["syslog"] = counts.get("syslog", 0) + n_sys
+            if n_iso:
+                counts["rfc3339"] = counts.get("rfc3339", 0) + n_iso
+            yield out
+
+    def _sys_stamp_b(self, key: bytes) -> Optional[float]:
+        """A syslog stamp (b"Mmm dd HH:MM:SS") → time, as the Python fast path finds it."""
+        t = self._bsd_b.get(key)
+        if t is not None:
+            return t
+        t = self._bsd_min_b.get(key[:12])
+        ss = _SS.get(key[13:15])
+        if t is not None and ss is not None and key[12:13] == b":":
+            t += ss
+            if len(self._bsd_b) > _CACHE_LIMIT:
+                self._bsd_b.clear()
+            self._bsd_b[key] = t
+            return t
+        return self._bsd_time_b(key)
+
+    def _iso_stamp_b(self, key: bytes) -> Optional[float]:
+        """Whole seconds of an RFC 3339 stamp without its fraction (b"...T08:53:22+00:00")."""
+        base = self._iso_b.get(key)
+        return base if base is not None else self._iso_b_time(key)
 
     def _slow_packet(self, raw: bytes) -> Optional[Event]:
         """One line the fast path does not take, through the full parser (counted there)."""

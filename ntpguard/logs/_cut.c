@@ -1,0 +1,501 @@
+/* ntpguard.logs._cut: the fast path of LineParser.packet_blocks() in C.
+ *
+ * Why C: the per-line field cutting in Python costs ~1.3 us a line, which caps `ntpguard
+ * detect` at ~0.4-0.6M lines/s on logs made of netfilter lines (issue 4 asks for 1M on two
+ * cores). This file does only the cutting; every decision that needs state (year inference,
+ * time zones, address canonicalisation, caches) stays in Python and is reached through the
+ * callables passed in, and every line this code does not take whole goes to the full parser
+ * (`slow`). So it can only be faster, never different: tests/test_logs.py checks it against the
+ * full parser line by line.
+ *
+ * Built against the limited API (abi3) so one build loads on every Python 3 from 3.9 on; if it
+ * is missing or fails to load, parse.py uses its pure-Python copy of the same path.
+ */
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x03090000
+#endif
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+#include <arpa/inet.h>
+#include <string.h>
+
+static const double POW10[16] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8,
+                                 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+
+/* Index of needle in line[from:to), or -1 (bytes.find with bounds). */
+static Py_ssize_t find(const char *line, Py_ssize_t len, const char *needle, Py_ssize_t nlen,
+                       Py_ssize_t from, Py_ssize_t to) {
+    if (to > len) to = len;
+    if (from < 0 || from > to || to - from < nlen) return -1;
+    const char *hit = nlen == 1 ? memchr(line + from, needle[0], (size_t)(to - from))
+                                : memmem(line + from, (size_t)(to - from), needle, (size_t)nlen);
+    return hit ? (Py_ssize_t)(hit - line) : -1;
+}
+
+/* "SPT=123" exactly as f"SPT={n}" prints a port 0..65535 (no sign, no leading zero). */
+static long port(const char *p, Py_ssize_t n, const char *tag) {
+    if (n < 5 || n > 9 || memcmp(p, tag, 4) != 0) return -1;
+    p += 4;
+    n -= 4;
+    if (n > 1 && p[0] == '0') return -1;
+    long v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v <= 65535 ? v : -1;
+}
+
+/* What one call remembers while it walks its block. Consecutive lines mostly share the
+ * minute of their stamp and often their addresses: remembering them saves a call into Python
+ * per line. Stamps are remembered per minute (what the Python caches also key on); any call
+ * into the full parser forgets them, because it may move the year on. Keys are copies, not
+ * pointers into lines, so the callables may do anything. */
+#define ADDR_SLOTS 1024
+typedef struct {
+    char text[48];
+    Py_ssize_t len; /* 0: empty */
+    PyObject *value;
+} AddrSlot;
+
+typedef struct {
+    char text[64];
+    Py_ssize_t len; /* 0: empty */
+    double t;       /* seconds at hh:mm:00 of that minute */
+} Minute;
+
+#define MAX_PROTOS 32
+typedef struct {
+    char name[16];
+    Py_ssize_t len;
+    PyObject *value; /* borrowed from protos: the str */
+    int ported;
+} Proto;
+
+typedef struct {
+    PyObject *canonical, *sys_time, *iso_time, *slow;
+    int syslog_ok, iso_ok;
+    Minute sys_minute, iso_minute;
+    AddrSlot *slots;
+    Proto protos[MAX_PROTOS];
+    int n_protos;
+    double last_t;
+    PyObject *last_time; /* owned */
+} Ctx;
+
+static PyObject *PORTS[65536]; /* port numbers as ints, made once */
+
+static PyObject *port_object(long v) {
+    if (PORTS[v] == NULL) PORTS[v] = PyLong_FromLong(v);
+    Py_XINCREF(PORTS[v]);
+    return PORTS[v];
+}
+
+/* What ipaddress prints for an address text: RFC 5952 (the longest run of two or more zero
+ * groups, the first of equals, as "::"; lowercase hex without leading zeros) or the dotted quad.
+ * Only the plain cases are done here: IPv6 of hex digits and colons, and strict dotted quads.
+ * Returns the length written to out, 0 if it is not an address (what Python finds too: its
+ * inet_pton is this same libc call), or -1 for "ask Python" (IPv4-mapped and -compatible
+ * forms, scope ids, embedded dots, anything else). */
+static int canonical(const char *text, Py_ssize_t len, char out[48]) {
+    int colon = 0, dot = 0;
+    if (len <= 0 || len > 45) return -1;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        char ch = text[i];
+        if (ch == ':') colon = 1;
+        else if (ch == '.') dot = 1;
+        else if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F')))
+            return -1;
+    }
+    if (!colon) {
+        /* a.b.c.d: 1-3 digits each, no leading zero, at most 255 (ipaddress's rules). */
+        int parts = 0, digits = 0, value = 0;
+        for (Py_ssize_t i = 0; i <= len; i++) {
+            if (i == len || text[i] == '.') {
+                if (digits == 0 || value > 255) return -1;
+                parts++;
+                digits = value = 0;
+            } else if (text[i] >= '0' && text[i] <= '9') {
+                if (digits == 1 && value == 0) return -1;
+                if (++digits > 3) return -1;
+                value = value * 10 + (text[i] - '0');
+            } else {
+                return -1;
+            }
+        }
+        if (parts != 4) return -1;
+        memcpy(out, text, (size_t)len);
+        return (int)len;
+    }
+    if (dot) return -1;
+    char z[48];
+    unsigned char a[16];
+    memcpy(z, text, (size_t)len);
+    z[len] = 0;
+    if (inet_pton(AF_INET6, z, a) != 1) return 0;
+    unsigned w[8];
+    for (int i = 0; i < 8; i++) w[i] = (unsigned)a[2 * i] << 8 | a[2 * i + 1];
+    if (!w[0] && !w[1] && !w[2] && !w[3] && !w[4] && (w[5] == 0 || w[5] == 0xffff))
+        return -1; /* printed in dotted form by some libcs and Pythons */
+    int best = -1, best_len = 0;
+    for (int i = 0; i < 8;) {
+        if (w[i] != 0) {
+            i++;
+            continue;
+        }
+        int j = i;
+        while (j < 8 && w[j] == 0) j++;
+        if (j - i > best_len) {
+            best = i;
+            best_len = j - i;
+        }
+        i = j;
+    }
+    if (best_len < 2) best = -1;
+    int n = 0;
+    for (int i = 0; i < 8; i++) {
+        if (i == best) {
+            out[n++] = ':';
+            if (i == 0) out[n++] = ':';
+            i += best_len - 1;
+            continue;
+        }
+        static const char hex[] = "0123456789abcdef";
+        int started = 0;
+        for (int shift = 12; shift >= 0; shift -= 4) {
+            unsigned d = (w[i] >> shift) & 15;
+            if (d || started || shift == 0) {
+                out[n++] = hex[d];
+                started = 1;
+            }
+        }
+        if (i < 7) out[n++] = ':';
+    }
+    return n;
+}
+
+/* An address text → its canonical str: this call's cache, then canonical() here, then the
+ * Python one. A new reference, NULL with an exception set, or
+ * Py_None if it is not an address. */
+static PyObject *address(Ctx *x, const char *text, Py_ssize_t len) {
+    AddrSlot *slot = NULL;
+    if (len > 0 && len <= (Py_ssize_t)sizeof x->slots[0].text) {
+        unsigned h = 2166136261u; /* FNV-1a */
+        for (Py_ssize_t i = 0; i < len; i++) h = (h ^ (unsigned char)text[i]) * 16777619u;
+        slot = &x->slots[h % ADDR_SLOTS];
+        if (slot->len == len && memcmp(slot->text, text, (size_t)len) == 0) {
+            Py_INCREF(slot->value);
+            return slot->value;
+        }
+    }
+    char buf[48];
+    int n = canonical(text, len, buf);
+    PyObject *got;
+    if (n == 0) Py_RETURN_NONE;
+    if (n > 0) {
+        got = PyUnicode_FromStringAndSize(buf, n);
+        if (got == NULL) return NULL;
+    } else {
+        PyObject *raw = PyBytes_FromStringAndSize(text, len);
+        if (raw == NULL) return NULL;
+        got = PyObject_CallFunctionObjArgs(x->canonical, raw, NULL);
+        Py_DECREF(raw);
+        if (got == NULL) return NULL;
+        if (!PyUnicode_Check(got) || PyUnicode_GetLength(got) == 0) {
+            Py_DECREF(got);
+            Py_RETURN_NONE;
+        }
+    }
+    if (slot != NULL) {
+        Py_XDECREF(slot->value);
+        Py_INCREF(got);
+        slot->value = got;
+        slot->len = len;
+        memcpy(slot->text, text, (size_t)len);
+    }
+    return got;
+}
+
+/* Two ASCII digits 00..60 (what the Python side accepts as seconds), else -1. */
+static int seconds(const char *p) {
+    if (p[0] < '0' || p[0] > '9' || p[1] < '0' || p[1] > '9') return -1;
+    int v = (p[0] - '0') * 10 + (p[1] - '0');
+    return v <= 60 ? v : -1;
+}
+
+/* The time of a stamp key whose minute is key[:mlen] + key[mlen+3:] and whose seconds are
+ * key[mlen+1:mlen+3] (after a ':'): from the remembered minute, else from convert(key) (float
+ * or None). 0 ok, 1 not a time, -1 error. */
+static int stamp(Minute *m, const char *key, Py_ssize_t len, Py_ssize_t mlen,
+                 PyObject *convert, double *t) {
+    int ss = key[mlen] == ':' ? seconds(key + mlen + 1) : -1;
+    Py_ssize_t rest = len - mlen - 3;
+    if (ss >= 0 && m->len == mlen + rest && memcmp(m->text, key, (size_t)mlen) == 0 &&
+        memcmp(m->text + mlen, key + mlen + 3, (size_t)rest) == 0) {
+        *t = m->t + ss;
+        return 0;
+    }
+    PyObject *raw = PyBytes_FromStringAndSize(key, len);
+    if (raw == NULL) return -1;
+    PyObject *got = PyObject_CallFunctionObjArgs(convert, raw, NULL);
+    Py_DECREF(raw);
+    if (got == NULL) return -1;
+    if (got == Py_None) {
+        Py_DECREF(got);
+        return 1;
+    }
+    double v = PyFloat_AsDouble(got);
+    Py_DECREF(got);
+    if (v == -1.0 && PyErr_Occurred()) return -1;
+    if (ss >= 0 && mlen + rest <= (Py_ssize_t)sizeof m->text) {
+        /* The Python side computes minute + seconds, both whole: subtracting is exact. */
+        memcpy(m->text, key, (size_t)mlen);
+        memcpy(m->text + mlen, key + mlen + 3, (size_t)rest);
+        m->len = mlen + rest;
+        m->t = v - ss;
+    } else {
+        m->len = 0;
+    }
+    *t = v;
+    return 0;
+}
+
+/* A line for the full parser: its packet (if any) is appended; it counts itself. */
+static int slow_line(Ctx *x, PyObject *out, PyObject *line) {
+    x->sys_minute.len = x->iso_minute.len = 0;
+    PyObject *ev = PyObject_CallFunctionObjArgs(x->slow, line, NULL);
+    if (ev == NULL) return -1;
+    int rc = ev == Py_None ? 0 : PyList_Append(out, ev);
+    Py_DECREF(ev);
+    return rc;
+}
+
+static PyObject *time_object(Ctx *x, double t) {
+    if (x->last_time == NULL || memcmp(&t, &x->last_t, sizeof t) != 0) {
+        PyObject *f = PyFloat_FromDouble(t);
+        if (f == NULL) return NULL;
+        Py_XDECREF(x->last_time);
+        x->last_time = f;
+        x->last_t = t;
+    }
+    Py_INCREF(x->last_time);
+    return x->last_time;
+}
+
+static PyObject *packet(Ctx *x, double t, PyObject *src, PyObject *dst, PyObject *proto,
+                        long sport, long dport) {
+    PyObject *tup = PyTuple_New(6);
+    if (tup == NULL) return NULL;
+    PyObject *ft = time_object(x, t);
+    PyObject *sp = sport < 0 ? (Py_INCREF(Py_None), Py_None) : port_object(sport);
+    PyObject *dp = dport < 0 ? (Py_INCREF(Py_None), Py_None) : port_object(dport);
+    if (ft == NULL || sp == NULL || dp == NULL) {
+        Py_XDECREF(ft);
+        Py_XDECREF(sp);
+        Py_XDECREF(dp);
+        Py_DECREF(tup);
+        return NULL;
+    }
+    Py_INCREF(src);
+    Py_INCREF(dst);
+    Py_INCREF(proto);
+    PyTuple_SetItem(tup, 0, ft);
+    PyTuple_SetItem(tup, 1, src);
+    PyTuple_SetItem(tup, 2, dst);
+    PyTuple_SetItem(tup, 3, proto);
+    PyTuple_SetItem(tup, 4, sp);
+    PyTuple_SetItem(tup, 5, dp);
+    return tup;
+}
+
+/* One line: 1 = a packet appended (syslog), 2 = (RFC 3339), 3 = not netfilter, 0 = for the
+ * full parser, -1 = error. */
+static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
+    char *c;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(line, &c, &len) < 0) return -1;
+    Py_ssize_t s = find(c, len, " SRC=", 5, 0, len);
+    if (s < 0) {
+        /* Not a LOG line in any envelope; only JSON (ulogd2) needs a closer look. */
+        if (memchr(c, '{', (size_t)len) != NULL) return 0;
+        return 3;
+    }
+    double t;
+    int kind;
+    if (x->syslog_ok && s > 15 && c[3] == ' ' && c[9] == ':') {
+        /* "Mmm dd HH:MM:SS": the minute is the first 12 bytes. */
+        int rc = stamp(&x->sys_minute, c, 15, 12, x->sys_time, &t);
+        if (rc != 0) return rc < 0 ? -1 : 0;
+        kind = 1;
+    } else if (x->iso_ok && len > 20 && c[4] == '-' && c[10] == 'T' && c[19] == '.') {
+        Py_ssize_t sp, j;
+        if (len > 32 && c[32] == ' ' && (c[26] == '+' || c[26] == '-')) {
+            sp = 32;
+            j = 26;
+        } else {
+            sp = find(c, len, " ", 1, 20, 48);
+            if (sp < 0) return 0;
+            j = find(c, len, "+", 1, 20, sp);
+            if (j < 0) j = find(c, len, "-", 1, 20, sp);
+            if (j < 0) j = find(c, len, "Z", 1, 20, sp);
+        }
+        /* Up to 15 fraction digits: their integer / 10^n is then the same double as
+         * float(".digits") (both correctly rounded); longer ones are the full parser's. */
+        if (j < 21 || j > 35 || s <= sp) return 0;
+        long long frac = 0;
+        for (Py_ssize_t i = 20; i < j; i++) {
+            if (c[i] < '0' || c[i] > '9') return 0;
+            frac = frac * 10 + (c[i] - '0');
+        }
+        /* The key: whole seconds and the offset, "2025-10-09T08:53:22+00:00"; the minute is
+         * its first 16 bytes and the offset. */
+        char key[64];
+        Py_ssize_t klen = 19 + (sp - j);
+        if (klen > (Py_ssize_t)sizeof key) return 0;
+        memcpy(key, c, 19);
+        memcpy(key + 19, c + j, (size_t)(sp - j));
+        double base;
+        int rc = stamp(&x->iso_minute, key, klen, 16, x->iso_time, &base);
+        if (rc != 0) return rc < 0 ? -1 : 0;
+        t = base + (double)frac / POW10[j - 20];
+        kind = 2;
+    } else {
+        return 0;
+    }
+    /* The body: " SRC=a DST=b ... PROTO=p [SPT=n DPT=m ...]". */
+    Py_ssize_t e = find(c, len, " ", 1, s + 5, len);
+    if (e < 0) return 0;
+    Py_ssize_t e2 = find(c, len, " ", 1, e + 5, len);
+    if (e2 < 0 || e + 5 > len || memcmp(c + e + 1, "DST=", 4) != 0) return 0;
+    Py_ssize_t p = find(c, len, " PROTO=", 7, e2, len);
+    if (p < 0) return 0;
+    /* Python's line[p+7:p+36].split(b" ", 3): the protocol and, at most 29 bytes on, the
+     * two port fields and something after them. */
+    Py_ssize_t w0 = p + 7, w1 = p + 36 < len ? p + 36 : len;
+    Py_ssize_t f1 = find(c, len, " ", 1, w0, w1);
+    Py_ssize_t f2 = f1 < 0 ? -1 : find(c, len, " ", 1, f1 + 1, w1);
+    Py_ssize_t f3 = f2 < 0 ? -1 : find(c, len, " ", 1, f2 + 1, w1);
+    if (f3 < 0) return 0;
+    const Proto *pr = NULL;
+    for (int i = 0; i < x->n_protos; i++) {
+        if (x->protos[i].len == f1 - w0 && memcmp(x->protos[i].name, c + w0, (size_t)(f1 - w0)) == 0) {
+            pr = &x->protos[i];
+            break;
+        }
+    }
+    if (pr == NULL) return 0;
+    long sport = -1, dport = -1;
+    if (pr->ported) {
+        sport = port(c + f1 + 1, f2 - f1 - 1, "SPT=");
+        dport = port(c + f2 + 1, f3 - f2 - 1, "DPT=");
+        if (sport < 0 || dport < 0) return 0;
+    }
+    PyObject *src = address(x, c + s + 5, e - s - 5);
+    if (src == NULL) return -1;
+    PyObject *dst = address(x, c + e + 5, e2 - e - 5);
+    if (dst == NULL) {
+        Py_DECREF(src);
+        return -1;
+    }
+    int rc;
+    if (src == Py_None || dst == Py_None) {
+        rc = 0;
+    } else {
+        PyObject *pk = packet(x, t, src, dst, pr->value, sport, dport);
+        rc = pk == NULL ? -1 : PyList_Append(out, pk);
+        Py_XDECREF(pk);
+        rc = rc < 0 ? -1 : kind;
+    }
+    Py_DECREF(src);
+    Py_DECREF(dst);
+    return rc;
+}
+
+/* protos (PROTO= bytes → (name, has ports)) into the table cut_line() searches. */
+static int load_protos(Ctx *x, PyObject *protos) {
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(protos, &pos, &k, &v)) {
+        char *name;
+        Py_ssize_t n;
+        if (x->n_protos == MAX_PROTOS || !PyBytes_Check(k) || !PyTuple_Check(v) ||
+            PyTuple_Size(v) != 2 || PyBytes_AsStringAndSize(k, &name, &n) < 0 ||
+            n > (Py_ssize_t)sizeof x->protos[0].name) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError,
+                                "cut: protos: at most 32 short bytes keys, (name, has ports) values");
+            return -1;
+        }
+        Proto *pr = &x->protos[x->n_protos++];
+        memcpy(pr->name, name, (size_t)n);
+        pr->len = n;
+        pr->value = PyTuple_GetItem(v, 0);
+        pr->ported = PyObject_IsTrue(PyTuple_GetItem(v, 1));
+        if (pr->value == NULL || pr->ported < 0) return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(cut_doc,
+"cut(block, protos, canonical, sys_time, iso_time, slow, syslog_ok, iso_ok)\n"
+"-> (packets, n_syslog, n_rfc3339, n_not_netfilter)\n\n"
+"Packets (t, src, dst, proto, sport, dport) of a list of raw lines, in order. protos:\n"
+"PROTO= bytes -> (name, has ports); canonical(raw) -> str ('' if not an address), for the\n"
+"address forms not done here; sys_time(b'Mmm dd HH:MM:SS') and\n"
+"iso_time(b'YYYY-MM-DDTHH:MM:SS<offset>') -> epoch seconds or None; slow(line) -> packet or\n"
+"None for every line not taken here (it counts that line itself).");
+
+static PyObject *cut(PyObject *self, PyObject *argv) {
+    PyObject *block, *protos;
+    Ctx x;
+    (void)self;
+    memset(&x, 0, sizeof x);
+    if (!PyArg_ParseTuple(argv, "O!O!OOOOpp:cut", &PyList_Type, &block, &PyDict_Type, &protos,
+                          &x.canonical, &x.sys_time, &x.iso_time, &x.slow, &x.syslog_ok,
+                          &x.iso_ok))
+        return NULL;
+    if (load_protos(&x, protos) < 0) return NULL;
+    x.slots = PyMem_Calloc(ADDR_SLOTS, sizeof *x.slots);
+    if (x.slots == NULL) return PyErr_NoMemory();
+    Py_ssize_t n = PyList_Size(block);
+    PyObject *out = PyList_New(0);
+    long counts[4] = {0, 0, 0, 0};
+    int failed = out == NULL;
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+        PyObject *line = PyList_GetItem(block, i);
+        if (line == NULL || !PyBytes_Check(line)) {
+            if (line != NULL) PyErr_SetString(PyExc_TypeError, "cut: lines must be bytes");
+            failed = 1;
+            break;
+        }
+        Py_INCREF(line);
+        int rc = cut_line(&x, line, out);
+        if (rc == 0) rc = slow_line(&x, out, line);
+        Py_DECREF(line);
+        if (rc < 0)
+            failed = 1;
+        else
+            counts[rc]++;
+    }
+    for (int i = 0; i < ADDR_SLOTS; i++) Py_XDECREF(x.slots[i].value);
+    PyMem_Free(x.slots);
+    Py_XDECREF(x.last_time);
+    if (failed) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    return Py_BuildValue("(Nlll)", out, counts[1], counts[2], counts[3]);
+}
+
+static PyMethodDef methods[] = {
+    {"cut", cut, METH_VARARGS, cut_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_cut", "The fast path of ntpguard's log parser, in C.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__cut(void) { return PyModule_Create(&module); }
