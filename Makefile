@@ -6,8 +6,8 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 PYPI_VENV := .venv-pypi
 # What packaging/build-deb.sh needs to build the .deb offline (and tests/test_package.py to lint it).
-DEB_BUILD_PACKAGES := git dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all \
-	python3-setuptools lintian mmdebstrap
+DEB_BUILD_PACKAGES := git dpkg-dev build-essential debhelper dh-python pybuild-plugin-pyproject \
+	python3-all-dev python3-setuptools lintian mmdebstrap
 APT_PACKAGES := python3 python3-venv python3-pip python3-dnspython python3-netaddr \
 	python3-pytest python3-hypothesis python3-nftables python3-iptables \
 	nftables iptables ipset iproute2 iputils-ping procps kmod \

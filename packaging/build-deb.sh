@@ -11,7 +11,7 @@
 # .dsc and tarballs) lands in OUTDIR (default: dist/). Set DEB_BUILD_OPTIONS=nocheck to skip
 # the unit tests run during the build.
 #
-# Needs: git dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
+# Needs: git dpkg-dev build-essential debhelper dh-python pybuild-plugin-pyproject python3-all-dev
 # python3-setuptools (Makefile: DEB_BUILD_PACKAGES; `make deb` installs them).
 set -eu
 
@@ -94,4 +94,4 @@ for f in "$work"/*.deb "$work"/*.buildinfo "$work"/*.changes "$work"/*.dsc \
     esac
     cp "$f" "$outdir/"
 done
-ls "$outdir"/ntpguard_"$version"_all.deb
+ls "$outdir"/ntpguard_"$version"_"$(dpkg --print-architecture)".deb
