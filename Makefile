@@ -40,7 +40,7 @@ deps:
 		dpkg -x ntpsec_*.deb ntpsec && dpkg -x openntpd_*.deb openntpd )
 
 lint:
-	$(VENV)/bin/ruff check ntpguard tests benchmarks lab
+	$(VENV)/bin/ruff check ntpguard tests benchmarks lab setup.py
 
 # The lab story in namespaces (lab/demo.py): pool, harvesters, scanner, host, ntpguard; a few
 # minutes; always tears down. DEMO_ARGS="--seed 7 --observe 40" to vary it.

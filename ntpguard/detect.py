@@ -116,6 +116,8 @@ class Detector:
         self.settings = settings
         self.contacts = Contacts()
         self._flows: dict[tuple[str, str], _Flow] = {}
+        # Outbound packets that may trigger a scan, per source address, oldest first (each
+        # packet's time is its [0]).
         self._recent: dict[str, collections.deque] = {}
         self._skey: dict[str, str] = {}
         # Repeat cache: (src, dst, dport, proto) → (flow, port key, is a trigger). Most
@@ -174,7 +176,7 @@ class Detector:
                             q = recent.get(src)
                             if q is None:
                                 q = recent[src] = deque()
-                            q.append((t, ev))
+                            q.append(ev)
                             while q[0][0] < t - keep:
                                 q.popleft()
                         flow.last = t
@@ -187,7 +189,7 @@ class Detector:
                 q = recent.get(src)
                 if q is None:
                     q = recent[src] = deque()
-                q.append((t, ev))
+                q.append(ev)
                 while q[0][0] < t - keep:
                     q.popleft()
                 pair = (src, dst)
@@ -264,8 +266,8 @@ class Detector:
             return ()
         lo = start - self.settings.lookback
         return tuple(
-            Trigger(ev[2], ev[3], ev[4], ev[5], t, round(start - t, 6))
-            for t, ev in q if lo <= t <= start
+            Trigger(ev[2], ev[3], ev[4], ev[5], ev[0], round(start - ev[0], 6))
+            for ev in q if lo <= ev[0] <= start
         )
 
     def _close(self, flow: _Flow) -> Optional[Scan]:

@@ -247,3 +247,28 @@ def test_fast_paths_follow_the_year_the_full_parser_moves_on():
     raw = [line, b"<4>Jan  1 00:00:01 host kernel: ntp: " + BODY.encode(),
            b"<4>Jun  1 00:00:01 host kernel: ntp: " + BODY.encode(), line]
     _both(raw, ref=1_767_225_600.0 + 86400)  # written on 2026-01-02
+
+
+_GROUPS = st.one_of(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0xABC, 0x1000]), st.integers(0, 65535))
+
+
+@settings(max_examples=int(os.environ.get("NTPGUARD_EXAMPLES", "500")), deadline=None)
+@given(st.lists(st.tuples(st.lists(_GROUPS, min_size=8, max_size=8), st.integers(0, 3)),
+                min_size=1, max_size=6),
+       st.lists(st.tuples(st.integers(0, 255), st.integers(0, 3)), min_size=4, max_size=4))
+def test_fast_paths_print_addresses_as_ipaddress_does(addresses, quad):
+    """IPv6 addresses with zero runs of every length (where "::" goes: the longest run, the
+    first of equals), written as the kernel writes them (zero-padded), compressed or in
+    capitals; dotted quads with and without leading zeros."""
+    import ipaddress
+
+    lines = []
+    for groups, form in addresses:
+        a = ipaddress.IPv6Address(b"".join(g.to_bytes(2, "big") for g in groups))
+        text = [a.exploded, a.compressed, a.exploded.upper(), str(a).upper()][form]
+        lines.append(f"Jan  1 00:00:01 host kernel: x: IN=eth0 OUT= SRC={text} "
+                     f"DST={a.exploded} LEN=80 PROTO=UDP SPT=123 DPT=123 LEN=56")
+    v4 = ".".join(str(n).zfill(1 + z) if z < 2 else str(n) for n, z in quad)
+    lines.append(f"Jan  1 00:00:02 host kernel: x: IN=eth0 OUT= SRC={v4} DST=192.0.2.1 LEN=76 "
+                 "PROTO=UDP SPT=123 DPT=123 LEN=56")
+    _both([line.encode() for line in lines])
