@@ -314,7 +314,7 @@ static PyObject *packet(Ctx *x, double t, PyObject *src, PyObject *dst, PyObject
 static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
     char *c;
     Py_ssize_t len;
-    if (PyBytes_AsStringAndSize(line, &c, &len) < 0) return -1;
+    if (PyBytes_AsStringAndSize(line, &c, &len) < 0 || c == NULL) return -1;
     Py_ssize_t s = find(c, len, " SRC=", 5, 0, len);
     if (s < 0) {
         /* Not a LOG line in any envelope; only JSON (ulogd2) needs a closer look. */
