@@ -175,7 +175,9 @@ def decide(tests: list[Test], settings: Detect, unattributed: int = 0,
             e = _clamp(c_pos / c_all, 0.001, 0.5)
     share = sum(p.values()) / len(servers) if servers else 0.0
     # "Clean" must hold against a harvester that harvests at the common rate h, not one that
-    # almost never does (which no amount of negative evidence can rule out).
+    # almost never does (which no amount of negative evidence can rule out); and the server's
+    # own posterior (at its own best rate) must be as low, or a harvester that scans a third of
+    # its clients, its scans explained away by others in the same groups, passes as clean.
     clean_logit = {s: prior_logit + negative[s] * math.log(1 - h) + sum(
         math.log((1 - q * (1 - h)) / (1 - q)) for q in member.get(s, ())) for s in servers}
     verdicts = {}
@@ -186,8 +188,9 @@ def decide(tests: list[Test], settings: Detect, unattributed: int = 0,
             status = "harvester"
         elif prob >= settings.suspect_probability:
             status = "suspect"
-        elif (negative[s] >= settings.clean_min_negative and 1 / (1 + math.exp(
-                -_clamp(clean_logit[s], -50, 50))) <= settings.clean_probability):
+        elif (negative[s] >= settings.clean_min_negative and prob <= settings.clean_probability
+              and 1 / (1 + math.exp(-_clamp(clean_logit[s], -50, 50)))
+              <= settings.clean_probability):
             status = "clean"
         else:
             status = "unknown"

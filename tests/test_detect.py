@@ -152,6 +152,9 @@ def test_precision_and_recall_over_seeds(name):
     assert precision >= 0.9
     assert recall >= 0.5
     assert findable_total > 0
+    # A harvester called clean gets NTP traffic and the time daemon's preference. Over 5
+    # seeds at most one, a half-rate harvester whose few scans others explain (was 3).
+    assert wrongly_clean <= 1
 
 
 def test_cli_json_and_record_never_double_counts(tmp_path, run_cli):
