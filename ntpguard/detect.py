@@ -51,7 +51,7 @@ class _Flow:
     """Probes from one source (key) to one destination while it is active."""
 
     __slots__ = (
-        "alive",
+        "counting",
         "dst",
         "first",
         "last",
@@ -65,7 +65,9 @@ class _Flow:
     )
 
     def __init__(self, dst: str) -> None:
-        self.alive = True  # False once closed or dropped: the repeat cache checks it
+        # True until the flow is a scan, closed or dropped: only then may the repeat cache
+        # take its packets.
+        self.counting = True
         self.dst = dst
         self.last = 0.0
         self.packets = 0
@@ -168,7 +170,7 @@ class Detector:
             h = hot.get(hk)
             if h is not None:
                 flow, pk, trig = h
-                if flow.alive and flow.ports is None:
+                if flow.counting:
                     seen = flow.seen
                     last = seen.get(pk)
                     if last is not None and last >= t - window:
@@ -207,7 +209,7 @@ class Detector:
                 flow = flows[fkey] = _Flow(dst)
             elif t - flow.last > window and flow.ports is not None:
                 # The previous scan is over; this starts afresh.
-                flow.alive = False
+                flow.counting = False
                 done = self._close(flow)
                 flow = flows[fkey] = _Flow(dst)
                 if done is not None:
@@ -240,6 +242,7 @@ class Detector:
                 # along, like a peer's NTP, do not stretch the scan back).
                 flow.start = min(v for v in first.values() if v >= lo)
                 flow.ports = set(seen)
+                flow.counting = False
                 flow.triggers = self._triggers(flow.dst, flow.start)
                 flow.seen, flow.first = {}, {}
         self._now = now
@@ -255,7 +258,7 @@ class Detector:
         """Close every open scan (end of input)."""
         out = [s for s in (self._close(f) for f in self._flows.values()) if s is not None]
         for f in self._flows.values():
-            f.alive = False
+            f.counting = False
         self._flows.clear()
         self._hot.clear()
         return sorted(out, key=lambda s: s.start)
@@ -285,13 +288,13 @@ class Detector:
         dead = [k for k, f in self._flows.items() if now - f.last > window]
         for k in dead:
             flow = self._flows.pop(k)
-            flow.alive = False
+            flow.counting = False
             done = self._close(flow)
             if done is not None:
                 yield done
         hot = self._hot
         if len(hot) > 4 * len(self._flows) + 1000:  # drop entries of closed flows and scans
-            kept = {k: h for k, h in hot.items() if h[0].alive and h[0].ports is None}
+            kept = {k: h for k, h in hot.items() if h[0].counting}
             hot.clear()
             hot.update(kept)
         keep = self._keep
