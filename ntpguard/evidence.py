@@ -53,20 +53,12 @@ class Summary:
                 "formats": s.formats}
 
 
-def read_events(sources: Iterable[str], fmt: str = "auto", boot_time: Optional[float] = None,
-                positions: Optional[dict[str, Position]] = None,
-                stats: Optional[ReadStats] = None) -> Iterator[Packet]:
-    """Packets (Events where the full parser was needed) of every source in turn ("-"
-    stdin, "journal", or a path); with positions, each source resumes where it stopped and
-    its position follows the read."""
-    for block in read_blocks(sources, fmt, boot_time, positions, stats):
-        yield from block
-
-
 def read_blocks(sources: Iterable[str], fmt: str = "auto", boot_time: Optional[float] = None,
                 positions: Optional[dict[str, Position]] = None,
                 stats: Optional[ReadStats] = None) -> Iterator[list[Packet]]:
-    """read_events() a list at a time (one per 4 MiB read): for Detector.feed_blocks."""
+    """Packets of every source in turn ("-" stdin, "journal", or a path), a list at a time
+    (one per 4 MiB read), for Detector.feed_blocks; with positions, each source resumes where
+    it stopped and its position follows the read."""
     stats = stats if stats is not None else ReadStats()
     for source in sources:
         pos = positions.setdefault(source, Position(source)) if positions is not None else None
