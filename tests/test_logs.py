@@ -272,3 +272,19 @@ def test_fast_paths_print_addresses_as_ipaddress_does(addresses, quad):
     lines.append(f"Jan  1 00:00:02 host kernel: x: IN=eth0 OUT= SRC={v4} DST=192.0.2.1 LEN=76 "
                  "PROTO=UDP SPT=123 DPT=123 LEN=56")
     _both([line.encode() for line in lines])
+
+
+_PIECES = [b"Jan  1 00:00:01 ", b"2026-01-02T03:04:05.25+01:00 ", b"host kernel: ", b"x: ",
+           b"IN=eth0 OUT= ", b" SRC=", b"2001:0db8:0000:0000:0000:0000:0000:0001", b"192.0.2.1",
+           b" DST=", b"::ffff:1.2.3.4", b"fe80::1%eth0", b" LEN=80 ", b" PROTO=", b"UDP ",
+           b"TCP ", b"ICMPv6 ", b"SPT=123 ", b"DPT=65535 ", b"DPT=65536 ", b"LEN=56 ", b" ",
+           b":", b".", b"{", b"\xff", b"\x00", b"\xc3\xa9", b"0", b"9"]
+
+
+@settings(max_examples=int(os.environ.get("NTPGUARD_EXAMPLES", "500")), deadline=None)
+@given(st.lists(st.lists(st.one_of(st.sampled_from(_PIECES), st.binary(max_size=8)),
+                         max_size=16).map(b"".join), min_size=1, max_size=8))
+def test_fast_paths_take_any_bytes_as_the_full_parser_does(lines):
+    """Lines made of netfilter fragments, odd bytes (NUL, invalid UTF-8) and junk: neither
+    fast path crashes, and both agree with the full parser on every one."""
+    _both([line.replace(b"\n", b" ") for line in lines])
