@@ -456,8 +456,9 @@ static PyObject *cut(PyObject *self, PyObject *argv) {
                           &x.iso_ok))
         return NULL;
     if (load_protos(&x, protos) < 0) return NULL;
-    x.slots = PyMem_Calloc(ADDR_SLOTS, sizeof *x.slots);
+    x.slots = PyMem_Malloc(ADDR_SLOTS * sizeof *x.slots); /* (no PyMem_Calloc in 3.9's abi3) */
     if (x.slots == NULL) return PyErr_NoMemory();
+    memset(x.slots, 0, ADDR_SLOTS * sizeof *x.slots);
     Py_ssize_t n = PyList_Size(block);
     PyObject *out = PyList_New(0);
     long counts[4] = {0, 0, 0, 0};
