@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent / "shared" / "corpus"
+sys.path.insert(0, str(Path(__file__).parent))
+from test_logs import CORPUS  # noqa: E402  (where the parser tests find the real log lines)
+
 SYSTEM_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root"}
 WHEELS = ("dnspython", "netaddr", "tomli", "pytest", "hypothesis",
           # pytest's and hypothesis's backports below 3.11 (pip download does not pick them
