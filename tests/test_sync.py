@@ -111,3 +111,26 @@ def test_sync_reports_a_failed_step_and_runs_the_rest(tmp_path, run_cli, state_d
     assert out.returncode == 4 and set(rep["failed"]) == {"resolve", "logs"}
     assert "gone.log" in rep["steps"]["logs"]["message"]
     assert "Traceback" not in out.stderr
+
+
+def test_summary_not_sent_to_syslog_when_stdout_is_the_journal(monkeypatch):
+    """Under systemd stdout is the journal (named by $JOURNAL_STREAM): one line per run, not
+    the printed one plus a syslog copy. Any other stdout (a terminal, cron's pipe) keeps the
+    syslog line."""
+    import os
+
+    from ntpguard.cli.sync import stdout_is_journal
+
+    r, w = os.pipe()
+    other_r, other_w = os.pipe()
+    try:
+        st = os.fstat(w)
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert stdout_is_journal(w)
+        assert not stdout_is_journal(other_w)
+        monkeypatch.delenv("JOURNAL_STREAM")
+        assert not stdout_is_journal(w)
+    finally:
+        for fd in (r, w, other_r, other_w):
+            os.close(fd)
+    assert not stdout_is_journal(10_000)  # not open

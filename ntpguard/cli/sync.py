@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import syslog
 
 from ntpguard import sync
@@ -39,6 +41,18 @@ def run(ctx, args: argparse.Namespace) -> int:
         for step in report.steps:
             if not step.ok and not args.verbose:
                 print(f"  {step.name} failed: {step.message}")
-    syslog.openlog("ntpguard", 0, syslog.LOG_DAEMON)
-    syslog.syslog(syslog.LOG_WARNING if report.failed else syslog.LOG_INFO, line)
+    if args.json or not stdout_is_journal(sys.stdout.fileno()):
+        syslog.openlog("ntpguard", 0, syslog.LOG_DAEMON)
+        syslog.syslog(syslog.LOG_WARNING if report.failed else syslog.LOG_INFO, line)
     return report.exit_code
+
+
+def stdout_is_journal(fd: int) -> bool:
+    """Whether fd is the journal stream systemd gave a service (it names it in $JOURNAL_STREAM
+    as device:inode): under the timer the printed line is in the journal already, and a syslog
+    copy would log every run twice."""
+    try:
+        st = os.fstat(fd)
+    except (OSError, ValueError):
+        return False
+    return os.environ.get("JOURNAL_STREAM", "") == f"{st.st_dev}:{st.st_ino}"
