@@ -15,12 +15,12 @@ class FakeDNS:
     """A UDP DNS server on loopback that answers every query in one chosen (mis)way."""
 
     def __init__(self, answer=None, garbage: bytes = b"", truncate=False, wrong_type=False,
-                 sample: int = 0):
+                 sample: int = 0, port: int = 0):
         self.answer, self.garbage, self.truncate, self.wrong_type = (
             answer, garbage, truncate, wrong_type)
         self.sample = sample  # >0: answer a random `sample` of `answer`, as the pool does
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.queries = 0
         self.thread = threading.Thread(target=self.serve, daemon=True)

@@ -392,3 +392,131 @@ def test_installs_runs_and_purges_on_debian_13(built, tmp_path):
         (p.stdout + p.stderr)[-5000:]
     versions = re.findall(r"^(python3[\w-]*)\t(\S+)$", p.stdout + p.stderr, re.M)
     print(f"Debian 13 chroot: {dict(versions)}; {time.monotonic() - started:.0f} s")
+
+
+# -- the shipped unit under a real systemd ---------------------------------------------------------
+
+POOL_SCRIPT = """import sys, time
+sys.path.insert(0, "/root")
+from dnsfake import FakeDNS
+servers = [f"2a01:4f8:{i:x}:2::123" for i in range(1, 13)]
+with FakeDNS(answer=servers, sample=4, port=5353):
+    time.sleep(86400)
+"""
+POOL_UNIT = """[Unit]
+Description=a fake pool.ntp.org nameserver for the test
+[Service]
+ExecStart=/usr/bin/python3 /root/pooldns.py
+[Install]
+WantedBy=multi-user.target
+"""
+TEST_CONFIG = """[pool]
+record_types = ["AAAA"]
+rounds = 2
+interval = 1.0
+nameservers = ["127.0.0.1"]
+port = 5353
+"""
+# chronyd runs with -x (it never sets the clock: nspawn shares the host's), which also lifts its
+# need of CAP_SYS_TIME. ntpguard's own unit is only given another configuration file.
+CHRONY_DROPIN = """[Unit]
+ConditionCapability=
+[Service]
+ExecStart=
+ExecStart=!/usr/sbin/chronyd -x $DAEMON_OPTS
+"""
+NTPGUARD_DROPIN = """[Service]
+Environment=NTPGUARD_CONFIG=/etc/ntpguard/test.toml
+"""
+
+
+@pytest.mark.root
+def test_hardened_service_runs_under_systemd(built, tmp_path):
+    """The package in a Debian 12 booted by systemd-nspawn (its own network namespace): the
+    timer is active, and ntpguard.service, with all its hardening, runs a whole `sync`: resolves
+    a pool (a fake nameserver on the container's loopback), applies the nft rules, writes
+    chrony's drop-in and has chronyd reload it; one summary line in the journal."""
+    for tool in ("mmdebstrap", "systemd-nspawn", "nsenter"):
+        if not shutil.which(tool, path=SYSTEM_ENV["PATH"]):
+            pytest.skip(f"{tool} missing (make deps installs it)")
+    mirror = os.environ.get("NTPGUARD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+    deb = the_deb(built)
+    root = tmp_path / "bookworm"
+    files = {"/root/dnsfake.py": (Path(__file__).parent / "dnsfake.py").read_text(),
+             "/root/pooldns.py": POOL_SCRIPT,
+             "/etc/systemd/system/fakepool.service": POOL_UNIT,
+             "/etc/ntpguard/test.toml": TEST_CONFIG,
+             "/etc/systemd/system/chrony.service.d/test.conf": CHRONY_DROPIN,
+             "/etc/systemd/system/ntpguard.service.d/test.conf": NTPGUARD_DROPIN}
+    staged = tmp_path / "files"
+    for path, text in files.items():
+        (staged / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (staged / path.lstrip("/")).write_text(text)
+    started = time.monotonic()
+    p = run(["mmdebstrap", "--variant=apt", "--mode=root",
+             "--include=systemd,systemd-sysv,dbus,chrony,python3-dnspython",
+             f"--customize-hook=copy-in {deb} /tmp",
+             "--customize-hook=chroot \"$1\" env DEBIAN_FRONTEND=noninteractive apt-get install "
+             f"-y -q --no-install-recommends /tmp/{deb.name}",
+             f"--customize-hook=cp -r {staged}/. \"$1\"/",
+             "--customize-hook=chroot \"$1\" systemctl enable fakepool.service",
+             "bookworm", root, mirror], timeout=600)
+    if p.returncode != 0 and ("Failed to fetch" in p.stderr or "Could not resolve" in p.stderr):
+        pytest.skip(f"Debian mirror {mirror} unreachable")
+    assert p.returncode == 0, p.stderr[-3000:]
+    made = time.monotonic() - started
+    nspawn = subprocess.Popen(
+        ["systemd-nspawn", "-D", str(root), "-b", "--private-network", "--register=no",
+         "--keep-unit", "-M", "ntpguard-test", "--console=passive"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=SYSTEM_ENV)
+    try:
+        def inside(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+            return run(["nsenter", "-t", str(init), "-a", *cmd], timeout=timeout)
+
+        init = 0
+        deadline = time.monotonic() + 60
+        state = ""
+        while time.monotonic() < deadline and state not in ("running", "degraded"):
+            time.sleep(0.5)
+            if not init:
+                kids = run(["pgrep", "-P", str(nspawn.pid)]).stdout.split()
+                init = int(kids[0]) if kids else 0
+            if init:
+                state = inside("systemctl", "is-system-running").stdout.strip()
+        assert state in ("running", "degraded"), f"container did not boot: {state!r}"
+        assert inside("systemctl", "is-active", "ntpguard.timer").stdout.strip() == "active"
+        assert inside("systemctl", "is-active", "chrony", "fakepool").stdout.split() == \
+            ["active", "active"]
+
+        p = inside("systemctl", "start", "ntpguard.service")
+        journal = inside("journalctl", "-u", "ntpguard.service", "-o", "cat",
+                         "--no-pager").stdout
+        assert p.returncode == 0, journal + p.stderr
+        summary = [ln for ln in journal.splitlines() if ln.startswith("sync: ")]
+        assert len(summary) == 1, journal  # stdout is the journal: no syslog copy besides
+        assert re.match(r"sync: servers (\d+) known/", summary[0])
+        known = int(re.match(r"sync: servers (\d+) known/", summary[0]).group(1))
+        assert 4 <= known <= 12 and "rules created" in summary[0] \
+            and "time daemon changed" in summary[0] and "failed" not in summary[0], summary
+        props = inside("systemctl", "show", "ntpguard.service", "-p", "ProtectSystem",
+                       "-p", "CapabilityBoundingSet", "-p", "Result").stdout
+        assert "ProtectSystem=strict" in props and "Result=success" in props, props
+        assert "cap_sys_admin" not in props.lower()
+        assert inside("nft", "list", "table", "inet", "ntpguard").returncode == 0
+        sources = (root / "etc/chrony/sources.d/ntpguard.sources").read_text()
+        written = re.findall(r"^server (\S+) iburst$", sources, re.M)
+        assert len(written) == 4, sources
+        # chronyd took them: the reload went through the hardening (/run/chrony, its socket).
+        listed = inside("chronyc", "-n", "sources").stdout
+        assert all(a in listed for a in written), listed
+        print(f"nspawn root made in {made:.0f} s; {summary[0]}; "
+              f"{time.monotonic() - started:.0f} s in all")
+    finally:
+        if init:
+            inside("systemctl", "poweroff", "--no-block", timeout=30)
+        try:
+            nspawn.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            nspawn.kill()
+            nspawn.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
