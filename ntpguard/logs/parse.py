@@ -227,7 +227,6 @@ class LineParser:
             yield from self._native_blocks(blocks)
             return
         stats = self.stats
-        counts = self.format_counts
         slow = self._slow_packet
         sys_stamp, iso_stamp = self._sys_stamp_b, self._iso_stamp_b
         addr = self._addr_b
@@ -342,19 +341,12 @@ class LineParser:
                     n_sys += 1
                 else:
                     n_iso += 1
-            n = n_sys + n_iso
-            stats.lines += n
-            stats.events += n
-            if n_sys:
-                counts["syslog"] = counts.get("syslog", 0) + n_sys
-            if n_iso:
-                counts["rfc3339"] = counts.get("rfc3339", 0) + n_iso
+            self._count(n_sys, n_iso)
             yield out
 
     def _native_blocks(self, blocks: Iterable[list[bytes]]) -> Iterator[list[Packet]]:
         """packet_blocks() through the C cutter: it takes the lines the loop above takes,
         asks the same caches (through the callables) and hands the rest to _slow_packet."""
-        stats, counts = self.stats, self.format_counts
         cut = self._cut
         assert cut is not None
         syslog_ok, iso_ok = self.format != "rfc3339", self.format != "syslog"
@@ -362,14 +354,20 @@ class LineParser:
             out, n_sys, n_iso, n_other = cut(block, _PROTO_INFO, self._canonical_b,
                                              self._sys_stamp_b, self._iso_stamp_b,
                                              self._slow_packet, syslog_ok, iso_ok)
-            stats.lines += n_sys + n_iso + n_other
-            stats.events += n_sys + n_iso
-            stats.not_netfilter += n_other
-            if n_sys:
-                counts["syslog"] = counts.get("syslog", 0) + n_sys
-            if n_iso:
-                counts["rfc3339"] = counts.get("rfc3339", 0) + n_iso
+            self._count(n_sys, n_iso, n_other)
             yield out
+
+    def _count(self, n_sys: int, n_iso: int, n_other: int = 0) -> None:
+        """Counts a block's lines a fast path took whole (the full parser counts its own):
+        packets in syslog and RFC 3339 envelopes, and lines without a netfilter body."""
+        stats, counts = self.stats, self.format_counts
+        stats.lines += n_sys + n_iso + n_other
+        stats.events += n_sys + n_iso
+        stats.not_netfilter += n_other
+        if n_sys:
+            counts["syslog"] = counts.get("syslog", 0) + n_sys
+        if n_iso:
+            counts["rfc3339"] = counts.get("rfc3339", 0) + n_iso
 
     def _sys_stamp_b(self, key: bytes) -> Optional[float]:
         """A syslog stamp (b"Mmm dd HH:MM:SS") → time, as the Python fast path finds it."""
