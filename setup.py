@@ -12,8 +12,7 @@ setup(
         Extension(
             "ntpguard.logs._cut",
             ["ntpguard/logs/_cut.c"],
-            py_limited_api=True,
-            define_macros=[("Py_LIMITED_API", "0x03090000")],
+            py_limited_api=True,  # the .c sets Py_LIMITED_API (3.9)
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
             optional=True,
         )

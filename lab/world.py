@@ -135,6 +135,15 @@ def chrony_server_conf(workdir: Path) -> str:
     ])
 
 
+def start_chrony_server(ns: Namespace, workdir: Path, **popen: Any) -> subprocess.Popen:
+    """One chronyd -x answering NTP on every address of the namespace (the lab's pool
+    servers); its config and pid file in workdir."""
+    # chronyd drops to _chrony: its pid file dir must be writable by it.
+    shutil.chown(workdir, user="_chrony", group="_chrony")
+    (workdir / "chronyd.conf").write_text(chrony_server_conf(workdir))
+    return ns.popen(["chronyd", "-x", "-d", "-f", str(workdir / "chronyd.conf")], **popen)
+
+
 def chrony_client_conf(spec: WorldSpec) -> str:
     """Debian 12's /etc/chrony/chrony.conf, with lab-fast polling."""
     poll = f"minpoll {spec.chrony_minpoll} maxpoll {spec.chrony_maxpoll}"
@@ -435,12 +444,8 @@ class World:
         os.chmod(w, 0o755)
         self.dns = PoolDNS(self.zones, listen=DNS_ADDR, port=53, workdir=w, ns=self.inet,
                            ttl=self.spec.ttl).start()
-        # chronyd drops to _chrony: its pid file dir must be writable by it.
-        shutil.chown(w, user="_chrony", group="_chrony")
-        (w / "chronyd.conf").write_text(chrony_server_conf(w))
         with open(w / "chronyd.log", "ab") as log:
-            self.inet.popen(["chronyd", "-x", "-d", "-f", str(w / "chronyd.conf")],
-                            stdout=log, stderr=subprocess.STDOUT)
+            start_chrony_server(self.inet, w, stdout=log, stderr=subprocess.STDOUT)
         cfg = {
             "harvesters": self.harvesters, "scan_ns": self.scan.name, "scan_dev": "eth0",
             "scanners": self.scanners, "lag_min": self.spec.lag_min,

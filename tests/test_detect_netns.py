@@ -21,7 +21,6 @@ import ipaddress
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -32,6 +31,7 @@ from typing import Optional
 import pytest
 
 from lab.netns import Lab, Namespace
+from lab.world import start_chrony_server
 
 pytestmark = pytest.mark.root
 
@@ -69,13 +69,8 @@ class DetectLab:
         for a in (*self.servers, *self.scanners):
             self.net.addr("lo", f"{a}/128")
         self.host.run("ip", "-6", "route", "add", "default", "via", self.gw6)
-        chrony = workdir / "chrony"
-        chrony.mkdir()
-        shutil.chown(chrony, user="_chrony", group="_chrony")
-        (chrony / "chronyd.conf").write_text(
-            "local stratum 2\nallow all\nport 123\ncmdport 0\nbindcmdaddress /\n"
-            f"pidfile {chrony}/chronyd.pid\ndriftfile {chrony}/drift\n")
-        self.net.popen(["chronyd", "-x", "-d", "-f", str(chrony / "chronyd.conf")])
+        (workdir / "chrony").mkdir()
+        start_chrony_server(self.net, workdir / "chrony")
         # Rules before the first NTP packet: every packet of the test is logged.
         self.state = workdir / "state"
         self.state.mkdir()

@@ -13,6 +13,7 @@ in place before ntpguard, so "remove restores exactly" compares against a non-em
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,10 +23,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from lab.netns import Lab, Namespace
+from lab.world import start_chrony_server
 from ntpguard.plan import PROBE_MARK
 
 pytestmark = pytest.mark.root
@@ -122,13 +125,8 @@ class RulesLab:
         self.host.sysctl("net.ipv6.conf.all.forwarding", "1")
         self.host.sysctl("net.ipv4.ip_forward", "1")
         # One chronyd -x answers for every server address (NOTES.md lab recipe).
-        chrony = workdir / "chrony"
-        chrony.mkdir()
-        shutil.chown(chrony, user="_chrony", group="_chrony")
-        (chrony / "chronyd.conf").write_text(
-            "local stratum 2\nallow all\nport 123\ncmdport 0\nbindcmdaddress /\n"
-            f"pidfile {chrony}/chronyd.pid\n")
-        self.net.popen(["chronyd", "-x", "-d", "-f", str(chrony / "chronyd.conf")])
+        (workdir / "chrony").mkdir()
+        start_chrony_server(self.net, workdir / "chrony")
         for ns in (self.net, self.host, self.lan):
             ns.popen([sys.executable, "-c", SERVICES])
         deadline = time.time() + 15
@@ -165,6 +163,20 @@ class RulesLab:
         parsed = lists.parse(b"2001:db8:666::/48 scanner\n203.0.113.0/24 scanner\n",
                              "lab-scanners", limits, "text")
         lists.store(str(state_dir), "lab", parsed, {"source": "lab", "trust": "enforce"})
+
+    @contextlib.contextmanager
+    def verdict(self, address: str, status: str, source: str, then: str) -> Iterator[None]:
+        """The state says `status` for address during the block, `then` after it (later
+        times, so each is the newest verdict of its source)."""
+        from ntpguard.state import State
+
+        with State.open(str(self.state)) as st:
+            st.add_verdict(address, status, source, {}, time.time() + 30)
+        try:
+            yield
+        finally:
+            with State.open(str(self.state)) as st:
+                st.add_verdict(address, then, source, {}, time.time() + 40)
 
     def config(self, mode: str = "host", **extra: str) -> Path:
         path = self.workdir / f"ntpguard-{mode}.toml"
@@ -362,22 +374,15 @@ def test_nft_cache_drift_falls_back_to_full_replace(clean_rules):
     r = clean_rules
     if r.backend != "nft":
         pytest.skip("nft element cache only")
-    from ntpguard.state import State
-
     r.ntpguard("rules", "apply")
     # Someone deletes an element by hand; the next diff deletes it again, which aborts the
     # transaction (nothing changes) and ntpguard replaces the whole table instead.
     r.host.run("nft", "delete", "element", "inet", "ntpguard", "clean6", f"{{ {CLEAN6} }}")
-    with State.open(str(r.state)) as st:
-        st.add_verdict(CLEAN6, "harvester", "manual", {}, time.time() + 30)
-    try:
+    with r.verdict(CLEAN6, "harvester", "manual", then="unknown"):
         out = r.ntpguard("rules", "apply")
         assert "replaced" in out.stdout, out.stdout
         assert not ntp_ok(r.host, CLEAN6) and ntp_ok(r.host, CLEAN4)
         assert "nothing changed" in r.ntpguard("rules", "apply").stdout
-    finally:
-        with State.open(str(r.state)) as st:
-            st.add_verdict(CLEAN6, "unknown", "manual", {}, time.time() + 40)
 
 
 def test_nft_small_change_updates_in_place(clean_rules):
@@ -385,20 +390,13 @@ def test_nft_small_change_updates_in_place(clean_rules):
     if r.backend != "nft":
         pytest.skip("nft element updates only")
     r.ntpguard("rules", "apply")
-    from ntpguard.state import State
-
-    with State.open(str(r.state)) as st:
-        st.add_verdict(CLEAN4, "suspect", "detect", {}, time.time() + 10)
-    try:
+    with r.verdict(CLEAN4, "suspect", "detect", then="clean"):
         out = r.ntpguard("rules", "apply")
         assert "updated in place (+0 -1)" in out.stdout, out.stdout
         assert not ntp_ok(r.host, CLEAN4) and ntp_ok(r.host, CLEAN6)
         token = json.loads(r.host.run("nft", "-j", "list", "set", "inet", "ntpguard",
                                       "generation").stdout)
         assert any("set" in item for item in token["nftables"])
-    finally:
-        with State.open(str(r.state)) as st:
-            st.add_verdict(CLEAN4, "clean", "detect", {}, time.time() + 20)
 
 
 def test_iptables_debian13_dport_error_is_clear_and_changes_nothing(clean_rules):

@@ -2,11 +2,11 @@
  *
  * Why C: the per-line field cutting in Python costs ~1.3 us a line, which caps `ntpguard
  * detect` at ~0.4-0.6M lines/s on logs made of netfilter lines (issue 4 asks for 1M on two
- * cores). This file does only the cutting; every decision that needs state (year inference,
- * time zones, address canonicalisation, caches) stays in Python and is reached through the
- * callables passed in, and every line this code does not take whole goes to the full parser
- * (`slow`). So it can only be faster, never different: tests/test_logs.py checks it against the
- * full parser line by line.
+ * cores). This file does the cutting, and the plain address forms (RFC 5952, dotted quads);
+ * every decision that needs state (year inference, time zones, the stamp caches) and the rare
+ * address forms stay in Python and are reached through the callables passed in, and every line
+ * this code does not take whole goes to the full parser (`slow`). So it can only be faster,
+ * never different: tests/test_logs.py checks it against the full parser line by line.
  *
  * Built against the limited API (abi3) so one build loads on every Python 3 from 3.9 on; if it
  * is missing or fails to load, parse.py uses its pure-Python copy of the same path.
