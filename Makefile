@@ -1,4 +1,4 @@
-# `make test` (as root) installs what the suite needs from Debian and PyPI, then runs ruff and
+# `make test` (as root) installs what the suite needs from Debian and PyPI, then runs ruff, mypy and
 # the whole test suite: against Debian 12's own python3-* libraries (the versions the .deb
 # runs with), then the unit tests again against the newest PyPI releases (Debian 13's API).
 SHELL := /bin/bash
@@ -27,7 +27,7 @@ deps:
 	DEBIAN_FRONTEND=noninteractive apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(VENV)
-	$(VENV)/bin/pip install -q ruff
+	$(VENV)/bin/pip install -q ruff mypy
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	test -x $(PYPI_VENV)/bin/python || $(PYTHON) -m venv $(PYPI_VENV)
 	$(PYPI_VENV)/bin/pip install -q -U dnspython netaddr pytest hypothesis cryptography
@@ -41,6 +41,7 @@ deps:
 
 lint:
 	$(VENV)/bin/ruff check ntpguard tests benchmarks lab setup.py
+	$(VENV)/bin/mypy
 
 # The lab story in namespaces (lab/demo.py): pool, harvesters, scanner, host, ntpguard; a few
 # minutes; always tears down. DEMO_ARGS="--seed 7 --observe 40" to vary it.

@@ -49,14 +49,17 @@ def _prefix(rng: random.Random, v6: bool) -> str:
 
 
 def inputs(seed: int = 5):
-    from ntpguard.plan import PrefixEntry, ServerStatus
+    from ntpguard.plan import PrefixEntry
+    from ntpguard.status import ServerStatus
 
     rng = random.Random(seed)
     scanners = [PrefixEntry(_prefix(rng, i % 5 != 0), f"bench:{i}") for i in range(SCANNERS)]
-    servers = [ServerStatus(f"2a01:4f8:{i // 256:x}::{i % 256:x}", "clean")
+    servers = [ServerStatus.of(f"2a01:4f8:{i // 256:x}::{i % 256:x}", "clean")
                for i in range(SERVERS // 2)]
-    servers += [ServerStatus(f"185.{i // 250}.{i % 250}.1", "clean") for i in range(SERVERS // 2)]
-    servers += [ServerStatus(CLEAN_SERVER, "clean"), ServerStatus(BLOCKED_SERVER, "harvester")]
+    servers += [ServerStatus.of(f"185.{i // 250}.{i % 250}.1", "clean")
+                for i in range(SERVERS // 2)]
+    servers += [ServerStatus.of(CLEAN_SERVER, "clean"),
+                ServerStatus.of(BLOCKED_SERVER, "harvester")]
     return rng, scanners, servers
 
 
@@ -65,6 +68,7 @@ def inner() -> None:
     from ntpguard import plan as planmod
     from ntpguard.backends.nft import NftBackend
     from ntpguard.config import Rules
+    from ntpguard.status import ServerStatus
 
     rules = Rules(max_prefix_v6=32, max_prefix_v4=16)
     host = planmod.HostFacts(("2001:db8:77::2",), ())
@@ -97,7 +101,7 @@ def inner() -> None:
                 fresh.append(planmod.PrefixEntry(p, f"update{round_no}"))
         scanners = [s for i, s in enumerate(scanners) if i not in drop] + fresh
         flip = set(rng.sample(range(SERVERS - 10), 10))
-        servers = [planmod.ServerStatus(s.address, "harvester") if i in flip else s
+        servers = [ServerStatus.of(s.address, "harvester") if i in flip else s
                    for i, s in enumerate(servers)]
         new_plan = planmod.build(servers, scanners, [], rules, host)
         t = time.perf_counter()

@@ -83,6 +83,26 @@ def _record_types(values: tuple[str, ...]) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class General:
     state_dir: str = DEFAULT_STATE_DIR
+    # Seconds any external command (nft, ipset, iptables-save/restore, ip, chronyc, systemctl)
+    # may take before it is given up as hung; it runs under the state lock. A 100k-prefix nft
+    # transaction takes ~0.3 s on 2 cores, a Raspberry Pi 5-10x that.
+    command_timeout: float = field(default=60.0, metadata=_check(_positive))
+
+
+def _trusted(values: tuple[str, ...]) -> tuple[str, ...]:
+    out = _addresses(values)
+    if len(set(out)) != len(out):
+        raise ValueError("lists an address twice")
+    return out
+
+
+@dataclass(frozen=True)
+class Servers:
+    """[servers]: time servers the admin vouches for, in or outside the pool."""
+
+    # Known and clean whatever the pool's DNS says: the admin's own time servers, an NTS
+    # server. Only a manual mark outranks this (README, "Precedence").
+    trusted: tuple[str, ...] = field(default=(), metadata=_check(_trusted))
 
 
 @dataclass(frozen=True)
@@ -356,6 +376,7 @@ class Probe:
 class Config:
     path: Optional[str] = None
     general: General = field(default_factory=General)
+    servers: Servers = field(default_factory=Servers)
     pool: Pool = field(default_factory=Pool)
     lists: Lists = field(default_factory=Lists)
     timeconf: Timeconf = field(default_factory=Timeconf)
@@ -366,8 +387,8 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {
-    "general": General, "pool": Pool, "rules": Rules, "lists": Lists, "timeconf": Timeconf,
-    "detect": Detect, "sync": Sync, "probe": Probe,
+    "general": General, "servers": Servers, "pool": Pool, "rules": Rules, "lists": Lists,
+    "timeconf": Timeconf, "detect": Detect, "sync": Sync, "probe": Probe,
 }
 
 
@@ -410,7 +431,7 @@ def _table_list_type(tp: Any) -> Optional[type]:
     """The dataclass X of a `tuple[X, ...]` field (a TOML array of tables), else None."""
     if typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
-        if args and dataclasses.is_dataclass(args[0]):
+        if args and isinstance(args[0], type) and dataclasses.is_dataclass(args[0]):
             return args[0]
     return None
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
 
 from ntpguard.config import Detect
-from ntpguard.logs import Packet
+from ntpguard.logs import Logged
 
 
 @dataclass(frozen=True)
@@ -132,16 +132,11 @@ class Detector:
         # recognised up to `window` after it started.
         self._keep = settings.lookback + settings.window
 
-    def feed(self, events: Iterable[Packet]) -> Iterator[Scan]:
-        """Consume packets (or Events); yield each scan once it is over (no probe for
-        `window` seconds)."""
-        it = iter(events)
-        return self.feed_blocks(iter(lambda: list(itertools.islice(it, 4096)), []))
-
-    def feed_blocks(self, blocks: Iterable[list[Packet]]) -> Iterator[Scan]:
-        """feed() for lists of packets (what the parser's fast path makes per 4 MiB read).
-        The loop is the hot path of `ntpguard detect`: fields by index, no per-packet objects
-        but the keys."""
+    def feed_blocks(self, blocks: Iterable[list[Logged]]) -> Iterator[Scan]:
+        """Consume lists of packets in time order (what the parser's fast path makes per 4 MiB
+        read; a few seconds of disorder are tolerated); yield each scan once it is over (no
+        probe for `window` seconds). The loop is the hot path of `ntpguard detect`: fields by
+        index, no per-packet objects but the keys."""
         st = self.settings
         min_ports, window = st.min_ports, st.window
         any_port, trigger_port = st.trigger_any_port, st.trigger_port
@@ -169,9 +164,9 @@ class Detector:
             hk = (src, dst, dport, proto)
             h = hot.get(hk)
             if h is not None:
-                flow, pk, trig = h
-                if flow.counting:
-                    seen = flow.seen
+                hot_flow, pk, trig = h
+                if hot_flow.counting:
+                    seen = hot_flow.seen
                     last = seen.get(pk)
                     if last is not None and last >= t - window:
                         if trig:
@@ -181,8 +176,8 @@ class Detector:
                             q.append(ev)
                             while q[0][0] < t - keep:
                                 q.popleft()
-                        flow.last = t
-                        flow.packets += 1
+                        hot_flow.last = t
+                        hot_flow.packets += 1
                         seen[pk] = t
                         continue
             # Possible trigger: remember it for `keep` seconds, and the first contact for good.
@@ -302,13 +297,13 @@ class Detector:
             del self._recent[a]
 
 
-def detect(events: Iterable[Packet], settings: Detect) -> tuple[list[Scan], Contacts]:
+def detect(events: Iterable[Logged], settings: Detect) -> tuple[list[Scan], Contacts]:
     """All scans (by start) and the contacts of a finite event stream."""
     it = iter(events)
     return detect_blocks(iter(lambda: list(itertools.islice(it, 4096)), []), settings)
 
 
-def detect_blocks(blocks: Iterable[list[Packet]], settings: Detect
+def detect_blocks(blocks: Iterable[list[Logged]], settings: Detect
                   ) -> tuple[list[Scan], Contacts]:
     """detect() for lists of packets (evidence.read_blocks)."""
     det = Detector(settings)

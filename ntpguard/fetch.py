@@ -17,7 +17,8 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from http.client import HTTPMessage
+from typing import IO, Any, Optional
 
 from ntpguard import lists
 from ntpguard.errors import NtpguardError, UsageError
@@ -44,7 +45,9 @@ class Response:
 class _HTTPSOnlyRedirects(urllib.request.HTTPRedirectHandler):
     """urllib follows https→http redirects by default; a list must not be downgraded."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int,
+                         msg: str, headers: HTTPMessage, newurl: str
+                         ) -> Optional[urllib.request.Request]:
         if not newurl.lower().startswith("https://"):
             raise FetchError(f"{req.full_url}: refused redirect to non-HTTPS {newurl}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)

@@ -7,19 +7,16 @@ current network namespace, so the same code serves a host and a namespace in the
 from __future__ import annotations
 
 import json
-import subprocess
+from typing import Any
 
+from ntpguard import commands
 from ntpguard.errors import FirewallError
 from ntpguard.plan import HostFacts
 
 
-def _ip_json(*args: str) -> list:
-    try:
-        proc = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise FirewallError(f"cannot ask iproute2 for this host's addresses: {exc}") from None
-    if proc.returncode != 0:
-        raise FirewallError(f"ip -j {' '.join(args)} failed: {proc.stderr.strip()}")
+def ip_json(*args: str) -> list[Any]:
+    """`ip -j ARGS` in this network namespace, parsed (a list of objects)."""
+    proc = commands.run(["ip", "-j", *args], error=FirewallError)
     try:
         data = json.loads(proc.stdout or "[]")
     except ValueError:
@@ -30,13 +27,13 @@ def _ip_json(*args: str) -> list:
 def gather() -> HostFacts:
     """Every local address (all interfaces) and every default route's gateway (v4 and v6)."""
     addresses = set()
-    for link in _ip_json("addr", "show"):
+    for link in ip_json("addr", "show"):
         for info in link.get("addr_info", []):
             if info.get("local"):
                 addresses.add(info["local"])
     gateways = set()
     for fam in ("-4", "-6"):
-        for route in _ip_json(fam, "route", "show", "default"):
+        for route in ip_json(fam, "route", "show", "default"):
             if route.get("gateway"):
                 gateways.add(route["gateway"])
             for hop in route.get("nexthops", []):

@@ -24,11 +24,14 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from ntpguard.addr import IPNetwork, nonglobal_reason, parse_prefix
 from ntpguard.errors import UsageError
 from ntpguard.files import atomic_write
+
+if TYPE_CHECKING:
+    from ntpguard.status import Verdict
 
 KINDS = ("harvester", "scanner")
 TRUSTS = ("enforce", "report")
@@ -473,46 +476,44 @@ def load_all(config: Any, state_dir: str) -> list[LoadedList]:
 # -- export from local verdicts ------------------------------------------------------------------
 
 
-def entries_from_verdicts(history: Iterable[Any]) -> list[Entry]:
+def entries_from_verdicts(history: Iterable[Verdict]) -> list[Entry]:
     """This host's own findings as list entries: what `list export` publishes.
 
     Only local sources (manual marks, detection, probes) count: re-publishing other people's
     lists would launder them into "evidence" on every host that subscribes. A server is
-    exported when its effective local verdict (ntpguard.precedence) is `harvester`; evidence
-    counts are the integer fields of that verdict's evidence; scanner addresses or prefixes a
-    detection names under evidence "scanners" are exported as `scanner` entries.
+    exported when its effective status from local sources alone (ntpguard.status) is
+    `harvester`; evidence counts are the integer fields of the deciding verdict's evidence;
+    scanner addresses or prefixes a detection names under evidence "scanners" are exported as
+    `scanner` entries.
     """
-    from ntpguard.precedence import LIST_RANK, effective, rank
+    from ntpguard.status import Status, effective, local_only
 
-    by_address: dict[str, list[Any]] = {}
-    for v in history:
-        if rank(v.source) < LIST_RANK:
-            by_address.setdefault(v.address, []).append(v)
+    latest: dict[str, dict[str, Verdict]] = {}
+    local: dict[str, list[Verdict]] = {}
+    for v in sorted(history, key=lambda v: v.time):
+        if v.source.local:
+            latest.setdefault(v.address, {})[str(v.source)] = v
+            local.setdefault(v.address, []).append(v)
     harvesters: dict[IPNetwork, Entry] = {}
     scanners: dict[IPNetwork, Entry] = {}
-    for address, verdicts in by_address.items():
-        latest: dict[str, Any] = {}
-        for v in sorted(verdicts, key=lambda v: v.time):
-            latest[v.source] = v
-        decided = effective(latest)
-        if decided is None or decided.status != "harvester":
+    for address, s in effective(local_only(latest)).items():
+        decided = s.verdict
+        if decided is None or s.status != Status.HARVESTER:
             continue
-        try:
-            net = parse_prefix(address, 0, 0)
-        except UsageError:
-            continue
-        times = [v.time for v in verdicts if v.status == "harvester"]
+        net = parse_prefix(address, 0, 0)
+        times = [v.time for v in local[address] if v.status == Status.HARVESTER]
         counts = tuple(sorted((k, n) for k, n in decided.evidence.items()
                               if isinstance(n, int) and not isinstance(n, bool) and n >= 0))
-        note = decided.evidence.get("note") if isinstance(decided.evidence.get("note"), str) else ""
-        comment = f"{decided.source}: {note}" if note else decided.source
+        note = decided.evidence.get("note")
+        comment = f"{decided.source}: {note}" if isinstance(note, str) and note else \
+            str(decided.source)
         harvesters[net] = Entry(net, "harvester", comment.replace("\n", " "), 0, counts,
                                 min(times), max(times))
-        for v in verdicts:
-            named = v.evidence.get("scanners") if v.status == "harvester" else None
-            for s in named if isinstance(named, list) else []:
+        for v in local[address]:
+            named = v.evidence.get("scanners") if v.status == Status.HARVESTER else None
+            for text in named if isinstance(named, list) else []:
                 try:
-                    snet = parse_prefix(str(s), 0, 0)
+                    snet = parse_prefix(str(text), 0, 0)
                 except UsageError:
                     continue
                 old = scanners.get(snet)

@@ -1,23 +1,26 @@
-"""Verdicts + lists + [rules] config → the desired firewall state (pure, printable).
+"""Effective statuses + lists + [rules] config → the desired firewall state (pure, printable).
 
 Nothing here touches the system: the host's own addresses and gateways come in as `HostFacts`
 (gathered by ntpguard.hostinfo), so every safety check is tested without root. Backends turn a
 `Plan` into nft or ip6tables/ipset rules; two equal plans must give the same ruleset.
+
+The plan follows the servers' effective statuses (ntpguard.status) and decides nothing about
+a server itself: usable servers are let through before any harvester prefix is looked at, so
+an admin's `clean` (or a trusted server) inside a listed harvester prefix stays reachable.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Union
+from typing import Iterable, Optional, Union
 
 from ntpguard.addr import IPNetwork
 from ntpguard.config import Rules
+from ntpguard.detect import Scan
 from ntpguard.errors import FirewallError, UsageError
-from ntpguard.state import STATUSES
+from ntpguard.status import ServerStatus
 
-# A known server with one of these statuses never receives NTP from us.
-BLOCKED_STATUSES = ("harvester", "suspect")
 BITS = {4: 32, 6: 128}
 # `ntpguard probe` marks its packets (SO_MARK, "ntpg"): they may reach a blocked server, since
 # confirming a suspect means sending it one packet. Setting a mark needs CAP_NET_ADMIN.
@@ -51,15 +54,6 @@ class UnsafePlan(FirewallError):
 
 
 @dataclass(frozen=True)
-class ServerStatus:
-    """One known NTP server and its current status (one of STATUSES)."""
-
-    address: str
-    status: str
-    source: str = "state"
-
-
-@dataclass(frozen=True)
 class PrefixEntry:
     """An address or prefix from a list or a verdict; `source` is for error messages.
 
@@ -83,8 +77,9 @@ class HostFacts:
 class PrefixSet:
     """All prefixes of one family and length: one hash set each in the kernel.
 
-    NOTES.md: a hash set per prefix length (looked up with a mask) loads 100k in 0.77 s and
-    takes a 100-element update in 0.02 s; one interval set needs 28 s for the same update.
+    A hash set per prefix length (looked up with a mask) loaded 100k prefixes in 0.77 s and
+    took a 100-element update in 0.02 s; one interval set of the same prefixes needed 28 s for
+    that update (deleting from an interval set is the slow part; nft 1.0.6, kernel 6.x).
     """
 
     family: int
@@ -130,28 +125,14 @@ class Plan:
             "scanner_prefixes": sum(len(s.networks) for s in self.scanners),
         }
 
-    def summary(self) -> dict[str, Any]:
-        """A JSON-friendly description (no set contents) for `rules show --json` and logs."""
-        return {
-            "mode": self.mode,
-            "unknown": self.unknown,
-            "log": self.log,
-            **self.counts(),
-            "scanner_sets": [f"ipv{s.family}/{s.length}:{len(s.networks)}"
-                             for s in self.scanners],
-            "harvester_sets": [f"ipv{s.family}/{s.length}:{len(s.networks)}"
-                               for s in self.harvesters],
-            "notes": list(self.notes),
-        }
-
     def describe(self) -> str:
         """Human-readable plan, one fact per line."""
         c = self.counts()
         lines = [
             f"mode {self.mode}: NTP out{' and forwarded' if self.gateway else ''} "
-            + ("to clean servers only" if self.unknown == "block"
+            + ("to known usable servers only" if self.unknown == "block"
                else "to anything but harvesters and suspects"),
-            f"clean servers: {c['clean6']} IPv6, {c['clean4']} IPv4",
+            f"usable servers: {c['clean6']} IPv6, {c['clean4']} IPv4",
             f"harvester prefixes: {c['harvester_prefixes']}",
             f"scanner prefixes dropped: {c['scanner_prefixes']} in {len(self.scanners)} sets",
             "logging: " + (f"{self.log_rate}/s burst {self.log_burst}"
@@ -203,7 +184,7 @@ def _protected(host: HostFacts) -> dict[int, list[tuple[int, int, str]]]:
     return out
 
 
-def protected_reason(network: Any, host: HostFacts) -> Optional[str]:
+def protected_reason(network: Union[str, IPNetwork], host: HostFacts) -> Optional[str]:
     """What a prefix would cut off if its packets were dropped (None: nothing protected)."""
     net = ipaddress.ip_network(network)
     fam, value, length = net.version, int(net.network_address), net.prefixlen
@@ -240,17 +221,8 @@ def _sets(groups: dict[tuple[int, int], list[int]]) -> tuple[PrefixSet, ...]:
     return tuple(out)
 
 
-def _covered(fam: int, value: int, groups: dict[tuple[int, int], list[int]],
-             lookup: dict[tuple[int, int], set[int]]) -> bool:
-    bits = BITS[fam]
-    for (gfam, length) in groups:
-        if gfam == fam and (value >> (bits - length) << (bits - length)) in lookup[(gfam, length)]:
-            return True
-    return False
-
-
 def build(
-    servers: Iterable[ServerStatus],
+    statuses: Iterable[ServerStatus],
     scanners: Iterable[PrefixEntry],
     harvesters: Iterable[PrefixEntry],
     rules: Rules,
@@ -259,23 +231,19 @@ def build(
 ) -> Plan:
     """The desired firewall state; raises PlanInputError or UnsafePlan instead of guessing.
 
-    Known servers that are clean or not yet judged ("unknown") may receive NTP; harvesters and
-    suspects may not, nor anything inside a harvester prefix or a scanner prefix (its replies
-    would be dropped anyway). Scanner entries are refused when they are broader than the limit
-    or overlap loopback, link-local, multicast, the host's addresses or its gateways.
+    Usable servers (known, not harvester or suspect: ServerStatus.usable) may receive NTP;
+    harvesters and suspects may not, nor (with rules.unknown = "allow") anything inside a
+    harvester prefix. Scanner prefixes lose their unsolicited inbound traffic; entries broader
+    than the limit, or overlapping loopback, link-local, multicast, the host's addresses or its
+    gateways, are refused.
     """
     harvest_items: list[tuple[int, int, int]] = []
     allowed: list[tuple[int, int]] = []
-    for s in servers:
-        if s.status not in STATUSES:
-            raise PlanInputError(f"{s.source}: {s.address}: unknown status {s.status!r}")
-        try:
-            addr = ipaddress.ip_address(s.address.strip())
-        except ValueError:
-            raise PlanInputError(f"{s.source}: not an IP address: {s.address!r}") from None
-        if s.status in BLOCKED_STATUSES:
+    for s in statuses:
+        addr = ipaddress.ip_address(s.address)
+        if s.status.blocked:
             harvest_items.append((addr.version, int(addr), BITS[addr.version]))
-        else:
+        elif s.usable:
             allowed.append((addr.version, int(addr)))
     harvest_items += [_parse_network(e, rules) for e in harvesters]
 
@@ -292,30 +260,23 @@ def build(
         scan_items.append((fam, net, length))
 
     harvest_groups = _collapse(harvest_items)
-    scan_groups = _collapse(scan_items)
-    h_lookup = {k: set(v) for k, v in harvest_groups.items()}
-    s_lookup = {k: set(v) for k, v in scan_groups.items()}
-
     notes = []
     clean: dict[int, set[int]] = {4: set(), 6: set()}
-    shadowed = 0
     for fam, value in allowed:
-        if _covered(fam, value, harvest_groups, h_lookup) or _covered(
-            fam, value, scan_groups, s_lookup
-        ):
-            shadowed += 1
-            continue
         clean[fam].add(value)
-    if shadowed:
-        notes.append(f"{shadowed} known server(s) inside harvester or scanner prefixes: blocked")
+    lookup = {key: set(nets) for key, nets in harvest_groups.items()}
+    inside = sum(1 for fam, value in allowed if _within(fam, value, lookup))
+    if inside:
+        notes.append(f"{inside} usable server(s) inside harvester prefixes: let through, "
+                     "a higher-ranked source (manual, trusted, local evidence) says so")
     if rules.unknown == "block" and not (clean[4] or clean[6]):
         if not force:
             raise UnsafePlan(
-                'no clean NTP server is known and rules.unknown = "block": these rules would '
+                'no usable NTP server is known and rules.unknown = "block": these rules would '
                 "stop all time sync; keeping the previous rules (run `ntpguard resolve` first, "
-                "or use --force)"
+                "name your own servers in [servers] trusted, or use --force)"
             )
-        notes.append("forced: no clean server, all NTP is rejected")
+        notes.append("forced: no usable server, all NTP is rejected")
 
     return Plan(
         mode=rules.mode,
@@ -327,8 +288,35 @@ def build(
         clean4=tuple(str(ipaddress.IPv4Address(v)) for v in sorted(clean[4])),
         clean6=tuple(str(ipaddress.IPv6Address(v)) for v in sorted(clean[6])),
         harvesters=_sets(harvest_groups),
-        scanners=_sets(scan_groups),
+        scanners=_sets(_collapse(scan_items)),
         forced=force,
         notes=tuple(notes),
     )
 
+
+def _within(fam: int, value: int, lookup: dict[tuple[int, int], set[int]]) -> bool:
+    bits = BITS[fam]
+    return any(value >> (bits - length) << (bits - length) in nets
+               for (gfam, length), nets in lookup.items() if gfam == fam)
+
+
+def scanner_prefixes(scans: Iterable[Scan], blocked: set[str], host: HostFacts
+                     ) -> list[PrefixEntry]:
+    """Sources of recorded scans that a blocked server among the triggers explains.
+
+    Those are the harvesters' scanners: drop their prefix (IPv6: the /64, as scan6.shodan.io
+    spread its work over one /64 in 2016; IPv4: the address). A scan nobody triggered proves
+    nothing about its source, and a prefix that covers this host or its gateway is never
+    dropped.
+    """
+    out: dict[str, PrefixEntry] = {}
+    for scan in scans:
+        if not any(t.server in blocked for t in scan.triggers):
+            continue
+        address = scan.src.split("/")[0]
+        net = ipaddress.ip_network(f"{address}/{64 if ':' in address else 32}", strict=False)
+        key = str(net)
+        if key in out or protected_reason(net, host):
+            continue
+        out[key] = PrefixEntry(net, f"scan of {scan.dst} detected at {scan.start:.0f}")
+    return list(out.values())

@@ -4,7 +4,7 @@ Passive evidence is confounded when one local address talks to several servers: 
 says only "one of these harvests". A probe is a group test of exactly one server: a fresh
 random address that nothing else ever uses sends one SNTP request to the server. If that
 address is scanned within the lookback, the server handed it on (a *sole* positive); if not,
-a negative. The probe's contact is stored with the log's contacts (evidence.record_contacts),
+a negative. The probe's contact is stored with the log's contacts (State.record_probe_contacts),
 and the scan, if any, arrives through the firewall log like every other one: the verdicts of
 `detect --record` / `sync` then use it without knowing it was a probe.
 
@@ -25,18 +25,19 @@ import errno
 import ipaddress
 import os
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
-from ntpguard import sntp
+from ntpguard import commands, sntp
 from ntpguard.addr import nonglobal_reason, parse_address
 from ntpguard.config import Config, Detect, Probe
 from ntpguard.errors import NtpguardError, UsageError
+from ntpguard.hostinfo import ip_json
 from ntpguard.plan import PROBE_MARK
 from ntpguard.state import State
-from ntpguard.verdict import ServerVerdict
+from ntpguard.status import ServerStatus, Status
+from ntpguard.verdict import Finding
 
 NTP_PORT = 123
 # RFC 5453 reserved interface identifiers: the subnet-router anycast (all zero) and the
@@ -186,33 +187,28 @@ def pending_servers(first_contacts: dict[tuple[str, str], float], live: set[str]
             if address in live and t > now - lookback}
 
 
-def select_suspects(statuses: dict[str, str], detected: dict[str, ServerVerdict],
+def select_suspects(statuses: Mapping[str, ServerStatus], detected: Mapping[str, Finding],
                     pending: set[str], limit: int) -> list[str]:
     """IPv6 servers worth a probe, most likely harvesters first, at most `limit`: status
     suspect, or unknown with positive evidence; not those with a probe still pending.
 
-    `statuses`: the effective status of each known server (manual > local > lists);
-    `detected`: this run's group-testing verdicts (for the evidence counts and probability).
+    `statuses`: the effective status of each server (ntpguard.status); `detected`: this run's
+    group-testing findings (for the evidence counts and probability).
     """
     picked = []
     for address in set(statuses) | set(detected):
         if ":" not in address or address in pending:
             continue
-        status = statuses.get(address, "unknown")
+        s = statuses.get(address)
+        status = s.status if s else Status.UNKNOWN
         v = detected.get(address)
-        if status == "suspect" or (status == "unknown" and v is not None and v.positive > 0):
+        if status == Status.SUSPECT or (status == Status.UNKNOWN and v is not None
+                                        and v.positive > 0):
             picked.append((-(v.probability if v else 0.0), -(v.positive if v else 0), address))
     return [a for _, _, a in sorted(picked)[:limit]]
 
 
 # -- side effects ------------------------------------------------------------------------------
-
-def ip_json(*args: str) -> list:
-    """`ip -j ARGS` in this network namespace."""
-    from ntpguard.hostinfo import _ip_json
-
-    return _ip_json(*args)
-
 
 def find_target(settings: Probe) -> Target:
     return choose_target(ip_json("-6", "addr", "show"), ip_json("-6", "route", "show", "default"),
@@ -220,21 +216,14 @@ def find_target(settings: Probe) -> Target:
 
 
 def suspects_from_state(config: Config, state: State, now: float) -> list[str]:
-    """The `--suspects` (and sync step) choice: effective statuses (manual > local > lists),
-    this moment's group-testing evidence, minus servers whose probe is still pending."""
-    from ntpguard import evidence, lists
-    from ntpguard.precedence import effective, with_lists
+    """The `--suspects` (and sync step) choice: effective statuses (ntpguard.status), this
+    moment's group-testing evidence, minus servers whose probe is still pending."""
+    from ntpguard import evidence, snapshot
 
-    known = [s.address for s in state.servers()]
-    latest = with_lists(state.latest_verdicts(), lists.load_all(config, state.directory), known)
-    statuses = {}
-    for address in known:
-        v = effective(latest.get(address, {}))
-        statuses[address] = v.status if v else "unknown"
+    statuses = snapshot.statuses(config, state)
     detected, _ = evidence.compute_verdicts(state, config.detect, record=False)
     live = live_probes(ip_json("-6", "addr", "show"), find_target(config.probe))
-    _, contacts = evidence.stored_facts(state)
-    pending = pending_servers(contacts.first, live, now, config.detect.lookback)
+    pending = pending_servers(state.contacts().first, live, now, config.detect.lookback)
     return select_suspects(statuses, detected, pending, config.probe.max_per_run)
 
 
@@ -242,18 +231,15 @@ def add_address(target: Target, address: str, valid: int) -> None:
     """Add the probe address: deprecated at once, gone after `valid` seconds."""
     cmd = ["ip", "-6", "addr", "add", f"{address}/128", "dev", target.interface, "nodad",
            "valid_lft", str(valid), "preferred_lft", "0"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ProbeError(f"cannot run ip: {exc}") from None
+    proc = commands.run(cmd, check=False, error=ProbeError)
     if proc.returncode != 0:
         raise ProbeError(f"cannot add probe address {address} to {target.interface}: "
                          f"{proc.stderr.strip() or 'ip failed'} (probes need root)")
 
 
 def remove_address(target: Target, address: str) -> None:
-    subprocess.run(["ip", "-6", "addr", "del", f"{address}/128", "dev", target.interface],
-                   capture_output=True, timeout=10)
+    commands.run(["ip", "-6", "addr", "del", f"{address}/128", "dev", target.interface],
+                 check=False, error=ProbeError)
 
 
 def send(source: str, server: str, timeout: float, port: int = NTP_PORT
@@ -288,7 +274,8 @@ def send(source: str, server: str, timeout: float, port: int = NTP_PORT
                 if r.error != "reply does not echo our request":
                     return True, True, f"answered: {r.error}"
     except OSError as exc:
-        # EPERM: a firewall rejected the packet before it left (NOTES.md), e.g. ntpguard's own
+        # EPERM: a firewall rule rejected the packet before it left (the kernel answers a
+        # locally generated packet hit by `reject` so, at once, in send()), e.g. ntpguard's own
         # rules for a suspect: nothing reached the server, so no contact is recorded.
         why = exc.strerror or str(exc)
         if exc.errno == errno.EPERM:

@@ -10,17 +10,66 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
+from ntpguard.detect import Contacts, Scan, Trigger
 from ntpguard.errors import LockBusy, StateError
+from ntpguard.logs.sources import Position
+from ntpguard.status import Verdict
 
 DB_NAME = "state.db"
 LOCK_NAME = "lock"
-STATUSES = ("harvester", "suspect", "clean", "unknown")
+log = logging.getLogger("ntpguard")
+
+def _triggers_table(db: sqlite3.Connection) -> None:
+    """Migration 4: detect_scans.triggers (JSON) → detect_triggers rows; a blob that does not
+    load loses its triggers (the scan stays), as the verdicts then would have anyway."""
+    db.execute("""
+        CREATE TABLE detect_triggers (
+            dst         TEXT NOT NULL,              -- the scan: (dst, src, start)
+            src         TEXT NOT NULL,
+            start       REAL NOT NULL,
+            server      TEXT NOT NULL,              -- where the local address sent to
+            proto       TEXT NOT NULL,
+            sport       INTEGER,
+            dport       INTEGER,
+            time        REAL NOT NULL,
+            lag         REAL NOT NULL
+        )""")
+    db.execute("CREATE INDEX detect_triggers_by_scan ON detect_triggers (dst, src, start)")
+    rows = []
+    for dst, src, start, blob in db.execute(
+            "SELECT dst, src, start, triggers FROM detect_scans").fetchall():
+        try:
+            for t in json.loads(blob):
+                rows.append((dst, src, start, str(t["server"]), str(t["proto"]), t["sport"],
+                             t["dport"], float(t["time"]), float(t["lag"])))
+        except (ValueError, TypeError, KeyError):
+            log.warning("state: the triggers of the scan of %s at %s did not load; dropped",
+                        dst, start)
+    db.executemany("INSERT INTO detect_triggers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    # SQLite before 3.35 (Debian 11) has no DROP COLUMN: copy the table without it.
+    db.execute("""
+        CREATE TABLE detect_scans_new (
+            dst         TEXT NOT NULL,
+            src         TEXT NOT NULL,
+            start       REAL NOT NULL,
+            end         REAL NOT NULL,
+            ports       INTEGER NOT NULL,
+            packets     INTEGER NOT NULL,
+            protocols   TEXT NOT NULL,
+            PRIMARY KEY (dst, src, start)
+        )""")
+    db.execute("INSERT INTO detect_scans_new SELECT dst, src, start, end, ports, packets,"
+               " protocols FROM detect_scans")
+    db.execute("DROP TABLE detect_scans")
+    db.execute("ALTER TABLE detect_scans_new RENAME TO detect_scans")
+
 
 # Each entry moves the schema from version i to i+1. Append, never edit a released entry:
 # user_version in the database says how many have run. Later issues add their tables here.
@@ -105,6 +154,9 @@ MIGRATIONS: list[Migration] = [
     # ntpguard probe's contacts: a fresh address given to one server only, so a scan of it is
     # not background noise (verdict.py weighs these tests with their own background rate).
     "ALTER TABLE detect_contacts ADD COLUMN probe INTEGER NOT NULL DEFAULT 0",
+    # 4: a scan's triggers in a table of their own, not a JSON blob per scan (a blob that
+    # does not load took the whole verdicts step down with it).
+    _triggers_table,
 ]
 
 
@@ -116,15 +168,6 @@ class Server:
     last_seen: float
     times_seen: int
     zones: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    address: str
-    status: str
-    source: str
-    evidence: dict
-    time: float
 
 
 class _Lock:
@@ -340,32 +383,145 @@ class State:
 
     # -- verdicts ------------------------------------------------------------------------------
 
-    def add_verdict(self, address: str, status: str, source: str, evidence: Optional[dict],
-                    now: float) -> None:
-        if status not in STATUSES:
-            raise StateError(f"unknown status {status!r} (one of {', '.join(STATUSES)})")
+    def add_verdict(self, verdict: Verdict) -> None:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO verdicts (address, status, source, evidence, time)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (address, status, source, json.dumps(evidence or {}, sort_keys=True), now),
+                (verdict.address, verdict.status.value, str(verdict.source),
+                 json.dumps(dict(verdict.evidence), sort_keys=True), verdict.time),
             )
 
     def verdict_history(self, address: Optional[str] = None) -> list[Verdict]:
-        sql = "SELECT address, status, source, evidence, time FROM verdicts"
+        """Every stored verdict, oldest first; a row this version cannot read (a source or
+        evidence written by hand or by a newer ntpguard) is left out with a warning."""
+        sql = "SELECT id, address, status, source, evidence, time FROM verdicts"
         args: tuple = ()
         if address is not None:
             sql += " WHERE address = ?"
             args = (address,)
-        return [Verdict(a, s, src, json.loads(e), t)
-                for a, s, src, e, t in self.conn.execute(sql + " ORDER BY time, id", args)]
+        out = []
+        for row_id, a, s, src, e, t in self.conn.execute(sql + " ORDER BY time, id", args):
+            try:
+                evidence = json.loads(e)
+                if not isinstance(evidence, dict) or not isinstance(t, (int, float)):
+                    raise ValueError("not an object")
+                out.append(Verdict.of(str(a), str(s), str(src), evidence, t))
+            except (ValueError, TypeError):
+                log.warning("state: verdict row %s (%s) is damaged; ignored", row_id, a)
+        return out
 
     def latest_verdicts(self) -> dict[str, dict[str, Verdict]]:
         """address → source → that source's most recent verdict."""
         out: dict[str, dict[str, Verdict]] = {}
         for v in self.verdict_history():
-            out.setdefault(v.address, {})[v.source] = v
+            out.setdefault(v.address, {})[str(v.source)] = v
         return out
+
+    # -- evidence from firewall logs -------------------------------------------------------------
+    # Facts, not conclusions, so verdicts are recomputed from all runs together; the keys make
+    # storing the same log twice a no-op.
+
+    def positions(self) -> dict[str, Position]:
+        """How far each log source was read (file inode and offset, journal cursor)."""
+        return {src: Position(src, ino, off, cur) for src, ino, off, cur in self.conn.execute(
+            "SELECT source, inode, offset, cursor FROM detect_positions")}
+
+    def save_detection(self, positions: Iterable[Position], contacts: Contacts,
+                       scans: Iterable[Scan], coverage_key: str, now: float) -> None:
+        """One read's facts and where it stopped, in one transaction."""
+        scans = list(scans)
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO detect_positions (source, inode, offset, cursor, updated)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET"
+                " inode = excluded.inode, offset = excluded.offset, cursor = excluded.cursor,"
+                " updated = excluded.updated",
+                [(p.source, p.inode, p.offset, p.cursor, now) for p in positions])
+            db.executemany(
+                "INSERT INTO detect_contacts (address, server, first_time) VALUES (?, ?, ?)"
+                " ON CONFLICT (address, server) DO UPDATE SET"
+                " first_time = min(first_time, excluded.first_time)",
+                [(a, s, t) for (a, s), t in contacts.first.items()])
+            fresh = []
+            for s in scans:
+                cur = db.execute(
+                    "INSERT INTO detect_scans (dst, src, start, end, ports, packets, protocols)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dst, src, start) DO NOTHING",
+                    (s.dst, s.src, s.start, s.end, s.ports, s.packets, ",".join(s.protocols)))
+                if cur.rowcount:
+                    fresh.append(s)
+            db.executemany(
+                "INSERT INTO detect_triggers (dst, src, start, server, proto, sport, dport,"
+                " time, lag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(s.dst, s.src, s.start, t.server, t.proto, t.sport, t.dport, t.time, t.lag)
+                 for s in fresh for t in s.triggers])
+            if contacts.start is not None and contacts.end is not None:
+                db.execute(
+                    "INSERT INTO detect_coverage (source, first_time, last_time) VALUES (?, ?, ?)"
+                    " ON CONFLICT (source) DO UPDATE SET"
+                    " first_time = min(first_time, excluded.first_time),"
+                    " last_time = max(last_time, excluded.last_time)",
+                    (coverage_key, contacts.start, contacts.end))
+
+    def record_probe_contacts(self, contacts: Iterable[tuple[str, str, float]]) -> None:
+        """Contacts (local address, server, time) known without a log line: `ntpguard probe`'s
+        packets, so they form tests even if the firewall logged nothing. Merged like logged
+        ones (earliest time wins), so the same packet seen in the log later is a no-op."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO detect_contacts (address, server, first_time, probe)"
+                " VALUES (?, ?, ?, 1) ON CONFLICT (address, server) DO UPDATE SET"
+                " first_time = min(first_time, excluded.first_time), probe = 1",
+                list(contacts))
+
+    def probe_addresses(self) -> set[str]:
+        """The local addresses `ntpguard probe` made (each known to one server only)."""
+        return {a for (a,) in self.conn.execute(
+            "SELECT DISTINCT address FROM detect_contacts WHERE probe = 1")}
+
+    def scans(self) -> list[Scan]:
+        """Every recorded scan with its triggers, by start. A row with a value of the wrong
+        type (a damaged database) is left out with a warning, so one bad row cannot stop the
+        verdicts or the rules that read them."""
+        triggers: dict[tuple[str, str, float], list[Trigger]] = {}
+        bad = 0
+        for dst, src, start, server, proto, sport, dport, t, lag in self.conn.execute(
+                "SELECT dst, src, start, server, proto, sport, dport, time, lag"
+                " FROM detect_triggers ORDER BY time"):
+            if not (_all(str, server, proto) and _all(_NUMBER, t, lag, start)
+                    and _all(_PORT, sport, dport)):
+                bad += 1
+                continue
+            triggers.setdefault((dst, src, start), []).append(
+                Trigger(server, proto, sport, dport, float(t), float(lag)))
+        out = []
+        for dst, src, start, end, ports, packets, protos in self.conn.execute(
+                "SELECT dst, src, start, end, ports, packets, protocols FROM detect_scans"
+                " ORDER BY start"):
+            if not (_all(str, dst, src, protos) and _all(_NUMBER, start, end)
+                    and _all(int, ports, packets)):
+                bad += 1
+                continue
+            out.append(Scan(float(start), float(end), src, dst, ports, packets,
+                            tuple(p for p in protos.split(",") if p),
+                            tuple(triggers.get((dst, src, start), ()))))
+        if bad:
+            log.warning("state: %d damaged scan or trigger row(s) ignored", bad)
+        return out
+
+    def contacts(self) -> Contacts:
+        """Every first contact recorded so far and the time span the logs covered."""
+        contacts = Contacts()
+        for address, server, t in self.conn.execute(
+                "SELECT address, server, first_time FROM detect_contacts"):
+            if _all(str, address, server) and isinstance(t, _NUMBER):
+                contacts.first[(address, server)] = float(t)
+        row = self.conn.execute(
+            "SELECT min(first_time), max(last_time) FROM detect_coverage").fetchone()
+        if row and _all(_NUMBER, *row):
+            contacts.start, contacts.end = float(row[0]), float(row[1])
+        return contacts
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -377,12 +533,29 @@ class State:
                 (command, started, finished, int(ok), json.dumps(summary, sort_keys=True)),
             )
 
+    def runs(self, command: str, limit: int = 1) -> list[dict[str, Any]]:
+        """The newest runs of a command, newest first (a summary that does not load reads
+        as empty)."""
+        out = []
+        for started, finished, ok, summary in self.conn.execute(
+                "SELECT started, finished, ok, summary FROM runs WHERE command = ?"
+                " ORDER BY id DESC LIMIT ?", (command, limit)):
+            try:
+                data = json.loads(summary)
+            except (ValueError, TypeError):
+                data = {}
+            out.append({"started": started, "finished": finished, "ok": bool(ok),
+                        "summary": data if isinstance(data, dict) else {}})
+        return out
+
     def last_run(self, command: str) -> Optional[dict[str, Any]]:
-        row = self.conn.execute(
-            "SELECT started, finished, ok, summary FROM runs WHERE command = ?"
-            " ORDER BY id DESC LIMIT 1", (command,)
-        ).fetchone()
-        if row is None:
-            return None
-        return {"started": row[0], "finished": row[1], "ok": bool(row[2]),
-                "summary": json.loads(row[3])}
+        runs = self.runs(command, 1)
+        return runs[0] if runs else None
+
+
+_NUMBER = (int, float)
+_PORT = (int, type(None))
+
+
+def _all(kind: Any, *values: Any) -> bool:
+    return all(isinstance(v, kind) and not isinstance(v, bool) for v in values)

@@ -9,23 +9,21 @@ except touch the firewall, the time daemon and the real state.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import shutil
 import sqlite3
 import tempfile
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ntpguard import backends, evidence, fetch, lists, pool, timeconf
+from ntpguard import backends, evidence, fetch, pool, snapshot, timeconf
 from ntpguard.config import Config
-from ntpguard.enforce import plan_from_state
 from ntpguard.errors import NtpguardError
+from ntpguard.logs.read import order_sources
 from ntpguard.plan import UnsafePlan
-from ntpguard.precedence import effective, with_lists
 from ntpguard.state import DB_NAME, State
 
 
@@ -36,6 +34,7 @@ class Step:
     skipped: bool = False
     message: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    trace: str = ""  # the traceback of an unexpected failure (printed with -v)
 
 
 @dataclass
@@ -143,8 +142,11 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
                 fn(step)
             except NtpguardError as exc:
                 step.ok, step.message = False, str(exc)
-            except (OSError, sqlite3.DatabaseError) as exc:
+            except Exception as exc:
+                # One step's bug or damaged data must not stop the later steps (README: a
+                # failing step leaves the others running).
                 step.ok, step.message = False, f"{type(exc).__name__}: {exc}"
+                step.trace = traceback.format_exc()
         report.steps.append(step)
         if progress:
             progress(step)
@@ -165,7 +167,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         if not sources:
             step.skipped, step.message = True, "no firewall log found (set sync.log_sources)"
             return
-        summary = evidence.ingest(state, evidence.order_sources(sources), config.detect,
+        summary = evidence.ingest(state, order_sources(sources), config.detect,
                                   now=now())
         d = summary.as_dict()
         step.data = {"scans": d["scans"], "lines": d["lines"], "events": d["events"],
@@ -202,7 +204,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
             return
 
         def record(r: probe.Result) -> None:
-            evidence.record_contacts(state, [(r.source, r.server, r.time)])
+            state.record_probe_contacts([(r.source, r.server, r.time)])
 
         _, _, results = probe.run(servers, config.probe, config.detect, record, now)
         sent = [r for r in results if r.sent]
@@ -214,27 +216,24 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
     def do_rules(step: Step) -> None:
         notes = []
         try:
-            plan = plan_from_state(config, state, state_dir, force=settings.force_rules)
+            plan = snapshot.firewall_plan(config, state, force=settings.force_rules)
         except UnsafePlan:
-            # No server is cleared yet (a new host). Blocking all NTP would stop time sync, but
+            # No server is usable yet (a new host). Blocking all NTP would stop time sync, but
             # doing nothing would leave scanners and known harvesters in and log nothing, and
             # without logs no server is ever cleared. So: enforce what is known to be bad, let
-            # NTP reach unknown servers for now, and log, until detection clears some.
-            lenient = dataclasses.replace(config, rules=dataclasses.replace(
-                config.rules, unknown="allow"))
-            plan = plan_from_state(lenient, state, state_dir)
-            notes.append("no clean server known yet: NTP to unknown servers allowed for now")
+            # NTP reach unknown servers for now, and log, until some server is known.
+            plan = snapshot.firewall_plan(config, state, unknown="allow")
+            notes.append("no usable server known yet: NTP to unknown servers allowed for now")
         step.data = dict(plan.counts())
         step.data["unknown"] = plan.unknown
         if dry_run:
-            backends.dry_run(config.rules.backend, plan)  # renders, so errors show
+            backends.render(config.rules.backend, plan)  # renders, so errors show
             step.data["action"] = "planned"
             step.message = "; ".join([*notes, "dry run: not applied"])
             return
         result = backends.get(config.rules.backend, state_dir).apply(plan)
-        step.message = "; ".join(
-            [*notes, result if isinstance(result, str) else result.describe()])
-        step.data["action"] = getattr(result, "action", "applied")
+        step.message = "; ".join([*notes, result.describe()])
+        step.data["action"] = result.action
 
     def do_timeconf(step: Step) -> None:
         out = timeconf.configure_daemon(config, state, now(), dry_run=dry_run)
@@ -251,15 +250,11 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
     attempt("timeconf", do_timeconf, settings.configure_time_daemon,
             "sync.configure_time_daemon = false")
 
-    known = state.servers()
-    latest = state.latest_verdicts()
-    # A broken stored list was reported by its step; then count without lists.
-    with contextlib.suppress(NtpguardError):
-        latest = with_lists(latest, lists.load_all(config, state_dir), [s.address for s in known])
-    counts: Counter = Counter()
-    for s in known:
-        v = effective(latest.get(s.address, {}))
-        counts[v.status if v else "unknown"] += 1
+    try:
+        counts = Counter(s.status.value for s in snapshot.statuses(config, state).values()
+                         if s.known)
+    except NtpguardError:  # a broken stored list: reported by its step already
+        counts = Counter()
     report.servers = {"known": sum(counts.values()), **counts}
     state.record_run("sync", started, now(), not report.failed, report.as_dict())
     return report

@@ -1,27 +1,27 @@
-"""Clean servers → time-daemon configuration (chrony, timesyncd, ntpsec/ntp, openntpd).
+"""Usable servers → time-daemon configuration (chrony, timesyncd, ntpsec/ntp, openntpd).
 
-Selection and rendering are pure. `write` only touches the file ntpguard owns (chrony's
-sources.d drop-in, timesyncd's conf.d drop-in) and reloads the daemon when the content changed.
-ntpsec/ntp and openntpd have no drop-in directory by default, so for them ntpguard prints the
-lines and the admin adds them once: ntpguard never edits an admin's file.
+Selection is pure; ntpguard.daemons knows each daemon's syntax and files. `write` only touches
+the file ntpguard owns (chrony's sources.d drop-in, timesyncd's conf.d drop-in) and reloads the
+daemon when the content changed. The servers offered are exactly those the firewall plan lets
+NTP reach: the `usable` ones of ntpguard.status.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import subprocess
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
+from ntpguard import commands, daemons, snapshot
+from ntpguard.config import Config
 from ntpguard.errors import NtpguardError, UsageError
 from ntpguard.files import atomic_write
-from ntpguard.sntp import SntpResult
+from ntpguard.sntp import SntpResult, query_many
+from ntpguard.state import Server, State
+from ntpguard.status import RANKS, ServerStatus, Status, effective
 
-FORMATS = ("chrony", "timesyncd", "ntpsec", "ntp", "openntpd")
-HEADER = "Written by ntpguard (`ntpguard timeconf --write`); edits are overwritten."
-NTPSEC_SNIPPET = "/etc/ntpsec/ntpguard.conf"
-NTP_SNIPPET = "/etc/ntpguard/ntp-servers.conf"
+FORMATS = daemons.NAMES
 
 
 class ReloadError(NtpguardError):
@@ -30,22 +30,32 @@ class ReloadError(NtpguardError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """A known server that may be used: its effective status allows NTP to it."""
+    """A usable server: the firewall lets NTP reach it."""
 
     address: str
     last_seen: float
     times_seen: int = 0
-    cleared: bool = False  # detection (or the admin) said clean, not merely "not bad"
+    # 0: the admin vouches for it (manual clean, trusted); 1: evidence cleared it; 2: unjudged.
+    preference: int = 2
 
 
-def candidates(servers: Iterable, statuses: Mapping[str, str], now: float, max_age: float,
-               usable: Sequence[str] = ("clean",)) -> list[Candidate]:
-    """Servers (state.Server-like) whose status is usable and that DNS served recently."""
+def candidates(statuses: Mapping[str, ServerStatus], servers: Mapping[str, Server],
+               now: float, max_age: float) -> list[Candidate]:
+    """Usable servers; those from the pool only if DNS served them within max_age (the pool
+    drops dead servers), the admin's own and those this host's evidence found at any age."""
     out = []
-    for s in servers:
-        status = statuses.get(s.address, "unknown")
-        if status in usable and now - s.last_seen <= max_age:
-            out.append(Candidate(s.address, s.last_seen, s.times_seen, status == "clean"))
+    for address, st in statuses.items():
+        if not st.usable:
+            continue
+        if st.status != Status.CLEAN or st.source is None:
+            preference = 2
+        else:
+            preference = 0 if st.source.rank < RANKS["detect"] else 1
+        pool = servers.get(address)
+        if pool is not None and now - pool.last_seen > max_age and preference:
+            continue
+        out.append(Candidate(address, pool.last_seen if pool else 0.0,
+                             pool.times_seen if pool else 0, preference))
     return out
 
 
@@ -64,18 +74,19 @@ def select_servers(cands: Sequence[Candidate], count: int, spread_v6: int = 48,
     one harvester we have not caught yet) from being all our sources. With `checks`, servers
     that failed the SNTP query are dropped and the rest ranked by delay (those above max_delay
     last); without, the servers DNS served most often and most recently come first.
-    Servers cleared by evidence come before merely unjudged ones, and the `current` sources
-    before new ones, so a daemon is not reloaded for a mere re-ranking.
+    Servers the admin vouches for come first, then those cleared by evidence, then merely
+    unjudged ones, and the `current` sources before new ones, so a daemon is not reloaded for a
+    mere re-ranking.
     """
     pool = list(cands)
     kept = set(current)
     if checks is not None:
         pool = [c for c in pool if c.address in checks and checks[c.address].ok]
-        pool.sort(key=lambda c: (not c.cleared, c.address not in kept,
+        pool.sort(key=lambda c: (c.preference, c.address not in kept,
                                  checks[c.address].delay > max_delay,
                                  checks[c.address].delay, c.address))
     else:
-        pool.sort(key=lambda c: (not c.cleared, c.address not in kept, -c.times_seen,
+        pool.sort(key=lambda c: (c.preference, c.address not in kept, -c.times_seen,
                                  -c.last_seen, c.address))
     chosen: list[str] = []
     used = set()
@@ -92,105 +103,12 @@ def select_servers(cands: Sequence[Candidate], count: int, spread_v6: int = 48,
     return chosen
 
 
-# -- rendering -----------------------------------------------------------------------------------
-
+# -- writing -------------------------------------------------------------------------------------
 
 def render(fmt: str, servers: Sequence[str], options: str = "iburst",
            fallback: Sequence[str] = ()) -> str:
-    """The file content for one daemon; an empty server list is an error, not an empty file
-    (a time daemon without sources drifts silently)."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
-    if not servers:
-        raise UsageError("no clean servers to write: run `ntpguard sync` (or resolve) first, "
-                         "or check `ntpguard servers`")
-    for s in servers:
-        ipaddress.ip_address(s)  # addresses only: the point is not to ask the pool's DNS
-    opts = f" {options}" if options else ""
-    if fmt == "timesyncd":
-        lines = [f"# {HEADER}", "[Time]", "NTP=" + " ".join(servers)]
-        if fallback:
-            lines.append("FallbackNTP=" + " ".join(fallback))
-        return "\n".join(lines) + "\n"
-    if fmt == "openntpd":
-        # openntpd knows no per-server options like iburst.
-        body = [f"server {s}" for s in servers]
-    else:
-        body = [f"server {s}{opts}" for s in servers]
-    return "\n".join([f"# {HEADER}", *body]) + "\n"
-
-
-def instructions(fmt: str, snippet_path: str) -> str:
-    """What the admin adds by hand where no drop-in directory exists (printed, never done)."""
-    if fmt in ("ntpsec", "ntp"):
-        conf = "/etc/ntpsec/ntp.conf" if fmt == "ntpsec" else "/etc/ntp.conf"
-        return (f"# Save the lines above as {snippet_path}, then add this one line to {conf}\n"
-                f"# and comment out its `pool` lines (the pool would hand out harvesters again):\n"
-                f"#   includefile {snippet_path}\n")
-    if fmt == "openntpd":
-        return ("# openntpd has no include directive: put the lines above into\n"
-                "# /etc/openntpd/ntpd.conf in place of its `servers ...pool.ntp.org` lines.\n")
-    return ""
-
-
-# -- detection -----------------------------------------------------------------------------------
-
-
-def _running_commands(proc: str = "/proc") -> set[str]:
-    names = set()
-    try:
-        pids = [p for p in os.listdir(proc) if p.isdigit()]
-    except OSError:
-        return names
-    for pid in pids:
-        try:
-            with open(os.path.join(proc, pid, "comm")) as fh:
-                names.add(fh.read().strip())
-        except OSError:
-            continue
-    return names
-
-
-def detect_daemon(running: Optional[set[str]] = None,
-                  exists: Callable[[str], bool] = os.path.exists) -> Optional[str]:
-    """The time daemon in use: a running one first, else the one installed.
-
-    All four Conflict with each other in Debian (they Provide `time-daemon`), so at most one
-    is installed; `ntpd` is either ntpsec or openntpd, told apart by its config directory.
-    """
-    running = _running_commands() if running is None else running
-    if "chronyd" in running:
-        return "chrony"
-    if "systemd-timesyn" in running or "systemd-timesyncd" in running:  # comm is 15 chars
-        return "timesyncd"
-    installed_ntpd: Optional[str] = None
-    for conf, name in (("/etc/ntpsec/ntp.conf", "ntpsec"), ("/etc/openntpd/ntpd.conf", "openntpd"),
-                       ("/etc/ntp.conf", "ntp")):
-        if exists(conf):
-            installed_ntpd = name
-            break
-    if "ntpd" in running and installed_ntpd:
-        return installed_ntpd
-    if exists("/usr/sbin/chronyd"):
-        return "chrony"
-    if installed_ntpd:
-        return installed_ntpd
-    if exists("/lib/systemd/systemd-timesyncd") or exists("/usr/lib/systemd/systemd-timesyncd"):
-        return "timesyncd"
-    return None
-
-
-# -- writing -------------------------------------------------------------------------------------
-
-RELOAD = {
-    "chrony": ["chronyc", "reload", "sources"],
-    "timesyncd": ["systemctl", "try-restart", "systemd-timesyncd.service"],
-}
-
-
-def owned_path(fmt: str, chrony_sources: str, timesyncd_dropin: str) -> Optional[str]:
-    """The file ntpguard may write for this daemon, or None where it must not write any."""
-    return {"chrony": chrony_sources, "timesyncd": timesyncd_dropin}.get(fmt)
+    """The file content for one daemon (ntpguard.daemons)."""
+    return daemons.get(fmt).render(servers, options, fallback)
 
 
 def write(fmt: str, content: str, path: str, reload: bool = True,
@@ -200,7 +118,8 @@ def write(fmt: str, content: str, path: str, reload: bool = True,
     Atomic (temp file + rename), so the daemon never reads half a file. Raises ReloadError
     after a successful write when the reload fails: the caller knows the file changed.
     """
-    if fmt not in RELOAD:
+    daemon = daemons.get(fmt)
+    if daemon.reload is None:
         raise UsageError(f"{fmt}: ntpguard writes no file for this daemon (no drop-in "
                          "directory); use the printed lines and include line")
     try:
@@ -218,15 +137,11 @@ def write(fmt: str, content: str, path: str, reload: bool = True,
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
     if reload:
-        cmd = list(reload_command or RELOAD[fmt])
+        cmd = list(reload_command or daemon.reload)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ReloadError(f"wrote {path}, but `{' '.join(cmd)}` failed: {exc}") from None
-        if proc.returncode != 0:
-            why = (proc.stderr or proc.stdout).strip().splitlines()
-            raise ReloadError(f"wrote {path}, but `{' '.join(cmd)}` failed: "
-                              f"{why[-1] if why else f'exit {proc.returncode}'}")
+            commands.run(cmd, error=ReloadError)
+        except ReloadError as exc:
+            raise ReloadError(f"wrote {path}, but {exc}") from None
     return True
 
 
@@ -242,51 +157,23 @@ def remove(path: str) -> bool:
 # -- the step `timeconf` and `sync` run ----------------------------------------------------------
 
 
-def allowed_servers(config, state) -> set[str]:
-    """The servers the firewall plan would let NTP reach, whatever this host's own facts."""
-    from ntpguard.enforce import inputs_from_state
-    from ntpguard.plan import HostFacts, build
-
-    servers, scanners, harvesters = inputs_from_state(config, state, state.directory)
-    plan = build(servers, scanners, harvesters, config.rules, HostFacts(), force=True)
-    return set(plan.clean4) | set(plan.clean6)
-
-
 def current_servers(path: Optional[str]) -> list[str]:
     """The servers in a file ntpguard wrote earlier (chrony `server` lines, timesyncd NTP=)."""
     try:
         with open(path or "", encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
+            return daemons.TimeDaemon.servers_in(fh.read())
     except OSError:
         return []
-    out = []
-    for line in lines:
-        words = line.split()
-        if len(words) >= 2 and words[0] == "server":
-            out.append(words[1])
-        elif line.startswith("NTP="):
-            out.extend(line[4:].split())
-    return out
 
 
-def choose(config, state, now: float, check: Optional[bool] = None, count: Optional[int] = None,
-           port: int = 123, current: Sequence[str] = ()) -> tuple[list[str], dict[str, SntpResult]]:
-    """Known servers + verdicts → the servers to configure (and SNTP results when checked)."""
-    from ntpguard.precedence import effective
-    from ntpguard.sntp import query_many
-
+def choose(config: Config, state: State, now: float, check: Optional[bool] = None,
+           count: Optional[int] = None, port: int = 123, current: Sequence[str] = ()
+           ) -> tuple[list[str], dict[str, SntpResult]]:
+    """Effective statuses → the servers to configure (and SNTP results when checked)."""
     tc = config.timeconf
-    latest = state.latest_verdicts()
-    statuses = {}
-    for address, by_source in latest.items():
-        v = effective(by_source)
-        if v is not None:
-            statuses[address] = v.status
-    # Exactly the servers the firewall plan lets NTP reach (known, not harvester or suspect,
-    # not inside a listed harvester or scanner prefix); servers cleared by evidence come first.
-    reachable = allowed_servers(config, state)
-    cands = [c for c in candidates(state.servers(), statuses, now, tc.max_age,
-                                   ("clean", "unknown")) if c.address in reachable]
+    snap = snapshot.take(config, state)
+    # Exactly the servers the firewall plan lets NTP reach (ServerStatus.usable).
+    cands = candidates(effective(snap), snap.servers, now, tc.max_age)
     want = count or tc.count
     checks: dict[str, SntpResult] = {}
     do_check = tc.check if check is None else check
@@ -312,15 +199,16 @@ class Outcome:
     message: str = ""
 
 
-def configure_daemon(config, state, now: float, dry_run: bool = False) -> Outcome:
+def configure_daemon(config: Config, state: State, now: float, dry_run: bool = False
+                     ) -> Outcome:
     """`sync`'s step: write the detected daemon's drop-in if it changed; never raises for
     "nothing to do" (no daemon, no clean servers, a daemon without drop-ins)."""
     tc = config.timeconf
-    daemon = detect_daemon() if tc.daemon == "auto" else (None if tc.daemon == "none"
-                                                          else tc.daemon)
+    daemon = daemons.detect() if tc.daemon == "auto" else (None if tc.daemon == "none"
+                                                           else tc.daemon)
     if daemon is None:
         return Outcome(None, (), None, False, "no time daemon found (or [timeconf] daemon = none)")
-    path = owned_path(daemon, tc.chrony_sources, tc.timesyncd_dropin)
+    path = daemons.get(daemon).dropin(tc)
     # Keep the sources the daemon already has while they stay usable: re-ranking on every
     # run would restart its source selection (and reload it) for nothing.
     servers, _ = choose(config, state, now, current=current_servers(path))

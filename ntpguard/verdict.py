@@ -20,10 +20,11 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from statistics import median
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from ntpguard.config import Detect
 from ntpguard.detect import Scan
+from ntpguard.status import Status
 
 # An unrelated scan of a probe address: it was never used for anything but one packet to one
 # server, so only that server (or its path) can have passed it on. The estimator's floor.
@@ -41,13 +42,20 @@ class Test:
 
 
 @dataclass(frozen=True)
-class ServerVerdict:
+class Finding:
+    """What group testing found about one server: its status and the counts behind it."""
+
     address: str
-    status: str
+    status: Status
     probability: float
     positive: int
     negative: int
     sole: int
+
+    def evidence(self) -> dict[str, Any]:
+        """The evidence stored with a `detect` verdict."""
+        return {"positive": self.positive, "negative": self.negative, "sole": self.sole,
+                "probability": self.probability}
 
 
 @dataclass(frozen=True)
@@ -89,17 +97,17 @@ def build_tests(first_contacts: dict[tuple[str, str], float], scans: Iterable[Sc
     for address, contacts in by_address.items():
         contacts.sort()
         times = scan_times.get(address, [])
-        first_scan = times[0] if times else None
+        scan_at = times[0] if times else None
         group = sorted((s, t) for t, s in contacts
-                       if first_scan is not None and first_scan - lookback <= t <= first_scan)
-        if group:
-            tests.append(Test(address, first_scan, tuple(s for s, _ in group), True,
+                       if scan_at is not None and scan_at - lookback <= t <= scan_at)
+        if group and scan_at is not None:
+            tests.append(Test(address, scan_at, tuple(s for s, _ in group), True,
                               tuple(t for _, t in group), address in probes))
         # Contacts not followed by a scan within the lookback, before any scan of the address
         # (afterwards a harvester's cooldown would hide it), with the log covering the lookback.
         negative = sorted({
             s for t, s in contacts
-            if (first_scan is None or t + lookback < first_scan)
+            if (scan_at is None or t + lookback < scan_at)
             and covered_until is not None and t + lookback <= covered_until
         })
         if negative:
@@ -114,7 +122,7 @@ def _clamp(x: float, lo: float, hi: float) -> float:
 
 
 def decide(tests: list[Test], settings: Detect, unattributed: int = 0,
-           rounds: int = 30) -> tuple[dict[str, ServerVerdict], Estimates]:
+           rounds: int = 30) -> tuple[dict[str, Finding], Estimates]:
     """Per-server verdicts and the estimates behind them."""
     servers = sorted({s for t in tests for s in t.servers})
     positive: dict[str, int] = defaultdict(int)
@@ -185,18 +193,18 @@ def decide(tests: list[Test], settings: Detect, unattributed: int = 0,
         prob = p[s]
         if prob >= settings.harvester_probability and positive[s] >= \
                 settings.harvester_min_positive:
-            status = "harvester"
+            status = Status.HARVESTER
         elif prob >= settings.suspect_probability:
-            status = "suspect"
+            status = Status.SUSPECT
         elif (negative[s] >= settings.clean_min_negative and prob <= settings.clean_probability
               and 1 / (1 + math.exp(-_clamp(clean_logit[s], -50, 50)))
               <= settings.clean_probability):
-            status = "clean"
+            status = Status.CLEAN
         else:
-            status = "unknown"
-        verdicts[s] = ServerVerdict(s, status, round(prob, 4), positive[s], negative[s], sole[s])
+            status = Status.UNKNOWN
+        verdicts[s] = Finding(s, status, round(prob, 4), positive[s], negative[s], sole[s])
     lags = [t.time - c for t in tests if t.positive
-            for s, c in zip(t.servers, t.contacted) if verdicts[s].status == "harvester"]
+            for s, c in zip(t.servers, t.contacted) if verdicts[s].status == Status.HARVESTER]
     estimates = Estimates(
         harvest_rate=round(h, 3), background_rate=round(e, 4), harvester_share=round(share, 3),
         lag_median=round(median(lags), 3) if lags else None,

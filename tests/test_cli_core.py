@@ -79,3 +79,36 @@ def test_status_and_servers_json_on_empty_state(run_cli):
     status = json.loads(run_cli("status", "--json").stdout)
     assert status["servers"] == 0 and status["last_resolve"] is None
     assert json.loads(run_cli("servers", "--json").stdout) == []
+
+
+def test_global_options_before_or_after_the_command(run_cli, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[lists]\nbuiltin = false\n")
+    other = tmp_path / "other-state"
+    for args in (["--config", cfg, "--state-dir", other, "mark", "2a01:4f8::1", "clean"],
+                 ["mark", "2a01:4f8::2", "clean", "--config", cfg, "--state-dir", other],
+                 ["--state-dir", other, "-v", "mark", "--config", cfg, "2a01:4f8::3", "clean"]):
+        out = run_cli(*args)
+        assert out.returncode == 0, (args, out.stderr)
+    rows = json.loads(run_cli("--state-dir", other, "--config", cfg, "servers", "--json").stdout)
+    assert [r["address"] for r in rows] == ["2a01:4f8::1", "2a01:4f8::2", "2a01:4f8::3"]
+    # The one given after the command wins, as with git and systemctl.
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pool]\nrounds = 0\n")
+    out = run_cli("--config", bad, "status", "--config", cfg)
+    assert out.returncode == 0, out.stderr
+    out = run_cli("--config", bad, "status")
+    assert out.returncode == 2 and "pool.rounds" in out.stderr
+
+
+@pytest.mark.parametrize("args", [["rules", "apply", "--dry-run", "--backend", "nft"],
+                                  ["rules", "remove", "--dry-run", "--backend", "nft"],
+                                  ["mark", "2a01:4f8::9", "harvester"],
+                                  ["servers"], ["status"], ["explain", "2a01:4f8::9"],
+                                  ["list", "show"], ["timeconf", "--format", "chrony"]])
+def test_every_reporting_command_speaks_json(run_cli, tmp_path, args):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[servers]\ntrusted = ["2a01:4f8::7"]\n')
+    out = run_cli(*args, "--json", config=cfg)
+    assert out.returncode == 0, out.stderr
+    json.loads(out.stdout)

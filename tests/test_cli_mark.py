@@ -6,6 +6,7 @@ import json
 import time
 
 from ntpguard.state import State
+from ntpguard.status import Verdict
 
 H = "2a01:4f8:200::123"
 
@@ -19,7 +20,8 @@ def status_of(run_cli, address):
 def test_mark_outranks_detection_and_unknown_withdraws(run_cli, state_dir):
     with State.open(str(state_dir)) as st:
         st.record_answer("2.debian.pool.ntp.org", "AAAA", [(H, 6)], time.time())
-        st.add_verdict(H, "harvester", "detect", {"positive": 3, "negative": 0}, time.time())
+        st.add_verdict(Verdict.of(H, "harvester", "detect", {"positive": 3, "negative": 0},
+                                  time.time()))
     assert status_of(run_cli, H)["status"] == "harvester"
     # Kernel-style expanded input is accepted and stored canonically.
     out = run_cli("mark", "2a01:04f8:0200:0000:0000:0000:0000:0123", "clean", "--note", "mine")

@@ -1,4 +1,4 @@
-"""Fast tests of the pure core: addresses, config, the completeness estimate, precedence."""
+"""Fast tests of the pure core: addresses, config, the completeness estimate."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import pytest
 from ntpguard import addr, config
 from ntpguard.errors import ConfigError, UsageError
 from ntpguard.estimate import chao2
-from ntpguard.precedence import effective
-from ntpguard.state import Verdict
 
 
 @pytest.mark.parametrize("text,want", [
@@ -130,16 +128,3 @@ def test_chao2_beats_the_raw_count_on_simulated_pools():
                 assert err_est < err_seen, (size, answers, err_est, err_seen)
             else:
                 assert err_est < max(1.0, err_seen * 2), (size, answers, err_est, err_seen)
-
-
-def test_precedence_manual_then_local_then_lists():
-    v = lambda status, source, t: Verdict("2001:db8::1", status, source, {}, t)  # noqa: E731
-    lst = v("harvester", "list:builtin", 5)
-    det = v("clean", "detect", 1)
-    man = v("harvester", "manual", 0)
-    assert effective({"list:builtin": lst}) is lst
-    assert effective({"list:builtin": lst, "detect": det}) is det
-    assert effective({"list:builtin": lst, "detect": det, "manual": man}) is man
-    newer = v("suspect", "probe", 2)
-    assert effective({"detect": det, "probe": newer}) is newer
-    assert effective({}) is None

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ntpguard import config, fetch, lists
+from ntpguard.status import Verdict
 
 GOOD = b"2604:a880:1:20::a7:f001 harvester # test\n2604:a880:800:10::/64 scanner\n"
 GOOD2 = b"2604:a880:1:20::a7:f002 harvester\n"
@@ -296,8 +297,10 @@ def test_cli_export_roundtrip(run_cli, state_dir, tmp_path):
     from ntpguard.state import State
 
     with State.open(str(state_dir)) as st:
-        st.add_verdict("2604:a880:1:20::a7:f007", "harvester", "detect", {"scans": 2}, 1e9)
-        st.add_verdict("2604:a880:1:20::a7:f008", "harvester", "list:peers", {}, 1e9)
+        st.add_verdict(Verdict.of("2604:a880:1:20::a7:f007", "harvester", "detect",
+                                  {"scans": 2}, 1e9))
+        st.add_verdict(Verdict.of("2604:a880:1:20::a7:f008", "harvester", "list:peers", {},
+                                  1e9))
     for fmt in ("text", "json"):
         out = tmp_path / f"export.{fmt}"
         p = run_cli("list", "export", "--format", fmt, "-o", out)

@@ -11,7 +11,7 @@ import pytest
 
 from ntpguard import config, lists
 from ntpguard.errors import ConfigError, UsageError
-from ntpguard.state import Verdict
+from ntpguard.status import Verdict
 
 RULES = Path(__file__).resolve().parent.parent / "rules"
 LIM = lists.Limits()
@@ -200,15 +200,15 @@ def test_store_keeps_last_good_copy(tmp_path):
 
 def test_export_from_verdicts_only_local_harvesters():
     history = [
-        Verdict("2604:a880:1:20::a7:f007", "harvester", "detect",
+        Verdict.of("2604:a880:1:20::a7:f007", "harvester", "detect",
                 {"scans": 2, "triggers": 3, "scanners": ["2604:a880:800:10::970:a001"]}, 100.0),
-        Verdict("2604:a880:1:20::a7:f007", "harvester", "detect", {"scans": 4}, 200.0),
+        Verdict.of("2604:a880:1:20::a7:f007", "harvester", "detect", {"scans": 4}, 200.0),
         # A manual "clean" overrides detection.
-        Verdict("2604:a880:1:20::a7:f009", "harvester", "detect", {}, 100.0),
-        Verdict("2604:a880:1:20::a7:f009", "clean", "manual", {}, 150.0),
+        Verdict.of("2604:a880:1:20::a7:f009", "harvester", "detect", {}, 100.0),
+        Verdict.of("2604:a880:1:20::a7:f009", "clean", "manual", {}, 150.0),
         # Other people's lists are not re-published.
-        Verdict("2a03:b0c0:3:d0::18:b001", "harvester", "list:builtin-harvesters", {}, 100.0),
-        Verdict("2604:a880:400:d0::9:b00d", "harvester", "manual", {"note": "saw it"}, 300.0),
+        Verdict.of("2a03:b0c0:3:d0::18:b001", "harvester", "list:builtin-harvesters", {}, 100.0),
+        Verdict.of("2604:a880:400:d0::9:b00d", "harvester", "manual", {"note": "saw it"}, 300.0),
     ]
     entries = lists.entries_from_verdicts(history)
     got = {(e.address, e.kind): e for e in entries}

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ntpguard import evidence
 from ntpguard import probe as probing
 from ntpguard.config import Detect, Probe
 from ntpguard.detect import Scan
 from ntpguard.errors import UsageError
 from ntpguard.state import State
-from ntpguard.verdict import ServerVerdict, build_tests
+from ntpguard.status import ServerStatus, Status
+from ntpguard.verdict import Finding, build_tests
 
 NET = ipaddress.IPv6Network("2001:db8:4057:1::/64")
 
@@ -128,14 +128,19 @@ def test_check_servers_canonical_unique_ipv6_only():
 
 # -- choosing suspects -------------------------------------------------------------------------
 
-def v(address: str, status: str, p: float, pos: int) -> ServerVerdict:
-    return ServerVerdict(address, status, p, pos, 0, 0)
+def v(address: str, status: str, p: float, pos: int) -> Finding:
+    return Finding(address, Status(status), p, pos, 0, 0)
+
+
+def stated(pairs: dict[str, str]) -> dict[str, ServerStatus]:
+    return {a: ServerStatus.of(a, s) for a, s in pairs.items()}
 
 
 def test_select_suspects_order_limit_pending():
-    statuses = {"2001:db8::a": "suspect", "2001:db8::b": "unknown", "2001:db8::c": "clean",
-                "2001:db8::d": "harvester", "2001:db8::e": "unknown", "192.0.2.9": "suspect",
-                "2001:db8::f": "suspect", "2001:db8::10": "unknown"}
+    statuses = stated({"2001:db8::a": "suspect", "2001:db8::b": "unknown",
+                      "2001:db8::c": "clean", "2001:db8::d": "harvester",
+                      "2001:db8::e": "unknown", "192.0.2.9": "suspect",
+                      "2001:db8::f": "suspect", "2001:db8::10": "unknown"})
     detected = {"2001:db8::a": v("2001:db8::a", "suspect", 0.6, 2),
                 "2001:db8::b": v("2001:db8::b", "unknown", 0.3, 1),
                 "2001:db8::c": v("2001:db8::c", "clean", 0.01, 1),   # cleared by a mark, say
@@ -148,7 +153,8 @@ def test_select_suspects_order_limit_pending():
     assert probing.select_suspects(statuses, detected, {"2001:db8::f"}, 2) == [
         "2001:db8::a", "2001:db8::b"]
     # A list or manual "suspect" without local evidence is probed too (last).
-    assert probing.select_suspects({"2001:db8::9": "suspect"}, {}, set(), 8) == ["2001:db8::9"]
+    assert probing.select_suspects(stated({"2001:db8::9": "suspect"}), {}, set(), 8) == [
+        "2001:db8::9"]
 
 
 def test_pending_servers_only_from_live_probe_addresses_within_lookback():
@@ -163,11 +169,11 @@ def test_pending_servers_only_from_live_probe_addresses_within_lookback():
 
 def test_recorded_probe_contacts_become_sole_tests(tmp_path):
     with State.open(str(tmp_path), lock=True) as state:
-        evidence.record_contacts(state, [("2001:db8:4057:1::5", "2001:db8::a", 100.0),
-                                         ("2001:db8:4057:1::6", "2001:db8::b", 100.0)])
-        evidence.record_contacts(state, [("2001:db8:4057:1::5", "2001:db8::a", 90.0),
-                                         ("2001:db8:4057:1::5", "2001:db8::a", 120.0)])
-        _, contacts = evidence.stored_facts(state)
+        state.record_probe_contacts([("2001:db8:4057:1::5", "2001:db8::a", 100.0),
+                                     ("2001:db8:4057:1::6", "2001:db8::b", 100.0)])
+        state.record_probe_contacts([("2001:db8:4057:1::5", "2001:db8::a", 90.0),
+                                     ("2001:db8:4057:1::5", "2001:db8::a", 120.0)])
+        contacts = state.contacts()
     assert contacts.first == {("2001:db8:4057:1::5", "2001:db8::a"): 90.0,
                               ("2001:db8:4057:1::6", "2001:db8::b"): 100.0}
     scan = Scan(95.0, 96.0, "2001:db8:5ca::/64", "2001:db8:4057:1::5", 120, 120, ("TCP",), ())
@@ -203,8 +209,8 @@ def test_two_sole_probe_hits_convict_where_two_passive_ones_do_not(tmp_path):
         assert all(verdicts[c].status != "harvester" for c in clean)
 
     with State.open(str(tmp_path), lock=True) as state:
-        evidence.record_contacts(state, [(a, s, t) for (a, s), t in first.items()])
-        assert evidence.probe_addresses(state) == probes
+        state.record_probe_contacts([(a, s, t) for (a, s), t in first.items()])
+        assert state.probe_addresses() == probes
 
 
 # -- the CLI refuses bad input with one line, before touching anything ------------------------

@@ -30,6 +30,7 @@ import pytest
 from lab.netns import Lab, Namespace
 from lab.world import start_chrony_server
 from ntpguard.plan import PROBE_MARK
+from ntpguard.status import Verdict
 
 pytestmark = pytest.mark.root
 
@@ -157,8 +158,8 @@ class RulesLab:
             servers4 = [(HARV4, 4)] + ([(CLEAN4, 4)] if clean else [])
             st.record_answer("2.debian.pool.ntp.org", "AAAA", servers6, now)
             st.record_answer("2.debian.pool.ntp.org", "A", servers4, now)
-            st.add_verdict(HARV6, "harvester", "manual", {}, now)
-            st.add_verdict(HARV4, "harvester", "detect", {}, now)
+            st.add_verdict(Verdict.of(HARV6, "harvester", "manual", {}, now))
+            st.add_verdict(Verdict.of(HARV4, "harvester", "detect", {}, now))
         limits = lists.Limits(allow_nonglobal=True)
         parsed = lists.parse(b"2001:db8:666::/48 scanner\n203.0.113.0/24 scanner\n",
                              "lab-scanners", limits, "text")
@@ -171,12 +172,12 @@ class RulesLab:
         from ntpguard.state import State
 
         with State.open(str(self.state)) as st:
-            st.add_verdict(address, status, source, {}, time.time() + 30)
+            st.add_verdict(Verdict.of(address, status, source, {}, time.time() + 30))
         try:
             yield
         finally:
             with State.open(str(self.state)) as st:
-                st.add_verdict(address, then, source, {}, time.time() + 40)
+                st.add_verdict(Verdict.of(address, then, source, {}, time.time() + 40))
 
     def config(self, mode: str = "host", **extra: str) -> Path:
         path = self.workdir / f"ntpguard-{mode}.toml"
@@ -237,7 +238,7 @@ def test_host_mode_ntp_scanners_ssh_dns(clean_rules):
     assert ntp_ok(r.host, HARV6) and ntp_ok(r.host, UNKNOWN6)  # open before ntpguard
     assert probe(r.net, "tcp", HOST6, 22, src=SCANNER6) == "ok"
     out = r.ntpguard("rules", "apply")
-    assert "clean servers: 1 IPv6, 1 IPv4" in out.stdout
+    assert "usable servers: 1 IPv6, 1 IPv4" in out.stdout
     # NTP: clean servers answer (a real chronyd), harvesters and unknown servers are rejected.
     assert ntp_ok(r.host, CLEAN6) and ntp_ok(r.host, CLEAN4)
     for server in (HARV6, UNKNOWN6, HARV4):
@@ -321,7 +322,7 @@ def test_no_clean_server_keeps_previous_rules(clean_rules):
         r.make_state(empty, clean=False)
     proc = r.ntpguard("rules", "apply", state=empty, check=False)
     assert proc.returncode == 1
-    assert proc.stderr.startswith("ntpguard: no clean NTP server")
+    assert proc.stderr.startswith("ntpguard: no usable NTP server")
     assert "Traceback" not in proc.stderr
     assert r.snapshot() == applied
     forced = r.ntpguard("rules", "apply", "--force", state=empty)
@@ -337,9 +338,11 @@ def test_failed_apply_changes_nothing(clean_rules):
     # swapped and the IPv6 table committed (iptables), or in the transaction's last line (nft).
     script = f"""
         from ntpguard import plan as P
+        from ntpguard import status as S
         from ntpguard.config import Rules
         from ntpguard.errors import FirewallError
-        new = P.build([P.ServerStatus({CLEAN6!r}, "clean"), P.ServerStatus({UNKNOWN6!r}, "clean")],
+        new = P.build([S.ServerStatus.of({CLEAN6!r}, "clean"),
+                       S.ServerStatus.of({UNKNOWN6!r}, "clean")],
                       [P.PrefixEntry("2001:db8:555::/48", "t")], [],
                       Rules(mode="gateway", log=False), P.HostFacts())
         if {r.backend!r} == "nft":
@@ -417,10 +420,11 @@ def test_iptables_debian13_dport_error_is_clear_and_changes_nothing(clean_rules)
             return real(self, name, value)
         Match.__setattr__ = broken
         from ntpguard import plan as P
+        from ntpguard import status as S
         from ntpguard.config import Rules
         from ntpguard.errors import FirewallError
         from ntpguard.backends.iptables import IptablesBackend
-        new = P.build([P.ServerStatus({UNKNOWN6!r}, "clean")], [], [], Rules(mode="gateway"),
+        new = P.build([S.ServerStatus.of({UNKNOWN6!r}, "clean")], [], [], Rules(mode="gateway"),
                       P.HostFacts())
         try:
             IptablesBackend().apply(new)
@@ -440,10 +444,11 @@ def test_nft_without_python_nftables_uses_nft_command(clean_rules):
     proc = r.library(f"""
         sys.modules["nftables"] = None  # as in a venv without Debian's python3-nftables
         from ntpguard import plan as P
+        from ntpguard import status as S
         from ntpguard.config import Rules
         from ntpguard.backends.nft import NftBackend
-        p = P.build([P.ServerStatus({CLEAN6!r}, "clean")], [P.PrefixEntry("2001:db8:666::/48",
-                    "t")], [], Rules(), P.HostFacts())
+        p = P.build([S.ServerStatus.of({CLEAN6!r}, "clean")],
+                    [P.PrefixEntry("2001:db8:666::/48", "t")], [], Rules(), P.HostFacts())
         b = NftBackend({str(r.workdir)!r})
         assert b.nft.via == "nft -f -"
         print(b.apply(p).action, b.apply(p).action)

@@ -16,6 +16,7 @@ from conftest import lock_held
 from ntpguard import state as state_mod
 from ntpguard.errors import LockBusy, StateError
 from ntpguard.state import State
+from ntpguard.status import Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,11 +47,14 @@ def test_merge_counts_zones_and_new_servers(state_dir):
 
 def test_verdict_history_and_bad_status(state_dir):
     with State.open(str(state_dir)) as st:
-        st.add_verdict("2001:db8::1", "suspect", "detect", {"positive": 1}, 1)
-        st.add_verdict("2001:db8::1", "harvester", "detect", {"positive": 3}, 2)
-        st.add_verdict("2001:db8::1", "clean", "manual", None, 3)
-        with pytest.raises(StateError, match="unknown status"):
-            st.add_verdict("2001:db8::1", "evil", "manual", None, 4)
+        st.add_verdict(Verdict.of("2001:db8::1", "suspect", "detect", {"positive": 1}, 1))
+        st.add_verdict(Verdict.of("2001:db8::1", "harvester", "detect", {"positive": 3}, 2))
+        st.add_verdict(Verdict.of("2001:db8::1", "clean", "manual", None, 3))
+        with pytest.raises(ValueError, match="is not a valid Status"):
+            Verdict.of("2001:db8::1", "evil", "manual", None, 4)
+        # A damaged row (written by hand, or by a newer version) is left out, not fatal.
+        st.conn.execute("INSERT INTO verdicts (address, status, source, evidence, time)"
+                        " VALUES ('2001:db8::1', 'clean', 'oracle', '{', 5)")
         hist = st.verdict_history("2001:db8::1")
         latest = st.latest_verdicts()["2001:db8::1"]
     assert [v.status for v in hist] == ["suspect", "harvester", "clean"]

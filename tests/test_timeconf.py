@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ntpguard import config, sntp, timeconf
+from ntpguard import config, daemons, sntp, timeconf
 from ntpguard.errors import UsageError
 from ntpguard.state import State
+from ntpguard.status import Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBS = Path(os.environ.get("NTPGUARD_DEBS", ROOT / ".debs"))
@@ -52,18 +53,31 @@ def test_checks_drop_failures_and_rank_by_delay():
         "2a01:4f8:4::1", "2a01:4f8:3::1", "2a01:4f8:2::1"]
 
 
-def test_candidates_clean_and_recent_only():
-    class S:
-        def __init__(self, a, last):
-            self.address, self.last_seen, self.times_seen = a, last, 1
+def test_candidates_usable_and_recent_only():
+    from ntpguard.state import Server
+    from ntpguard.status import MANUAL, TRUSTED, ServerStatus, Status, Verdict
 
-    servers = [S("2a01:4f8:1::1", 1000), S("2a01:4f8:2::1", 1000), S("2a01:4f8:3::1", 10),
-               S("2a01:4f8:4::1", 1000)]
-    st = {"2a01:4f8:1::1": "clean", "2a01:4f8:2::1": "harvester", "2a01:4f8:3::1": "clean"}
-    got = timeconf.candidates(servers, st, now=1100, max_age=500)
-    assert [c.address for c in got] == ["2a01:4f8:1::1"]
-    got = timeconf.candidates(servers, st, 1100, 500, ("clean", "unknown"))
-    assert [c.address for c in got] == ["2a01:4f8:1::1", "2a01:4f8:4::1"]
+    def pool(a, last):
+        return Server(a, 6, 0.0, last, 1, ("2.debian.pool.ntp.org",))
+
+    def decided(a, status, source):
+        return ServerStatus(a, Status(status), Verdict(a, Status(status), source, {}, 1.0),
+                            "", True)
+
+    servers = {s.address: s for s in [pool("2a01:4f8:1::1", 1000), pool("2a01:4f8:2::1", 1000),
+                                      pool("2a01:4f8:3::1", 10), pool("2a01:4f8:4::1", 1000),
+                                      pool("2a01:4f8:5::1", 10)]}
+    st = {"2a01:4f8:1::1": ServerStatus.of("2a01:4f8:1::1", "clean"),
+          "2a01:4f8:2::1": ServerStatus.of("2a01:4f8:2::1", "harvester"),
+          "2a01:4f8:3::1": ServerStatus.of("2a01:4f8:3::1", "clean"),  # DNS forgot it
+          "2a01:4f8:4::1": ServerStatus.of("2a01:4f8:4::1", "unknown"),
+          # The admin's own: used however long ago DNS served it, or if it never did.
+          "2a01:4f8:5::1": decided("2a01:4f8:5::1", "clean", MANUAL),
+          "2001:db8:77::1": decided("2001:db8:77::1", "clean", TRUSTED),
+          "2001:db8:77::2": ServerStatus.of("2001:db8:77::2", "clean", known=False)}
+    got = {c.address: c.preference for c in timeconf.candidates(st, servers, 1100, 500)}
+    assert got == {"2a01:4f8:1::1": 2, "2a01:4f8:4::1": 2, "2a01:4f8:5::1": 0,
+                   "2001:db8:77::1": 0}
 
 
 SERVERS = ["2604:a880:1:20::a7:f001", "198.51.99.7", "2a01:4f8:1::1"]
@@ -92,13 +106,13 @@ def test_detect_daemon():
     def files(*present):
         return lambda p: p in present
 
-    assert timeconf.detect_daemon({"chronyd"}, files()) == "chrony"
-    assert timeconf.detect_daemon({"systemd-timesyn"}, files("/usr/sbin/chronyd")) == "timesyncd"
-    assert timeconf.detect_daemon({"ntpd"}, files("/etc/ntpsec/ntp.conf")) == "ntpsec"
-    assert timeconf.detect_daemon({"ntpd"}, files("/etc/openntpd/ntpd.conf")) == "openntpd"
-    assert timeconf.detect_daemon(set(), files("/usr/sbin/chronyd")) == "chrony"
-    assert timeconf.detect_daemon(set(), files("/lib/systemd/systemd-timesyncd")) == "timesyncd"
-    assert timeconf.detect_daemon(set(), files()) is None
+    assert daemons.detect({"chronyd"}, files()) == "chrony"
+    assert daemons.detect({"systemd-timesyn"}, files("/usr/sbin/chronyd")) == "timesyncd"
+    assert daemons.detect({"ntpd"}, files("/etc/ntpsec/ntp.conf")) == "ntpsec"
+    assert daemons.detect({"ntpd"}, files("/etc/openntpd/ntpd.conf")) == "openntpd"
+    assert daemons.detect(set(), files("/usr/sbin/chronyd")) == "chrony"
+    assert daemons.detect(set(), files("/lib/systemd/systemd-timesyncd")) == "timesyncd"
+    assert daemons.detect(set(), files()) is None
 
 
 def test_write_only_on_change_and_reload(tmp_path):
@@ -247,10 +261,10 @@ def seed(state_dir, now):
         st.record_answer("2.debian.pool.ntp.org", "AAAA",
                          [("2604:a880:1:20::a7:f001", 6), ("2604:a880:1:20::a7:f002", 6),
                           ("2a01:4f8:1::1", 6), ("2001:67c:1::5", 6)], now)
-        st.add_verdict("2604:a880:1:20::a7:f001", "clean", "detect", {}, now)
-        st.add_verdict("2604:a880:1:20::a7:f002", "clean", "detect", {}, now)
-        st.add_verdict("2a01:4f8:1::1", "clean", "detect", {}, now)
-        st.add_verdict("2001:67c:1::5", "harvester", "detect", {}, now)
+        st.add_verdict(Verdict.of("2604:a880:1:20::a7:f001", "clean", "detect", {}, now))
+        st.add_verdict(Verdict.of("2604:a880:1:20::a7:f002", "clean", "detect", {}, now))
+        st.add_verdict(Verdict.of("2a01:4f8:1::1", "clean", "detect", {}, now))
+        st.add_verdict(Verdict.of("2001:67c:1::5", "harvester", "detect", {}, now))
 
 
 def test_cli_timeconf(run_cli, state_dir, tmp_path):
@@ -294,11 +308,12 @@ def test_configure_daemon_for_sync(state_dir, tmp_path):
         assert timeconf.configure_daemon(none, st, time.time()).daemon is None
 
 
-def test_cleared_servers_come_before_merely_unjudged_ones():
+def test_vouched_then_cleared_servers_come_before_merely_unjudged_ones():
     C = timeconf.Candidate
-    cands = [C("2a01:4f8:1::1", 100, 50), C("2a01:4f8:2::1", 100, 1, cleared=True),
-             C("2a01:4f8:3::1", 100, 9)]
-    assert timeconf.select_servers(cands, 2) == ["2a01:4f8:2::1", "2a01:4f8:1::1"]
+    cands = [C("2a01:4f8:1::1", 100, 50), C("2a01:4f8:2::1", 100, 1, preference=1),
+             C("2a01:4f8:3::1", 100, 9), C("2a01:4f8:4::1", 0, 0, preference=0)]
+    assert timeconf.select_servers(cands, 3) == ["2a01:4f8:4::1", "2a01:4f8:2::1",
+                                                 "2a01:4f8:1::1"]
 
 
 def test_current_sources_are_kept_while_usable(tmp_path):

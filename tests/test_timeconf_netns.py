@@ -18,6 +18,7 @@ import pytest
 
 from lab.netns import Lab
 from ntpguard.state import State
+from ntpguard.status import Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "ntpg-t-"
@@ -38,8 +39,8 @@ def test_chronyd_syncs_from_written_sources(tmp_path, state_dir):
         st.record_answer("2.debian.pool.ntp.org", "AAAA",
                          [(a, 6) for a in [*CLEAN, HARVESTER, SILENT]], now)
         for a in [*CLEAN, SILENT]:
-            st.add_verdict(a, "clean", "detect", {}, now)
-        st.add_verdict(HARVESTER, "harvester", "detect", {}, now)
+            st.add_verdict(Verdict.of(a, "clean", "detect", {}, now))
+        st.add_verdict(Verdict.of(HARVESTER, "harvester", "detect", {}, now))
 
     with Lab(PREFIX) as lab:
         srv, cli = lab.ns("srv"), lab.ns("cli")

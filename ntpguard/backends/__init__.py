@@ -1,18 +1,78 @@
 """Firewall backends: nftables (default) and legacy ip6tables via python-iptables.
 
-Each backend has `apply(plan)`, `dry_run(plan)`, `show()` and `remove()`; `get()` picks one the
-way sshuttle's `get_auto_method()` does: by probing what this host runs.
+Every backend has the same shape (`Backend`): `is_supported()` says whether it can work on
+this host, `render(plan)` the exact ruleset without touching netfilter, `apply(plan)` makes
+the kernel match the plan all or nothing, `show()` what is in place, `remove()` takes it all
+away; apply and remove answer with one `Result`. `get()` picks one the way sshuttle's
+`get_auto_method()` does: by probing what this host runs. A new backend is one module here
+and one line in `REGISTRY`.
 """
 
 from __future__ import annotations
 
+import importlib
 import shutil
-import subprocess
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional, Protocol
 
-from ntpguard.errors import FirewallError
+from ntpguard import commands
+from ntpguard.errors import FirewallError, NtpguardError
+from ntpguard.plan import Plan
 
-NAMES = ("nft", "iptables")
+# name -> "module:class", imported only when used (python-iptables runs ldconfig and modprobe
+# on import, ~0.35 s, which an nft host never needs).
+REGISTRY = {
+    "nft": "ntpguard.backends.nft:NftBackend",
+    "iptables": "ntpguard.backends.iptables:IptablesBackend",
+}
+NAMES = tuple(REGISTRY)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What an apply or remove did."""
+
+    backend: str
+    action: str  # created | replaced | updated | unchanged | removed | absent
+    seconds: float = 0.0
+    added: int = 0
+    deleted: int = 0
+    detail: str = ""
+
+    def describe(self) -> str:
+        b = self.backend
+        if self.action == "updated":
+            return f"{b}: updated in place (+{self.added} -{self.deleted}) in {self.seconds:.3f} s"
+        if self.action in ("created", "replaced"):
+            return f"{b}: {self.detail or 'rules'} {self.action} in {self.seconds:.3f} s"
+        if self.action == "unchanged":
+            return f"{b}: rules already as planned, nothing changed"
+        if self.action == "removed":
+            return f"{b}: {self.detail or 'rules'} removed"
+        return f"{b}: no ntpguard rules in place; nothing to remove"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"backend": self.backend, "action": self.action,
+                "seconds": round(self.seconds, 3), "added": self.added,
+                "deleted": self.deleted, "message": self.describe()}
+
+
+class Backend(Protocol):
+    name: str
+
+    def __init__(self, cache_dir: Optional[str] = None) -> None: ...
+
+    @classmethod
+    def is_supported(cls) -> bool: ...
+
+    @staticmethod
+    def render(plan: Plan) -> str: ...
+
+    def apply(self, plan: Plan) -> Result: ...
+
+    def show(self, full: bool = False) -> str: ...
+
+    def remove(self) -> Result: ...
 
 
 def iptables_is_legacy() -> bool:
@@ -20,9 +80,8 @@ def iptables_is_legacy() -> bool:
     if not shutil.which("iptables"):
         return False
     try:
-        out = subprocess.run(["iptables", "--version"], capture_output=True, text=True,
-                             timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        out = commands.run(["iptables", "--version"], check=False, seconds=10).stdout
+    except NtpguardError:
         return False
     return "(legacy)" in out
 
@@ -32,31 +91,23 @@ def auto_name() -> str:
     return "iptables" if iptables_is_legacy() else "nft"
 
 
-def get(name: str, cache_dir: Optional[str] = None) -> Any:
-    """A backend by name ("auto", "nft", "iptables"); FirewallError if it cannot work here."""
+def backend_class(name: str) -> type[Backend]:
+    """The class of a backend by name ("auto" probes); FirewallError for an unknown name."""
     if name == "auto":
         name = auto_name()
-    if name == "nft":
-        from ntpguard.backends.nft import NftBackend
-
-        return NftBackend(cache_dir)
-    if name == "iptables":
-        from ntpguard.backends.iptables import IptablesBackend
-
-        return IptablesBackend()
-    raise FirewallError(f"unknown firewall backend {name!r} (one of auto, {', '.join(NAMES)})")
+    target = REGISTRY.get(name)
+    if target is None:
+        raise FirewallError(f"unknown firewall backend {name!r} (one of auto, {', '.join(NAMES)})")
+    module, _, cls = target.partition(":")
+    found: type[Backend] = getattr(importlib.import_module(module), cls)
+    return found
 
 
-def dry_run(name: str, plan: Any) -> str:
+def get(name: str, cache_dir: Optional[str] = None) -> Backend:
+    """A backend instance by name; FirewallError if it cannot work here."""
+    return backend_class(name)(cache_dir)
+
+
+def render(name: str, plan: Plan) -> str:
     """The exact ruleset a backend would write, without touching (or even probing) netfilter."""
-    if name == "auto":
-        name = auto_name()
-    if name == "nft":
-        from ntpguard.backends import nft
-
-        return nft.render(plan).full_text(0)
-    if name == "iptables":
-        from ntpguard.backends import iptables
-
-        return iptables.render(plan).text()
-    raise FirewallError(f"unknown firewall backend {name!r} (one of auto, {', '.join(NAMES)})")
+    return backend_class(name).render(plan)

@@ -7,21 +7,26 @@ INPUT, FORWARD. Addresses live in ipsets, refilled by building a new set and `ip
 
 All or nothing: the filter tables are saved first (`*-legacy-save`); a failure after anything
 changed restores them (`*-legacy-restore`, which replaces the table in one step) and swaps the
-old set contents back. python-iptables limits (NOTES.md) are turned into FirewallErrors:
-it drives only x_tables (legacy); NFLOG with a prefix corrupts its heap (we never build NFLOG);
-rule objects go stale after a commit (we rebuild and `refresh()`); Debian 13's version fails to
-parse `udp dport` (issue #353; detected while building rules, before any change).
+old set contents back. python-iptables' known limits are turned into FirewallErrors: it drives
+only x_tables (legacy; its maintainers confirm it in its issues); NFLOG with a prefix corrupts
+its heap (we never build NFLOG); rule objects go stale after a commit (we rebuild and
+`refresh()`), and with autocommit off the next commit fails with EAGAIN unless the table is
+refreshed; Debian 13's version fails to parse `udp dport` (upstream issue #353; detected while
+building rules, before any change).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
-import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ntpguard import commands
+from ntpguard.backends import Result
 from ntpguard.errors import FirewallError
 from ntpguard.plan import PROBE_MARK, Plan
 
@@ -33,7 +38,6 @@ LOG_FWD_IN = "ntpguard-fwd-in: "
 REJECT = {6: "icmp6-adm-prohibited", 4: "icmp-admin-prohibited"}
 SAVE = {6: "ip6tables-legacy-save", 4: "iptables-legacy-save"}
 RESTORE = {6: "ip6tables-legacy-restore", 4: "iptables-legacy-restore"}
-SET_KINDS = ("clean", "harv", "scan")
 log = logging.getLogger("ntpguard")
 
 
@@ -107,7 +111,7 @@ class Rendered:
         return "\n".join(out) + "\n"
 
 
-def render(plan: Plan) -> Rendered:
+def rules_for(plan: Plan) -> Rendered:
     """Chains and sets for a plan (pure)."""
     if plan.log and plan.log_group:
         raise FirewallError(
@@ -116,10 +120,8 @@ def render(plan: Plan) -> Rendered:
         )
     out = Rendered()
     for fam in (6, 4):
-        if plan.unknown == "block":
-            members = list(plan.clean6 if fam == 6 else plan.clean4)
-            out.sets[set_name("clean", fam)] = (fam, members)
-        else:
+        out.sets[set_name("clean", fam)] = (fam, list(plan.clean6 if fam == 6 else plan.clean4))
+        if plan.unknown != "block":
             out.sets[set_name("harv", fam)] = (fam, [
                 n if s.full else f"{n}/{s.length}"
                 for s in plan.harvesters if s.family == fam for n in s.networks])
@@ -139,16 +141,20 @@ def render(plan: Plan) -> Rendered:
         udp123 = ("udp", ("udp", (("dport", "123"),)))
         reply = ("conntrack", (("ctdir", "REPLY"),))
         new = ("conntrack", (("ctstate", "NEW"),))
+        # Usable servers first: one the admin (or this host's evidence) cleared stays reachable
+        # inside a listed harvester prefix.
+        deny = [XRule("RETURN", "udp", (), (udp123[1], ("set", (
+            ("match_set", f"{set_name('clean', fam)} dst"),))))]
         if plan.unknown == "block":
-            deny = [
-                XRule("RETURN", "udp", (), (udp123[1], ("set", (
-                    ("match_set", f"{set_name('clean', fam)} dst"),)))),
-                XRule("REJECT", "udp", (), (udp123[1],), (("reject_with", REJECT[fam]),)),
-            ]
+            deny.append(XRule("REJECT", "udp", (), (udp123[1],),
+                              (("reject_with", REJECT[fam]),)))
         else:
-            deny = [XRule("REJECT", "udp", (), (udp123[1], ("set", (
-                ("match_set", f"{set_name('harv', fam)} dst"),))), (("reject_with", REJECT[fam]),))]
+            deny.append(XRule("REJECT", "udp", (), (udp123[1], ("set", (
+                ("match_set", f"{set_name('harv', fam)} dst"),))), (("reject_with", REJECT[fam]),)))
         drop = XRule("DROP", "", (), (("set", (("match_set", f"{set_name('scan', fam)} src"),)),))
+        # Scanner ingress is unsolicited traffic only: replies to what this host sent pass.
+        established = XRule("RETURN", "", (),
+                            (("conntrack", (("ctstate", "RELATED,ESTABLISHED"),)),))
         ntp_reply = XRule("RETURN", "udp", (), (udp123[1], reply))
         # ntpguard's own probes (logged above) may reach the servers they confirm.
         probe = XRule("RETURN", "", (), (("mark", (("mark", f"{PROBE_MARK:#x}"),)),))
@@ -160,11 +166,11 @@ def render(plan: Plan) -> Rendered:
             "NTPGUARD-OUT": [XRule("RETURN", "", ("out", "lo")), ntp_reply,
                              *ntp_log(LOG_NTP_OUT), probe, *deny],
             "NTPGUARD-IN": [XRule("RETURN", "", ("in", "lo")),
-                            *log(LOG_IN, ("tcp", new), ("udp", new)), drop],
+                            *log(LOG_IN, ("tcp", new), ("udp", new)), established, drop],
         }
         if plan.gateway:
             chains["NTPGUARD-FWD"] = [
-                *log(LOG_FWD_IN, ("tcp", new), ("udp", new)), drop, ntp_reply,
+                *log(LOG_FWD_IN, ("tcp", new), ("udp", new)), established, drop, ntp_reply,
                 *ntp_log(LOG_NTP_FWD), *deny,
             ]
         out.chains[fam] = chains
@@ -174,16 +180,8 @@ def render(plan: Plan) -> Rendered:
 # -- side effects ----------------------------------------------------------------------------
 
 
-def _cmd(*cmd: str, input: Optional[str] = None) -> str:
-    try:
-        proc = subprocess.run(list(cmd), input=input, capture_output=True, text=True,
-                              timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise FirewallError(f"{cmd[0]}: {exc}") from None
-    if proc.returncode != 0:
-        msg = next((ln for ln in proc.stderr.splitlines() if ln.strip()), f"exit {proc.returncode}")
-        raise FirewallError(f"{' '.join(cmd[:3])} failed: {msg.strip()}")
-    return proc.stdout
+def _cmd(*cmd: str, input: Optional[str] = None, check: bool = True) -> str:
+    return commands.run(cmd, input=input, check=check, error=FirewallError).stdout
 
 
 def _import_iptc() -> Any:
@@ -211,7 +209,7 @@ def _our_lines(save_text: str) -> dict[str, list[str]]:
 
 
 def _set_members(name: str) -> Optional[set[str]]:
-    proc = subprocess.run(["ipset", "save", name], capture_output=True, text=True)
+    proc = commands.run(["ipset", "save", name], check=False, error=FirewallError)
     if proc.returncode != 0:
         return None
     members = set()
@@ -228,7 +226,8 @@ class IptablesBackend:
 
     name = "iptables"
 
-    def __init__(self) -> None:
+    def __init__(self, cache_dir: Optional[str] = None) -> None:
+        # cache_dir: unused; ipset and iptables-save show the kernel's state quickly enough.
         for tool in ("ipset", SAVE[6], RESTORE[6], SAVE[4], RESTORE[4]):
             if not shutil.which(tool):
                 raise FirewallError(f"the iptables backend needs {tool} (packages iptables, ipset)")
@@ -240,8 +239,21 @@ class IptablesBackend:
                         " is nf_tables, so `iptables -L` and `nft list ruleset` will not show"
                         " them (the kernel enforces them all the same); see `ntpguard rules show`")
 
-    def dry_run(self, plan: Plan) -> str:
-        return render(plan).text()
+    @classmethod
+    def is_supported(cls) -> bool:
+        """python-iptables imports and the legacy tools and ipset are installed."""
+        if not all(shutil.which(t) for t in ("ipset", SAVE[6], RESTORE[6], SAVE[4], RESTORE[4])):
+            return False
+        try:
+            _import_iptc()
+        except FirewallError:
+            return False
+        return True
+
+    @staticmethod
+    def render(plan: Plan) -> str:
+        """What `--dry-run` prints: ipset contents and iptables-save lines, per family."""
+        return rules_for(plan).text()
 
     # -- reading
 
@@ -363,18 +375,19 @@ class IptablesBackend:
     @staticmethod
     def _destroy_quietly(names: list[str]) -> None:
         for name in names:
-            subprocess.run(["ipset", "destroy", name], capture_output=True)
+            _cmd("ipset", "destroy", name, check=False)
 
     @staticmethod
     def _swap(rendered: Rendered) -> None:
         for name in rendered.sets:
             _cmd("ipset", "swap", _temp(name), name)
 
-    def apply(self, plan: Plan) -> str:
+    def apply(self, plan: Plan) -> Result:
         """Make the kernel match the plan; on any failure restore what was there."""
-        rendered = render(plan)
+        rendered = rules_for(plan)
         if self._in_place(rendered):
-            return "iptables: rules already as planned, nothing changed"
+            return Result(self.name, "unchanged")
+        start = time.perf_counter()
         saved = {fam: _save(fam) for fam in (6, 4)}
         # Sets first: libxt_set refuses to build a rule naming a set that does not exist.
         made = self._fill_sets(rendered)
@@ -388,9 +401,7 @@ class IptablesBackend:
                 self._commit_table(fam, built[fam])
         except BaseException:
             if committed:
-                for fam in (6, 4):
-                    subprocess.run([RESTORE[fam]], input=saved[fam], text=True,
-                                   capture_output=True)
+                _restore(saved)
             if swapped:
                 self._swap(rendered)  # the -new twins hold the previous members
             self._destroy_quietly([_temp(n) for n in rendered.sets] + made)
@@ -399,11 +410,11 @@ class IptablesBackend:
         stale = {n for n in _cmd("ipset", "list", "-n").split()
                  if n.startswith("ntpguard-")} - set(rendered.sets)
         self._destroy_quietly(sorted(stale))
-        counts = plan.counts()
-        return (f"iptables: chains and sets replaced ({counts['scanner_prefixes']} scanner "
-                f"prefixes, {counts['clean6'] + counts['clean4']} clean servers)")
+        return Result(self.name, "replaced", time.perf_counter() - start,
+                      detail="chains and sets")
 
-    def show(self) -> str:
+    def show(self, full: bool = False) -> str:
+        """Our jumps, chains and set sizes (full: every set member too)."""
         out = []
         for fam in (6, 4):
             lines = _our_lines(_save(fam))
@@ -413,23 +424,33 @@ class IptablesBackend:
                 out += lines.get(chain, [])
         for name in sorted(n for n in _cmd("ipset", "list", "-n").split()
                            if n.startswith("ntpguard-")):
-            out.append(f"# ipset {name}: {len(_set_members(name) or ())} members")
+            members = sorted(_set_members(name) or ())
+            out.append(f"# ipset {name}: {len(members)} members")
+            if full:
+                out += [f"#   {m}" for m in members]
         return "\n".join(out) + ("\n" if out else "")
 
-    def remove(self) -> str:
+    def remove(self) -> Result:
         """Delete jumps, chains and sets; restore the saved tables if anything fails."""
         saved = {fam: _save(fam) for fam in (6, 4)}
         present = any(chain in _our_lines(saved[fam]) or f":{chain} " in saved[fam]
                       for fam in (6, 4) for chain in CHAINS.values())
         sets = [n for n in _cmd("ipset", "list", "-n").split() if n.startswith("ntpguard-")]
         if not present and not sets:
-            return "iptables: no ntpguard chains or sets; nothing to remove"
+            return Result(self.name, "absent")
         try:
             for fam in (6, 4):
                 self._commit_table(fam, {})
         except BaseException:
-            for fam in (6, 4):
-                subprocess.run([RESTORE[fam]], input=saved[fam], text=True, capture_output=True)
+            _restore(saved)
             raise
         self._destroy_quietly(sets)
-        return "iptables: ntpguard chains and sets removed"
+        return Result(self.name, "removed", detail="chains and sets")
+
+
+def _restore(saved: dict[int, str]) -> None:
+    """Put both filter tables back as saved (each in one step); best effort, as it runs while
+    another failure is being reported."""
+    for fam in (6, 4):
+        with contextlib.suppress(FirewallError):
+            _cmd(RESTORE[fam], input=saved[fam], check=False)

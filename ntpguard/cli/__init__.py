@@ -1,8 +1,9 @@
 """The `ntpguard` command: argparse and printing only; the work is in the library modules.
 
-Each sub-command lives in its own module here with `register(subparsers)`, which adds the
-parser and sets `func(ctx, args) -> int`. Expected failures are NtpguardError subclasses and
-become one line `ntpguard: <message>` with the error's exit code; never a traceback.
+Each sub-command lives in its own module here with `register(subparsers, common)`, which adds
+the parser and sets `func(ctx, args) -> int`. Expected failures are NtpguardError subclasses
+and become one line `ntpguard: <message>` with the error's exit code; anything else is one line
+too (the traceback only with -v), never a traceback for bad input.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import json
 import logging
 import os
 import sys
+import traceback
 from typing import Any, Optional
 
-from ntpguard import __version__, config
+from ntpguard import __version__, commands, config
 from ntpguard.errors import NtpguardError
+from ntpguard.state import State
 
 # Sub-command modules, in the order `--help` lists them.
 COMMANDS = [
@@ -33,6 +36,8 @@ EXIT_CODES = """exit status:
 """
 
 log = logging.getLogger("ntpguard")
+# What each command module's register() gets: `add_parser` on it makes the command's parser.
+Subparsers = argparse._SubParsersAction
 
 
 class Context:
@@ -46,6 +51,7 @@ class Context:
     def config(self) -> config.Config:
         if self._config is None:
             self._config = config.load(self.args.config)
+            commands.set_timeout(self._config.general.command_timeout)
         return self._config
 
     @property
@@ -56,14 +62,12 @@ class Context:
             or self.config.general.state_dir
         )
 
-    def open_state(self, write: bool = True) -> Any:
+    def open_state(self, write: bool = True) -> State:
         """Open the state database; with write=True take the exclusive run lock first."""
-        from ntpguard.state import State
-
         return State.open(
             self.state_dir,
             lock=write,
-            wait=getattr(self.args, "wait", False),
+            wait=self.args.wait,
             holder=f"ntpguard {self.args.command}",
         )
 
@@ -81,25 +85,32 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ntpguard {__version__}")
+    _global_options(parser, None, False, 0)
+    # The same options after the command; SUPPRESS keeps a command's parser from resetting
+    # what was given before it (`ntpguard --config F status` and `ntpguard status --config F`).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config", metavar="FILE",
-        help=f"configuration file (default: $NTPGUARD_CONFIG or {config.DEFAULT_PATH})",
-    )
-    common.add_argument(
-        "--state-dir", metavar="DIR",
-        help=f"state directory (default: $NTPGUARD_STATE_DIR or {config.DEFAULT_STATE_DIR})",
-    )
-    common.add_argument(
-        "--wait", action="store_true", help="wait for the state lock instead of failing"
-    )
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr")
+    _global_options(common, argparse.SUPPRESS, argparse.SUPPRESS, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
         module = importlib.import_module(f"ntpguard.cli.{name}")
         module.register(sub, common)
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, text: Any, flag: Any, count: Any) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", default=text,
+        help=f"configuration file (default: $NTPGUARD_CONFIG or {config.DEFAULT_PATH})",
+    )
+    parser.add_argument(
+        "--state-dir", metavar="DIR", default=text,
+        help=f"state directory (default: $NTPGUARD_STATE_DIR or {config.DEFAULT_STATE_DIR})",
+    )
+    parser.add_argument("--wait", action="store_true", default=flag,
+                        help="wait for the state lock instead of failing")
+    parser.add_argument("-v", "--verbose", action="count", default=count,
+                        help="more detail on stderr (-v -v: debugging, with tracebacks)")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -121,3 +132,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # a bug or an unforeseen failure: still one line, exit 1
+        if args.verbose:
+            traceback.print_exc()
+        print(f"ntpguard: unexpected {type(exc).__name__}: {exc} (run with -v for the "
+              "traceback)", file=sys.stderr)
+        return 1

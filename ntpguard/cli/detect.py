@@ -6,18 +6,20 @@ import argparse
 import dataclasses
 import datetime
 import time
-from typing import Optional
+from typing import Any, Optional
 
-from ntpguard.cli import print_json
+from ntpguard.cli import Context, Subparsers, print_json
 from ntpguard.cli._fmt import table
+from ntpguard.config import Detect
 from ntpguard.detect import Scan
 from ntpguard.errors import UsageError
 from ntpguard.logs import ReadStats
 from ntpguard.logs.parse import FORMATS, boot_time_now, parse_when
-from ntpguard.verdict import Estimates, ServerVerdict, build_tests, decide
+from ntpguard.logs.read import JOURNAL, order_sources
+from ntpguard.verdict import Estimates, Finding, build_tests, decide
 
 
-def register(sub, common) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "detect", parents=[common], help="find harvester-triggered scans in firewall logs",
         description="Read netfilter LOG / nft log / ulogd2 lines, find port scans of local "
@@ -46,9 +48,9 @@ def register(sub, common) -> None:
     p.set_defaults(func=run)
 
 
-def _settings(ctx, args: argparse.Namespace):
+def _settings(ctx: Context, args: argparse.Namespace) -> Detect:
     st = ctx.config.detect
-    changes: dict = {}
+    changes: dict[str, Any] = {}
     if args.any_port:
         changes["trigger_any_port"] = True
     for name in ("min_ports", "window", "lookback"):
@@ -60,13 +62,13 @@ def _settings(ctx, args: argparse.Namespace):
     return dataclasses.replace(st, **changes) if changes else st
 
 
-def run(ctx, args: argparse.Namespace) -> int:
+def run(ctx: Context, args: argparse.Namespace) -> int:
     from ntpguard import evidence
 
     settings = _settings(ctx, args)
-    sources = evidence.order_sources(list(args.files))
+    sources = order_sources(list(args.files))
     if args.journal:
-        sources.append(evidence.JOURNAL)
+        sources.append(JOURNAL)
     if not sources:
         raise UsageError("detect: give log files (- for stdin) or --journal")
     if sources.count("-") > 1:
@@ -89,7 +91,7 @@ def run(ctx, args: argparse.Namespace) -> int:
         for s in scans:
             print_json(scan_json(s))
         for v in sorted(verdicts.values(), key=_rank):
-            print_json({"type": "server", "address": v.address, "status": v.status,
+            print_json({"type": "server", "address": v.address, "status": v.status.value,
                         "positive": v.positive, "negative": v.negative, "sole": v.sole})
     else:
         print(report(scans, verdicts, estimates, stats))
@@ -100,7 +102,7 @@ def _iso(t: float) -> str:
     return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="milliseconds")
 
 
-def _rank(v: ServerVerdict) -> tuple:
+def _rank(v: Finding) -> tuple:
     return (("harvester", "suspect", "unknown", "clean").index(v.status), -v.probability,
             v.address)
 
@@ -112,7 +114,7 @@ def scan_json(s: Scan) -> dict:
                           "time": _iso(t.time), "lag": round(t.lag, 3)} for t in s.triggers]}
 
 
-def report(scans: list[Scan], verdicts: dict[str, ServerVerdict], est: Estimates,
+def report(scans: list[Scan], verdicts: dict[str, Finding], est: Estimates,
            stats: ReadStats) -> str:
     """The human report, in the 2016 original's words."""
     out = []
@@ -131,7 +133,7 @@ def report(scans: list[Scan], verdicts: dict[str, ServerVerdict], est: Estimates
         out.append("No scans found.")
     rows = [["server", "status", "p", "positive", "negative", "sole"]]
     for v in sorted(verdicts.values(), key=_rank):
-        rows.append([v.address, v.status, f"{v.probability:.2f}", str(v.positive),
+        rows.append([v.address, v.status.value, f"{v.probability:.2f}", str(v.positive),
                      str(v.negative), str(v.sole)])
     if len(rows) > 1:
         out += ["", table(rows)]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ntpguard import lists
+from ntpguard import snapshot
 from ntpguard.addr import parse_address
+from ntpguard.cli import Context, Subparsers
 from ntpguard.cli._fmt import iso
-from ntpguard.precedence import effective, with_lists
+from ntpguard.status import status_of
 
 
-def register(sub, common) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "explain", parents=[common], help="show one server's full history and verdict",
         description="Show when a server was seen in DNS and under which names, every verdict "
@@ -21,39 +22,44 @@ def register(sub, common) -> None:
     p.set_defaults(func=run)
 
 
-def run(ctx, args: argparse.Namespace) -> int:
+def run(ctx: Context, args: argparse.Namespace) -> int:
     address = str(parse_address(args.address))
     with ctx.open_state(write=False) as state:
-        server = next((s for s in state.servers() if s.address == address), None)
-        latest = with_lists(state.latest_verdicts(), lists.load_all(ctx.config, state.directory),
-                            [address]).get(address, {})
-        history = state.verdict_history(address) + [
-            v for src, v in latest.items() if src.startswith("list:")]
-    decider = effective(latest)
+        snap = snapshot.take(ctx.config, state)
+        history = state.verdict_history(address)
+    st = status_of(snap, address)
+    # What no stored row says: a trusted server or a list entry that covers the address.
+    if st.verdict is not None and st.verdict.source.kind in ("trusted", "list"):
+        history.append(st.verdict)
+    server = snap.servers.get(address)
     data = {
         "address": address,
-        "known": server is not None,
+        "known": st.known,
+        "in_pool": server is not None,
         "zones": list(server.zones) if server else [],
         "first_seen": iso(server.first_seen) if server else None,
         "last_seen": iso(server.last_seen) if server else None,
         "times_seen": server.times_seen if server else 0,
-        "status": decider.status if decider else "unknown",
-        "decided_by": decider.source if decider else None,
-        "history": [{"time": iso(v.time), "source": v.source, "status": v.status,
-                     "evidence": v.evidence} for v in history],
+        "status": st.status.value,
+        "decided_by": str(st.source) if st.source else None,
+        "reason": st.reason,
+        "history": [{"time": iso(v.time) if v.time else None, "source": str(v.source),
+                     "status": v.status.value, "evidence": dict(v.evidence)} for v in history],
     }
     if args.json:
         from ntpguard.cli import print_json
         print_json(data)
         return 0
-    print(f"{address}: {data['status']}"
-          + (f" (decided by {data['decided_by']})" if decider else " (no source has a verdict)"))
+    print(f"{address}: {st.status}"
+          + (f" (decided by {st.source}: {st.reason})" if st.source
+             else " (no source has a verdict)"))
     if server:
         print(f"  seen in DNS {server.times_seen} times, {data['first_seen']} .. "
               f"{data['last_seen']}, as {', '.join(server.zones)}")
     else:
         print("  never seen in the pool's DNS answers")
-    for h in data["history"]:
-        ev = ", ".join(f"{k}={v}" for k, v in sorted(h["evidence"].items()))
-        print(f"  {h['time']}  {h['source']:<14} {h['status']:<9} {ev}")
+    for v in history:
+        ev = ", ".join(f"{k}={x}" for k, x in sorted(v.evidence.items()))
+        when = iso(v.time) if v.time else "-"
+        print(f"  {when:<25}  {v.source!s:<14} {v.status:<9} {ev}")
     return 0

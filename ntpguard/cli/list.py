@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Sequence
 
 from ntpguard import fetch, lists
+from ntpguard.cli import Context, Subparsers
 from ntpguard.cli._fmt import iso, table
 from ntpguard.errors import UsageError
 from ntpguard.files import atomic_write
 
 
-def register(sub, common) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     # `common` goes on each action only: on both levels argparse lets the action's defaults
     # overwrite options given before it.
     p = sub.add_parser("list", help="shared harvester/scanner lists",
@@ -57,12 +59,12 @@ def register(sub, common) -> None:
     rm.set_defaults(func=run_remove)
 
 
-def _counts(entries) -> str:
+def _counts(entries: Sequence[lists.Entry]) -> str:
     h = sum(1 for e in entries if e.kind == "harvester")
     return f"{h} harvesters, {len(entries) - h} scanners"
 
 
-def run_show(ctx, args: argparse.Namespace) -> int:
+def run_show(ctx: Context, args: argparse.Namespace) -> int:
     loaded = lists.load_all(ctx.config, ctx.state_dir)
     if args.name:
         match = [lst for lst in loaded if lst.name == args.name]
@@ -94,12 +96,13 @@ def run_show(ctx, args: argparse.Namespace) -> int:
         return 0
     out = [["list", "trust", "entries", "fetched", "source"]]
     for r in rows:
-        out.append([r["name"], r["trust"], r["summary"], r["fetched"] or "-", r["source"]])
+        out.append([str(r["name"]), str(r["trust"]), str(r["summary"]),
+                    str(r["fetched"] or "-"), str(r["source"])])
     print(table(out))
     return 0
 
 
-def run_import(ctx, args: argparse.Namespace) -> int:
+def run_import(ctx: Context, args: argparse.Namespace) -> int:
     # The lock keeps an import from interleaving with a running `sync` that reads the lists.
     with ctx.open_state(write=True):
         name, parsed = fetch.import_source(
@@ -112,7 +115,7 @@ def run_import(ctx, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_fetch(ctx, args: argparse.Namespace) -> int:
+def run_fetch(ctx: Context, args: argparse.Namespace) -> int:
     if not ctx.config.lists.subscriptions:
         print("no subscriptions configured ([[lists.subscriptions]])")
         return 0
@@ -131,7 +134,7 @@ def run_fetch(ctx, args: argparse.Namespace) -> int:
     return 4 if report.count("failed") < len(report.results) else 1
 
 
-def run_export(ctx, args: argparse.Namespace) -> int:
+def run_export(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.open_state(write=False) as state:
         entries = lists.entries_from_verdicts(state.verdict_history())
     now = time.time()
@@ -150,7 +153,7 @@ def run_export(ctx, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_remove(ctx, args: argparse.Namespace) -> int:
+def run_remove(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.open_state(write=True):
         if not lists.remove_stored(ctx.state_dir, lists.check_name(args.name)):
             raise UsageError(f"no stored list named {args.name!r}")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from ntpguard.cli import print_json
+from ntpguard.cli import Context, Subparsers, print_json
 from ntpguard.cli._fmt import iso
 from ntpguard.errors import UsageError
 
 
-def register(sub, common) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "probe", parents=[common], help="confirm harvesters: probe servers from fresh addresses",
         description="Send one NTP request to each server, each from a brand-new random "
@@ -26,8 +26,7 @@ def register(sub, common) -> None:
     p.set_defaults(func=run)
 
 
-def run(ctx, args: argparse.Namespace) -> int:
-    from ntpguard import evidence
+def run(ctx: Context, args: argparse.Namespace) -> int:
     from ntpguard import probe as probing
 
     cfg = ctx.config
@@ -51,7 +50,7 @@ def run(ctx, args: argparse.Namespace) -> int:
                 return 0
 
         def record(r: probing.Result) -> None:
-            evidence.record_contacts(state, [(r.source, r.server, r.time)])
+            state.record_probe_contacts([(r.source, r.server, r.time)])
 
         target, valid, results = probing.run(servers, cfg.probe, cfg.detect, record)
         sent = [r for r in results if r.sent]

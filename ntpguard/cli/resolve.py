@@ -6,10 +6,11 @@ import argparse
 import time
 
 from ntpguard import pool
+from ntpguard.cli import Context, Subparsers
 from ntpguard.cli._fmt import table
 
 
-def register(sub, common) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "resolve", parents=[common],
         help="query the pool's DNS names and add the servers to the known set",
@@ -42,7 +43,7 @@ def report_dict(report: pool.ResolveReport, known: int) -> dict:
     }
 
 
-def run(ctx, args: argparse.Namespace) -> int:
+def run(ctx: Context, args: argparse.Namespace) -> int:
     settings = ctx.config.pool
     if args.rounds is not None and args.rounds < 1:
         from ntpguard.errors import UsageError

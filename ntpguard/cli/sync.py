@@ -8,9 +8,10 @@ import sys
 import syslog
 
 from ntpguard import sync
+from ntpguard.cli import Context, Subparsers
 
 
-def register(sub, common) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "sync", parents=[common], help="the periodic job: resolve, detect, decide, enforce",
         description="Under the state lock: resolve the pool, ingest new firewall log lines, "
@@ -24,11 +25,13 @@ def register(sub, common) -> None:
     p.set_defaults(func=run)
 
 
-def run(ctx, args: argparse.Namespace) -> int:
+def run(ctx: Context, args: argparse.Namespace) -> int:
     def progress(step: sync.Step) -> None:
         if args.verbose and not args.json:
             mark = "skipped" if step.skipped else ("ok" if step.ok else "FAILED")
             print(f"  {step.name}: {mark}: {step.message}", flush=True)
+            if step.trace:
+                print(step.trace, end="", file=sys.stderr, flush=True)
 
     report = sync.run(ctx.config, ctx.state_dir, dry_run=args.dry_run, wait=args.wait,
                       progress=progress)

@@ -6,11 +6,12 @@ import argparse
 import sys
 import time
 
-from ntpguard import timeconf
+from ntpguard import daemons, timeconf
+from ntpguard.cli import Context, Subparsers
 from ntpguard.errors import UsageError
 
 
-def register(sub, common) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "timeconf", parents=[common], help="time-daemon configuration with clean servers",
         description="Print (or, for chrony and timesyncd, write and reload) a configuration "
@@ -33,24 +34,25 @@ def register(sub, common) -> None:
     p.set_defaults(func=run)
 
 
-def run(ctx, args: argparse.Namespace) -> int:
+def run(ctx: Context, args: argparse.Namespace) -> int:
     cfg = ctx.config
     tc = cfg.timeconf
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
     fmt = args.format
     if fmt is None:
-        fmt = tc.daemon if tc.daemon not in ("auto", "none") else timeconf.detect_daemon()
+        fmt = tc.daemon if tc.daemon not in ("auto", "none") else daemons.detect()
         if fmt is None:
             raise UsageError("no time daemon detected: pass --format")
-    path = args.path or timeconf.owned_path(fmt, tc.chrony_sources, tc.timesyncd_dropin)
+    daemon = daemons.get(fmt)
+    path = args.path or daemon.dropin(tc)
     with ctx.open_state(write=False) as state:
         servers, checks = timeconf.choose(cfg, state, time.time(), args.check, args.count,
                                           current=timeconf.current_servers(path))
     content = timeconf.render(fmt, servers, tc.options, tc.fallback)
     changed = None
     if args.write:
-        if path is None or fmt not in timeconf.RELOAD:
+        if path is None or daemon.reload is None:
             raise UsageError(f"--write: ntpguard writes no file for {fmt} (no drop-in "
                              "directory); add the printed lines and include line yourself")
         reload_cmd = args.reload_command.split() if args.reload_command else None
@@ -66,9 +68,8 @@ def run(ctx, args: argparse.Namespace) -> int:
         print(f"{path}: {'updated' if changed else 'unchanged'} ({len(servers)} servers)")
         return 0
     sys.stdout.write(content)
-    snippet = timeconf.NTPSEC_SNIPPET if fmt == "ntpsec" else timeconf.NTP_SNIPPET
-    sys.stdout.write(timeconf.instructions(fmt, snippet))
+    sys.stdout.write(daemon.instructions())
     for address, r in checks.items():
-        state = f"stratum {r.stratum}, delay {r.delay * 1000:.1f} ms" if r.ok else r.error
-        print(f"# checked {address}: {state}", file=sys.stderr)
+        result = f"stratum {r.stratum}, delay {r.delay * 1000:.1f} ms" if r.ok else r.error
+        print(f"# checked {address}: {result}", file=sys.stderr)
     return 0

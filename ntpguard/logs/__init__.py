@@ -8,7 +8,7 @@ and remembers how far each was read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 
 class Event(NamedTuple):
@@ -41,6 +41,10 @@ class Packet(NamedTuple):
     dport: Optional[int]
 
 
+# Either shape of one logged packet: the detector reads only fields 0-5, which both share.
+Logged = Union[Packet, Event]
+
+
 @dataclass
 class ReadStats:
     """What a read saw; the report prints it so silent data loss is visible."""
@@ -50,7 +54,7 @@ class ReadStats:
     not_netfilter: int = 0   # lines without a netfilter SRC=/DST= body (other kernel messages)
     garbled: int = 0         # netfilter-looking lines that are truncated or malformed
     untimed: int = 0         # valid netfilter bodies without any usable timestamp
-    formats: dict[str, int] = field(default_factory=dict)  # source → detected format
+    formats: dict[str, str] = field(default_factory=dict)  # source → detected format
 
     @property
     def skipped(self) -> int:

@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ntpguard.errors import UsageError
-from ntpguard.logs import Event, Packet, ReadStats
+from ntpguard.logs import Event, Logged, Packet, ReadStats
 
 try:  # the C copy of packet_blocks()'s fast path (setup.py); optional, same results
     from ntpguard.logs._cut import cut as _native_cut
@@ -203,12 +203,12 @@ class LineParser:
             return ev
         return None
 
-    def packets(self, blocks: Iterable[list[bytes]]) -> Iterator[Packet]:
+    def packets(self, blocks: Iterable[list[bytes]]) -> Iterator[Logged]:
         """Packets from blocks of raw lines (bytes, no newline)."""
         for out in self.packet_blocks(blocks):
             yield from out
 
-    def packet_blocks(self, blocks: Iterable[list[bytes]]) -> Iterator[list[Packet]]:
+    def packet_blocks(self, blocks: Iterable[list[bytes]]) -> Iterator[list[Logged]]:
         """A list of packets per block of raw lines (bytes, no newline): the detector's fast
         path (Detector.feed_blocks).
 
@@ -240,7 +240,7 @@ class LineParser:
         iso_ok = self.format != "syslog"
         for block in blocks:
             n_sys = n_iso = 0
-            out: list[Packet] = []
+            out: list[Logged] = []
             app = out.append
             for line in block:
                 s = line.find(b" SRC=")
@@ -344,7 +344,7 @@ class LineParser:
             self._count(n_sys, n_iso)
             yield out
 
-    def _native_blocks(self, blocks: Iterable[list[bytes]]) -> Iterator[list[Packet]]:
+    def _native_blocks(self, blocks: Iterable[list[bytes]]) -> Iterator[list[Logged]]:
         """packet_blocks() through the C cutter: it takes the lines the loop above takes,
         asks the same caches (through the callables) and hands the rest to _slow_packet."""
         cut = self._cut
@@ -678,9 +678,10 @@ class LineParser:
         if sec is not None:
             t = float(sec) + float(obj.get("oob.time.usec", 0)) / 1e6
         else:
-            t = _iso_to_epoch(str(obj.get("timestamp", "")))
-            if t is None:
+            stamp = _iso_to_epoch(str(obj.get("timestamp", "")))
+            if stamp is None:
                 return None
+            t = stamp
         number = obj.get("ip.protocol")
         proto = _PROTO_BY_NUMBER.get(number, str(number)) if number is not None else ""
         sport, dport = obj.get("src_port"), obj.get("dest_port")

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Iterator, Optional, Protocol
 
 from ntpguard.errors import UsageError
 
@@ -40,7 +40,11 @@ def _is_gzip(path: str) -> bool:
         return False
 
 
-def _raw_blocks(fh: BinaryIO, pos: list[int]) -> Iterator[list[bytes]]:
+class _Reader(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+def _raw_blocks(fh: _Reader, pos: list[int]) -> Iterator[list[bytes]]:
     """Complete lines of fh, a block at a time, as bytes without newlines; pos[0] advances
     past each block handed out. Splitting 4 MiB at once costs ~0.2 µs a line."""
     rest = b""

@@ -5,8 +5,7 @@ from __future__ import annotations
 from loggen import SCANNER_NET, Scenario, Truth, generate
 
 from ntpguard import config, evidence
-from ntpguard.enforce import detected_scanners
-from ntpguard.plan import HostFacts
+from ntpguard.plan import HostFacts, scanner_prefixes
 from ntpguard.state import State
 
 
@@ -17,11 +16,12 @@ def test_scanners_of_harvester_scans_are_learned(tmp_path, state_dir):
                                                unrelated_scans_per_day=3), 4, truth)) + "\n")
     with State.open(str(state_dir)) as st:
         evidence.ingest(st, [str(log)], config.Detect())
-        learned = detected_scanners(st, truth.harvesters, HostFacts())
+        scans = st.scans()
+        learned = scanner_prefixes(scans, truth.harvesters, HostFacts())
         assert [str(e.prefix) for e in learned] == [f"{SCANNER_NET}/64"]
         assert "scan of" in learned[0].source
         # No harvester known: no scan is explained, nothing is learned.
-        assert detected_scanners(st, set(), HostFacts()) == []
+        assert scanner_prefixes(scans, set(), HostFacts()) == []
         # Never a prefix that holds this host's own address.
         mine = HostFacts(addresses=(f"{SCANNER_NET}1",))
-        assert detected_scanners(st, truth.harvesters, mine) == []
+        assert scanner_prefixes(scans, truth.harvesters, mine) == []

@@ -1,0 +1,63 @@
+"""Gathering what decisions are made from: the state, the lists in force, the configuration and
+this host's facts, read at one moment (the actor in front of ntpguard.status and plan).
+
+`take` gives the status snapshot every command reads; `statuses` the effective status of every
+server from it; `firewall_plan` the plan `rules apply` and `sync` enforce. Nothing here decides
+anything: precedence lives in status.py, the rules in plan.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from ntpguard import hostinfo, lists
+from ntpguard.config import Config
+from ntpguard.plan import HostFacts, Plan, PrefixEntry, build, scanner_prefixes
+from ntpguard.state import State
+from ntpguard.status import ServerStatus, Snapshot, effective
+
+
+def take(config: Config, state: State) -> Snapshot:
+    """Known servers, every source's latest verdicts, the lists in force, trusted servers."""
+    return Snapshot(
+        servers={s.address: s for s in state.servers()},
+        verdicts=state.latest_verdicts(),
+        lists=tuple(lists.load_all(config, state.directory)),
+        trusted=config.servers.trusted,
+        trusted_from=config.path or "the configuration",
+    )
+
+
+def statuses(config: Config, state: State) -> dict[str, ServerStatus]:
+    """The effective status of every server (status.effective over `take`)."""
+    return effective(take(config, state))
+
+
+def list_prefixes(snapshot: Snapshot) -> tuple[list[PrefixEntry], list[PrefixEntry]]:
+    """(scanner, harvester) entries of the enforced lists, each naming where it came from."""
+    scanners: list[PrefixEntry] = []
+    harvesters: list[PrefixEntry] = []
+    for loaded in snapshot.lists:
+        if loaded.trust != "enforce":
+            continue
+        for entry in loaded.entries:
+            source = f"{loaded.origin or loaded.name}:{entry.line}"
+            target = scanners if entry.kind == "scanner" else harvesters
+            target.append(PrefixEntry(entry.network, source))
+    return scanners, harvesters
+
+
+def firewall_plan(config: Config, state: State, force: bool = False,
+                  host: Optional[HostFacts] = None, unknown: Optional[str] = None) -> Plan:
+    """The plan `rules apply` and `sync` enforce: statuses, lists and recorded scans from the
+    state, host facts gathered now (unless given). `unknown` overrides rules.unknown."""
+    snap = take(config, state)
+    status = effective(snap)
+    host = hostinfo.gather() if host is None else host
+    scanners, harvesters = list_prefixes(snap)
+    blocked = {a for a, s in status.items() if s.status.blocked}
+    scanners += scanner_prefixes(state.scans(), blocked, host)
+    rules = config.rules if unknown is None else dataclasses.replace(config.rules,
+                                                                     unknown=unknown)
+    return build(status.values(), scanners, harvesters, rules, host, force=force)
