@@ -8,7 +8,7 @@ PYPI_VENV := .venv-pypi
 # What packaging/build-deb.sh needs to build the .deb offline (and tests/test_package.py to lint it).
 DEB_BUILD_PACKAGES := git dpkg-dev build-essential debhelper dh-python pybuild-plugin-pyproject \
 	python3-all-dev python3-setuptools lintian mmdebstrap
-APT_PACKAGES := python3 python3-venv python3-pip python3-dnspython python3-netaddr \
+APT_PACKAGES := python3 python3-venv python3-pip python3-dnspython \
 	python3-pytest python3-hypothesis python3-nftables python3-iptables \
 	nftables iptables ipset iproute2 iputils-ping procps kmod \
 	pdns-server pdns-backend-bind chrony nmap ulogd2 ulogd2-json dnsutils ntpsec-ntpdate \
@@ -30,7 +30,7 @@ deps:
 	$(VENV)/bin/pip install -q ruff mypy
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	test -x $(PYPI_VENV)/bin/python || $(PYTHON) -m venv $(PYPI_VENV)
-	$(PYPI_VENV)/bin/pip install -q -U dnspython netaddr pytest hypothesis cryptography
+	$(PYPI_VENV)/bin/pip install -q -U dnspython pytest hypothesis cryptography
 	$(PYPI_VENV)/bin/pip install -q --no-deps -e .
 	@# ntpsec and openntpd conflict with chrony: unpack (not install) their .debs so the tests
 	@# can run their config parsers on the files timeconf generates.

@@ -1,4 +1,4 @@
-"""A harvesting pool server and its scanner, as seen in 2016 (NOTES.md, "Harvesting").
+"""A harvesting pool server and its scanner, as seen in 2016 (README, "Why").
 
 Runs inside the lab's "internet" namespace: an AF_PACKET socket sees every IPv6 packet that
 reaches the namespace, and any packet whose destination is a harvester address (any protocol,

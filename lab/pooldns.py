@@ -1,9 +1,10 @@
 """A rotating pool DNS: PowerDNS 4.7 (bind backend, LUA records) serving names → random subsets.
 
 The real pool answers each query with at most 4 records picked from the servers of the asker's
-zone, TTL 150 s (NOTES.md). `pickrandomsample(4, {...})` in a LUA record reproduces that with the
-real resolver code path: every query is a fresh random draw, so a resolver has to ask repeatedly
-to learn the whole set. All caches are off, or PowerDNS would hand out the same draw for a while.
+zone, TTL 150 s (the pool's GeoDNS; docs/design.md, "Facts"). `pickrandomsample(4, {...})` in
+a LUA record reproduces that with the real resolver code path: every query is a fresh random
+draw, so a resolver has to ask repeatedly to learn the whole set. All caches are off, or
+PowerDNS would hand out the same draw for a while.
 
 Runs in a lab namespace (`ns=`) or on 127.0.0.1 in the root namespace (ns=None: a free high
 port is picked). Names listed in `servfail_names` are served by a LUA record that raises, which
@@ -129,7 +130,7 @@ class PoolDNS:
             "--launch=bind", f"--bind-config={self.workdir / 'named.conf'}",
             f"--local-address={self.listen}", f"--local-port={self.port}",
             "--enable-lua-records=yes",
-            # Every query must be a fresh random draw (NOTES.md: caches off).
+            # Every query must be a fresh random draw: with any cache on, PowerDNS repeats one.
             "--cache-ttl=0", "--query-cache-ttl=0", "--negquery-cache-ttl=0",
             "--zone-cache-refresh-interval=0",
             "--webserver=no", "--api=no", "--loglevel=5", "--log-timestamp=yes",
@@ -208,7 +209,7 @@ class PoolDNS:
 
 def pool_zones(v6: Sequence[str], v4: Sequence[str] = (),
                base: str = "debian.pool.ntp.org") -> dict[str, list[str]]:
-    """The pool's layout (NOTES.md): AAAA only in `2.`, `0.`/`1.`/`3.` IPv4-only.
+    """The pool's layout: AAAA only in `2.`, `0.`/`1.`/`3.` IPv4-only (the pool's docs, 2026).
 
     Servers are dealt round-robin to the four names, as the pool spreads its members.
     """

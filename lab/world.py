@@ -168,7 +168,7 @@ def nft_observer(gateway: bool = False, prefix_out: str = LOG_PREFIX_OUT,
 
     Only `log` statements, no verdicts: the lab observes and ntpguard's own table decides.
     Each rule logs to two NFLOG groups (ulogd2 LOGEMU text and JSON; a ulogd2 stack is a
-    line, so one group per output). queue-threshold 1: no ~1 s batching (NOTES.md). A gateway
+    line, so one group per output). queue-threshold 1: NFLOG batches ~1 s without it. A gateway
     also logs what it forwards: the LAN's NTP out, new connections into the LAN.
     """
     def log(prefix: str) -> str:

@@ -57,11 +57,6 @@ def canonical(text: str) -> str:
     return str(parse_address(text))
 
 
-def family(address: IPAddress) -> int:
-    """4 or 6, as stored in the state database."""
-    return address.version
-
-
 # (network as int, netmask as int, why) per IP version: integer tests, as lists of 100k
 # entries check every entry (ipaddress's `in` was most of a list's parse time).
 _NONGLOBAL_INT: dict[int, list[tuple[int, int, str]]] = {4: [], 6: []}

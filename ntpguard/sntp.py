@@ -29,10 +29,6 @@ class SntpResult:
     error: str = ""
 
 
-def _to_ntp(t: float) -> int:
-    return int((t + NTP_EPOCH_OFFSET) * 2**32) & 0xFFFFFFFFFFFFFFFF
-
-
 def _from_ntp(v: int) -> float:
     return v / 2**32 - NTP_EPOCH_OFFSET
 

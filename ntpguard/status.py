@@ -46,8 +46,6 @@ class Status(str, enum.Enum):
         return self in (Status.HARVESTER, Status.SUSPECT)
 
 
-STATUSES = tuple(s.value for s in Status)
-
 # Source kinds by rank (lower wins); `list` sources carry the list's name.
 RANKS = {"manual": 0, "trusted": 1, "detect": 2, "probe": 2, "list": 3}
 
@@ -79,8 +77,7 @@ class Source:
         return self.kind in ("manual", "detect", "probe")
 
 
-MANUAL, TRUSTED, DETECT, PROBE = (Source("manual"), Source("trusted"), Source("detect"),
-                                  Source("probe"))
+MANUAL, TRUSTED, DETECT = Source("manual"), Source("trusted"), Source("detect")
 
 
 @dataclass(frozen=True)

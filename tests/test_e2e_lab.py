@@ -136,8 +136,8 @@ def test_clean_servers_never_trigger_and_cooldown_holds(tmp_path: Path):
                      chrony_client=False)
     with World(spec, tmp_path / "world") as world, explained(world):
         host = world.host
-        # A fixed source that only ever talks to clean servers (NOTES.md: a /128 route with
-        # `src` picks the source address of unbound UDP sockets per server).
+        # A fixed source that only ever talks to clean servers (a /128 route with `src` picks
+        # the source address of unbound UDP sockets per server).
         quiet, loud = "2001:db8:4057:1::c1ea", "2001:db8:4057:1::10ad"
         host.run("ip", "-6", "addr", "add", quiet + "/64", "dev", "eth0", "nodad")
         host.run("ip", "-6", "addr", "add", loud + "/64", "dev", "eth0", "nodad")

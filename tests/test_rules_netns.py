@@ -125,7 +125,7 @@ class RulesLab:
         self.net.run("ip", "route", "add", "198.18.0.0/24", "via", HOST4)
         self.host.sysctl("net.ipv6.conf.all.forwarding", "1")
         self.host.sysctl("net.ipv4.ip_forward", "1")
-        # One chronyd -x answers for every server address (NOTES.md lab recipe).
+        # One chronyd -x (no bindaddress) answers on every server address of the namespace.
         (workdir / "chrony").mkdir()
         start_chrony_server(self.net, workdir / "chrony")
         for ns in (self.net, self.host, self.lan):

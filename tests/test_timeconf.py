@@ -198,7 +198,7 @@ def test_openntpd_parses_generated_lines(tmp_path):
 
 def reply(req: bytes, stratum=2, leap=0, mode=4, echo=True, refid=b"GPS\0") -> bytes:
     xmit = struct.unpack("!Q", req[40:48])[0]
-    now = sntp._to_ntp(time.time())
+    now = int((time.time() + sntp.NTP_EPOCH_OFFSET) * 2**32) & 0xFFFFFFFFFFFFFFFF
     return struct.pack("!BBbbII4sQQQQ", (leap << 6) | (4 << 3) | mode, stratum, 6, -20, 0, 0,
                        refid, now, xmit if echo else xmit ^ 1, now, now)
 
