@@ -162,9 +162,11 @@ class Rules:
     # host: this machine's own NTP and inbound traffic (OUTPUT/INPUT); gateway: also FORWARD,
     # protecting a LAN routed through this box.
     mode: str = field(default="host", metadata=_check(_one_of("host", "gateway")))
-    # NTP to an address that is not a known clean server: "block" is what "NTP reaches clean
-    # servers only" means; "allow" only rejects harvesters and suspects.
-    unknown: str = field(default="block", metadata=_check(_one_of("block", "allow")))
+    # NTP to an address that is not a known usable server: "block" is what "NTP reaches usable
+    # servers only" means; "allow" only rejects harvesters and suspects; "auto" allows where
+    # NTP canaries work (meeting an unknown server then costs a throwaway address, never a
+    # real one, and tests that server) and blocks where they do not.
+    unknown: str = field(default="auto", metadata=_check(_one_of("auto", "block", "allow")))
     # auto: nft wherever it works; iptables only where the host's iptables is legacy.
     backend: str = field(default="auto", metadata=_check(_one_of("auto", "nft", "iptables")))
     # Rate-limited log lines ("ntpguard-ntp-out: ", "ntpguard-in: ", ...) are the evidence the
@@ -373,6 +375,32 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class Canary:
+    """[canary]: every NTP packet leaves from a throwaway address its server alone sees."""
+
+    # auto: wherever it can work (the nft backend, a global IPv6 /64, nat in the kernel's
+    # inet family); off: NTP leaves from the host's own addresses, as without ntpguard.
+    mode: str = field(default="auto", metadata=_check(_one_of("auto", "off")))
+    # Where canaries are added. Empty: the IPv6 default route's interface, and the /64 of a
+    # stable global address on it (as [probe]).
+    interface: str = field(default="", metadata=_check(_ifname))
+    prefix: str = field(default="", metadata=_check(_probe_prefix))
+    # Seconds a server keeps its canary. A harvester that harvests only some of its clients
+    # (they sample) meets a new "client" each rotation: a day gives a server 365 chances a
+    # year at 1 address per server in use (plus those retiring).
+    rotate: float = field(default=86400.0, metadata=_check(_positive))
+    # The spare canary is shared by servers that have none yet (answers the pool gave the
+    # time daemon before ntpguard heard of them); it is replaced this often, so a harvest of
+    # it implicates few servers.
+    spare_rotate: float = field(default=3600.0, metadata=_check(_positive))
+    # Servers given a canary of their own, most used first; the rest share the spare.
+    max: int = field(default=256, metadata=_check(_positive))
+    # The admin's trusted servers ([servers] trusted) see the host's real address; false: they
+    # get canaries like pool servers.
+    exempt_trusted: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     path: Optional[str] = None
     general: General = field(default_factory=General)
@@ -384,11 +412,12 @@ class Config:
     detect: Detect = field(default_factory=Detect)
     sync: Sync = field(default_factory=Sync)
     probe: Probe = field(default_factory=Probe)
+    canary: Canary = field(default_factory=Canary)
 
 
 SECTIONS: dict[str, type] = {
     "general": General, "servers": Servers, "pool": Pool, "rules": Rules, "lists": Lists,
-    "timeconf": Timeconf, "detect": Detect, "sync": Sync, "probe": Probe,
+    "timeconf": Timeconf, "detect": Detect, "sync": Sync, "probe": Probe, "canary": Canary,
 }
 
 

@@ -96,6 +96,37 @@ class PrefixSet:
         return str(net.netmask)
 
 
+# Destinations that keep the host's own source address even with canaries: never a public
+# server (ntpguard.canary.exempt says the same of one address).
+_NOT_PUBLIC6 = ("::1/128", "::ffff:0:0/96", "fc00::/7", "fe80::/10", "ff00::/8")
+
+
+@dataclass(frozen=True)
+class Canaries:
+    """The canary part of a plan (ntpguard.canary): NTP's source rewritten per server."""
+
+    mapping: tuple[tuple[str, str], ...]  # (server, its canary), by server
+    spare: str                            # the source of NTP to servers without a canary
+    addresses: tuple[str, ...]            # every live canary: inbound, only replies pass
+    exempt: tuple[str, ...]               # prefixes that keep the normal source, collapsed
+
+
+def canaries(mapping: dict[str, str], spare: str, addresses: list[str], host: HostFacts,
+             trusted: tuple[str, ...] = ()) -> Canaries:
+    """The plan's canaries; exempt: not-public ranges, the host's on-link /64s (its global
+    IPv6 addresses' prefixes) and `trusted` addresses, overlaps removed (nft refuses them in
+    an interval set)."""
+    items = []
+    for text in (*_NOT_PUBLIC6,
+                 *(f"{a.split('%')[0]}/64" for a in host.addresses if ":" in a),
+                 *(f"{a}/128" for a in trusted if ":" in a)):
+        net = ipaddress.IPv6Network(text, strict=False)
+        items.append((6, int(net.network_address), net.prefixlen))
+    exempt = [f"{ipaddress.IPv6Address(n)}/{length}" for (_, length), nets in
+              sorted(_collapse(items).items(), key=lambda kv: kv[0][1]) for n in sorted(nets)]
+    return Canaries(tuple(sorted(mapping.items())), spare, tuple(addresses), tuple(exempt))
+
+
 @dataclass(frozen=True)
 class Plan:
     """The desired firewall state. Addresses are canonical strings, every tuple sorted."""
@@ -110,6 +141,7 @@ class Plan:
     clean6: tuple[str, ...] = ()
     harvesters: tuple[PrefixSet, ...] = ()
     scanners: tuple[PrefixSet, ...] = ()
+    canaries: Optional[Canaries] = None
     forced: bool = False
     notes: tuple[str, ...] = field(default=(), compare=False)
 
@@ -123,6 +155,7 @@ class Plan:
             "clean6": len(self.clean6),
             "harvester_prefixes": sum(len(s.networks) for s in self.harvesters),
             "scanner_prefixes": sum(len(s.networks) for s in self.scanners),
+            "canaries": len(self.canaries.mapping) if self.canaries else 0,
         }
 
     def describe(self) -> str:
@@ -138,6 +171,9 @@ class Plan:
             "logging: " + (f"{self.log_rate}/s burst {self.log_burst}"
                            + (f" to NFLOG group {self.log_group}" if self.log_group else "")
                            if self.log else "off"),
+            "canaries: " + (f"{c['canaries']} servers have their own, the others share "
+                            f"{self.canaries.spare}" if self.canaries
+                            else "off (NTP leaves from the host's own addresses)"),
         ]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -228,6 +264,7 @@ def build(
     rules: Rules,
     host: HostFacts,
     force: bool = False,
+    canaries: Optional[Canaries] = None,
 ) -> Plan:
     """The desired firewall state; raises PlanInputError or UnsafePlan instead of guessing.
 
@@ -235,8 +272,11 @@ def build(
     harvesters and suspects may not, nor (with rules.unknown = "allow") anything inside a
     harvester prefix. Scanner prefixes lose their unsolicited inbound traffic; entries broader
     than the limit, or overlapping loopback, link-local, multicast, the host's addresses or its
-    gateways, are refused.
+    gateways, are refused. rules.unknown = "auto" allows unknown servers when the plan has
+    canaries (each then sees only a throwaway address) and blocks them otherwise.
     """
+    unknown = rules.unknown if rules.unknown != "auto" else (
+        "allow" if canaries is not None else "block")
     harvest_items: list[tuple[int, int, int]] = []
     allowed: list[tuple[int, int]] = []
     for s in statuses:
@@ -269,7 +309,7 @@ def build(
     if inside:
         notes.append(f"{inside} usable server(s) inside harvester prefixes: let through, "
                      "a higher-ranked source (manual, trusted, local evidence) says so")
-    if rules.unknown == "block" and not (clean[4] or clean[6]):
+    if unknown == "block" and not (clean[4] or clean[6]):
         if not force:
             raise UnsafePlan(
                 'no usable NTP server is known and rules.unknown = "block": these rules would '
@@ -280,7 +320,7 @@ def build(
 
     return Plan(
         mode=rules.mode,
-        unknown=rules.unknown,
+        unknown=unknown,
         log=rules.log,
         log_rate=rules.log_rate,
         log_burst=rules.log_burst,
@@ -289,6 +329,7 @@ def build(
         clean6=tuple(str(ipaddress.IPv6Address(v)) for v in sorted(clean[6])),
         harvesters=_sets(harvest_groups),
         scanners=_sets(_collapse(scan_items)),
+        canaries=canaries,
         forced=force,
         notes=tuple(notes),
     )

@@ -27,7 +27,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from ntpguard import commands, sntp
 from ntpguard.addr import nonglobal_reason, parse_address
@@ -35,9 +35,11 @@ from ntpguard.config import Config, Detect, Probe
 from ntpguard.errors import NtpguardError, UsageError
 from ntpguard.hostinfo import ip_json
 from ntpguard.plan import PROBE_MARK
-from ntpguard.state import State
 from ntpguard.status import ServerStatus, Status
 from ntpguard.verdict import Finding
+
+if TYPE_CHECKING:
+    from ntpguard.state import State
 
 NTP_PORT = 123
 # RFC 5453 reserved interface identifiers: the subnet-router anycast (all zero) and the

@@ -9,11 +9,12 @@ anything: precedence lives in status.py, the rules in plan.py.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Optional
 
-from ntpguard import hostinfo, lists
+from ntpguard import canary, hostinfo, lists
 from ntpguard.config import Config
-from ntpguard.plan import HostFacts, Plan, PrefixEntry, build, scanner_prefixes
+from ntpguard.plan import HostFacts, Plan, PrefixEntry, build, canaries, scanner_prefixes
 from ntpguard.state import State
 from ntpguard.status import ServerStatus, Snapshot, effective
 
@@ -49,9 +50,11 @@ def list_prefixes(snapshot: Snapshot) -> tuple[list[PrefixEntry], list[PrefixEnt
 
 
 def firewall_plan(config: Config, state: State, force: bool = False,
-                  host: Optional[HostFacts] = None, unknown: Optional[str] = None) -> Plan:
-    """The plan `rules apply` and `sync` enforce: statuses, lists and recorded scans from the
-    state, host facts gathered now (unless given). `unknown` overrides rules.unknown."""
+                  host: Optional[HostFacts] = None, unknown: Optional[str] = None,
+                  now: Optional[float] = None) -> Plan:
+    """The plan `rules apply` and `sync` enforce: statuses, lists, recorded scans and the
+    canaries in force from the state, host facts gathered now (unless given). `unknown`
+    overrides rules.unknown."""
     snap = take(config, state)
     status = effective(snap)
     host = hostinfo.gather() if host is None else host
@@ -60,4 +63,13 @@ def firewall_plan(config: Config, state: State, force: bool = False,
     scanners += scanner_prefixes(state.scans(), blocked, host)
     rules = config.rules if unknown is None else dataclasses.replace(config.rules,
                                                                      unknown=unknown)
-    return build(status.values(), scanners, harvesters, rules, host, force=force)
+    canary_part = None
+    if canary.why_not(config) is None:
+        usable = [a for a, s in status.items() if s.usable]
+        mapping, spare, live = canary.in_force(state.canaries(), usable,
+                                               time.time() if now is None else now)
+        if spare is not None:
+            trusted = config.servers.trusted if config.canary.exempt_trusted else ()
+            canary_part = canaries(mapping, spare, live, host, trusted)
+    return build(status.values(), scanners, harvesters, rules, host, force=force,
+                 canaries=canary_part)

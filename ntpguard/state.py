@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
+from ntpguard.canary import Canary, Change
 from ntpguard.detect import Contacts, Scan, Trigger
 from ntpguard.errors import LockBusy, StateError
 from ntpguard.logs.sources import Position
@@ -157,6 +158,19 @@ MIGRATIONS: list[Migration] = [
     # 4: a scan's triggers in a table of their own, not a JSON blob per scan (a blob that
     # does not load took the whole verdicts step down with it).
     _triggers_table,
+    # 5: NTP canaries (ntpguard.canary): one address per server in use, and the spare.
+    """
+    CREATE TABLE canaries (
+        address     TEXT PRIMARY KEY,
+        server      TEXT NOT NULL,              -- '' for the spare
+        interface   TEXT NOT NULL,
+        created     REAL NOT NULL,
+        expires     REAL NOT NULL,              -- the kernel removes the address then
+        retired     REAL,                       -- out of the map since
+        scanned     REAL                        -- first scan of it seen at
+    );
+    CREATE INDEX canaries_by_server ON canaries (server);
+    """,
 ]
 
 
@@ -476,9 +490,40 @@ class State:
                 list(contacts))
 
     def probe_addresses(self) -> set[str]:
-        """The local addresses `ntpguard probe` made (each known to one server only)."""
+        """The local addresses only ntpguard's own packets used, each known to few servers:
+        `ntpguard probe`'s and the NTP canaries (a scan of one is no background noise)."""
         return {a for (a,) in self.conn.execute(
-            "SELECT DISTINCT address FROM detect_contacts WHERE probe = 1")}
+            "SELECT DISTINCT address FROM detect_contacts WHERE probe = 1"
+            " UNION SELECT address FROM canaries")}
+
+    # -- NTP canaries --------------------------------------------------------------------------
+
+    def canaries(self) -> list[Canary]:
+        """Every canary the kernel may still hold (retired ones too), oldest first."""
+        out = []
+        for row in self.conn.execute(
+                "SELECT address, server, interface, created, expires, retired, scanned"
+                " FROM canaries ORDER BY created, address"):
+            address, server, iface, created, expires, retired, scanned = row
+            if not (_all(str, address, server, iface) and _all(_NUMBER, created, expires)
+                    and _all((int, float, type(None)), retired, scanned)):
+                log.warning("state: canary row %s is damaged; ignored", address)
+                continue
+            out.append(Canary(address, server, iface, float(created), float(expires),
+                              retired, scanned))
+        return out
+
+    def save_canaries(self, change: Change, scanned: Iterable[Canary] = ()) -> None:
+        """A maintenance run's result, in one transaction: new canaries, retired and scanned
+        ones updated, expired ones forgotten."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO canaries (address, server, interface, created, expires,"
+                " retired, scanned) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(c.address, c.server, c.interface, c.created, c.expires, c.retired, c.scanned)
+                 for c in (*change.add, *change.retire, *scanned)])
+            db.executemany("DELETE FROM canaries WHERE address = ?",
+                           [(c.address,) for c in change.forget])
 
     def scans(self) -> list[Scan]:
         """Every recorded scan with its triggers, by start. A row with a value of the wrong

@@ -6,7 +6,8 @@ nothing else works out precedence. Sources rank (README, "Precedence"):
 1. manual: the admin's `ntpguard mark`; a decision, not evidence. A manual `unknown`
    withdraws the admin's mark, so the others decide again;
 2. trusted: `[servers] trusted` in the configuration (the admin's own or NTS servers): clean;
-3. local evidence: `detect` (the firewall logs of this host) and `probe` (its own probes);
+3. local evidence: `detect` (the firewall logs of this host), `probe` (its own probes) and
+   `canary` (a scan of the throwaway address only that server ever saw: ntpguard.canary);
 4. lists: enforced shared lists (`list:NAME`), somebody else's evidence.
 
 Within a rank the newest verdict wins. A server is *known* (the firewall may let NTP reach it,
@@ -47,7 +48,7 @@ class Status(str, enum.Enum):
 
 
 # Source kinds by rank (lower wins); `list` sources carry the list's name.
-RANKS = {"manual": 0, "trusted": 1, "detect": 2, "probe": 2, "list": 3}
+RANKS = {"manual": 0, "trusted": 1, "detect": 2, "probe": 2, "canary": 2, "list": 3}
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Source:
     @property
     def local(self) -> bool:
         """This host's own findings (what `list export` publishes)."""
-        return self.kind in ("manual", "detect", "probe")
+        return self.kind in ("manual", "detect", "probe", "canary")
 
 
 MANUAL, TRUSTED, DETECT = Source("manual"), Source("trusted"), Source("detect")

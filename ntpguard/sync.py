@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ntpguard import backends, evidence, fetch, pool, snapshot, timeconf
+from ntpguard import backends, canary, evidence, fetch, pool, snapshot, timeconf
 from ntpguard.config import Config
 from ntpguard.errors import NtpguardError
 from ntpguard.logs.read import order_sources
@@ -213,6 +213,17 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         step.message = f"{len(sent)} of {len(results)} suspects probed" + "".join(
             f"; {r.server}: {r.detail}" for r in results if not r.sent)
 
+    def do_canaries(step: Step) -> None:
+        # After the verdicts (a harvester gets no canary; a scanned canary convicts) and
+        # before the rules, which map each server to its canary.
+        rep = canary.maintain(config, state, snapshot.statuses(config, state), now(),
+                              dry_run=dry_run)
+        step.data = {"available": rep.available, "added": rep.added, "retired": rep.retired,
+                     "servers": rep.servers, "convicted": rep.convicted}
+        step.message = rep.message()
+        if not rep.available:
+            step.skipped = True
+
     def do_rules(step: Step) -> None:
         notes = []
         try:
@@ -246,6 +257,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
     attempt("lists", do_lists)
     attempt("verdicts", do_verdicts)
     attempt("probe", do_probe, config.probe.in_sync, "probe.in_sync = false")
+    attempt("canaries", do_canaries, settings.apply_rules, "sync.apply_rules = false")
     attempt("rules", do_rules, settings.apply_rules, "sync.apply_rules = false")
     attempt("timeconf", do_timeconf, settings.configure_time_daemon,
             "sync.configure_time_daemon = false")

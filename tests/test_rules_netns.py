@@ -184,6 +184,8 @@ class RulesLab:
         lines = ["[lists]", "builtin = false", "allow_nonglobal = true", "[rules]",
                  f'backend = "{self.backend}"', f'mode = "{mode}"']
         lines += [f"{k} = {v}" for k, v in extra.items()]
+        # These tests are about the rules themselves; tests/test_canary_netns.py adds canaries.
+        lines += ["[canary]", 'mode = "off"']
         path.write_text("\n".join(lines) + "\n")
         return path
 

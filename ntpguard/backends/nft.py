@@ -35,6 +35,9 @@ LOG_NTP_OUT = "ntpguard-ntp-out: "
 LOG_NTP_FWD = "ntpguard-ntp-fwd: "
 LOG_IN = "ntpguard-in: "
 LOG_FWD_IN = "ntpguard-fwd-in: "
+LOG_CANARY_IN = "ntpguard-canary-in: "
+# The priority of ntpguard's filter base chains.
+FILTER_PRIORITY = "filter"
 
 
 @dataclass
@@ -78,9 +81,10 @@ def rules_for(plan: Plan) -> Rendered:
     sets: dict[str, list[str]] = {}
     decl = ["\tset generation {\n\t\ttype mark\n\t}\n"]
 
-    def declare(name: str, family: int, elements: tuple[str, ...]) -> None:
-        kind = "ipv6_addr" if family == 6 else "ipv4_addr"
-        decl.append(f"\tset {name} {{\n\t\ttype {kind}\n\t}}\n")
+    def declare(name: str, family: int, elements: tuple[str, ...], kind: str = "",
+                what: str = "set") -> None:
+        kind = kind or ("ipv6_addr" if family == 6 else "ipv4_addr")
+        decl.append(f"\t{what} {name} {{\n\t\ttype {kind}\n\t}}\n")
         sets[name] = list(elements)
 
     declare("clean4", 4, plan.clean4)
@@ -90,6 +94,14 @@ def rules_for(plan: Plan) -> Rendered:
             declare(set_name("harv", ps), ps.family, ps.networks)
     for ps in plan.scanners:
         declare(set_name("scan", ps), ps.family, ps.networks)
+    can = plan.canaries
+    if can is not None:
+        # Elements, not rules, change when canaries rotate: an update, never a full replace.
+        declare("canary6", 6, tuple(f"{s} : {c}" for s, c in can.mapping),
+                "ipv6_addr : ipv6_addr", "map")
+        declare("spare6", 6, (f"{NTP_PORT} : {can.spare}",), "inet_service : ipv6_addr", "map")
+        declare("canaries6", 6, can.addresses)
+        declare("keep6", 6, can.exempt, "ipv6_addr; flags interval")
 
     def log(prefix: str) -> str:
         if not plan.log:
@@ -101,7 +113,8 @@ def rules_for(plan: Plan) -> Rendered:
     ntp = f"udp dport {NTP_PORT} ct direction original"
     new = "meta l4proto { tcp, udp } ct state new"
     reject = "counter reject with icmpx type admin-prohibited"
-    chains: list[tuple[str, Optional[str], list[str]]] = []
+    # (name, (type, hook, priority) for a base chain or None, rules)
+    chains: list[tuple[str, Optional[tuple[str, str, str]], list[str]]] = []
     # NTP to a non-clean server: rejected (admin-prohibited), so the daemon moves on at once.
     # Usable servers first: a server the admin (or this host's evidence) cleared stays
     # reachable inside a listed harvester prefix.
@@ -113,33 +126,58 @@ def rules_for(plan: Plan) -> Rendered:
     chains.append(("ntp", None, ntp_rules))
     chains.append(("scanners", None,
                    [f"{_match('saddr', 'scan', ps)} counter drop" for ps in plan.scanners]))
+    # With canaries NTP is logged after the source rewrite (postrouting below): the address a
+    # server saw is the evidence, the one the daemon sent from is not.
+    log_ntp_here = plan.log and can is None
     out = ['oifname "lo" return']
-    if plan.log:
+    if log_ntp_here:
         out.append(ntp + log(LOG_NTP_OUT))
     # ntpguard's own probes (logged above) may reach the servers they confirm.
     out.append(f"meta mark {PROBE_MARK:#x} return")
     out.append(f"{ntp} jump ntp")
-    chains.append(("output", "output", out))
+    chains.append(("output", ("filter", "output", FILTER_PRIORITY), out))
     # Scanner ingress is unsolicited traffic only: replies to what this host sent (NTP from a
     # usable server that shares a prefix with a scanner, say) pass.
     established = "ct state established,related return"
     inp = ['iifname "lo" return']
+    if can is not None:
+        # A canary takes replies only (conntrack undoes the rewrite before this hook, so a
+        # reply is addressed to the real address here); the kernel's neighbour discovery for
+        # it must pass, since it solicits from the rewritten source. The rest is a scan.
+        inp += ["ip6 daddr @canaries6 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }"
+                " return",
+                f"ip6 daddr @canaries6 ct state new{log(LOG_CANARY_IN)} counter drop"]
     if plan.log:
         inp.append(new + log(LOG_IN))
     inp += [established, "jump scanners"]
-    chains.append(("input", "input", inp))
+    chains.append(("input", ("filter", "input", FILTER_PRIORITY), inp))
     if plan.gateway:
         fwd = []
+        if log_ntp_here:
+            fwd.append(ntp + log(LOG_NTP_FWD))
         if plan.log:
-            fwd += [ntp + log(LOG_NTP_FWD), new + log(LOG_FWD_IN)]
+            fwd.append(new + log(LOG_FWD_IN))
         fwd += [f"{ntp} jump ntp", established, "jump scanners"]
-        chains.append(("forward", "forward", fwd))
+        chains.append(("forward", ("filter", "forward", FILTER_PRIORITY), fwd))
+    if can is not None:
+        # Every NTP packet to a public server leaves from its server's canary, or the spare
+        # when it has none yet (a map without the key does not match: the next rule runs).
+        keep = f"udp dport {NTP_PORT} ct direction original ip6 daddr != @keep6"
+        chains.append(("canary_nat", ("nat", "postrouting", "srcnat"), [
+            f"{keep} snat ip6 to ip6 daddr map @canary6",
+            f"{keep} snat ip6 to udp dport map @spare6"]))
+        if plan.log:
+            # After the rewrite: the source logged is the canary the server saw. Forwarded
+            # packets have an input interface (for the host's own the lookup fails).
+            chains.append(("canary_log", ("filter", "postrouting", "srcnat + 10"), [
+                f"meta iif != 0 {ntp}{log(LOG_NTP_FWD)} return", ntp + log(LOG_NTP_OUT)]))
 
     body = []
     for name, hook, rules in chains:
         body.append(f"\tchain {name} {{\n")
         if hook:
-            body.append(f"\t\ttype filter hook {hook} priority filter; policy accept;\n")
+            kind, hooked, priority = hook
+            body.append(f"\t\ttype {kind} hook {hooked} priority {priority}; policy accept;\n")
         body += [f"\t\t{r}\n" for r in rules]
         body.append("\t}\n")
     skeleton = f"table {FAMILY} {TABLE} {{\n{''.join(decl)}{''.join(body)}}}\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ntpguard import backends, snapshot
+from ntpguard import backends, canary, snapshot
 from ntpguard.cli import Context, Subparsers
 
 
@@ -40,6 +40,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     started = time.time()
     # The writer lock also serialises applies, which share the nft element cache.
     with ctx.open_state(write=not args.dry_run) as state:
+        if not args.dry_run:
+            # Canaries are part of the firewall: give new servers theirs before the plan maps
+            # them (a dry run shows the canaries in force as they are).
+            canary.maintain(ctx.config, state, snapshot.statuses(ctx.config, state),
+                            time.time())
         plan = snapshot.firewall_plan(ctx.config, state, force=args.force)
         if args.dry_run:
             text = backends.render(name, plan)
@@ -84,14 +89,18 @@ def _remove(ctx: Context, args: argparse.Namespace) -> int:
         names = [args.backend]
     else:
         names = [n for n in backends.NAMES if backends.backend_class(n).is_supported()]
-    results = []
-    with ctx.open_state():
+    results: list[dict[str, object]] = []
+    with ctx.open_state() as state:
         for name in names:
             if args.dry_run:
                 results.append({"backend": name, "action": "would remove",
                                 "message": f"{name}: would remove ntpguard's rules"})
                 continue
             results.append(backends.get(name, ctx.state_dir).remove().as_dict())
+        if not args.dry_run and state.canaries():
+            n = canary.remove_all(state)
+            results.append({"backend": "canary", "action": "removed", "removed": n,
+                            "message": f"canaries: {n} addresses removed"})
     if args.json:
         print_json(results)
     else:
