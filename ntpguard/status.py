@@ -6,8 +6,9 @@ nothing else works out precedence. Sources rank (README, "Precedence"):
 1. manual: the admin's `ntpguard mark`; a decision, not evidence. A manual `unknown`
    withdraws the admin's mark, so the others decide again;
 2. trusted: `[servers] trusted` in the configuration (the admin's own or NTS servers): clean;
-3. local evidence: `detect` (the firewall logs of this host), `probe` (its own probes) and
-   `canary` (a scan of the throwaway address only that server ever saw: ntpguard.canary);
+3. local evidence: first `canary` (a scan of the throwaway address only that server ever saw:
+   ntpguard.canary, exact), then `detect` (group testing over this host's firewall logs) and
+   `probe` (its own probes);
 4. lists: enforced shared lists (`list:NAME`), somebody else's evidence.
 
 Within a rank the newest verdict wins. A server is *known* (the firewall may let NTP reach it,
@@ -48,7 +49,9 @@ class Status(str, enum.Enum):
 
 
 # Source kinds by rank (lower wins); `list` sources carry the list's name.
-RANKS = {"manual": 0, "trusted": 1, "detect": 2, "probe": 2, "canary": 2, "list": 3}
+# Within local evidence a canary's scan comes first: it is exact (nobody else knew that
+# address), where detection and probes are inferences from groups.
+RANKS = {"manual": 0, "trusted": 1, "canary": 2, "detect": 3, "probe": 3, "list": 4}
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def candidates(statuses: Mapping[str, ServerStatus], servers: Mapping[str, Serve
         if st.status != Status.CLEAN or st.source is None:
             preference = 2
         else:
-            preference = 0 if st.source.rank < RANKS["detect"] else 1
+            preference = 0 if st.source.rank < RANKS["canary"] else 1
         pool = servers.get(address)
         if pool is not None and now - pool.last_seen > max_age and preference:
             continue

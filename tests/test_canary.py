@@ -15,7 +15,7 @@ from ntpguard.config import Detect, Rules
 from ntpguard.detect import Scan
 from ntpguard.plan import HostFacts, build, canaries
 from ntpguard.probe import Target
-from ntpguard.status import ServerStatus, Status, Verdict
+from ntpguard.status import RANKS, ServerStatus, Status, Verdict
 
 NET = ipaddress.IPv6Network("2001:db8:4057:1::/64")
 TARGET = Target("eth0", NET)
@@ -152,4 +152,5 @@ def test_a_rotation_is_an_element_update_not_a_new_table():
 
 def test_canary_verdicts_rank_as_local_evidence():
     v = Verdict(S1, Status.HARVESTER, canary.CANARY, {"canary": "x"}, 1.0)
-    assert v.source.rank == 2 and v.source.local
+    assert v.source.local
+    assert RANKS["trusted"] < v.source.rank < RANKS["detect"] < RANKS["list"]
