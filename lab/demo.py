@@ -1,15 +1,18 @@
 """`make demo`: the whole story on one machine, in a few minutes, with progress lines.
 
 1. Build the lab world (lab.world): a pool with harvesters, a scanner, a protected host.
-2. The host's chronyd syncs from the pool; as days of pool rotation would, the host meets more
-   pool servers; the harvesters among them get its temporary addresses scanned (ground truth
-   and the host's firewall log show it).
+2. Without ntpguard: the host's chronyd syncs from the pool; as days of pool rotation would,
+   the host meets more pool servers; the harvesters among them get its real (temporary)
+   addresses scanned (ground truth and the host's firewall log show it).
 3. ntpguard runs on the host as cron would (HOOK: NTPGUARD_STEPS, run only those commands that
-   exist in this tree): servers discovered, scans and triggers, verdicts, ruleset, time-daemon
-   configuration.
-4. The proof: NTP to harvesters is refused, the scanner's packets are dropped, chronyd keeps
+   exist in this tree): servers discovered, scans and triggers, verdicts, NTP canaries, the
+   ruleset, time-daemon configuration.
+4. With ntpguard: the host meets more servers; every NTP packet leaves from its server's
+   canary, so a harvester can only hand its scanner a canary: the scan is dropped, logged, and
+   the next sync convicts exactly that harvester. Not one real address is scanned any more.
+5. The proof: NTP to harvesters is refused, the scanner's packets are dropped, chronyd keeps
    syncing from clean servers.
-5. Teardown, always (also on Ctrl-C, SIGTERM or error).
+6. Teardown, always (also on Ctrl-C, SIGTERM or error).
 
 Run: python3 -m lab.demo [--seed N] [--observe SECONDS] [--keep-going]   (as root)
 """
@@ -89,9 +92,24 @@ def ntpguard(world: World, args: list[str]) -> Optional[int]:
     return proc.returncode
 
 
+def canaries(world: World) -> dict[str, str]:
+    """The guard's canaries (address → its server, '' for the spare), from its state."""
+    path = world.guard_dir / "state"
+    if not (path / "state.db").exists():
+        return {}
+    try:
+        from ntpguard.state import State
+
+        with State.open(str(path), lock=False) as st:
+            return {c.address: c.server for c in st.canaries()}
+    except Exception:  # a tree without canaries still gets a lab demo
+        return {}
+
+
 def report_scans(world: World, seen: set[tuple[str, float]], quiet: bool = False) -> None:
     """Print scans from the ground truth once each, with what the host's log saw of them."""
     logs = world.log_lines()
+    known_canaries = canaries(world)
     fresh = 0
     for s in world.scans():
         key = (s["target"], s["t_start"])
@@ -103,7 +121,9 @@ def report_scans(world: World, seen: set[tuple[str, float]], quiet: bool = False
             continue
         ports = {r["dest_port"] for r in logs if r.get("oob.prefix") == LOG_PREFIX_IN
                  and r.get("src_ip") == s["scanner"] and r.get("dest_ip") == s["target"]}
-        say(f"SCAN {s['scanner']} -> {s['target']}: nmap ports {s['ports']} "
+        what = (f"the CANARY of {known_canaries[s['target']] or 'servers without their own'}"
+                if s["target"] in known_canaries else "a REAL address of the host")
+        say(f"SCAN {s['scanner']} -> {s['target']} ({what}): nmap ports {s['ports']} "
             f"in {s['t_end'] - s['t_start']:.1f} s, {s['lag']:.1f} s after it reached "
             f"harvester {s['harvester']}; host log shows {len(ports)} ports")
     if quiet and fresh:
@@ -143,11 +163,20 @@ def ntpguard_clean(world: World) -> list[str]:
 
 def proof(world: World) -> None:
     """What the host looks like after ntpguard: NTP to harvesters, scanner, chronyd."""
-    say("proof: NTP from the host to each harvester (should be refused)")
+    say("proof: NTP from the host to each harvester (refused once ntpguard knows it)")
+    status = {}
+    if "servers" in available_commands():
+        try:
+            status = {r["address"]: f"{r['status']} by {r['source']}" if r.get("source")
+                      else r["status"]
+                      for r in json.loads(run_ntpguard(world, "servers", "--json").stdout)}
+        except (ValueError, TypeError, KeyError):
+            status = {}
     for h in world.harvesters:
         out = world.host.run("ntpdate", "-q", "-t", "1", h, check=False, timeout=20)
         verdict = "answered" if out.returncode == 0 else "no answer / refused"
-        detail(f"{h}: {verdict}")
+        known = f" (ntpguard: {status[h]})" if h in status else ""
+        detail(f"{h}: {verdict}{known}")
     judged = ntpguard_clean(world)
     what = "servers ntpguard judged clean" if judged else "clean servers (ground truth)"
     say(f"proof: NTP to a few {what} (should answer)")
@@ -211,6 +240,21 @@ def run(args: argparse.Namespace) -> int:
                 say(f"(ntpguard {name}: not in this tree yet, skipped)")
                 continue
             ntpguard(world, argv)
+        since = time.time()
+        known_canaries = canaries(world)
+        if known_canaries:
+            say(f"with ntpguard: {len(known_canaries) - 1} servers have a canary of their own "
+                f"(and a spare for the others); observing the world for {args.observe:.0f} s "
+                "more ...")
+            observe(world, args.observe, rng, seen)
+            time.sleep(spec.lag_max + 2)
+            report_scans(world, seen)
+            ntpguard(world, ["sync"])
+            ntpguard(world, ["servers"])
+            after = [s for s in world.scans() if s["t_start"] >= since]
+            real = [s for s in after if s["target"] not in canaries(world)]
+            say(f"since ntpguard's first sync: {len(after)} scans, {len(after) - len(real)} of "
+                f"canaries, {len(real)} of the host's real addresses")
         say("ground truth for comparison: harvesters " + ", ".join(sorted(world.harvesters)))
         proof(world)
         report_scans(world, seen)
