@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import select
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -144,6 +145,23 @@ def test_resolve_on_a_terminal_redraws_one_progress_line(tmp_path, state_dir):
     assert max(len(part) for part in progress.split("\r")) < 70
     assert progress.endswith("\r") and not progress.split("\r")[-2].strip()
     assert summary.startswith(", 3 answers, 4 new servers, 4 known\r\n")
+
+
+def test_a_warning_gets_a_line_of_its_own_on_the_terminal(tmp_path, state_dir):
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a DNS server that never answers
+    silent.bind(("127.0.0.1", 0))
+    try:
+        cfg = write_config(tmp_path / "c.toml", silent.getsockname()[1], interval=0)
+        code, seen, _ = Terminal(["resolve", "--rounds", "1"],
+                                 cli_env(tmp_path, state_dir, cfg)).finish()
+    finally:
+        silent.close()
+    assert code == 1, seen
+    before, warning = seen.split(f"ntpguard: {NAME} AAAA: timed out", 1)
+    assert "resolve 1/1: 0 new servers in 0 answers; asking" in before
+    # The progress line was wiped (blanks, back to the first column) before the warning.
+    assert re.search(r"\r {20,}\r$", before), repr(before)
+    assert warning.startswith("\r\n")
 
 
 def test_sync_on_a_terminal_names_each_step(tmp_path, state_dir):

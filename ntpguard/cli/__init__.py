@@ -128,10 +128,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         format="ntpguard: %(message)s",
         level=logging.WARNING - 10 * min(args.verbose, 2),
     )
+    ctx = Context(args)
+    handlers = logging.getLogger().handlers
+    for handler in handlers:  # a warning wipes the progress line before it is printed
+        handler.addFilter(ctx.progress.before_log)
     try:
-        ctx = Context(args)
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(ctx.progress.before_log)
         ctx.config  # noqa: B018 - a bad config file fails every command, not only some
         with ctx.progress:  # cleared before the error line below, too
             return int(args.func(ctx, args) or 0)
@@ -149,3 +150,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"ntpguard: unexpected {type(exc).__name__}: {exc} (run with -v for the "
               "traceback)", file=sys.stderr)
         return 1
+    finally:
+        for handler in handlers:
+            handler.removeFilter(ctx.progress.before_log)
