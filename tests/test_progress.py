@@ -19,7 +19,7 @@ import termios
 import time
 
 import pytest
-from conftest import cli_env
+from conftest import cli_env, lock_held
 from dnsfake import FakeDNS
 
 from ntpguard.progress import count, countdown, duration
@@ -177,6 +177,34 @@ def test_sync_on_a_terminal_names_each_step(tmp_path, state_dir):
     # stderr was only the progress line, wiped at the end; the summary went to stdout alone.
     assert not seen.split("\r")[-1].strip() and not seen.split("\r")[-2].strip()
     assert out.startswith("sync: servers 4 known/") and out.count("\n") == 1
+
+
+def test_waiting_for_the_lock_names_the_holder(tmp_path, state_dir):
+    with lock_held(state_dir, 2, "ntpguard sync") as holder:
+        term = Terminal(["mark", "2a01:4f8:2:2::123", "clean", "--wait"],
+                        cli_env(tmp_path, state_dir))
+        term.wait_for(f"waiting for the state lock, held by pid {holder.pid} (ntpguard sync)")
+    code, seen, _ = term.finish()
+    assert code == 0, seen
+    # Wiped once the lock was taken, before mark's own output.
+    assert re.search(r"\r +\r2a01:4f8:2:2::123: marked clean[^\r]*\r\n$", seen), repr(seen)
+
+
+def test_list_fetch_names_the_list_it_waits_for(tmp_path, state_dir):
+    """A list server that takes the connection and never answers costs the whole timeout."""
+    mute = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    mute.bind(("127.0.0.1", 0))
+    mute.listen()
+    url = f"https://127.0.0.1:{mute.getsockname()[1]}/harvesters.txt"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[lists.subscriptions]]\nname = "mute"\nurl = "{url}"\ntimeout = 1.0\n')
+    try:
+        code, seen, _ = Terminal(["list", "fetch"], cli_env(tmp_path, state_dir, cfg)).finish()
+    finally:
+        mute.close()
+    assert code == 1, seen
+    assert f"lists 1/1: 0 updated; fetching mute from {url}" in draws(seen)
+    assert "mute: failed" in seen
 
 
 def test_nothing_extra_without_a_terminal_or_with_json(tmp_path, state_dir, run_cli):
