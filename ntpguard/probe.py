@@ -301,6 +301,8 @@ def run(servers: list[str], settings: Probe, detect: Detect,
     Each probe waits up to probe.timeout for its answer (8 s for the default 8 servers):
     `show` counts it down, and the probe runs inside `idle()` (State.unlocked, from the
     callers that hold the state), so other runs may write meanwhile; only `record` writes.
+    A second `probe --suspects` started meanwhile may pick a server this run has not
+    recorded yet: that server gets two probes, each a test of it alone, so no wrong evidence.
     """
     valid = lifetime(settings, detect)
     target = find_target(settings)
