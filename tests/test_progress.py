@@ -21,6 +21,7 @@ import time
 import pytest
 from conftest import cli_env, lock_held
 from dnsfake import FakeDNS
+from test_sync import config_text
 
 from ntpguard.progress import count, countdown, duration
 from ntpguard.state import State
@@ -73,14 +74,11 @@ class Terminal:
         return self.proc.wait(timeout=timeout), self.seen, out
 
 
-def write_config(path, port, interval, rounds=2, extra=""):
+def write_config(path, port, interval):
+    """test_sync's configuration (an empty log) with two DNS rounds per sync."""
     log = path.parent / "kern.log"
     log.touch()
-    path.write_text(
-        f'[pool]\nnameservers = ["127.0.0.1"]\nport = {port}\ninterval = {interval}\n'
-        f'timeout = 1.0\nallow_nonglobal = true\nrecord_types = ["AAAA"]\nnames = ["{NAME}"]\n'
-        f'[sync]\nresolve_rounds = {rounds}\nlog_sources = ["{log}"]\napply_rules = false\n'
-        'configure_time_daemon = false\n[lists]\nbuiltin = false\n' + extra)
+    path.write_text(config_text(port, str(log), "resolve_rounds = 2\n", interval=interval))
     return path
 
 
@@ -126,8 +124,9 @@ def test_count_says_one_answer_and_two_answers():
 
 def test_resolve_on_a_terminal_redraws_one_progress_line(tmp_path, state_dir):
     with FakeDNS(answer=V6) as dns:
-        cfg = write_config(tmp_path / "c.toml", dns.port, interval=2.5, rounds=3)
-        term = Terminal(["resolve"], cli_env(tmp_path, state_dir, cfg), columns=70)
+        cfg = write_config(tmp_path / "c.toml", dns.port, interval=2.5)
+        term = Terminal(["resolve", "--rounds", "3"], cli_env(tmp_path, state_dir, cfg),
+                        columns=70)
         code, seen, _ = term.finish()
     assert code == 0, seen
     lines = draws(seen)
