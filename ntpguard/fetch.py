@@ -22,6 +22,7 @@ from typing import IO, Any, Optional
 
 from ntpguard import lists
 from ntpguard.errors import NtpguardError, UsageError
+from ntpguard.progress import Show, quiet
 
 USER_AGENT = "ntpguard (shared-list fetch)"
 
@@ -233,17 +234,19 @@ def get_checked(url: str, *, limits: lists.Limits, timeout: float, max_bytes: in
 
 
 def refresh_subscriptions(config: Any, state_dir: str, now: Optional[float] = None,
-                          only: Optional[str] = None) -> RefreshReport:
+                          only: Optional[str] = None, show: Show = quiet) -> RefreshReport:
     """Refresh every configured subscription (the `sync` step); never raises for one list.
 
     A list that fails (unreachable, too big, wrong pin or signature, invalid) is reported and
-    its last good copy stays in force.
+    its last good copy stays in force. `show` hears which list is fetched: an unreachable
+    server takes its whole `timeout` (30 s by default).
     """
     now = time.time() if now is None else now
-    results = []
-    for sub in config.lists.subscriptions:
-        if only and sub.name != only:
-            continue
+    results: list[ListResult] = []
+    subs = [sub for sub in config.lists.subscriptions if not only or sub.name == only]
+    for number, sub in enumerate(subs, 1):
+        show(f"lists {number}/{len(subs)}: {sum(r.status == 'updated' for r in results)} "
+             f"updated; fetching {sub.name} from {sub.url}")
         meta = lists.read_meta(state_dir, sub.name)
         have_copy = sub.name in lists.stored_names(state_dir)
         # Conditional requests only when the copy still there matches the same URL.

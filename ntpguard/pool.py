@@ -1,8 +1,10 @@
 """Pool names → DNS answers → the known-server set.
 
 The pool's GeoDNS answers a query with at most 4 records out of its country view, rotating, so
-enumerating a zone takes many rounds spread over time. Each answer is merged into the state as
-it arrives; a failed query is reported for its name and never removes anything.
+enumerating a zone takes many rounds spread over time. A round's answers are merged into the
+state as soon as the round is asked; a failed query is reported for its name and never removes
+anything. The queries and the pauses between rounds (minutes at the defaults) run without the
+state's writer lock, so an admin's `mark` never waits behind them; only the merges take it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ntpguard.addr import nonglobal_reason, parse_address
 from ntpguard.config import Pool
 from ntpguard.errors import NtpguardError
 from ntpguard.estimate import ZoneEstimate, chao2
+from ntpguard.progress import Show, count, countdown, duration, lock_wait, quiet
 from ntpguard.state import State
 
 log = logging.getLogger("ntpguard")
@@ -125,44 +128,71 @@ def query(resolver: dns.resolver.Resolver, name: str, rdtype: str,
     return answer
 
 
+def _merge(state: State, report: ResolveReport, answer: Answer, when: float) -> None:
+    """Count one answer into the report and merge its servers into the state (a write)."""
+    name, rdtype = answer.name, answer.rdtype
+    entry = report.names.setdefault((name, rdtype), NameReport(name, rdtype))
+    report.queries += 1
+    entry.queries += 1
+    entry.rejected += len(answer.rejected)
+    for why in answer.rejected:
+        log.info("%s %s: ignored %s", name, rdtype, why)
+    if answer.error:
+        # NoAnswer for A/AAAA is normal (only 2.* has AAAA): not an error.
+        if answer.error != "no records of this type":
+            entry.errors.append(answer.error)
+            log.warning("%s %s: %s", name, rdtype, answer.error)
+        return
+    report.answers += 1
+    entry.answers += 1
+    entry.records += len(answer.addresses)
+    new = state.record_answer(name, rdtype, answer.addresses, when)
+    entry.new += len(new)
+    report.new_servers.extend(new)
+
+
 def resolve(settings: Pool, state: State, rounds: Optional[int] = None,
             interval: Optional[float] = None,
             resolver: Optional[dns.resolver.Resolver] = None,
             sleep: Callable[[float], None] = time.sleep,
             now: Callable[[], float] = time.time,
-            progress: Optional[Callable[[int, ResolveReport], None]] = None) -> ResolveReport:
-    """Run `rounds` rounds of A/AAAA queries for every pool name, merging as answers arrive."""
+            progress: Optional[Callable[[int, ResolveReport], None]] = None,
+            show: Show = quiet) -> ResolveReport:
+    """Run `rounds` rounds of A/AAAA queries for every pool name, merging each round's answers.
+
+    `progress` hears each finished round; `show` gets a line of progress before each query and
+    each second of the pauses ("resolve 2/3: ...; round 3 in 2:25").
+    """
     rounds = settings.rounds if rounds is None else rounds
     interval = settings.interval if interval is None else interval
     resolver = resolver or make_resolver(settings)
     report = ResolveReport()
-    for number in range(rounds):
-        if number:
-            sleep(interval)
-        for name in settings.names:
-            for rdtype in settings.record_types:
-                entry = report.names.setdefault((name, rdtype), NameReport(name, rdtype))
-                answer = query(resolver, name, rdtype, settings.allow_nonglobal)
-                report.queries += 1
-                entry.queries += 1
-                entry.rejected += len(answer.rejected)
-                for why in answer.rejected:
-                    log.info("%s %s: ignored %s", name, rdtype, why)
-                if answer.error:
-                    # NoAnswer for A/AAAA is normal (only 2.* has AAAA): not an error.
-                    if answer.error != "no records of this type":
-                        entry.errors.append(answer.error)
-                        log.warning("%s %s: %s", name, rdtype, answer.error)
-                    continue
-                report.answers += 1
-                entry.answers += 1
-                entry.records += len(answer.addresses)
-                new = state.record_answer(name, rdtype, answer.addresses, now())
-                entry.new += len(new)
-                report.new_servers.extend(new)
-        report.rounds = number + 1
+    questions = [(name, rdtype) for name in settings.names for rdtype in settings.record_types]
+
+    def found() -> str:
+        return (f"{count(len(report.new_servers), 'new server')} in "
+                f"{count(report.answers, 'answer')}")
+
+    for number in range(1, rounds + 1):
+        asked: list[tuple[Answer, float]] = []
+        # Waiting only (the pause, the DNS round trips): other runs may write meanwhile.
+        with state.unlocked(waiting=lock_wait(show)):
+            if number > 1:
+                line = f"resolve {number - 1}/{rounds} done: {found()}; round {number} in "
+
+                def pause(left: float, line: str = line) -> str:
+                    return line + duration(left)
+
+                countdown(interval, pause, show, sleep)
+            for index, (name, rdtype) in enumerate(questions, 1):
+                show(f"resolve {number}/{rounds}: {found()}; asking {name} {rdtype} "
+                     f"({index}/{len(questions)})")
+                asked.append((query(resolver, name, rdtype, settings.allow_nonglobal), now()))
+        for answer, when in asked:
+            _merge(state, report, answer, when)
+        report.rounds = number
         if progress:
-            progress(number + 1, report)
+            progress(number, report)
     for name in settings.names:
         for rdtype in settings.record_types:
             fam = 6 if rdtype == "AAAA" else 4

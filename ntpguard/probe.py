@@ -27,7 +27,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterable, Mapping
 
 from ntpguard import commands, sntp
 from ntpguard.addr import nonglobal_reason, parse_address
@@ -35,6 +35,7 @@ from ntpguard.config import Config, Detect, Probe
 from ntpguard.errors import NtpguardError, UsageError
 from ntpguard.hostinfo import ip_json
 from ntpguard.plan import PROBE_MARK
+from ntpguard.progress import TICK, Show, duration, quiet
 from ntpguard.status import ServerStatus, Status
 from ntpguard.verdict import Finding
 
@@ -244,9 +245,11 @@ def remove_address(target: Target, address: str) -> None:
                  check=False, error=ProbeError)
 
 
-def send(source: str, server: str, timeout: float, port: int = NTP_PORT
-         ) -> tuple[bool, bool, str]:
-    """One SNTP request from `source`; (sent, answered, detail). Never raises for the network."""
+def send(source: str, server: str, timeout: float, port: int = NTP_PORT,
+         waiting: Callable[[float], None] = lambda left: None) -> tuple[bool, bool, str]:
+    """One SNTP request from `source`; (sent, answered, detail). Never raises for the network.
+
+    `waiting` hears the seconds left for the answer at least once a second (progress.TICK)."""
     transmit = int.from_bytes(os.urandom(8), "big")
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
@@ -263,11 +266,12 @@ def send(source: str, server: str, timeout: float, port: int = NTP_PORT
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return True, False, f"sent; no answer within {timeout:g} s"
-                sock.settimeout(left)
+                waiting(left)
+                sock.settimeout(min(left, TICK))
                 try:
                     reply = sock.recv(1024)
                 except socket.timeout:
-                    return True, False, f"sent; no answer within {timeout:g} s"
+                    continue  # a tick of the wait, or the end of it (checked above)
                 except OSError as exc:  # ICMP unreachable / admin-prohibited on the reply
                     return True, False, f"sent; {exc.strerror or exc}"
                 r = sntp.evaluate(server, reply, transmit, t1, time.time())
@@ -286,26 +290,41 @@ def send(source: str, server: str, timeout: float, port: int = NTP_PORT
 
 
 def run(servers: list[str], settings: Probe, detect: Detect,
-        record: Callable[[Result], None], now: Callable[[], float] = time.time
+        record: Callable[[Result], None], now: Callable[[], float] = time.time,
+        show: Show = quiet,
+        idle: Callable[[], ContextManager[None]] = contextlib.nullcontext
         ) -> tuple[Target, int, list[Result]]:
     """Probe each server once from its own fresh address; `record` stores each sent probe
     before the next one goes out (a crash keeps what was sent). Returns the target, the
-    address lifetime and the results."""
+    address lifetime and the results.
+
+    Each probe waits up to probe.timeout for its answer (8 s for the default 8 servers):
+    `show` counts it down, and the probe runs inside `idle()` (State.unlocked, from the
+    callers that hold the state), so other runs may write meanwhile; only `record` writes.
+    A second `probe --suspects` started meanwhile may pick a server this run has not
+    recorded yet: that server gets two probes, each a test of it alone, so no wrong evidence.
+    """
     valid = lifetime(settings, detect)
     target = find_target(settings)
     taken = {i["local"] for lk in ip_json("-6", "addr", "show")
              for i in lk.get("addr_info", []) if i.get("local")}
-    results = []
-    for server in servers:
-        source = fresh_address(target.prefix, taken)
-        taken.add(source)
-        add_address(target, source, valid)
-        t = now()
-        sent, answered, detail = send(source, server, settings.timeout)
+    results: list[Result] = []
+    for number, server in enumerate(servers, 1):
+        line = f"probe {number}/{len(servers)}: {sum(r.sent for r in results)} sent; waiting "
+
+        def waiting(left: float, line: str = line, server: str = server) -> None:
+            show(f"{line}{duration(left)} for {server} to answer")
+
+        with idle():
+            source = fresh_address(target.prefix, taken)
+            taken.add(source)
+            add_address(target, source, valid)
+            t = now()
+            sent, answered, detail = send(source, server, settings.timeout, waiting=waiting)
+            if not sent:
+                remove_address(target, source)
         result = Result(server, source, t, sent, answered, detail)
         if sent:
             record(result)
-        else:
-            remove_address(target, source)
         results.append(result)
     return target, valid, results

@@ -189,6 +189,7 @@ class _Lock:
 
     def __init__(self, path: str, holder: str, wait: bool) -> None:
         self.path = path
+        self.holder = holder
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -213,6 +214,18 @@ class _Lock:
             self.fd = -1
 
 
+def _take_lock(path: str, holder: str, wait: bool,
+               waiting: Optional[Callable[[str], None]]) -> _Lock:
+    """_Lock, first without waiting when `waiting` should hear who holds it before a wait."""
+    if wait and waiting is not None:
+        try:
+            return _Lock(path, holder, False)
+        except LockBusy as busy:
+            # Who holds it: "... locked by WHO; try again ..." (the whole message if reworded).
+            waiting(str(busy).partition("; try again")[0].rpartition(" locked by ")[2])
+    return _Lock(path, holder, wait)
+
+
 class State:
     """The open state database. Use `State.open()`; close with `close()` or `with`."""
 
@@ -220,16 +233,19 @@ class State:
         self.conn = conn
         self.directory = directory
         self._lock = lock
+        self._released = False  # inside unlocked(): no write allowed
 
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
     def open(cls, directory: str, lock: bool = True, wait: bool = False,
-             holder: str = "ntpguard") -> State:
+             holder: str = "ntpguard", waiting: Optional[Callable[[str], None]] = None
+             ) -> State:
         """Open (and create or migrate) the database in `directory`.
 
         lock=True takes the exclusive writer lock; lock=False opens read-only, and a directory
-        without a database reads as an empty state instead of creating files.
+        without a database reads as an empty state instead of creating files. With wait=True,
+        `waiting` hears who holds the lock before the wait starts (a terminal shows it).
         """
         path = os.path.join(directory, DB_NAME)
         if not lock:
@@ -239,7 +255,7 @@ class State:
         except OSError as exc:
             raise StateError(
                 f"{directory}: cannot create state directory: {exc.strerror}") from None
-        held = _Lock(os.path.join(directory, LOCK_NAME), holder, wait)
+        held = _take_lock(os.path.join(directory, LOCK_NAME), holder, wait, waiting)
         try:
             conn = sqlite3.connect(path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -314,8 +330,42 @@ class State:
         self.close()
 
     @contextlib.contextmanager
+    def unlocked(self, waiting: Optional[Callable[[str], None]] = None) -> Iterator[None]:
+        """Let other runs write while this one only waits (the pause between DNS rounds, a
+        probe's wait for an answer): the writer lock is released for the block and taken back
+        after it, waiting for a run that holds it then (`waiting` hears who; runs hold it while
+        they work, not while they wait). A write inside the block raises StateError, so every
+        write still happens under the lock; what was read before the block may have changed
+        after it.
+
+        Interrupted (Ctrl-C), the lock is not taken back: the run ends and writes nothing
+        more. A state without the lock (read-only) just runs the block.
+        """
+        held = self._lock
+        if held is None or self._released:
+            yield
+            return
+        path, holder = held.path, held.holder
+        held.release()
+        self._lock = None
+        self._released = True
+        try:
+            yield
+        except Exception:
+            self._relock(path, holder, waiting)
+            raise
+        self._relock(path, holder, waiting)
+
+    def _relock(self, path: str, holder: str, waiting: Optional[Callable[[str], None]]) -> None:
+        self._lock = _take_lock(path, holder, True, waiting)
+        self._released = False
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT, rolled back on any exception: all or nothing."""
+        if self._released:
+            raise StateError(f"{self.directory}: a write while the state's writer lock was "
+                             "released (a bug: writes belong after State.unlocked())")
         if self.conn.in_transaction:  # nested: the outer transaction decides
             yield self.conn
             return

@@ -1,8 +1,11 @@
 """`ntpguard sync`: the unattended job: resolve, ingest logs, refresh lists, decide, enforce.
 
-Every step runs under the one state lock, and a step that fails (DNS down, journal unreadable,
+Every step works under the one state lock, and a step that fails (DNS down, journal unreadable,
 list unreachable, firewall refusing) is reported while the later steps still run with the last
 good data: a broken list server must not stop the firewall from learning about a new harvester.
+The lock is let go only while the run waits (the pause between DNS rounds, a probe's wait for
+its answer; pool.resolve and probe.run), so an admin's `mark` never waits minutes behind the
+timer; each later step reads the state afresh under the lock, marks made meanwhile included.
 A dry run works on a scratch copy of the state directory, so it can do everything for real
 except touch the firewall, the time daemon and the real state.
 """
@@ -24,6 +27,7 @@ from ntpguard.config import Config
 from ntpguard.errors import NtpguardError
 from ntpguard.logs.read import order_sources
 from ntpguard.plan import UnsafePlan
+from ntpguard.progress import Show, lock_wait, prefixed, quiet
 from ntpguard.state import DB_NAME, State
 
 
@@ -114,30 +118,40 @@ def _scratch_copy(state_dir: str, into: str) -> str:
 
 def run(config: Config, state_dir: str, dry_run: bool = False, wait: bool = False,
         now: Callable[[], float] = time.time,
-        progress: Optional[Callable[[Step], None]] = None) -> SyncReport:
-    """One sync under the state lock; see the module docstring."""
-    with State.open(state_dir, lock=True, wait=wait, holder="ntpguard sync") as real:
-        if not dry_run:
-            return _run_steps(config, real, state_dir, False, now, progress)
-        with tempfile.TemporaryDirectory(prefix="ntpguard-dry-") as tmp:
+        progress: Optional[Callable[[Step], None]] = None,
+        show: Show = quiet, resolve: bool = True) -> SyncReport:
+    """One sync; see the module docstring. `progress` hears each finished step, `show` gets
+    lines of progress while they run; resolve=False skips the DNS rounds (`--no-resolve`)
+    and uses the known-server set as it is."""
+    show = prefixed("sync: ", show)
+    if not dry_run:
+        with State.open(state_dir, lock=True, wait=wait, holder="ntpguard sync",
+                        waiting=lock_wait(show)) as real:
+            return _run_steps(config, real, state_dir, False, now, progress, show, resolve)
+    with tempfile.TemporaryDirectory(prefix="ntpguard-dry-") as tmp:
+        # The real state's lock only while it is copied: the dry run's DNS rounds must not
+        # keep others out of the state it never writes.
+        with State.open(state_dir, lock=True, wait=wait, holder="ntpguard sync --dry-run",
+                        waiting=lock_wait(show)):
             scratch_dir = _scratch_copy(state_dir, tmp)
-            with State.open(scratch_dir, lock=True, holder="ntpguard sync --dry-run") as scratch:
-                return _run_steps(config, scratch, scratch_dir, True, now, progress)
+        with State.open(scratch_dir, lock=True, holder="ntpguard sync --dry-run") as scratch:
+            return _run_steps(config, scratch, scratch_dir, True, now, progress, show, resolve)
 
 
 def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
-               now: Callable[[], float], progress: Optional[Callable[[Step], None]]
-               ) -> SyncReport:
+               now: Callable[[], float], progress: Optional[Callable[[Step], None]],
+               show: Show, resolve: bool) -> SyncReport:
     report = SyncReport(dry_run)
     started = now()
     settings = config.sync
 
     def attempt(name: str, fn: Callable[[Step], None], enabled: bool = True,
-                why_not: str = "") -> None:
+                why_not: str = "", doing: str = "") -> None:
         step = Step(name)
         if not enabled:
             step.skipped, step.message = True, why_not
         else:
+            show(f"{name}: {doing}" if doing else name)
             try:
                 fn(step)
             except NtpguardError as exc:
@@ -152,7 +166,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
             progress(step)
 
     def do_resolve(step: Step) -> None:
-        rep = pool.resolve(config.pool, state, rounds=settings.resolve_rounds)
+        rep = pool.resolve(config.pool, state, rounds=settings.resolve_rounds, show=show)
         step.data = {"queries": rep.queries, "answers": rep.answers,
                      "new": len(rep.new_servers)}
         if rep.failed_names:
@@ -179,7 +193,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         if not config.lists.subscriptions:
             step.skipped, step.message = True, "no subscriptions"
             return
-        rep = fetch.refresh_subscriptions(config, state_dir, now=now())
+        rep = fetch.refresh_subscriptions(config, state_dir, now=now(), show=show)
         step.data = rep.as_dict()
         step.message = rep.summary()
         step.ok = rep.ok
@@ -206,7 +220,8 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         def record(r: probe.Result) -> None:
             state.record_probe_contacts([(r.source, r.server, r.time)])
 
-        _, _, results = probe.run(servers, config.probe, config.detect, record, now)
+        _, _, results = probe.run(servers, config.probe, config.detect, record, now, show,
+                                  lambda: state.unlocked(waiting=lock_wait(show)))
         sent = [r for r in results if r.sent]
         step.data = {"probes": [r.as_dict() for r in results]}
         step.ok = bool(sent)
@@ -252,15 +267,18 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
                      "action": "changed" if out.changed else "unchanged"}
         step.message = out.message or (f"{out.path} {'rewritten' if out.changed else 'unchanged'}")
 
-    attempt("resolve", do_resolve)
-    attempt("logs", do_logs)
+    attempt("resolve", do_resolve, resolve, "--no-resolve: the known servers as they are")
+    attempt("logs", do_logs, doing="reading new firewall log lines")
     attempt("lists", do_lists)
-    attempt("verdicts", do_verdicts)
-    attempt("probe", do_probe, config.probe.in_sync, "probe.in_sync = false")
-    attempt("canaries", do_canaries, settings.apply_rules, "sync.apply_rules = false")
-    attempt("rules", do_rules, settings.apply_rules, "sync.apply_rules = false")
+    attempt("verdicts", do_verdicts, doing="recomputing them from all evidence")
+    attempt("probe", do_probe, config.probe.in_sync, "probe.in_sync = false",
+            doing="choosing the suspects")
+    attempt("canaries", do_canaries, settings.apply_rules, "sync.apply_rules = false",
+            doing="keeping one source address per NTP server")
+    attempt("rules", do_rules, settings.apply_rules, "sync.apply_rules = false",
+            doing="applying the firewall plan")
     attempt("timeconf", do_timeconf, settings.configure_time_daemon,
-            "sync.configure_time_daemon = false")
+            "sync.configure_time_daemon = false", doing="writing the time daemon's sources")
 
     try:
         counts = Counter(s.status.value for s in snapshot.statuses(config, state).values()

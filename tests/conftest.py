@@ -29,21 +29,28 @@ def state_dir(tmp_path):
     return d
 
 
+def cli_env(tmp_path, state_dir, config=None, env=None) -> dict:
+    """The environment `python -m ntpguard` runs in: this checkout, the test's state and config
+    (an empty one unless given)."""
+    full_env = dict(os.environ)
+    full_env["NTPGUARD_STATE_DIR"] = str(state_dir)
+    full_env["NTPGUARD_CONFIG"] = str(config) if config else str(tmp_path / "none.toml")
+    full_env["PYTHONPATH"] = str(ROOT)
+    if config is None:
+        (tmp_path / "none.toml").write_text("")
+    full_env.update(env or {})
+    return full_env
+
+
 @pytest.fixture
 def run_cli(tmp_path, state_dir):
     """Run `python -m ntpguard ARGS` for real; returns the CompletedProcess."""
 
     def run(*args, config=None, input=None, env=None, timeout=120):
-        full_env = dict(os.environ)
-        full_env["NTPGUARD_STATE_DIR"] = str(state_dir)
-        full_env["NTPGUARD_CONFIG"] = str(config) if config else str(tmp_path / "none.toml")
-        full_env["PYTHONPATH"] = str(ROOT)
-        if config is None:
-            (tmp_path / "none.toml").write_text("")
-        full_env.update(env or {})
         return subprocess.run(
-            [sys.executable, "-m", "ntpguard", *map(str, args)],
-            input=input, capture_output=True, text=True, env=full_env, timeout=timeout,
+            [sys.executable, "-m", "ntpguard", *map(str, args)], input=input,
+            capture_output=True, text=True, env=cli_env(tmp_path, state_dir, config, env),
+            timeout=timeout,
         )
 
     return run

@@ -3,6 +3,7 @@ tests/test_e2e_probe.py)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 
@@ -211,6 +212,44 @@ def test_two_sole_probe_hits_convict_where_two_passive_ones_do_not(tmp_path):
     with State.open(str(tmp_path), lock=True) as state:
         state.record_probe_contacts([(a, s, t) for (a, s), t in first.items()])
         assert state.probe_addresses() == probes
+
+
+# -- a probe's wait: counted down, without the state lock -----------------------------------
+
+def test_a_probe_waits_for_its_answer_without_the_lock_and_counts_down(tmp_path, monkeypatch):
+    """probe.timeout per server is a wait an admin sees each second, and the state's writer
+    lock is free meanwhile (another run writes then), while the contact is recorded under
+    it. A real SNTP exchange on loopback with a server that never answers; adding a probe
+    address needs root, so here the probe goes from ::1 (tests/test_e2e_probe.py adds real
+    ones)."""
+    from test_timeconf import fake_server
+
+    sock, port = fake_server(lambda request: [])
+    monkeypatch.setattr(probing, "find_target",
+                        lambda settings: probing.Target("lo", ipaddress.IPv6Network("::/64")))
+    monkeypatch.setattr(probing, "ip_json", lambda *args: [])
+    monkeypatch.setattr(probing, "fresh_address", lambda prefix, taken: "::1")
+    monkeypatch.setattr(probing, "add_address", lambda *args: None)
+    monkeypatch.setattr(probing, "send", functools.partial(probing.send, port=port))
+    shown: list[str] = []
+    try:
+        with State.open(str(tmp_path), holder="ntpguard probe") as state:
+
+            def show(text: str) -> None:
+                shown.append(text)
+                with State.open(str(tmp_path), holder="ntpguard mark") as other:
+                    other.record_answer("2.p", "AAAA", [(f"2001:db8::{len(shown)}", 6)], 1.0)
+
+            _, _, results = probing.run(
+                ["::1"], Probe(timeout=2.5), Detect(),
+                lambda r: state.record_probe_contacts([(r.source, r.server, r.time)]),
+                show=show, idle=state.unlocked)
+            assert state.contacts().first.keys() == {("::1", "::1")}
+            assert len(state.servers()) == len(shown)
+    finally:
+        sock.close()
+    assert results[0].sent and not results[0].answered, results
+    assert shown == [f"probe 1/1: 0 sent; waiting {n} s for ::1 to answer" for n in (3, 2, 1)]
 
 
 # -- the CLI refuses bad input with one line, before touching anything ------------------------

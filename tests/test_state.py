@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -98,6 +99,49 @@ def test_wait_blocks_until_the_holder_is_gone(state_dir):
         with State.open(str(state_dir), wait=True):
             waited = time.monotonic() - start
     assert waited > 0.5
+
+
+def test_unlocked_lets_another_writer_in_and_takes_the_lock_back(state_dir):
+    """While a run only waits, another writes; after the wait the run holds the lock again
+    and sees what the other wrote."""
+    with State.open(str(state_dir), holder="ntpguard sync") as st:
+        with st.unlocked():
+            with State.open(str(state_dir), holder="ntpguard mark") as other:
+                other.record_answer("2.p", "AAAA", [("2001:db8::1", 6)], 1.0)
+            # Every write still needs the lock: one inside the wait is refused, not made.
+            with pytest.raises(StateError, match="writer lock was released"):
+                st.record_answer("2.p", "AAAA", [("2001:db8::2", 6)], 2.0)
+        with pytest.raises(LockBusy, match=r"\(ntpguard sync\)"):
+            State.open(str(state_dir), holder="ntpguard mark")
+        assert [s.address for s in st.servers()] == ["2001:db8::1"]
+        st.record_answer("2.p", "AAAA", [("2001:db8::2", 6)], 3.0)
+    with State.open(str(state_dir), lock=False) as ro:
+        assert len(ro.servers()) == 2
+
+
+def test_unlocked_waits_for_a_holder_and_says_who(state_dir):
+    heard: list[str] = []
+    with State.open(str(state_dir)) as st, contextlib.ExitStack() as stack:
+        with st.unlocked(waiting=heard.append):
+            holder = stack.enter_context(lock_held(state_dir, 1.5, "ntpguard mark"))
+            start = time.monotonic()
+        waited = time.monotonic() - start
+        st.record_answer("2.p", "AAAA", [("2001:db8::1", 6)], 1.0)
+    assert waited > 0.5
+    assert len(heard) == 1 and heard[0].startswith(f"pid {holder.pid} (ntpguard mark) since ")
+
+
+def test_unlocked_interrupted_leaves_the_lock_free(state_dir):
+    """Ctrl-C during a wait ends the run: it does not wait for the lock to write nothing."""
+    heard: list[str] = []
+    with State.open(str(state_dir)) as st, contextlib.ExitStack() as stack:
+        with pytest.raises(KeyboardInterrupt), st.unlocked(waiting=heard.append):
+            holder = stack.enter_context(lock_held(state_dir, 30))
+            raise KeyboardInterrupt
+        assert heard == []  # it did not try to take the lock back
+        with pytest.raises(StateError):
+            st.record_answer("2.p", "AAAA", [], 1.0)
+        holder.terminate()
 
 
 WRITER = """

@@ -11,10 +11,12 @@ from dnsfake import FakeDNS
 from loggen import Scenario, Truth, generate
 
 
-def config_text(port: int, log: str, extra: str = "") -> str:
+def config_text(port: int, log: str, extra: str = "", interval: float = 0) -> str:
+    """Pool DNS on loopback port `port`, one log file, rules and time daemon off; `extra`
+    goes on in [sync]."""
     return (
         "[pool]\nnameservers = [\"127.0.0.1\"]\n"
-        f"port = {port}\ninterval = 0\ntimeout = 1.0\nallow_nonglobal = true\n"
+        f"port = {port}\ninterval = {interval}\ntimeout = 1.0\nallow_nonglobal = true\n"
         "record_types = [\"AAAA\"]\nnames = [\"2.debian.pool.ntp.org\"]\n"
         f"[sync]\nlog_sources = [\"{log}\"]\napply_rules = false\n"
         "configure_time_daemon = false\n" + extra

@@ -18,7 +18,9 @@ import traceback
 from typing import Any, Optional
 
 from ntpguard import __version__, commands, config
+from ntpguard.cli._progress import Line
 from ntpguard.errors import NtpguardError
+from ntpguard.progress import lock_wait
 from ntpguard.state import State
 
 # Sub-command modules, in the order `--help` lists them.
@@ -41,11 +43,13 @@ Subparsers = argparse._SubParsersAction
 
 
 class Context:
-    """What every command needs: the loaded config and a way to open the state."""
+    """What every command needs: the loaded config, a way to open the state, and the progress
+    line for waits longer than a moment (drawn only on a terminal, never with --json)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self._config: Optional[config.Config] = None
+        self.progress = Line.on_terminal(sys.stderr, json=bool(getattr(args, "json", False)))
 
     @property
     def config(self) -> config.Config:
@@ -63,13 +67,17 @@ class Context:
         )
 
     def open_state(self, write: bool = True) -> State:
-        """Open the state database; with write=True take the exclusive run lock first."""
-        return State.open(
+        """Open the state database; with write=True take the exclusive run lock first (with
+        --wait, the progress line names the holder while this waits)."""
+        state = State.open(
             self.state_dir,
             lock=write,
             wait=self.args.wait,
             holder=f"ntpguard {self.args.command}",
+            waiting=lock_wait(self.progress),
         )
+        self.progress.clear()
+        return state
 
 
 def print_json(obj: Any) -> None:
@@ -120,10 +128,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         format="ntpguard: %(message)s",
         level=logging.WARNING - 10 * min(args.verbose, 2),
     )
+    ctx = Context(args)
+    handlers = logging.getLogger().handlers
+    for handler in handlers:  # a warning wipes the progress line before it is printed
+        handler.addFilter(ctx.progress.before_log)
     try:
-        ctx = Context(args)
         ctx.config  # noqa: B018 - a bad config file fails every command, not only some
-        return int(args.func(ctx, args) or 0)
+        with ctx.progress:  # cleared before the error line below, too
+            return int(args.func(ctx, args) or 0)
     except NtpguardError as exc:
         print(f"ntpguard: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -138,3 +150,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"ntpguard: unexpected {type(exc).__name__}: {exc} (run with -v for the "
               "traceback)", file=sys.stderr)
         return 1
+    finally:
+        for handler in handlers:
+            handler.removeFilter(ctx.progress.before_log)

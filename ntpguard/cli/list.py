@@ -119,8 +119,9 @@ def run_fetch(ctx: Context, args: argparse.Namespace) -> int:
     if not ctx.config.lists.subscriptions:
         print("no subscriptions configured ([[lists.subscriptions]])")
         return 0
-    with ctx.open_state(write=True):
-        report = fetch.refresh_subscriptions(ctx.config, ctx.state_dir, only=args.name)
+    with ctx.open_state(write=True), ctx.progress:
+        report = fetch.refresh_subscriptions(ctx.config, ctx.state_dir, only=args.name,
+                                             show=ctx.progress)
     if args.json:
         from ntpguard.cli import print_json
         print_json(report.as_dict())

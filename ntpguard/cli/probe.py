@@ -8,6 +8,7 @@ import time
 from ntpguard.cli import Context, Subparsers, print_json
 from ntpguard.cli._fmt import iso
 from ntpguard.errors import UsageError
+from ntpguard.progress import lock_wait
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -52,7 +53,10 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         def record(r: probing.Result) -> None:
             state.record_probe_contacts([(r.source, r.server, r.time)])
 
-        target, valid, results = probing.run(servers, cfg.probe, cfg.detect, record)
+        with ctx.progress:
+            target, valid, results = probing.run(
+                servers, cfg.probe, cfg.detect, record, show=ctx.progress,
+                idle=lambda: state.unlocked(waiting=lock_wait(ctx.progress)))
         sent = [r for r in results if r.sent]
         state.record_run("probe", started, time.time(), len(sent) == len(results), {
             "interface": target.interface, "prefix": str(target.prefix), "lifetime": valid,

@@ -55,12 +55,13 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
 
     def progress(number: int, rep: pool.ResolveReport) -> None:
         if not args.json and args.verbose:
+            ctx.progress.clear()
             print(f"round {number}: {rep.queries} queries, {rep.answers} answers, "
                   f"{len(rep.new_servers)} new so far", flush=True)
 
-    with ctx.open_state() as state:
+    with ctx.open_state() as state, ctx.progress:
         report = pool.resolve(settings, state, rounds=args.rounds, interval=args.interval,
-                              progress=progress)
+                              progress=progress, show=ctx.progress)
         known = len(state.servers())
         data = report_dict(report, known)
         ok = not report.failed_names
