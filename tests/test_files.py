@@ -7,34 +7,18 @@ they need root (skipped otherwise); everything else runs as any user.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import signal
 import stat
 
 import pytest
+from conftest import no_hang
 
 from ntpguard import files
 from ntpguard.errors import UnsafePathError
 
 OTHER_UID = 54321  # no such user on the test host; only its number matters
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
-
-
-@contextlib.contextmanager
-def no_hang(seconds: int = 5):
-    """Fail instead of hanging: the bug this guards against is a read that never returns."""
-    def expired(*_):
-        raise AssertionError(f"still blocked after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 # -- directories ---------------------------------------------------------------------------------

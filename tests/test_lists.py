@@ -68,10 +68,13 @@ def test_conflicting_kinds_and_error_message_is_one_line_capped():
     problems = refused(b"2604:a880:1:20::a7:f001 harvester\n2604:a880:1:20::a7:f001 scanner\n")
     assert problems == ["line 2: 2604:a880:1:20::a7:f001 is listed as scanner here and as "
                         "harvester on line 1"]
-    many = "".join(f"2001:db8::{i:x} harvester\n" for i in range(1, 21)).encode()
+    many = "".join(f"2001:db8::{i:x} harvester\n" for i in range(1, 26)).encode()
     with pytest.raises(lists.ListError) as exc:
         lists.parse(many, "m.txt", LIM)
-    assert "and 15 more" in str(exc.value) and "20 problems" in str(exc.value)
+    # The line shows the first 20 and counts the rest; .problems (--json) has all 25.
+    assert "25 problems" in str(exc.value) and str(exc.value).endswith("; and 5 more")
+    assert "line 20:" in str(exc.value) and "line 21:" not in str(exc.value)
+    assert len(exc.value.problems) == 25
 
 
 def test_bad_encodings():
@@ -86,7 +89,7 @@ def test_bad_encodings():
 def test_max_entries_and_limits():
     body = "".join(f"2604:a880:1:20::{i:x} harvester\n" for i in range(1, 12)).encode()
     assert refused(body, lists.Limits(max_entries=10)) == [
-        "11 entries, more than max_entries 10"]
+        "line 11: more than max_entries 10 entries (the rest was not read)"]
     assert len(lists.parse(body, "x", lists.Limits(max_entries=11)).entries) == 11
     # Prefix limits come from [rules]; IPv4 too.
     assert "broader" in refused(b"198.51.0.0/17 scanner\n", lists.Limits(min_prefixlen_v4=24))[0]
