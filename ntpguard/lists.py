@@ -103,6 +103,7 @@ MAX_LINE = 64 << 10
 MAX_JSON_VALUE = 16 << 10
 _BOM = b"\xef\xbb\xbf"
 _WS = frozenset(b" \t\r\n")
+_NOT_WS = re.compile(rb"[^ \t\r\n]")
 _JSON = json.JSONDecoder()
 _MORE = object()  # "the value goes on past the bytes received so far"
 
@@ -297,10 +298,8 @@ class Reader:
         each key, value and ITEM is decoded on its own (see _json_value)."""
         buf = self._raw
         while True:
-            pos = self._pos
-            while pos < len(buf) and buf[pos] in _WS:
-                pos += 1
-            self._pos = pos
+            found = _NOT_WS.search(buf, self._pos)
+            pos = self._pos = found.start() if found else len(buf)
             if pos >= len(buf):
                 if final and self._state != "done":
                     self._bad_json(pos, "the list ends early")
@@ -308,7 +307,21 @@ class Reader:
                     self._json_header_ok(final=True)
                 return
             char, state = buf[pos:pos + 1], self._state
-            if state == "done":
+            # The entries first: they are what a list is made of (100k of them, 2 steps each).
+            if state == "item," and char == b",":
+                self._advance("item!")
+            elif state in ("item", "item!") and not (state == "item" and char == b"]"):
+                item = self._json_value(final)
+                if item is _MORE:
+                    return
+                self._index += 1
+                self._json_entry(item, self._index)
+                self._state = "item,"
+            elif state in ("item", "item,") and char == b"]":
+                self._advance("next")
+            elif state == "item,":
+                self._bad_json(pos, "expected ',' or ']' after an entry")
+            elif state == "done":
                 self._bad_json(pos, "extra data after the list")
             elif state == "start":
                 if char != b"{":
@@ -342,19 +355,6 @@ class Reader:
                 self._header[self._key] = value
                 self._json_header_ok(final=False)
                 self._state = "next"
-            elif state == "item" and char == b"]":
-                self._advance("next")
-            elif state in ("item", "item!"):
-                item = self._json_value(final)
-                if item is _MORE:
-                    return
-                self._index += 1
-                self._json_entry(item, self._index)
-                self._state = "item,"
-            elif state == "item,":
-                if char not in (b",", b"]"):
-                    self._bad_json(pos, "expected ',' or ']' after an entry")
-                self._advance("item!" if char == b"," else "next")
             elif state == "next":
                 if char not in (b",", b"}"):
                     self._bad_json(pos, "expected ',' or '}'")
@@ -366,11 +366,13 @@ class Reader:
 
     def _json_value(self, final: bool) -> Any:
         """Decode the JSON value at _pos and move past it, or return _MORE if it may go on
-        past the bytes received so far. A value is decoded from a window of 1 KiB, grown
+        past the bytes received so far. A value is decoded from a window of 256 bytes, grown
         4-fold while the value does not end inside it, up to MAX_JSON_VALUE."""
-        buf, start, size = self._raw, self._pos, 1 << 10
+        buf, start, size = self._raw, self._pos, 256
         while True:
-            window = bytes(buf[start:start + size])
+            window = buf[start:start + size]
+            if not isinstance(window, bytes):
+                window = bytes(window)
             more_here = start + len(window) < len(buf)  # the buffer goes on past the window
             cut = more_here or not final
             try:
