@@ -1,9 +1,10 @@
 """Fetch shared lists over HTTPS (stdlib urllib) and keep the last good copy of each.
 
 A subscription is fetched with ETag / If-Modified-Since, so an hourly cron job costs the
-publisher a 304; the body is capped in size, optionally pinned by SHA-256 and optionally signed
-with minisign (Ed25519, verified with python3-cryptography, which Debian 12 ships as 38.x).
-Whatever goes wrong, the stored copy is only replaced by a list that passed every check.
+publisher a 304; the whole fetch has one deadline, the body is parsed as it arrives and cut off
+at its byte and entry caps, optionally pinned by SHA-256 and optionally signed with minisign
+(Ed25519, verified with python3-cryptography, which Debian 12 ships as 38.x). Whatever goes
+wrong, the stored copy is only replaced by a list that passed every check.
 """
 
 from __future__ import annotations
@@ -168,7 +169,10 @@ def fetch_url(url: str, *, timeout: float = 30.0, max_bytes: int = 8 << 20,
         headers["If-None-Match"] = etag
     if last_modified:
         headers["If-Modified-Since"] = last_modified
-    request = urllib.request.Request(url, headers=headers)
+    try:
+        request = urllib.request.Request(url, headers=headers)
+    except ValueError as exc:
+        raise UsageError(f"{url}: not a usable URL: {exc}") from None
     with _Deadline(timeout) as deadline:
         opener = urllib.request.build_opener(_DeadlineHTTPSHandler(context, deadline),
                                              _HTTPSOnlyRedirects())
@@ -183,9 +187,8 @@ def fetch_url(url: str, *, timeout: float = 30.0, max_bytes: int = 8 << 20,
             raise
         except Exception as exc:
             if deadline.expired or time.monotonic() >= deadline.end:
-                raise FetchError(f"{url}: no complete answer within {timeout:g} s (the "
-                                 "subscription's timeout, for connect, headers and body)") \
-                    from None
+                raise FetchError(f"{url}: no complete answer within {timeout:g} s (connect, "
+                                 "headers and body together)") from None
             return _failed(url, exc, etag, last_modified)
 
 
@@ -221,6 +224,8 @@ def _failed(url: str, exc: Exception, etag: str, last_modified: str) -> Response
             raise FetchError(f"{url}: TLS certificate not trusted: {reason.verify_message}") \
                 from None
         raise FetchError(f"{url}: {reason}") from None
+    if isinstance(exc, ValueError):  # urllib and http.client on a malformed URL
+        raise UsageError(f"{url}: not a usable URL: {exc}") from None
     if isinstance(exc, (OSError, http.client.HTTPException)):
         # socket.timeout is an OSError on 3.9; a garbled status line is an HTTPException.
         raise FetchError(f"{url}: {exc or type(exc).__name__}") from None
@@ -370,8 +375,8 @@ def get_checked(url: str, *, limits: lists.Limits, timeout: float, max_bytes: in
 def _left(url: str, end: float, timeout: float) -> float:
     left = end - time.monotonic()
     if left <= 0:
-        raise FetchError(f"{url}: no complete answer within {timeout:g} s (the subscription's "
-                         "timeout, for the list and its signature)")
+        raise FetchError(f"{url}: no complete answer within {timeout:g} s (the list and its "
+                         "signature together)")
     return left
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ntpguard import config, fetch, lists
+from ntpguard.errors import UsageError
 
 GOOD = b"2604:a880:1:20::a7:f001 harvester # test\n2604:a880:800:10::/64 scanner\n"
 GOOD2 = b"2604:a880:1:20::a7:f002 harvester\n"
@@ -287,6 +288,11 @@ def test_an_8_mib_subscription_is_refused_in_bounded_memory(server, cli_env, tmp
     assert rc == 1, stderr
     assert mib < 100, f"peak {mib:.0f} MiB"
     print(f"{kind}: peak {mib:.0f} MiB")
+
+
+def test_malformed_url_is_a_one_line_error():
+    with pytest.raises(UsageError, match=r"^https://\[bad/x: not a usable URL: Invalid IPv6"):
+        fetch.fetch_url("https://[bad/x", timeout=2)
 
 
 def test_unreachable_is_reported_not_raised(tmp_path, state_dir):
