@@ -266,7 +266,9 @@ def test_config_errors(text, key, word):
 LINES = [b"2604:a880:1:20::a7:f001 harvester # caf\xc3\xa9\r", b"2604:a880:800:10::/64 scanner",
          b"# comment", b"", b"  ", b"2001:db8::1 harvester", b"bad line here", b"\xff\xfe",
          b"2604:a880:1:20::a7:f001 scanner", b"2604:a880:1:20::2\rx", b"1.2.3.4 harvester\x00",
-         b"\xe2\x82\xac", b"2604:a880:1:20::3 harvester"]
+         b"\xe2\x82\xac", b"2604:a880:1:20::3 harvester", b"# a\rb", b"#\r", b"\t# x\x0b",
+         b"# \xe2\x80\xa8 2604:a880:1:20::4 harvester", b"# \xff", b"#\x00", b"#" * 300,
+         b"2604:a880:1:20::5 scanner\x0c2604:a880:1:20::6 scanner"]
 
 
 def _parsed_in_pieces(raw: bytes, cuts: list[int], limits: lists.Limits) -> object:
