@@ -249,8 +249,7 @@ class State:
             # Nothing is changed before the version is known: a database of a newer ntpguard
             # is refused as it is (not even switched to WAL, which rewrites its header).
             conn.execute("PRAGMA busy_timeout=30000")
-            cls(conn, directory, None)._check_version(
-                conn.execute("PRAGMA user_version").fetchone()[0], path)
+            cls._check_version(conn.execute("PRAGMA user_version").fetchone()[0], path)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -299,7 +298,8 @@ class State:
                              f"{len(MIGRATIONS)}; run a command that writes (e.g. resolve) first")
         return state
 
-    def _check_version(self, version: int, path: str) -> None:
+    @staticmethod
+    def _check_version(version: int, path: str) -> None:
         if version > len(MIGRATIONS):
             raise StateError(f"{path}: schema version {version} was written by a newer ntpguard "
                              f"(this one knows {len(MIGRATIONS)}); it was left as it is")
