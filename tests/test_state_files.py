@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ntpguard import state as state_mod
 from ntpguard.errors import LockBusy, StateError, UnsafePathError
 from ntpguard.state import State
 
@@ -67,10 +68,12 @@ HOLDER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("window", ["taking", "releasing"])
-def test_lock_message_names_the_holder_in_every_window(state_dir, window):
+def test_lock_message_names_the_holder_in_every_window(state_dir, window, monkeypatch):
     """Met between the holder's flock and its line (or between clearing the line and
     unlocking), a second run names the holder's pid, or gets the lock once it is free; never
-    "another run"."""
+    "another run". The holder's windows here are 0.4-0.5 s (microseconds for real), so the
+    second run may look for 5 s instead of 1 on a loaded test machine."""
+    monkeypatch.setattr(state_mod, "_NAME_WAIT", 5.0, raising=False)
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(state_dir), window],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
