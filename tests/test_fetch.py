@@ -203,7 +203,7 @@ def test_a_trickling_server_is_cut_off_at_the_timeout(server, tmp_path, state_di
     assert [x.status for x in r.results] == ["failed"]
     assert "no complete answer within 2 s" in r.results[0].message
     assert "last good copy kept" in r.results[0].message
-    assert 1.9 < took < 3.5
+    assert 1.9 < took < 5
     assert (state_dir / "lists" / "peers.txt").read_bytes() == GOOD
 
 
@@ -216,7 +216,7 @@ def test_list_import_url_has_a_deadline(server, tmp_path, state_dir, monkeypatch
     with pytest.raises(fetch.FetchError, match="no complete answer within 2 s"):
         fetch.import_source(config.parse("", "c"), str(state_dir), server.base + "/slow.txt",
                             ca_file=server.ca)
-    assert time.monotonic() - start < 3.5
+    assert time.monotonic() - start < 5
     assert not (state_dir / "lists").exists()
 
 
