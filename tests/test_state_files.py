@@ -62,6 +62,8 @@ HOLDER = textwrap.dedent("""
     os.pwrite = real_pwrite
     if window == "releasing":
         os.ftruncate = slow_ftruncate
+    else:
+        time.sleep(1)  # held, its line written: what the second run must come to see
     st.close()
     time.sleep(0.5)
 """)
