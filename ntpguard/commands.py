@@ -26,8 +26,8 @@ def timeout() -> float:
 
 
 def run(argv: Sequence[str], *, input: Optional[str] = None, check: bool = True,
-        error: type[NtpguardError] = NtpguardError,
-        seconds: Optional[float] = None) -> subprocess.CompletedProcess[str]:
+        error: type[NtpguardError] = NtpguardError, seconds: Optional[float] = None,
+        pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess[str]:
     """Run argv to completion (text in and out). Raises `error` with one line when it cannot
     start, outlives its deadline (it is killed), or, with check, exits non-zero (the first
     line of its stderr)."""
@@ -38,7 +38,8 @@ def run(argv: Sequence[str], *, input: Optional[str] = None, check: bool = True,
         # its pipes open, so killing the command alone would leave us waiting on them.
         child = subprocess.Popen(list(argv), stdin=subprocess.PIPE if input is not None
                                  else subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                 pass_fds=tuple(pass_fds))
     except OSError as exc:
         raise error(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
     try:

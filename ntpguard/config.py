@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from ntpguard import files
 from ntpguard.addr import canonical
 from ntpguard.errors import ConfigError, UsageError
 
@@ -25,22 +27,42 @@ else:  # pragma: no cover - exercised on Debian 11 / Python 3.9 only
 
 DEFAULT_PATH = "/etc/ntpguard/ntpguard.toml"
 DEFAULT_STATE_DIR = "/var/lib/ntpguard"
+# The commented sample is 14 KB; a file 70 times that is not a configuration (and a FIFO or
+# /dev/zero given as --config is refused, not read for ever).
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _check(fn: Callable[[Any], Any]) -> dict[str, Any]:
     return {"check": fn}
 
 
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-    return value
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
 
 
-def _non_negative(value: float) -> float:
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
+def _range(low: float, high: float, above: bool = False) -> Callable[[Any], Any]:
+    """A check: a number from low (excluded with above=True) to high, and finite.
+
+    Every number has an upper bound: values that passed a "greater than 0" check crashed or
+    hung later (1e308 s overflows time.sleep, nan and inf never end a wait, 10**23 bytes
+    overflow a read). Each range is documented beside its key in packaging/ntpguard.toml.
+    """
+    def check(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"must be a finite number ({value} is not)")
+        if (value <= low if above else value < low) or value > high:
+            lower = f"greater than {_num(low)}" if above else f"at least {_num(low)}"
+            raise ValueError(f"must be {lower} and at most {_num(high)}")
+        return value
+    return check
+
+
+def _absolute_path(empty_ok: bool) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not (value or empty_ok) or (value and not value.startswith("/")):
+            raise ValueError("must be an absolute path" + (" (or empty)" if empty_ok else ""))
+        return value
+    return check
 
 
 def _port(value: int) -> int:
@@ -82,11 +104,11 @@ def _record_types(values: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class General:
-    state_dir: str = DEFAULT_STATE_DIR
+    state_dir: str = field(default=DEFAULT_STATE_DIR, metadata=_check(_absolute_path(False)))
     # Seconds any external command (nft, ipset, iptables-save/restore, ip, chronyc, systemctl)
     # may take before it is given up as hung; it runs under the state lock. A 100k-prefix nft
     # transaction takes ~0.3 s on 2 cores, a Raspberry Pi 5-10x that.
-    command_timeout: float = field(default=60.0, metadata=_check(_positive))
+    command_timeout: float = field(default=60.0, metadata=_check(_range(0, 3600, above=True)))
 
 
 def _trusted(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -124,13 +146,13 @@ class Pool:
     # asks the pool's authoritative servers more often than they publish changes. 3 rounds of
     # 8 queries (4 names x A/AAAA) at 150 s apart is 24 queries per run: less than a browser
     # makes loading one page, and it still adds up to full zones over a day of hourly runs.
-    rounds: int = field(default=3, metadata=_check(_positive))
-    interval: float = field(default=150.0, metadata=_check(_non_negative))
+    rounds: int = field(default=3, metadata=_check(_range(0, 100, above=True)))
+    interval: float = field(default=150.0, metadata=_check(_range(0, 3600)))
     # Empty: the system resolver (/etc/resolv.conf), which is what the time daemon sees; the
     # pool's GeoDNS answers depend on the resolver's location.
     nameservers: tuple[str, ...] = field(default=(), metadata=_check(_addresses))
     port: int = field(default=53, metadata=_check(_port))
-    timeout: float = field(default=5.0, metadata=_check(_positive))
+    timeout: float = field(default=5.0, metadata=_check(_range(0, 60, above=True)))
     # Test labs serve documentation or ULA addresses; real pool servers never are.
     allow_nonglobal: bool = False
 
@@ -173,8 +195,8 @@ class Rules:
     # detector reads on hosts whose firewall logs nothing. A 100-port scan within 1 s still
     # leaves burst + rate lines, well above a 15-distinct-port scan threshold.
     log: bool = True
-    log_rate: int = field(default=20, metadata=_check(_positive))
-    log_burst: int = field(default=100, metadata=_check(_positive))
+    log_rate: int = field(default=20, metadata=_check(_range(0, 10_000, above=True)))
+    log_burst: int = field(default=100, metadata=_check(_range(0, 10_000, above=True)))
     # 0: kernel log (LOG); N: NFLOG group N for ulogd2 (nft backend only).
     log_group: int = field(default=0, metadata=_check(_log_group))
     # A blocklist entry broader than this could cut the host off the internet: refused.
@@ -215,9 +237,12 @@ class Subscription:
     # A minisign public key (the base64 line of a .pub file, "RW..."): the list must come with
     # a valid signature at URL.minisig.
     pubkey: str = ""
-    max_entries: int = field(default=100_000, metadata=_check(_positive))
-    max_bytes: int = field(default=8 << 20, metadata=_check(_positive))
-    timeout: float = field(default=30.0, metadata=_check(_positive))
+    # A list is read only up to these (the transfer stops there), so they bound its memory:
+    # ~1 KiB per entry while validating, plus the bytes. 64 MiB is `list import`'s own cap.
+    max_entries: int = field(default=100_000, metadata=_check(_range(0, 1_000_000, above=True)))
+    max_bytes: int = field(default=8 << 20, metadata=_check(_range(0, 64 << 20, above=True)))
+    # Seconds for the whole fetch of the list and its signature: connect, headers and body.
+    timeout: float = field(default=30.0, metadata=_check(_range(0, 600, above=True)))
     ca_file: str = ""
     kind: str = field(default="", metadata=_check(_one_of("", "harvester", "scanner")))
 
@@ -239,10 +264,10 @@ class Lists:
     builtin: bool = True
     builtin_trust: str = field(default="enforce", metadata=_check(_one_of("enforce", "report")))
     # Empty: rules/ beside the package (source tree), else /usr/share/ntpguard/rules.
-    builtin_dir: str = ""
+    builtin_dir: str = field(default="", metadata=_check(_absolute_path(True)))
     # Limit for imported lists (subscriptions have their own max_entries). Prefix limits are
     # [rules] max_prefix_v6/v4.
-    max_entries: int = field(default=100_000, metadata=_check(_positive))
+    max_entries: int = field(default=100_000, metadata=_check(_range(0, 1_000_000, above=True)))
     allow_nonglobal: bool = False
     subscriptions: tuple[Subscription, ...] = field(
         default=(), metadata=_check(_unique_subscriptions)
@@ -254,16 +279,16 @@ class Timeconf:
     # auto: detect the daemon in use; none: never write.
     daemon: str = field(default="auto", metadata=_check(
         _one_of("auto", "chrony", "timesyncd", "ntpsec", "ntp", "openntpd", "none")))
-    count: int = field(default=4, metadata=_check(_positive))
+    count: int = field(default=4, metadata=_check(_range(0, 64, above=True)))
     # Only servers seen in a DNS answer this recently (seconds): the pool drops dead servers.
-    max_age: float = field(default=7 * 86400.0, metadata=_check(_positive))
+    max_age: float = field(default=7 * 86400.0, metadata=_check(_range(0, 365 * 86400, above=True)))
     # One operator often holds many addresses: at most one server per /48 (IPv4: /24).
     spread_v6: int = field(default=48, metadata=_check(_prefix_limit(128)))
     spread_v4: int = field(default=24, metadata=_check(_prefix_limit(32)))
     # Send one SNTP query to each candidate and prefer those that answer sanely and fast.
     check: bool = False
-    check_timeout: float = field(default=1.0, metadata=_check(_positive))
-    max_delay: float = field(default=0.5, metadata=_check(_positive))
+    check_timeout: float = field(default=1.0, metadata=_check(_range(0, 60, above=True)))
+    max_delay: float = field(default=0.5, metadata=_check(_range(0, 60, above=True)))
     options: str = "iburst"
     chrony_sources: str = "/etc/chrony/sources.d/ntpguard.sources"
     timesyncd_dropin: str = "/etc/systemd/timesyncd.conf.d/ntpguard.conf"
@@ -288,14 +313,14 @@ class Detect:
     # host's normal inbound (replies are not logged, services are few) never shows 15 ports from
     # one peer. 15 in 120 s catches the 2016 scans with 85 ports to spare and nmap's default
     # timing; a slow scan needs a larger window (memory grows with it, correctness does not).
-    min_ports: int = field(default=15, metadata=_check(_positive))
-    window: float = field(default=120.0, metadata=_check(_positive))
+    min_ports: int = field(default=15, metadata=_check(_range(0, 65535, above=True)))
+    window: float = field(default=120.0, metadata=_check(_range(0, 86400, above=True)))
     # Count IPv6 scanner sources per /64: 2016's scan6.shodan.io hosts shared one /64.
     aggregate_sources: bool = True
     # Outbound packets this long before a scan's start are its possible triggers. 2016 lags
     # were 6-47 s; a harvester queueing its work can take minutes. Longer adds innocent
     # servers to each positive test (group testing copes) but costs negative evidence.
-    lookback: float = field(default=600.0, metadata=_check(_positive))
+    lookback: float = field(default=600.0, metadata=_check(_range(0, 86400, above=True)))
     trigger_port: int = field(default=123, metadata=_check(_port))
     # Any outbound packet can trigger (2016: even an empty UDP packet to port 321 did).
     trigger_any_port: bool = False
@@ -303,10 +328,10 @@ class Detect:
     prior: float = field(default=0.05, metadata=_check(_probability))
     # ...and the posterior probability / evidence counts each status needs.
     harvester_probability: float = field(default=0.95, metadata=_check(_probability))
-    harvester_min_positive: int = field(default=2, metadata=_check(_positive))
+    harvester_min_positive: int = field(default=2, metadata=_check(_range(0, 10_000, above=True)))
     suspect_probability: float = field(default=0.5, metadata=_check(_probability))
     clean_probability: float = field(default=0.05, metadata=_check(_probability))
-    clean_min_negative: int = field(default=2, metadata=_check(_positive))
+    clean_min_negative: int = field(default=2, metadata=_check(_range(0, 10_000, above=True)))
 
 
 def _log_sources(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -322,7 +347,7 @@ class Sync:
 
     # Rounds of pool queries per sync. Run every 15 minutes (the timer's default), one round of
     # 8 queries is ~770 queries a day: full zones within days, negligible load on the pool.
-    resolve_rounds: int = field(default=1, metadata=_check(_positive))
+    resolve_rounds: int = field(default=1, metadata=_check(_range(0, 100, above=True)))
     # Firewall logs to read: "journal" (the kernel messages in journald, with a cursor) and/or
     # file paths. Empty: journald where it runs, else /var/log/kern.log, else ulogd2's
     # /var/log/ulog/syslogemu.log.
@@ -363,12 +388,12 @@ class Probe:
     prefix: str = field(default="", metadata=_check(_probe_prefix))
     # Servers probed per run (--suspects): each probe is a packet a harvester sees and an
     # address the host keeps for the lifetime.
-    max_per_run: int = field(default=8, metadata=_check(_positive))
+    max_per_run: int = field(default=8, metadata=_check(_range(0, 256, above=True)))
     # Seconds a probe address lives (the kernel removes it). 0: detect.lookback + window.
     # Never shorter than detect.lookback: a late scan would find no address.
-    lifetime: float = field(default=0.0, metadata=_check(_non_negative))
+    lifetime: float = field(default=0.0, metadata=_check(_range(0, 7 * 86400)))
     # Seconds to wait for the server's answer (only reported; the probe counts either way).
-    timeout: float = field(default=1.0, metadata=_check(_positive))
+    timeout: float = field(default=1.0, metadata=_check(_range(0, 60, above=True)))
     # `sync` probes the suspects after its verdicts (a step of its own). Off: every probe is
     # a packet to a likely harvester, which an admin may prefer to send by hand.
     in_sync: bool = False
@@ -388,13 +413,13 @@ class Canary:
     # Seconds a server keeps its canary. A harvester that harvests only some of its clients
     # (they sample) meets a new "client" each rotation: a day gives a server 365 chances a
     # year at 1 address per server in use (plus those retiring).
-    rotate: float = field(default=86400.0, metadata=_check(_positive))
+    rotate: float = field(default=86400.0, metadata=_check(_range(60, 31_536_000)))
     # The spare canary is shared by servers that have none yet (answers the pool gave the
     # time daemon before ntpguard heard of them); it is replaced this often, so a harvest of
     # it implicates few servers.
-    spare_rotate: float = field(default=3600.0, metadata=_check(_positive))
+    spare_rotate: float = field(default=3600.0, metadata=_check(_range(60, 86400)))
     # Servers given a canary of their own, most used first; the rest share the spare.
-    max: int = field(default=256, metadata=_check(_positive))
+    max: int = field(default=256, metadata=_check(_range(1, 4096)))
     # The admin's trusted servers ([servers] trusted) see the host's real address; false: they
     # get canaries like pool servers.
     exempt_trusted: bool = True
@@ -442,18 +467,35 @@ def _coerce(tp: Any, value: Any) -> Any:
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer of 309 digits or more
+                raise ValueError("must be a number of a sensible size") from None
     elif tp is str:
         ok = isinstance(value, str)
+        if ok:
+            _no_nul(value)
     elif typing.get_origin(tp) is tuple:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         if ok:
-            value = tuple(value)
+            value = tuple(_no_nul(v) for v in value)
     else:  # pragma: no cover - a schema bug, not user input
         raise TypeError(f"unsupported config type {tp!r}")
     if not ok:
         raise ValueError(f"must be {_type_name(tp)}")
     return value
+
+
+def _no_nul(value: str) -> str:
+    """No path, name or URL holds a NUL, and the OS calls it reaches raise ValueError on one."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL byte")
+    return value
+
+
+def _key(name: str) -> str:
+    """A key as the error line shows it: TOML quoted keys may hold newlines or NULs."""
+    return name if name.isprintable() else repr(name)
 
 
 def _table_list_type(tp: Any) -> Optional[type]:
@@ -488,7 +530,7 @@ def _load_section(cls: type, table: Any, path: str, section: str) -> Any:
     values = {}
     for key, value in table.items():
         if key not in fields:
-            raise ConfigError(path, f"{section}.{key}", "unknown key")
+            raise ConfigError(path, f"{section}.{_key(key)}", "unknown key")
         try:
             table_type = _table_list_type(hints[key])
             if table_type is not None:
@@ -508,10 +550,12 @@ def parse(text: str, path: str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "syntax", str(exc)) from None
+    except RecursionError:  # the parser recurses once per level of nested arrays or tables
+        raise ConfigError(path, "syntax", "arrays or inline tables nested too deeply") from None
     sections = {}
     for name, table in data.items():
         if name not in SECTIONS:
-            raise ConfigError(path, name, "unknown section")
+            raise ConfigError(path, _key(name), "unknown section")
         sections[name] = _load_section(SECTIONS[name], table, path, name)
     return Config(path=path, **sections)
 
@@ -523,9 +567,10 @@ def load(path: Optional[str] = None) -> Config:
     """
     explicit = path or os.environ.get("NTPGUARD_CONFIG")
     target = explicit or DEFAULT_PATH
+    if target == os.devnull:  # the usual way to say "no configuration file": all defaults
+        return parse("", target)
     try:
-        with open(target, "rb") as fh:
-            raw = fh.read()
+        raw = files.read_regular(target, MAX_CONFIG_BYTES, follow=True)
     except FileNotFoundError:
         if explicit:
             raise UsageError(f"{target}: configuration file not found") from None

@@ -38,3 +38,9 @@ class StateError(NtpguardError):
 
 class FirewallError(NtpguardError):
     """The firewall could not be changed; the previous ruleset is still in place."""
+
+
+class UnsafePathError(UsageError):
+    """A file or directory ntpguard will not use: a symbolic link, not a regular file, too
+    big, or changeable by a user other than root or the one running ntpguard. The message
+    names the path and what is wrong; the admin fixes it, so it is bad input (exit 2)."""

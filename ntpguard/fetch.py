@@ -1,30 +1,42 @@
 """Fetch shared lists over HTTPS (stdlib urllib) and keep the last good copy of each.
 
 A subscription is fetched with ETag / If-Modified-Since, so an hourly cron job costs the
-publisher a 304; the body is capped in size, optionally pinned by SHA-256 and optionally signed
-with minisign (Ed25519, verified with python3-cryptography, which Debian 12 ships as 38.x).
-Whatever goes wrong, the stored copy is only replaced by a list that passed every check.
+publisher a 304; the whole fetch has one deadline, the body is parsed as it arrives and cut off
+at its byte and entry caps, optionally pinned by SHA-256 and optionally signed with minisign
+(Ed25519, verified with python3-cryptography, which Debian 12 ships as 38.x). Whatever goes
+wrong, the stored copy is only replaced by a list that passed every check.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
+import http.client
 import os
+import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from http.client import HTTPMessage
-from typing import IO, Any, Optional
+from typing import IO, Any, Callable, Optional
 
-from ntpguard import lists
+from ntpguard import files, lists
 from ntpguard.errors import NtpguardError, UsageError
 from ntpguard.progress import Show, quiet
 
 USER_AGENT = "ntpguard (shared-list fetch)"
+# `list import URL|FILE`: no subscription sets these. 30 s is the subscriptions' default
+# timeout; 64 MiB holds a 1M-entry text list, ten times the largest public scanner list.
+IMPORT_TIMEOUT = 30.0
+IMPORT_MAX_BYTES = 64 << 20
+# A minisign signature file is four short lines (~300 bytes).
+SIGNATURE_MAX_BYTES = 4096
+_CHUNK = 64 << 10
 
 
 class FetchError(NtpguardError):
@@ -38,7 +50,7 @@ class SignatureError(FetchError):
 @dataclass(frozen=True)
 class Response:
     status: int  # 200 or 304
-    body: bytes
+    body: bytes  # empty when a sink took the body
     etag: str = ""
     last_modified: str = ""
 
@@ -54,59 +66,191 @@ class _HTTPSOnlyRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class _Deadline:
+    """One time limit for a whole fetch: connect, TLS, headers and body, redirects included.
+
+    A socket timeout only bounds each read: a server sending one byte every 0.5 s never trips
+    it. So every connection is made here (http.client's `_create_connection` hook) with the
+    time left as its timeout, and a timer shuts the connections down when the time is up,
+    which wakes whatever read is blocked. Shutting down a dup() of each socket, never a
+    closed descriptor's number, means a descriptor reused meanwhile is never touched.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0 or self.expired:
+            raise TimeoutError("deadline passed")
+        return left
+
+    def connect(self, address: tuple[str, int], timeout: Any = None,
+                source_address: Any = None) -> socket.socket:
+        """socket.create_connection, each attempt bounded by the time left."""
+        host, port = address
+        error: Optional[OSError] = None
+        for family, kind, proto, _, target in socket.getaddrinfo(host, port, 0,
+                                                                 socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(self.left())
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(target)
+                with self._lock:
+                    if self.expired:
+                        raise TimeoutError("deadline passed")
+                    self._socks.append(sock.dup())
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+                if isinstance(exc, TimeoutError) and self.expired:
+                    break
+        raise error or OSError(f"cannot resolve {host}")
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for sock in self._socks:
+                sock.close()
+            self._socks.clear()
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    """HTTPS whose connections come from a _Deadline (proxies included: urllib connects to
+    the proxy through the same hook)."""
+
+    def __init__(self, context: ssl.SSLContext, deadline: _Deadline) -> None:
+        super().__init__(context=context)
+        self._deadline = deadline
+
+    def do_open(self, http_class: Any, req: urllib.request.Request,
+                **kwargs: Any) -> Any:
+        deadline = self._deadline
+
+        class Connection(http_class):
+            def __init__(self, *args: Any, **kw: Any) -> None:
+                super().__init__(*args, **kw)
+                self._create_connection = deadline.connect
+
+        return super().do_open(Connection, req, **kwargs)
+
+
 def fetch_url(url: str, *, timeout: float = 30.0, max_bytes: int = 8 << 20,
-              ca_file: str = "", etag: str = "", last_modified: str = "") -> Response:
-    """GET url (https:// or file:///); 304 when etag/last_modified still match."""
+              ca_file: str = "", etag: str = "", last_modified: str = "",
+              sink: Optional[Callable[[bytes], None]] = None) -> Response:
+    """GET url (https:// or file:///) within `timeout` seconds in all; 304 when etag or
+    last_modified still match. With `sink`, the body goes to it piece by piece as it arrives
+    (a list parser that can stop the transfer by raising) and Response.body is empty."""
     if url.startswith("file:///"):
-        return _read_file(url[len("file://"):], max_bytes)
+        return _read_file(url[len("file://"):], max_bytes, sink)
     if not url.startswith("https://"):
         raise UsageError(f"{url}: only https:// and file:/// URLs are fetched")
     try:
         context = ssl.create_default_context(cafile=ca_file or None)
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(f"{ca_file}: cannot load CA file: {exc}") from None
-    opener = urllib.request.build_opener(
-        urllib.request.HTTPSHandler(context=context), _HTTPSOnlyRedirects()
-    )
     headers = {"User-Agent": USER_AGENT}
     if etag:
         headers["If-None-Match"] = etag
     if last_modified:
         headers["If-Modified-Since"] = last_modified
-    request = urllib.request.Request(url, headers=headers)
     try:
-        with opener.open(request, timeout=timeout) as resp:
-            length = resp.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > max_bytes:
-                raise FetchError(f"{url}: {length} bytes, more than max_bytes {max_bytes}")
-            body = resp.read(max_bytes + 1)
-            if len(body) > max_bytes:
-                raise FetchError(f"{url}: more than max_bytes {max_bytes}")
-            return Response(200, body, resp.headers.get("ETag", ""),
-                            resp.headers.get("Last-Modified", ""))
-    except urllib.error.HTTPError as exc:
+        request = urllib.request.Request(url, headers=headers)
+    except ValueError as exc:
+        raise UsageError(f"{url}: not a usable URL: {exc}") from None
+    with _Deadline(timeout) as deadline:
+        opener = urllib.request.build_opener(_DeadlineHTTPSHandler(context, deadline),
+                                             _HTTPSOnlyRedirects())
+        try:
+            with opener.open(request, timeout=timeout) as resp:
+                body = _read_body(resp, url, max_bytes, sink)
+                if deadline.expired:  # a shut-down connection reads as a clean end
+                    raise TimeoutError("deadline passed")
+                return Response(200, body, resp.headers.get("ETag", ""),
+                                resp.headers.get("Last-Modified", ""))
+        except NtpguardError:
+            raise
+        except Exception as exc:
+            if deadline.expired or time.monotonic() >= deadline.end:
+                raise FetchError(f"{url}: no complete answer within {timeout:g} s (connect, "
+                                 "headers and body together)") from None
+            return _failed(url, exc, etag, last_modified)
+
+
+def _read_body(resp: Any, url: str, max_bytes: int,
+               sink: Optional[Callable[[bytes], None]]) -> bytes:
+    """The body, refused as soon as it passes max_bytes (Content-Length or counted)."""
+    length = resp.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > max_bytes:
+        raise FetchError(f"{url}: {length} bytes, more than max_bytes {max_bytes}")
+    pieces: list[bytes] = []
+    total = 0
+    while True:
+        chunk = resp.read(_CHUNK)
+        if not chunk:
+            return b"".join(pieces)
+        total += len(chunk)
+        if total > max_bytes:
+            raise FetchError(f"{url}: more than max_bytes {max_bytes}")
+        if sink is None:
+            pieces.append(chunk)
+        else:
+            sink(chunk)
+
+
+def _failed(url: str, exc: Exception, etag: str, last_modified: str) -> Response:
+    """A 304 as a Response; every other failure as a FetchError naming the URL."""
+    if isinstance(exc, urllib.error.HTTPError):
         if exc.code == 304:
             return Response(304, b"", etag, last_modified)
         raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
+    if isinstance(exc, urllib.error.URLError):
         reason = exc.reason
         if isinstance(reason, ssl.SSLCertVerificationError):
             raise FetchError(f"{url}: TLS certificate not trusted: {reason.verify_message}") \
                 from None
         raise FetchError(f"{url}: {reason}") from None
-    except (TimeoutError, OSError) as exc:  # socket.timeout is OSError on 3.9
-        raise FetchError(f"{url}: {exc or 'timed out'}") from None
+    if isinstance(exc, ValueError):  # urllib and http.client on a malformed URL
+        raise UsageError(f"{url}: not a usable URL: {exc}") from None
+    if isinstance(exc, (OSError, http.client.HTTPException)):
+        # socket.timeout is an OSError on 3.9; a garbled status line is an HTTPException.
+        raise FetchError(f"{url}: {exc or type(exc).__name__}") from None
+    raise exc
 
 
-def _read_file(path: str, max_bytes: int) -> Response:
+def _read_file(path: str, max_bytes: int, sink: Optional[Callable[[bytes], None]]) -> Response:
+    """A file:/// list: a regular file, not a link, at most max_bytes (files.open_regular)."""
     try:
-        with open(path, "rb") as fh:
-            body = fh.read(max_bytes + 1)
+        with files.open_regular(path, max_bytes) as fh:
+            pieces = []
+            for chunk in files.read_chunks(fh, path, max_bytes):
+                if sink is None:
+                    pieces.append(chunk)
+                else:
+                    sink(chunk)
     except OSError as exc:
         raise FetchError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(body) > max_bytes:
-        raise FetchError(f"{path}: more than max_bytes {max_bytes}")
-    return Response(200, body)
+    return Response(200, b"".join(pieces))
 
 
 # -- minisign ------------------------------------------------------------------------------------
@@ -163,7 +307,7 @@ def verify_minisign(data: bytes, signature: bytes, pubkey: str) -> str:
     if alg == b"ED":
         message = hashlib.blake2b(data, digest_size=64).digest()
     elif alg == b"Ed":
-        message = data
+        message = bytes(data)  # cryptography 38 takes bytes only, a list arrives in a bytearray
     else:
         raise SignatureError(f"unknown signature algorithm {alg!r}")
     trusted = lines[2][len("trusted comment: "):]
@@ -188,6 +332,8 @@ class ListResult:
     status: str  # updated | unchanged | failed
     entries: int = 0
     message: str = ""
+    # Every problem of a refused list (the message shows the first 20): `list fetch --json`.
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -214,23 +360,44 @@ def get_checked(url: str, *, limits: lists.Limits, timeout: float, max_bytes: in
                 last_modified: str = "", fmt: str = "auto",
                 ) -> tuple[Response, Optional[lists.ParsedList], str]:
     """Fetch, pin-check, signature-check and validate one list; (response, parsed or None on
-    304, trusted comment). Raises on any failure, so nothing unchecked gets past it."""
+    304, trusted comment). Raises on any failure, so nothing unchecked gets past it.
+
+    The body is parsed while it arrives, so a list with more than max_entries entries stops
+    the transfer there; `timeout` bounds the list and its signature together.
+    """
+    end = time.monotonic() + timeout
+    reader = lists.Reader(url, limits, fmt)
     resp = fetch_url(url, timeout=timeout, max_bytes=max_bytes, ca_file=ca_file, etag=etag,
-                     last_modified=last_modified)
+                     last_modified=last_modified, sink=reader.feed)
     if resp.status == 304:
         return resp, None, ""
-    digest = hashlib.sha256(resp.body).hexdigest()
+    reader.end()
+    trusted = _check_pins(url, reader.raw, reader.sha256, sha256, pubkey,
+                          lambda: fetch_url(url + ".minisig", timeout=_left(url, end, timeout),
+                                            max_bytes=SIGNATURE_MAX_BYTES, ca_file=ca_file).body)
+    return resp, reader.result(), trusted
+
+
+def _left(url: str, end: float, timeout: float) -> float:
+    left = end - time.monotonic()
+    if left <= 0:
+        raise FetchError(f"{url}: no complete answer within {timeout:g} s (the list and its "
+                         "signature together)")
+    return left
+
+
+def _check_pins(source: str, raw: bytes, digest: str, sha256: str, pubkey: str,
+                signature: Callable[[], bytes]) -> str:
+    """The SHA-256 pin and the minisign signature, if configured; the trusted comment."""
     if sha256 and digest != sha256.lower():
-        raise FetchError(f"{url}: SHA-256 {digest} does not match the pinned {sha256}")
-    trusted = ""
-    if pubkey:
-        sig = fetch_url(url + ".minisig", timeout=timeout, max_bytes=4096, ca_file=ca_file)
-        try:
-            trusted = verify_minisign(resp.body, sig.body, pubkey)
-        except SignatureError as exc:
-            raise SignatureError(f"{url}: {exc}") from None
-    parsed = lists.parse(resp.body, url, limits, fmt)
-    return resp, parsed, trusted
+        raise FetchError(f"{source}: SHA-256 {digest} does not match the pinned {sha256}")
+    if not pubkey:
+        return ""
+    sig = signature()
+    try:
+        return verify_minisign(raw, sig, pubkey)
+    except SignatureError as exc:
+        raise SignatureError(f"{source}: {exc}") from None
 
 
 def refresh_subscriptions(config: Any, state_dir: str, now: Optional[float] = None,
@@ -276,7 +443,7 @@ def refresh_subscriptions(config: Any, state_dir: str, now: Optional[float] = No
         except NtpguardError as exc:
             kept = " (last good copy kept)" if have_copy else ""
             results.append(ListResult(sub.name, "failed", int(meta.get("entries", 0)),
-                                      f"{exc}{kept}"))
+                                      f"{exc}{kept}", tuple(getattr(exc, "problems", ()))))
     if only and not results:
         raise UsageError(f"no subscription named {only!r} in the configuration")
     return RefreshReport(tuple(results))
@@ -299,29 +466,32 @@ def import_source(config: Any, state_dir: str, source: str, name: str = "", kind
         raise UsageError(f"unknown trust {trust!r} (enforce or report)")
     limits = lists.limits_for(config, kind=kind)
     if "://" in source:
-        _, parsed, trusted = get_checked(source, limits=limits, timeout=30.0, max_bytes=64 << 20,
-                                         ca_file=ca_file, sha256=sha256, pubkey=pubkey, fmt=fmt)
+        _, parsed, trusted = get_checked(source, limits=limits, timeout=IMPORT_TIMEOUT,
+                                         max_bytes=IMPORT_MAX_BYTES, ca_file=ca_file,
+                                         sha256=sha256, pubkey=pubkey, fmt=fmt)
         assert parsed is not None  # no conditional request was made
     else:
+        reader = lists.Reader(source, limits, fmt)
         try:
-            with open(source, "rb") as fh:
-                raw = fh.read()
+            with files.open_regular(source, IMPORT_MAX_BYTES) as fh:
+                for chunk in files.read_chunks(fh, source, IMPORT_MAX_BYTES):
+                    reader.feed(chunk)
         except OSError as exc:
             raise UsageError(f"{source}: cannot read: {exc.strerror}") from None
-        if sha256 and hashlib.sha256(raw).hexdigest() != sha256.lower():
-            raise FetchError(f"{source}: SHA-256 does not match the pinned {sha256}")
-        trusted = ""
-        if pubkey:
-            try:
-                with open(source + ".minisig", "rb") as fh:
-                    sig = fh.read(4096)
-            except OSError as exc:
-                raise SignatureError(f"{source}.minisig: cannot read: {exc.strerror}") from None
-            trusted = verify_minisign(raw, sig, pubkey)
-        parsed = lists.parse(raw, source, limits, fmt)
+        reader.end()
+        trusted = _check_pins(source, reader.raw, reader.sha256, sha256, pubkey,
+                              lambda: _read_signature(source + ".minisig"))
+        parsed = reader.result()
         source = os.path.abspath(source)
     lists.store(state_dir, name, parsed, {
         "source": source, "fetched": now, "checked": now, "signed": bool(pubkey),
         "trusted_comment": trusted, "kind": kind, "trust": trust, "imported": True,
     })
     return name, parsed
+
+
+def _read_signature(path: str) -> bytes:
+    try:
+        return files.read_regular(path, SIGNATURE_MAX_BYTES)
+    except OSError as exc:
+        raise SignatureError(f"{path}: cannot read: {exc.strerror}") from None

@@ -24,11 +24,11 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, NoReturn, Optional
 
 from ntpguard.addr import IPNetwork, nonglobal_reason, parse_prefix
 from ntpguard.errors import UsageError
-from ntpguard.files import atomic_write
+from ntpguard.files import atomic_write, check_dir, ensure_dir, read_regular
 
 if TYPE_CHECKING:
     from ntpguard.status import Verdict
@@ -38,8 +38,9 @@ TRUSTS = ("enforce", "report")
 JSON_FORMAT = "ntpguard-list"
 JSON_VERSION = 1
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-# Problems listed in one error message; the rest are counted. One line is the CLI's contract.
-_SHOWN_PROBLEMS = 5
+# Problems listed in one error message; the rest are counted (one line is the CLI's contract;
+# `list import --json` and `list fetch --json` give every one).
+_SHOWN_PROBLEMS = 20
 
 
 class ListError(UsageError):
@@ -95,63 +96,418 @@ class ParsedList:
 
 # -- parsing -------------------------------------------------------------------------------------
 
+# Caps that keep a hostile list from costing more than its bytes (README "Security"). A line of
+# a real list is an address, a kind and a comment, under 200 bytes; 64 KiB leaves room for any
+# comment and still bounds what splitting one line costs.
+MAX_LINE = 64 << 10
+# One JSON entry (address, kind, comment, a few evidence counts, two times) is under 1 KiB. The
+# stdlib decoder builds objects of ~20x the bytes they came from (a dict of short keys), so a
+# value is only decoded once it is known to fit in this many bytes.
+MAX_JSON_VALUE = 16 << 10
+_BOM = b"\xef\xbb\xbf"
+_WS = frozenset(b" \t\r\n")
+_NOT_WS = re.compile(rb"[^ \t\r\n]")
+_NOT_BLANK = re.compile(rb"[^\xef\xbb\xbf \t\r\n]")  # the first byte after BOM and blanks
+# Lines with no entry: blank, or a comment of up to 200 bytes (longer ones take the per-line
+# path, which enforces MAX_LINE); and the line breaks str.splitlines() knows besides LF/CRLF.
+_TRIVIAL_LINES = re.compile(rb"(?:\n+|[ \t]{0,64}#[^\n]{0,200}\n|[ \t]{1,64}\n)+")
+_OTHER_BREAK = re.compile("\r(?!\n)|[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_JSON = json.JSONDecoder()
+_MORE = object()  # "the value goes on past the bytes received so far"
+
 
 def detect_format(raw: bytes) -> str:
     """JSON lists start with `{`; everything else is read as text."""
-    return "json" if raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{" else "text"
+    first = _NOT_BLANK.search(raw)
+    return "json" if first is not None and raw[first.start()] == ord("{") else "text"
 
 
 def parse(raw: bytes, source: str, limits: Limits = Limits(), fmt: str = "auto") -> ParsedList:
     """Parse and validate a whole list; raise ListError naming every bad line."""
-    if fmt == "auto":
-        fmt = detect_format(raw)
-    text = _decode(raw, source)
-    if fmt == "json":
-        entries = _parse_json(text, source, limits)
-    elif fmt == "text":
-        entries = _parse_text(text, source, limits)
-    else:
-        raise UsageError(f"unknown list format {fmt!r} (text or json)")
-    return ParsedList(fmt, tuple(entries), hashlib.sha256(raw).hexdigest(), raw)
+    reader = Reader(source, limits, fmt)
+    reader.feed(raw)
+    return reader.result()
 
 
-def _decode(raw: bytes, source: str) -> str:
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ListError(source, [f"line {line}: not valid UTF-8 (byte {exc.start})"]) from None
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise ListError(source, [f"line {line}: NUL byte (a binary file, not a list)"])
-    return text
+class Reader:
+    """Parse and validate a list while its bytes arrive: feed(chunk)..., then result().
 
+    feed() raises ListError at once when reading on is pointless or costly: more than
+    max_entries entries (bad lines count too, so problems are bounded as well), a line or JSON
+    value past its cap, bytes that are not UTF-8 text, broken JSON. Memory therefore stays
+    within the bytes the caller let in (kept for the stored copy and its signature) plus
+    max_entries entries, whatever the list holds. Every other problem is collected, and
+    result() raises them together with their line (or entry) numbers.
+    """
 
-def _parse_text(text: str, source: str, limits: Limits) -> list[Entry]:
-    problems: list[str] = []
-    entries: list[Entry] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    def __init__(self, source: str, limits: Limits = Limits(), fmt: str = "auto") -> None:
+        if fmt not in ("auto", "text", "json"):
+            raise UsageError(f"unknown list format {fmt!r} (text or json)")
+        self.source, self.limits, self.format = source, limits, fmt
+        self._raw: Any = b""  # bytes, or a bytearray once a second chunk came
+        self._hash = hashlib.sha256()
+        self._pos = -1  # first byte not parsed yet; -1 until a BOM and the format are known
+        self._bom = 0
+        self._blank_to = 0  # auto format: bytes known to be BOM or blanks
+        self._ended = False
+        self.entries: list[Entry] = []
+        self.problems: list[str] = []
+        self._seen: dict[IPNetwork, Entry] = {}
+        self._count = 0  # entries met, valid or not: what max_entries limits
+        self._line = 0  # text: lines as str.splitlines() numbers them (LF, CRLF, CR, ...)
+        self._lf_lines = 0  # text: LF-terminated lines, for encoding errors
+        self._state = "start"  # json: where in {"key": value, "entries": [item, ...]} we are
+        self._key: Any = ""
+        self._header: dict[str, Any] = {}
+        self._index = 0
+
+    @property
+    def raw(self) -> bytes:
+        """The bytes received so far, exactly (what is stored and what a signature covers)."""
+        return self._raw
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if not self._raw:
+            self._raw = chunk
+        else:
+            if isinstance(self._raw, bytes):
+                self._raw = bytearray(self._raw)
+            self._raw += chunk
+        self._hash.update(chunk)
+        self._step(final=False)
+
+    def end(self) -> None:
+        """No more bytes: parse what is left (a last line without LF, the end of the JSON)."""
+        if not self._ended:
+            self._ended = True
+            self._step(final=True)
+
+    def result(self) -> ParsedList:
+        self.end()
+        if self.problems:
+            raise ListError(self.source, self.problems)
+        return ParsedList(self.format, tuple(self.entries), self.sha256, self._raw)
+
+    # -- common ----------------------------------------------------------------------------------
+
+    def _fatal(self, problem: str) -> NoReturn:
+        self.problems.append(problem)
+        raise ListError(self.source, self.problems)
+
+    def _step(self, final: bool) -> None:
+        if self._pos < 0 and not self._begin(final):
+            return
+        if self.format == "json":
+            self._json(final)
+        else:
+            self._text(final)
+
+    def _begin(self, final: bool) -> bool:
+        """Skip a UTF-8 BOM (Windows editors) and pick the format; False: too few bytes yet."""
+        raw = self._raw
+        if len(raw) < len(_BOM) and not final and _BOM.startswith(bytes(raw)):
+            return False
+        self._bom = len(_BOM) if raw[:len(_BOM)] == _BOM else 0
+        if self.format == "auto":
+            # As detect_format, searched from where the last chunk's search ended (a list of
+            # nothing but 64 MiB of blanks must not be rescanned from the start each chunk).
+            first = _NOT_BLANK.search(raw, self._blank_to)
+            if first is None and not final:
+                self._blank_to = len(raw)
+                return False
+            self.format = "json" if first is not None and raw[first.start()] == ord("{") \
+                else "text"
+        self._pos = self._bom
+        return True
+
+    def _counted(self, where: str) -> None:
+        self._count += 1
+        if self._count > self.limits.max_entries:
+            self._fatal(f"{where}: more than max_entries {self.limits.max_entries} entries "
+                        "(the rest was not read)")
+
+    def _keep(self, e: Entry, unit: str) -> None:
+        """Keep a valid entry unless an earlier one has the same network."""
+        first = self._seen.get(e.network)
+        if first is None:
+            self._seen[e.network] = e
+            self.entries.append(e)
+        elif first.kind == e.kind:
+            self.problems.append(f"{unit} {e.line}: duplicate of {unit} {first.line} "
+                                 f"({e.address})")
+        else:
+            self.problems.append(f"{unit} {e.line}: {e.address} is listed as {e.kind} here "
+                                 f"and as {first.kind} on {unit} {first.line}")
+
+    # -- text ------------------------------------------------------------------------------------
+
+    def _text(self, final: bool) -> None:
+        buf = self._raw
+        while self._pos < len(buf):
+            if self._skip_trivial_lines():
+                continue
+            end = buf.find(b"\n", self._pos)
+            if end < 0:
+                if len(buf) - self._pos > MAX_LINE:
+                    self._fatal(f"line {self._lf_lines + 1}: longer than {MAX_LINE} bytes "
+                                "(not a list)")
+                if not final:
+                    return
+                end = len(buf)
+            if end - self._pos > MAX_LINE:
+                self._fatal(f"line {self._lf_lines + 1}: longer than {MAX_LINE} bytes "
+                            "(not a list)")
+            self._text_line(buf[self._pos:end], self._pos)
+            self._pos = end + 1
+
+    def _skip_trivial_lines(self) -> bool:
+        """Pass a run of blank and comment lines at C speed (a flood of 8 MiB of empty lines
+        took 7 s of CPU line by line), numbering them as the line-by-line path would: runs
+        that are not UTF-8, hold a NUL or another line break than LF/CRLF go that path."""
+        buf, start = self._raw, self._pos
+        run = _TRIVIAL_LINES.match(buf, start, min(len(buf), start + (1 << 20)))
+        if run is None:
+            return False
+        try:
+            text = buf[start:run.end()].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        if "\x00" in text or _OTHER_BREAK.search(text):
+            return False
+        lines = text.count("\n")
+        self._lf_lines += lines
+        self._line += lines
+        self._pos = run.end()
+        return True
+
+    def _text_line(self, data: bytes, offset: int) -> None:
+        self._lf_lines += 1
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self._fatal(f"line {self._lf_lines}: not valid UTF-8 "
+                        f"(byte {offset - self._bom + exc.start})")
+        if "\x00" in text:
+            self._fatal(f"line {self._lf_lines}: NUL byte (a binary file, not a list)")
+        # The same numbering as splitlines() of the whole text: a lone CR also ends a line.
+        for line in text.splitlines() or [""]:
+            self._line += 1
+            self._text_entry(line, self._line)
+
+    def _text_entry(self, line: str, number: int) -> None:
         body, _, comment = line.partition("#")
         fields = body.split()
         if not fields:
-            continue
+            return
+        where = f"line {number}"
+        self._counted(where)
         if len(fields) > 2:
-            problems.append(f"line {number}: expected ADDRESS KIND [# comment], "
-                            f"got {line.strip()!r}")
-            continue
-        kind = fields[1] if len(fields) == 2 else limits.default_kind
+            self.problems.append(f"{where}: expected ADDRESS KIND [# comment], "
+                                 f"got {line.strip()!r}")
+            return
+        kind = fields[1] if len(fields) == 2 else self.limits.default_kind
         if not kind:
-            problems.append(f"line {number}: no kind (harvester or scanner) after {fields[0]!r}")
-            continue
-        entry = _entry(fields[0], kind, comment.strip(), number, limits, problems, f"line {number}")
+            self.problems.append(f"{where}: no kind (harvester or scanner) after {fields[0]!r}")
+            return
+        entry = _entry(fields[0], kind, comment.strip(), number, self.limits, self.problems,
+                       where)
         if entry is not None:
-            entries.append(entry)
-    _check_whole(entries, limits, problems, "line")
-    if problems:
-        raise ListError(source, problems)
-    return entries
+            self._keep(entry, "line")
+
+    # -- json ------------------------------------------------------------------------------------
+
+    def _line_at(self, pos: int) -> int:
+        return self._raw.count(b"\n", 0, pos) + 1
+
+    def _bad_json(self, pos: int, message: str, lines_on: int = 0) -> NoReturn:
+        self._fatal(f"line {self._line_at(pos) + lines_on}: invalid JSON: {message}")
+
+    def _json(self, final: bool) -> None:
+        """One step of {"format": ..., "version": ..., "entries": [ITEM, ...]} at a time;
+        each key, value and ITEM is decoded on its own (see _json_value)."""
+        buf = self._raw
+        while True:
+            found = _NOT_WS.search(buf, self._pos)
+            pos = self._pos = found.start() if found else len(buf)
+            if pos >= len(buf):
+                if final and self._state != "done":
+                    self._bad_json(pos, "the list ends early")
+                if final:
+                    self._json_header_ok(final=True)
+                return
+            char, state = buf[pos:pos + 1], self._state
+            # The entries first: they are what a list is made of (100k of them, 2 steps each).
+            if state == "item," and char == b",":
+                self._advance("item!")
+            elif state in ("item", "item!") and not (state == "item" and char == b"]"):
+                item = self._json_value(final)
+                if item is _MORE:
+                    return
+                self._index += 1
+                self._json_entry(item, self._index)
+                self._state = "item,"
+            elif state in ("item", "item,") and char == b"]":
+                self._advance("next")
+            elif state == "item,":
+                self._bad_json(pos, "expected ',' or ']' after an entry")
+            elif state == "done":
+                self._bad_json(pos, "extra data after the list")
+            elif state == "start":
+                if char != b"{":
+                    self._fatal(f'not an ntpguard list (a JSON object with "format": '
+                                f'"{JSON_FORMAT}")')
+                self._advance("key")
+            elif state == "key" and char == b"}":
+                self._advance("done")
+            elif state in ("key", "key!"):
+                if char != b'"':
+                    self._bad_json(pos, "expected a property name in double quotes")
+                key = self._json_value(final)
+                if key is _MORE:
+                    return
+                self._key, self._state = key, "colon"
+            elif state == "colon":
+                if char != b":":
+                    self._bad_json(pos, "expected ':'")
+                if self._key == "entries":
+                    self._state = "entries"
+                    self._pos += 1
+                else:
+                    self._advance("value")
+            elif state == "entries" and char == b"[":
+                self._header["entries"] = []
+                self._advance("item")
+            elif state in ("value", "entries"):
+                value = self._json_value(final)
+                if value is _MORE:
+                    return
+                self._header[self._key] = value
+                self._json_header_ok(final=False)
+                self._state = "next"
+            elif state == "next":
+                if char not in (b",", b"}"):
+                    self._bad_json(pos, "expected ',' or '}'")
+                self._advance("key!" if char == b"," else "done")
+
+    def _advance(self, state: str) -> None:
+        self._pos += 1
+        self._state = state
+
+    def _json_value(self, final: bool) -> Any:
+        """Decode the JSON value at _pos and move past it, or return _MORE if it may go on
+        past the bytes received so far. A value is decoded from a window of 256 bytes, grown
+        4-fold while the value does not end inside it, up to MAX_JSON_VALUE."""
+        buf, start, size = self._raw, self._pos, 256
+        while True:
+            window = buf[start:start + size]
+            if not isinstance(window, bytes):
+                window = bytes(window)
+            more_here = start + len(window) < len(buf)  # the buffer goes on past the window
+            cut = more_here or not final
+            try:
+                text = window.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if not (cut and exc.end == len(window) and exc.reason == "unexpected end of data"):
+                    self._fatal(f"line {self._line_at(start + exc.start)}: not valid UTF-8 "
+                                f"(byte {start - self._bom + exc.start})")
+                text = window[:exc.start].decode("utf-8")  # a character cut at the window's end
+            nul = window.find(b"\x00")
+            if nul >= 0:
+                self._fatal(f"line {self._line_at(start + nul)}: NUL byte (a binary file, "
+                            "not a list)")
+            try:
+                value, end = _JSON.raw_decode(text)
+            except RecursionError:
+                self._bad_json(start, "nested too deeply")
+            except json.JSONDecodeError as exc:
+                if not (cut and _value_end(window) is None):
+                    self._bad_json(start, exc.msg, exc.lineno - 1)
+            except ValueError:  # Python >= 3.11 refuses integers of over 4,300 digits
+                self._bad_json(start, "a number with too many digits")
+            else:
+                # A value ending right at a cut may go on (`1` of `10`): only a delimiter after
+                # it says it is whole.
+                if not (cut and end == len(text)):
+                    self._pos = start + (end if text.isascii()
+                                         else len(text[:end].encode("utf-8")))
+                    return value
+            # The value goes on past the window.
+            if not more_here:
+                return _MORE
+            if size >= MAX_JSON_VALUE:
+                self._fatal(f"line {self._line_at(start)}: a JSON value longer than "
+                            f"{MAX_JSON_VALUE} bytes (not a list entry)")
+            size *= 4
+
+    def _json_header_ok(self, final: bool) -> None:
+        """The document's own keys, as soon as each is known (all of them at the end)."""
+        doc = self._header
+        if (final or "format" in doc) and doc.get("format") != JSON_FORMAT:
+            self._fatal(f'not an ntpguard list (no "format": "{JSON_FORMAT}")')
+        if (final or "version" in doc) and doc.get("version") != JSON_VERSION:
+            self._fatal(f"unsupported version {doc.get('version')!r} "
+                        f"(this ntpguard reads {JSON_VERSION})")
+        if (final or "entries" in doc) and not isinstance(doc.get("entries"), list):
+            self._fatal('"entries" must be a list')
+
+    def _json_entry(self, item: Any, index: int) -> None:
+        where = f"entry {index}"
+        self._counted(where)
+        if not isinstance(item, dict):
+            self.problems.append(f"{where}: must be an object")
+            return
+        address, kind = item.get("address"), item.get("kind")
+        comment = item.get("comment", "")
+        if not isinstance(address, str) or not isinstance(kind, str):
+            self.problems.append(f'{where}: "address" and "kind" must be strings')
+            return
+        if not isinstance(comment, str) or "\n" in comment:
+            self.problems.append(f'{where}: "comment" must be a one-line string')
+            return
+        try:
+            evidence = _evidence(item.get("evidence", {}))
+            first = _timestamp(item.get("first_seen"), "first_seen")
+            last = _timestamp(item.get("last_seen"), "last_seen")
+        except ValueError as exc:
+            self.problems.append(f"{where}: {exc}")
+            return
+        e = _entry(address, kind, comment, index, self.limits, self.problems, where)
+        if e is not None:
+            self._keep(Entry(e.network, e.kind, e.comment, index, evidence, first, last), "entry")
+
+
+_JSON_TOKEN = re.compile(rb'["\[\]{},]')
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _value_end(window: bytes) -> Optional[int]:
+    """Where the JSON value at the start of `window` ends (the ',', ']' or '}' after it), or
+    None if it does not end inside the window. Only strings and brackets are looked at."""
+    depth, i = 0, 0
+    while True:
+        m = _JSON_TOKEN.search(window, i)
+        if m is None:
+            return None
+        char = window[m.start()]
+        if char == ord('"'):
+            s = _JSON_STRING.match(window, m.start())
+            if s is None:
+                return None
+            i = s.end()
+            continue
+        if char in b"[{":
+            depth += 1
+        elif depth == 0:
+            return m.start()
+        elif char in b"]}":
+            depth -= 1
+        i = m.end()
 
 
 def _entry(address: str, kind: str, comment: str, number: int, limits: Limits,
@@ -171,65 +527,6 @@ def _entry(address: str, kind: str, comment: str, number: int, limits: Limits,
             problems.append(f"{where}: {address} is not a global address ({why})")
             return None
     return Entry(net, kind, comment, number)
-
-
-def _check_whole(entries: list[Entry], limits: Limits, problems: list[str], unit: str) -> None:
-    seen: dict[IPNetwork, Entry] = {}
-    for e in entries:
-        first = seen.get(e.network)
-        if first is None:
-            seen[e.network] = e
-        elif first.kind == e.kind:
-            problems.append(f"{unit} {e.line}: duplicate of {unit} {first.line} ({e.address})")
-        else:
-            problems.append(f"{unit} {e.line}: {e.address} is listed as {e.kind} here and as "
-                            f"{first.kind} on {unit} {first.line}")
-    if len(entries) > limits.max_entries:
-        problems.append(f"{len(entries)} entries, more than max_entries {limits.max_entries}")
-
-
-def _parse_json(text: str, source: str, limits: Limits) -> list[Entry]:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ListError(source, [f"line {exc.lineno}: invalid JSON: {exc.msg}"]) from None
-    if not isinstance(doc, dict) or doc.get("format") != JSON_FORMAT:
-        raise ListError(source, [f'not an ntpguard list (no "format": "{JSON_FORMAT}")'])
-    if doc.get("version") != JSON_VERSION:
-        raise ListError(source, [f"unsupported version {doc.get('version')!r} "
-                                 f"(this ntpguard reads {JSON_VERSION})"])
-    items = doc.get("entries")
-    if not isinstance(items, list):
-        raise ListError(source, ['"entries" must be a list'])
-    problems: list[str] = []
-    entries: list[Entry] = []
-    for index, item in enumerate(items, start=1):
-        where = f"entry {index}"
-        if not isinstance(item, dict):
-            problems.append(f"{where}: must be an object")
-            continue
-        address, kind = item.get("address"), item.get("kind")
-        comment = item.get("comment", "")
-        if not isinstance(address, str) or not isinstance(kind, str):
-            problems.append(f'{where}: "address" and "kind" must be strings')
-            continue
-        if not isinstance(comment, str) or "\n" in comment:
-            problems.append(f'{where}: "comment" must be a one-line string')
-            continue
-        try:
-            evidence = _evidence(item.get("evidence", {}))
-            first = _timestamp(item.get("first_seen"), "first_seen")
-            last = _timestamp(item.get("last_seen"), "last_seen")
-        except ValueError as exc:
-            problems.append(f"{where}: {exc}")
-            continue
-        e = _entry(address, kind, comment, index, limits, problems, where)
-        if e is not None:
-            entries.append(Entry(e.network, e.kind, e.comment, index, evidence, first, last))
-    _check_whole(entries, limits, problems, "entry")
-    if problems:
-        raise ListError(source, problems)
-    return entries
 
 
 def _evidence(value: Any) -> tuple[tuple[str, int], ...]:
@@ -310,6 +607,32 @@ def list_dir(state_dir: str) -> str:
     return os.path.join(state_dir, "lists")
 
 
+# Largest stored copy read back: the largest any fetch or import lets in (a subscription's
+# max_bytes is at most 64 MiB, `list import` takes at most 64 MiB).
+MAX_STORED_BYTES = 64 << 20
+# A .meta.json is a dozen short keys.
+MAX_META_BYTES = 1 << 20
+
+
+def _checked_dir(state_dir: str, create: bool = False) -> Optional[str]:
+    """STATE/lists after files.check_dir (created first if asked); None if it does not exist.
+
+    The lists in it become firewall rules: a `lists` link or a directory another user can write
+    to would let them choose what ntpguard enforces, or where it writes.
+    """
+    directory = list_dir(state_dir)
+    if create:
+        try:
+            ensure_dir(directory, 0o755)
+        except OSError as exc:
+            raise UsageError(f"{directory}: cannot create: {exc.strerror}") from None
+    elif not os.path.lexists(directory):
+        return None
+    else:
+        check_dir(directory)
+    return directory
+
+
 def store(state_dir: str, name: str, parsed: ParsedList, meta: dict[str, Any]) -> str:
     """Keep a validated list as STATE/lists/NAME.{txt,json} with NAME.meta.json beside it.
 
@@ -318,9 +641,9 @@ def store(state_dir: str, name: str, parsed: ParsedList, meta: dict[str, Any]) -
     describes an older copy (a refetch without ETag fixes it), never a list without validation.
     """
     check_name(name)
-    directory = list_dir(state_dir)
+    directory = _checked_dir(state_dir, create=True)
+    assert directory is not None
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
         ext = "json" if parsed.format == "json" else "txt"
         path = os.path.join(directory, f"{name}.{ext}")
         atomic_write(path, parsed.raw)
@@ -328,7 +651,7 @@ def store(state_dir: str, name: str, parsed: ParsedList, meta: dict[str, Any]) -
         full = dict(meta, format=parsed.format, sha256=parsed.sha256, entries=len(parsed.entries))
         atomic_write(os.path.join(directory, f"{name}.meta.json"),
                       (json.dumps(full, indent=1, sort_keys=True) + "\n").encode())
-        if os.path.exists(other):
+        if os.path.lexists(other):
             os.unlink(other)
     except OSError as exc:
         raise UsageError(f"{directory}: cannot store list {name}: {exc.strerror}") from None
@@ -337,7 +660,9 @@ def store(state_dir: str, name: str, parsed: ParsedList, meta: dict[str, Any]) -
 
 def store_meta(state_dir: str, name: str, meta: dict[str, Any]) -> None:
     """Rewrite only the metadata (e.g. the time of a 304 check); the list stays as it is."""
-    path = os.path.join(list_dir(state_dir), f"{check_name(name)}.meta.json")
+    directory = _checked_dir(state_dir, create=True)
+    assert directory is not None
+    path = os.path.join(directory, f"{check_name(name)}.meta.json")
     try:
         atomic_write(path, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
     except OSError as exc:
@@ -345,18 +670,22 @@ def store_meta(state_dir: str, name: str, meta: dict[str, Any]) -> None:
 
 
 def read_meta(state_dir: str, name: str) -> dict[str, Any]:
-    path = os.path.join(list_dir(state_dir), f"{name}.meta.json")
+    """NAME.meta.json, or {} if there is none or it is not a JSON object; an unsafe directory
+    or file (a link, a FIFO, ...) is an UnsafePathError."""
+    directory = _checked_dir(state_dir)
+    if directory is None:
+        return {}
+    path = os.path.join(directory, f"{name}.meta.json")
     try:
-        with open(path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-        return meta if isinstance(meta, dict) else {}
+        meta = json.loads(read_regular(path, MAX_META_BYTES))
     except (OSError, ValueError):
         return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def stored_names(state_dir: str) -> list[str]:
-    directory = list_dir(state_dir)
-    if not os.path.isdir(directory):
+    directory = _checked_dir(state_dir)
+    if directory is None:
         return []
     names = set()
     for f in os.listdir(directory):
@@ -368,12 +697,13 @@ def stored_names(state_dir: str) -> list[str]:
 
 def load_stored(state_dir: str, name: str, limits: Limits) -> Optional[ParsedList]:
     """The last good copy of list NAME, re-validated, or None if there is none."""
-    directory = list_dir(state_dir)
+    directory = _checked_dir(state_dir)
+    if directory is None:
+        return None
     for ext in ("txt", "json"):
         path = os.path.join(directory, f"{name}.{ext}")
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
+            raw = read_regular(path, MAX_STORED_BYTES)
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -383,10 +713,13 @@ def load_stored(state_dir: str, name: str, limits: Limits) -> Optional[ParsedLis
 
 
 def remove_stored(state_dir: str, name: str) -> bool:
+    directory = _checked_dir(state_dir)
+    if directory is None:
+        return False
     removed = False
     for suffix in (".txt", ".json", ".meta.json"):
-        path = os.path.join(list_dir(state_dir), name + suffix)
-        if os.path.exists(path):
+        path = os.path.join(directory, name + suffix)
+        if os.path.lexists(path):
             os.unlink(path)
             removed = True
     return removed
@@ -444,8 +777,7 @@ def load_builtin(config: Any) -> list[LoadedList]:
     for fname in BUILTIN_FILES:
         path = os.path.join(directory, fname)
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
+            raw = read_regular(path, MAX_STORED_BYTES)
         except OSError as exc:
             raise UsageError(f"{path}: cannot read shipped list: {exc.strerror} "
                              "(set [lists] builtin_dir, or builtin = false)") from None

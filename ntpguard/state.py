@@ -13,13 +13,15 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
+from ntpguard import files
 from ntpguard.canary import Canary, Change
 from ntpguard.detect import Contacts, Scan, Trigger
-from ntpguard.errors import LockBusy, StateError
+from ntpguard.errors import LockBusy, StateError, UnsafePathError
 from ntpguard.logs.sources import Position
 from ntpguard.status import Verdict
 
@@ -184,27 +186,83 @@ class Server:
     zones: tuple[str, ...]
 
 
+# How long a second run keeps looking for the holder's line when it meets the lock held but
+# the line not written yet (or already cleared): the holder writes it in the next syscall, so
+# milliseconds; a second is room for a loaded machine.
+_NAME_WAIT = 1.0
+
+
+def _holder(text: bytes) -> str:
+    """The holder's line ("pid N (command) since TIME"), if complete and N is alive; else ""."""
+    line, newline, _ = text.decode("utf-8", "replace").partition("\n")
+    words = line.split()
+    if not newline or len(words) < 2 or words[0] != "pid" or not words[1].isdigit():
+        return ""
+    try:
+        os.kill(int(words[1]), 0)
+    except ProcessLookupError:
+        return ""  # a line left by a killed holder, before the next holder overwrote it
+    except PermissionError:
+        pass  # alive, owned by another user
+    return line.strip()
+
+
+def _check_db_files(path: str) -> Optional[os.stat_result]:
+    """SQLite opens state.db, its -wal and -shm by name and follows links (placing the WAL
+    beside the link's target): refuse a link or a non-regular file there before it does.
+    The lstat() of state.db, None if it does not exist."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        files.check_file(path + suffix)
+    return files.check_file(path)
+
+
 class _Lock:
-    """An exclusive flock() on STATE/lock that records who holds it, for the error message."""
+    """An exclusive flock() on STATE/lock that records who holds it, for the error message.
+
+    The holder writes its line right after taking the lock and clears it just before letting
+    go, so a second run can meet the lock held with no line yet (or no more): it then looks
+    again for up to _NAME_WAIT seconds, and either names the holder or gets the lock.
+    The file is opened without following a link (a `lock` link must not truncate its target).
+    """
 
     def __init__(self, path: str, holder: str, wait: bool) -> None:
         self.path = path
         self.holder = holder
         try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = files.open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise StateError(f"{path}: cannot open lock file: {exc.strerror}") from None
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            who = os.pread(self.fd, 200, 0).decode("utf-8", "replace").strip() or "another run"
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+                raise UnsafePathError(f"{path}: is not a regular file; refused (remove it)")
+            if wait:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            else:
+                self._take_or_name_holder()
+        except BaseException:
             os.close(self.fd)
-            raise LockBusy(
-                f"state {os.path.dirname(path)} is locked by {who}; try again later or use --wait"
-            ) from None
+            raise
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"pid {os.getpid()} ({holder}) since {stamp}\n".encode(), 0)
+        line = f"pid {os.getpid()} ({holder}) since {stamp}\n".encode()
+        # Write, then cut what a longer old line left: the file is never empty while held.
+        os.pwrite(self.fd, line, 0)
+        os.ftruncate(self.fd, len(line))
+
+    def _take_or_name_holder(self) -> None:
+        give_up = time.monotonic() + _NAME_WAIT
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            who = _holder(os.pread(self.fd, 200, 0))
+            if who or time.monotonic() > give_up:
+                raise LockBusy(
+                    f"state {os.path.dirname(self.path)} is locked by "
+                    f"{who or 'another run (it did not say which)'}; try again later or use --wait"
+                )
+            time.sleep(0.01)
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -245,36 +303,56 @@ class State:
 
         lock=True takes the exclusive writer lock; lock=False opens read-only, and a directory
         without a database reads as an empty state instead of creating files. With wait=True,
-        `waiting` hears who holds the lock before the wait starts (a terminal shows it).
+        `waiting` hears who holds the lock before the wait starts (a terminal shows it). The
+        directory must pass files.check_dir; state.db (and its -wal, -shm) must not be links.
         """
         path = os.path.join(directory, DB_NAME)
         if not lock:
             return cls._open_readonly(directory, path)
         try:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
+            files.ensure_dir(directory, 0o755)
         except OSError as exc:
             raise StateError(
                 f"{directory}: cannot create state directory: {exc.strerror}") from None
         held = _take_lock(os.path.join(directory, LOCK_NAME), holder, wait, waiting)
+        conn = None
         try:
+            _check_db_files(path)
             conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            # Nothing is changed before the version is known: a database of a newer ntpguard
+            # is refused as it is (not even switched to WAL, which rewrites its header).
+            conn.execute("PRAGMA busy_timeout=30000")
+            cls._check_version(conn.execute("PRAGMA user_version").fetchone()[0], path)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
             state = cls(conn, directory, held)
             state._migrate()
         except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
             held.release()
             raise StateError(f"{path}: {exc}") from None
         except BaseException:
+            if conn is not None:
+                conn.close()
             held.release()
             raise
         return state
 
     @classmethod
     def _open_readonly(cls, directory: str, path: str) -> State:
-        if not os.path.exists(path):
+        """A read-only view; no directory, no database, or a zero-byte one reads as empty.
+
+        A zero-byte state.db is what a run killed between SQLite creating the file and its
+        first commit leaves, and SQLite itself reads it as an empty database: it holds no state
+        to protect, so readers show the empty state and the next writer initialises it (before,
+        writers did that while readers refused it, so `servers` failed until a `resolve` ran).
+        """
+        if os.path.lexists(directory):
+            files.check_dir(directory)
+        st = _check_db_files(path)
+        if st is None or st.st_size == 0:
             conn = sqlite3.connect(":memory:", isolation_level=None)
             state = cls(conn, directory, None)
             state._migrate()
@@ -293,10 +371,11 @@ class State:
                              f"{len(MIGRATIONS)}; run a command that writes (e.g. resolve) first")
         return state
 
-    def _check_version(self, version: int, path: str) -> None:
+    @staticmethod
+    def _check_version(version: int, path: str) -> None:
         if version > len(MIGRATIONS):
             raise StateError(f"{path}: schema version {version} was written by a newer ntpguard "
-                             f"(this one knows {len(MIGRATIONS)})")
+                             f"(this one knows {len(MIGRATIONS)}); it was left as it is")
 
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]

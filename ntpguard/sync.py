@@ -109,9 +109,11 @@ def _scratch_copy(state_dir: str, into: str) -> str:
             a.backup(b)
     for name in os.listdir(state_dir) if os.path.isdir(state_dir) else ():
         path = os.path.join(state_dir, name)
+        if os.path.islink(path):
+            continue  # never followed (a planted link must not make the copy read elsewhere)
         if os.path.isdir(path):
-            shutil.copytree(path, os.path.join(target, name))
-        elif not name.startswith(DB_NAME) and name != "lock":
+            shutil.copytree(path, os.path.join(target, name), symlinks=True)
+        elif not name.startswith(DB_NAME) and name != "lock" and os.path.isfile(path):
             shutil.copy2(path, os.path.join(target, name))
     return target
 

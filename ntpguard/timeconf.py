@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Sequence
 from ntpguard import commands, daemons, snapshot
 from ntpguard.config import Config
 from ntpguard.errors import NtpguardError, UsageError
-from ntpguard.files import atomic_write
+from ntpguard.files import atomic_write, read_regular
 from ntpguard.sntp import SntpResult, query_many
 from ntpguard.state import Server, State
 from ntpguard.status import RANKS, ServerStatus, Status, effective
@@ -122,14 +122,8 @@ def write(fmt: str, content: str, path: str, reload: bool = True,
     if daemon.reload is None:
         raise UsageError(f"{fmt}: ntpguard writes no file for this daemon (no drop-in "
                          "directory); use the printed lines and include line")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == content:
-                return False
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    if read_owned(path) == content:
+        return False
     directory = os.path.dirname(path) or "."
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
@@ -157,13 +151,26 @@ def remove(path: str) -> bool:
 # -- the step `timeconf` and `sync` run ----------------------------------------------------------
 
 
+# ntpguard's own drop-in holds a few server lines; anything near this size is not its file.
+MAX_DROPIN_BYTES = 1 << 20
+
+
+def read_owned(path: str) -> Optional[str]:
+    """ntpguard's own drop-in as it is now, None if there is none. A link, a FIFO, a device
+    or a huge file there is not ntpguard's: refused (UnsafePathError), never followed, waited
+    on or read whole."""
+    try:
+        return read_regular(path, MAX_DROPIN_BYTES).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+
+
 def current_servers(path: Optional[str]) -> list[str]:
     """The servers in a file ntpguard wrote earlier (chrony `server` lines, timesyncd NTP=)."""
-    try:
-        with open(path or "", encoding="utf-8") as fh:
-            return daemons.TimeDaemon.servers_in(fh.read())
-    except OSError:
-        return []
+    text = read_owned(path) if path else None
+    return daemons.TimeDaemon.servers_in(text) if text else []
 
 
 def choose(config: Config, state: State, now: float, check: Optional[bool] = None,
@@ -219,11 +226,7 @@ def configure_daemon(config: Config, state: State, now: float, dry_run: bool = F
         return Outcome(daemon, tuple(servers), None, False,
                        f"{daemon} has no drop-in directory: see `ntpguard timeconf`")
     if dry_run:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                same = fh.read() == content
-        except OSError:
-            same = False
+        same = read_owned(path) == content
         return Outcome(daemon, tuple(servers), path, not same, "dry run: not written")
     changed = write(daemon, content, path, tc.reload)
     return Outcome(daemon, tuple(servers), path, changed)

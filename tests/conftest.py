@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,18 @@ def lock_held(state_dir, seconds: float, holder: str = "holder"):
         yield proc
     finally:
         proc.wait()
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 5):
+    """Fail instead of hanging (SIGALRM in this process): for reads that must not block."""
+    def expired(*_):
+        raise AssertionError(f"still blocked after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -4,6 +4,7 @@ minisign signatures made by the real `minisign` tool. No root, nothing leaves th
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import json
@@ -11,12 +12,15 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from ntpguard import config, fetch, lists
+from ntpguard.errors import UsageError
 from ntpguard.status import Verdict
 
 GOOD = b"2604:a880:1:20::a7:f001 harvester # test\n2604:a880:800:10::/64 scanner\n"
@@ -30,6 +34,9 @@ class Site:
     def __init__(self) -> None:
         self.files: dict[str, tuple[int, bytes, dict[str, str]]] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
+        # path → "headers" or "body": that part is sent one byte every 0.5 s (for 10 s, then
+        # the rest at once), each byte well within any per-read socket timeout.
+        self.trickle: dict[str, str] = {}
 
     def put(self, path: str, body: bytes, etag: str = "", status: int = 200, **headers) -> None:
         h = dict(headers)
@@ -43,6 +50,9 @@ def _handler(site: Site):
         def do_GET(self):
             site.requests.append((self.path, dict(self.headers)))
             status, body, headers = site.files.get(self.path, (404, b"no\n", {}))
+            if self.path in site.trickle:
+                self.trickle(site.trickle[self.path], body)
+                return
             if status == 200 and headers.get("ETag") and \
                     self.headers.get("If-None-Match") == headers["ETag"]:
                 self.send_response(304)
@@ -54,7 +64,23 @@ def _handler(site: Site):
             if "Content-Length" not in headers:
                 self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            with contextlib.suppress(OSError):  # the client stopped reading (past its caps)
+                self.wfile.write(body)
+
+        def trickle(self, phase: str, body: bytes) -> None:
+            head = (f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n"
+                    f"X-Slow: {'.' * 20}\r\n\r\n").encode()
+            slow = head if phase == "headers" else body
+            fast = b"" if phase == "headers" else head
+            self.wfile.write(fast)
+            try:
+                for i in range(20):
+                    self.wfile.write(slow[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.5)
+                self.wfile.write(slow[20:] + (body if phase == "headers" else b""))
+            except OSError:
+                pass  # the client gave up
 
         def log_message(self, *a):
             pass
@@ -89,9 +115,10 @@ def server(tls):
     httpd.server_close()
 
 
-def cfg(site, tmp_path, extra: str = "", name: str = "peers", path: str = "/h.txt"):
+def cfg(site, tmp_path, extra: str = "", name: str = "peers", path: str = "/h.txt",
+        timeout: float = 5):
     text = (f'[[lists.subscriptions]]\nname = "{name}"\nurl = "{site.base}{path}"\n'
-            f'ca_file = "{site.ca}"\ntimeout = 5\n{extra}')
+            f'ca_file = "{site.ca}"\ntimeout = {timeout}\n{extra}')
     (tmp_path / "c.toml").write_text(text)
     return config.parse(text, "c.toml")
 
@@ -161,6 +188,112 @@ def test_redirect_to_http_refused(server):
     server.put("/h.txt", GOOD)
     server.put("/r2.txt", b"", status=301, Location=server.base + "/h.txt")
     assert fetch.fetch_url(server.base + "/r2.txt", ca_file=server.ca, timeout=5).body == GOOD
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_trickling_server_is_cut_off_at_the_timeout(server, tmp_path, state_dir, phase):
+    """One byte every 0.5 s never trips a per-read timeout; the fetch's deadline does."""
+    server.put("/h.txt", GOOD)
+    assert fetch.refresh_subscriptions(cfg(server, tmp_path), str(state_dir)).ok
+    server.put("/slow.txt", GOOD2)
+    server.trickle["/slow.txt"] = phase
+    start = time.monotonic()
+    r = fetch.refresh_subscriptions(cfg(server, tmp_path, path="/slow.txt", timeout=2),
+                                    str(state_dir))
+    took = time.monotonic() - start
+    assert [x.status for x in r.results] == ["failed"]
+    assert "no complete answer within 2 s" in r.results[0].message
+    assert "last good copy kept" in r.results[0].message
+    assert 1.9 < took < 5
+    assert (state_dir / "lists" / "peers.txt").read_bytes() == GOOD
+
+
+def test_list_import_url_has_a_deadline(server, tmp_path, state_dir, monkeypatch):
+    """`list import URL` has no subscription: 30 s in all (2 s here, to keep the test short)."""
+    monkeypatch.setattr(fetch, "IMPORT_TIMEOUT", 2.0, raising=False)
+    server.put("/slow.txt", GOOD2)
+    server.trickle["/slow.txt"] = "body"
+    start = time.monotonic()
+    with pytest.raises(fetch.FetchError, match="no complete answer within 2 s"):
+        fetch.import_source(config.parse("", "c"), str(state_dir), server.base + "/slow.txt",
+                            ca_file=server.ca)
+    assert time.monotonic() - start < 5
+    assert not (state_dir / "lists").exists()
+
+
+# Runs a command and prints its exit status and the peak resident memory of it and its
+# children (ru_maxrss of RUSAGE_CHILDREN: this wrapper has no other child).
+PEAK = ("import json, resource, subprocess, sys\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(json.dumps([p.returncode, p.stderr,"
+        " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))")
+
+
+def peak(run_cli_env: dict, *args: str) -> tuple[int, str, float]:
+    """(exit status, stderr, peak MiB) of `python -m ntpguard ARGS` run as a child."""
+    out = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "ntpguard", *args],
+                         capture_output=True, text=True, env=run_cli_env, timeout=120)
+    rc, stderr, mib = json.loads(out.stdout)
+    return rc, stderr, mib
+
+
+def big_text(megabytes: int) -> bytes:
+    """Distinct valid scanner lines (/48s), ~30 bytes each: every line a kept entry."""
+    count = megabytes * 10**6 // 30
+    return "".join(f"2a00:{i >> 16:x}:{i & 0xFFFF:x}::/48 scanner # m\n"
+                   for i in range(count)).encode()
+
+
+@pytest.fixture
+def cli_env(tmp_path, state_dir):
+    def make(config_text: str) -> dict:
+        (tmp_path / "mem.toml").write_text(config_text)
+        return dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+                    NTPGUARD_STATE_DIR=str(state_dir), NTPGUARD_CONFIG=str(tmp_path / "mem.toml"))
+    return make
+
+
+def test_a_50_mb_import_stops_at_max_entries_in_bounded_memory(server, cli_env, state_dir):
+    """`list import URL` of 50 MB (1.7M entries) under its 64 MiB cap: it used to read and
+    parse all of it (1.8 GB) before counting; now it stops after max_entries (20,000 here)."""
+    server.put("/big.txt", big_text(50))
+    start = time.monotonic()
+    rc, stderr, mib = peak(cli_env("[lists]\nmax_entries = 20000\n"), "list", "import",
+                           server.base + "/big.txt", "--ca-file", server.ca)
+    print(f"import: peak {mib:.0f} MiB in {time.monotonic() - start:.1f} s")
+    assert mib < 100, f"peak {mib:.0f} MiB"
+    assert time.monotonic() - start < 10
+    assert rc == 2, stderr
+    assert stderr == (f"ntpguard: {server.base}/big.txt: list refused (1 problem): line 20001: "
+                      "more than max_entries 20000 entries (the rest was not read)\n")
+    assert not (state_dir / "lists").exists()
+
+
+@pytest.mark.parametrize("kind", ["text", "json", "one line"])
+def test_an_8_mib_subscription_is_refused_in_bounded_memory(server, cli_env, tmp_path, kind):
+    """8 MiB is the default max_bytes; what it holds is not bounded by that: 280k text
+    entries, 125k JSON ones, or one 8 MiB line. All stop early (max_entries 20,000; the
+    64 KiB line cap)."""
+    body = big_text(8)
+    if kind == "json":
+        lines = body.decode().splitlines()
+        body = json.dumps({"format": "ntpguard-list", "version": 1, "entries": [
+            {"address": ln.split()[0], "kind": "scanner"} for ln in lines[:125_000]]}).encode()
+    elif kind == "one line":
+        body = body.replace(b"\n", b" ")
+    assert len(body) < 8 << 20
+    server.put("/big", body)
+    conf = (f'[[lists.subscriptions]]\nname = "big"\nurl = "{server.base}/big"\n'
+            f'ca_file = "{server.ca}"\nmax_entries = 20000\n')
+    rc, stderr, mib = peak(cli_env(conf), "list", "fetch", "--json")
+    assert rc == 1, stderr
+    assert mib < 100, f"peak {mib:.0f} MiB"
+    print(f"{kind}: peak {mib:.0f} MiB")
+
+
+def test_malformed_url_is_a_one_line_error():
+    with pytest.raises(UsageError, match=r"^https://\[bad/x: not a usable URL: Invalid IPv6"):
+        fetch.fetch_url("https://[bad/x", timeout=2)
 
 
 def test_unreachable_is_reported_not_raised(tmp_path, state_dir):

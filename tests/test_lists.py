@@ -7,7 +7,9 @@ import json
 import os
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from ntpguard import config, lists
 from ntpguard.errors import ConfigError, UsageError
@@ -68,10 +70,13 @@ def test_conflicting_kinds_and_error_message_is_one_line_capped():
     problems = refused(b"2604:a880:1:20::a7:f001 harvester\n2604:a880:1:20::a7:f001 scanner\n")
     assert problems == ["line 2: 2604:a880:1:20::a7:f001 is listed as scanner here and as "
                         "harvester on line 1"]
-    many = "".join(f"2001:db8::{i:x} harvester\n" for i in range(1, 21)).encode()
+    many = "".join(f"2001:db8::{i:x} harvester\n" for i in range(1, 26)).encode()
     with pytest.raises(lists.ListError) as exc:
         lists.parse(many, "m.txt", LIM)
-    assert "and 15 more" in str(exc.value) and "20 problems" in str(exc.value)
+    # The line shows the first 20 and counts the rest; .problems (--json) has all 25.
+    assert "25 problems" in str(exc.value) and str(exc.value).endswith("; and 5 more")
+    assert "line 20:" in str(exc.value) and "line 21:" not in str(exc.value)
+    assert len(exc.value.problems) == 25
 
 
 def test_bad_encodings():
@@ -86,7 +91,7 @@ def test_bad_encodings():
 def test_max_entries_and_limits():
     body = "".join(f"2604:a880:1:20::{i:x} harvester\n" for i in range(1, 12)).encode()
     assert refused(body, lists.Limits(max_entries=10)) == [
-        "11 entries, more than max_entries 10"]
+        "line 11: more than max_entries 10 entries (the rest was not read)"]
     assert len(lists.parse(body, "x", lists.Limits(max_entries=11)).entries) == 11
     # Prefix limits come from [rules]; IPv4 too.
     assert "broader" in refused(b"198.51.0.0/17 scanner\n", lists.Limits(min_prefixlen_v4=24))[0]
@@ -254,3 +259,76 @@ def test_config_errors(text, key, word):
     with pytest.raises(ConfigError) as exc:
         config.parse(text, "c.toml")
     assert exc.value.key == key and word in exc.value.problem
+
+
+# -- streaming: a list parsed piece by piece as it arrives is parsed exactly as a whole ----------
+
+LINES = [b"2604:a880:1:20::a7:f001 harvester # caf\xc3\xa9\r", b"2604:a880:800:10::/64 scanner",
+         b"# comment", b"", b"  ", b"2001:db8::1 harvester", b"bad line here", b"\xff\xfe",
+         b"2604:a880:1:20::a7:f001 scanner", b"2604:a880:1:20::2\rx", b"1.2.3.4 harvester\x00",
+         b"\xe2\x82\xac", b"2604:a880:1:20::3 harvester", b"# a\rb", b"#\r", b"\t# x\x0b",
+         b"# \xe2\x80\xa8 2604:a880:1:20::4 harvester", b"# \xff", b"#\x00", b"#" * 300,
+         b"2604:a880:1:20::5 scanner\x0c2604:a880:1:20::6 scanner"]
+
+
+def _parsed_in_pieces(raw: bytes, cuts: list[int], limits: lists.Limits) -> object:
+    reader = lists.Reader("s", limits)
+    previous = 0
+    try:
+        for cut in [*sorted(cuts), len(raw)]:
+            reader.feed(raw[previous:cut])
+            previous = cut
+        p = reader.result()
+    except lists.ListError as exc:
+        return exc.problems
+    return (p.format, p.sha256, [(e.network, e.kind, e.comment, e.line, e.evidence,
+                                  e.first_seen) for e in p.entries])
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.lists(st.sampled_from(LINES), max_size=12), st.booleans(),
+                  st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+                  st.integers(min_value=1, max_value=12))
+def test_text_fed_in_pieces_parses_as_a_whole(lines, bom, cuts, max_entries):
+    raw = (b"\xef\xbb\xbf" if bom else b"") + b"\n".join(lines)
+    limits = lists.Limits(max_entries=max_entries)
+    cuts = [c % (len(raw) + 1) for c in cuts]
+    assert _parsed_in_pieces(raw, cuts, limits) == _parsed_in_pieces(raw, [], limits)
+
+
+ITEMS = ['{"address": "2604:a880:1:20::1", "kind": "harvester", "comment": "\\u00e9t\\u00e9 €",'
+         ' "evidence": {"scans": 10}, "first_seen": "2016-01-13T19:32:25Z"}',
+         '{"address": "2604:a880:800:10::/64", "kind": "scanner"}', "1", '"x"', "[[[[]]]]",
+         '{"address": "2001:db8::1", "kind": "scanner"}', '{"address": 3}',
+         '{"address": "2604:a880:1:20::1", "kind": "harvester"}', "12345678901234567890",
+         '{"kind": "scanner", "address": "2604:a880:1:20::9", "evidence": {"a": -1}}']
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.lists(st.sampled_from(ITEMS), max_size=8),
+                  st.sampled_from(['"format": "ntpguard-list", "version": 1',
+                                   '"version": 1, "x": [1, {"y": "}"}], "format": "ntpguard-list"',
+                                   '"format": "other", "version": 1']),
+                  st.sampled_from([" ", "\n  ", ""]),
+                  st.sampled_from(["", "}", " x", "\n"]),
+                  st.lists(st.integers(min_value=0, max_value=1000), max_size=6))
+def test_json_fed_in_pieces_parses_as_a_whole(items, header, space, tail, cuts):
+    raw = ("{" + header + "," + space + '"entries": [' + ("," + space).join(items) + "]}"
+           + tail).encode()
+    cuts = [c % (len(raw) + 1) for c in cuts]
+    assert _parsed_in_pieces(raw, cuts, LIM) == _parsed_in_pieces(raw, [], LIM)
+
+
+def test_json_caps_and_odd_values():
+    head = b'{"format": "ntpguard-list", "version": 1, "entries": ['
+    long_comment = b'{"address": "2604:a880:1:20::1", "kind": "harvester", "comment": "' \
+        + b"a" * 20000 + b'"}]}'
+    assert refused(head + long_comment) == [
+        "line 1: a JSON value longer than 16384 bytes (not a list entry)"]
+    assert refused(head + b"[" * 5000 + b"]" * 5000 + b"]}") == [
+        "line 1: invalid JSON: nested too deeply"]
+    assert refused(head + b"1" * 5000 + b"]}") == [
+        "line 1: invalid JSON: a number with too many digits"]
+    assert refused(b'{"format": "ntpguard-list", "version": 1, "entries": []} x') == [
+        "line 1: invalid JSON: extra data after the list"]
+    assert refused(b"x" * 70000) == ["line 1: longer than 65536 bytes (not a list)"]

@@ -452,7 +452,7 @@ def test_nft_without_python_nftables_uses_nft_command(clean_rules):
         p = P.build([S.ServerStatus.of({CLEAN6!r}, "clean")],
                     [P.PrefixEntry("2001:db8:666::/48", "t")], [], Rules(), P.HostFacts())
         b = NftBackend({str(r.workdir)!r})
-        assert b.nft.via == "nft -f -"
+        assert b.nft.via == "nft -f FILE"
         print(b.apply(p).action, b.apply(p).action)
         print("shown" if "chain ntp" in b.show() else "not shown")
     """)

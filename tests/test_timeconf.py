@@ -343,3 +343,23 @@ def test_servers_in_an_enforced_harvester_list_are_never_chosen(state_dir):
                          [(listed, 6), ("2a01:4f8:1::1", 6), ("2a01:4f8:2::1", 6)], now)
         chosen, _ = timeconf.choose(config.Config(), st, now)
     assert listed not in chosen and set(chosen) == {"2a01:4f8:1::1", "2a01:4f8:2::1"}
+
+
+@pytest.mark.parametrize("kind", ["symlink to /dev/zero", "fifo", "huge"])
+def test_a_drop_in_that_is_not_ntpguards_file_is_refused_in_one_line(run_cli, tmp_path, kind):
+    """The drop-in path is read before it is rewritten: a link there (to /dev/zero, say), a
+    FIFO nobody writes or a huge file must not hang, exhaust memory or be written through."""
+    path = tmp_path / "ntpguard.sources"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "huge":
+        path.write_bytes(b"#" * (timeconf.MAX_DROPIN_BYTES + 1))
+    else:
+        path.symlink_to("/dev/zero")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[servers]\ntrusted = ["2a01:4f8::7"]\n')
+    out = run_cli("timeconf", "--format", "chrony", "--write", "--no-reload", "--path", path,
+                  config=cfg, timeout=20)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.count("\n") == 1 and str(path) in out.stderr and "refused" in out.stderr
+    assert os.path.islink(path) if kind.startswith("symlink") else not os.path.islink(path)

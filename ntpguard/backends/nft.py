@@ -17,14 +17,16 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ntpguard import commands
 from ntpguard.backends import Result
-from ntpguard.errors import FirewallError
-from ntpguard.files import atomic_write
+from ntpguard.errors import FirewallError, UnsafePathError
+from ntpguard.files import atomic_write, read_regular
 from ntpguard.plan import PROBE_MARK, Plan, PrefixSet
 
 FAMILY, TABLE = "inet", "ntpguard"
@@ -188,7 +190,16 @@ def rules_for(plan: Plan) -> Rendered:
 
 
 class Nft:
-    """libnftables through Debian's python3-nftables where importable, else `nft -f -`."""
+    """libnftables through Debian's python3-nftables where importable, else `nft -f FILE`.
+
+    Either way a change is one netlink batch, which the kernel commits whole or not at all.
+    libnftables parses the whole text in this process and sends the batch in one sendmsg(), so
+    a kill leaves the old table or the new one. The nft command gets the transaction as a
+    private file written in full before nft starts: through a pipe (`nft -f -`), nft commits
+    whatever complete lines it has when its input ends, so killing ntpguard mid-write left a
+    partial table (measured on a 15,504-prefix apply: 81 sets created, 14 of them filled).
+    A killed ntpguard's nft goes on with the whole file and commits the new table.
+    """
 
     def __init__(self) -> None:
         self._lib: Any = None
@@ -206,7 +217,7 @@ class Nft:
 
     @property
     def via(self) -> str:
-        return "libnftables" if self._lib is not None else "nft -f -"
+        return "libnftables" if self._lib is not None else "nft -f FILE"
 
     def run(self, text: str, json_out: bool = False, reading: bool = False) -> str:
         """Run commands as one transaction; FirewallError with nft's message on failure."""
@@ -218,10 +229,12 @@ class Nft:
                 self._lib.set_json_output(False)
         else:
             flags = ["-j"] if json_out else []
-            # `nft -j -f -` prints nothing for list commands: reads go on the command line.
-            cmd = ["nft", *flags, *text.split()] if reading else ["nft", *flags, "-f", "-"]
-            proc = commands.run(cmd, input=None if reading else text, check=False,
-                                error=FirewallError)
+            if reading:
+                # `nft -j -f FILE` prints nothing for list commands: reads go on the command line.
+                proc = commands.run(["nft", *flags, *text.split()], check=False,
+                                    error=FirewallError)
+            else:
+                proc = self._run_file(text, flags)
             rc, out, err = proc.returncode, proc.stdout, proc.stderr
         if rc != 0:
             first = next((ln for ln in (err or "").splitlines() if ln.strip()), f"exit {rc}")
@@ -229,6 +242,21 @@ class Nft:
                 raise FirewallError(f"nft {text.split(chr(10))[0]!r} failed: {first.strip()}")
             raise FirewallError(f"nft refused the change, nothing was changed: {first.strip()}")
         return out or ""
+
+    @staticmethod
+    def _run_file(text: str, flags: list[str]) -> subprocess.CompletedProcess[str]:
+        """`nft -f FILE` with the whole transaction written (and flushed) before nft starts.
+
+        FILE is a temporary file without a name (TemporaryFile: O_TMPFILE, mode 0600) that nft
+        opens as /proc/self/fd/N, so nobody else can read the ruleset and nothing is left on
+        disk, not even when ntpguard is killed while nft runs.
+        """
+        with tempfile.TemporaryFile(prefix="ntpguard-nft-") as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            fd = fh.fileno()
+            return commands.run(["nft", *flags, "-f", f"/proc/self/fd/{fd}"], pass_fds=(fd,),
+                                check=False, error=FirewallError)
 
     def table_exists(self) -> bool:
         out = self.run(f"list tables {FAMILY}", reading=True)
@@ -257,10 +285,11 @@ def _load_cache(path: Optional[str]) -> Optional[dict[str, Any]]:
     if not path:
         return None
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return None
+        # A planted link or a FIFO here must not be followed or hang the apply; the cache is
+        # as big as the sets (100k prefixes: ~4 MB).
+        data = json.loads(read_regular(path, 256 << 20))
+    except (OSError, ValueError, UnsafePathError):
+        return None  # no trusted cache: the apply replaces the whole table
     if not isinstance(data, dict) or not {"token", "skeleton", "sets"} <= data.keys():
         return None
     return data

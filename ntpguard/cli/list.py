@@ -10,7 +10,7 @@ from typing import Sequence
 from ntpguard import fetch, lists
 from ntpguard.cli import Context, Subparsers
 from ntpguard.cli._fmt import iso, table
-from ntpguard.errors import UsageError
+from ntpguard.errors import NtpguardError, UsageError
 from ntpguard.files import atomic_write
 
 
@@ -42,6 +42,8 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     imp.add_argument("--pubkey", default="",
                      help="minisign public key (RW...); needs SOURCE.minisig")
     imp.add_argument("--ca-file", default="", help="CA certificates for an https:// URL")
+    imp.add_argument("--json", action="store_true",
+                     help="print JSON; a refused list's every problem is in \"problems\"")
     imp.set_defaults(func=run_import)
 
     fet = lsub.add_parser("fetch", parents=[common], help="refresh the subscriptions now")
@@ -103,15 +105,30 @@ def run_show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def run_import(ctx: Context, args: argparse.Namespace) -> int:
-    # The lock keeps an import from interleaving with a running `sync` that reads the lists.
-    with ctx.open_state(write=True):
-        name, parsed = fetch.import_source(
-            ctx.config, ctx.state_dir, args.source, name=args.name, kind=args.kind,
-            trust=args.trust, ca_file=args.ca_file, sha256=args.sha256, pubkey=args.pubkey,
-            fmt=args.format,
-        )
-    print(f"list {name}: {len(parsed.entries)} entries ({_counts(parsed.entries)}), "
-          f"{args.trust}")
+    from ntpguard.cli import print_json
+
+    try:
+        # The lock keeps an import from interleaving with a running `sync` that reads the lists.
+        with ctx.open_state(write=True):
+            name, parsed = fetch.import_source(
+                ctx.config, ctx.state_dir, args.source, name=args.name, kind=args.kind,
+                trust=args.trust, ca_file=args.ca_file, sha256=args.sha256, pubkey=args.pubkey,
+                fmt=args.format,
+            )
+    except NtpguardError as exc:
+        # stderr still gets the one line (first 20 problems); stdout gets all of them.
+        if args.json:
+            print_json({"ok": False, "error": str(exc),
+                        "problems": list(getattr(exc, "problems", ()))})
+        raise
+    harvesters = sum(1 for e in parsed.entries if e.kind == "harvester")
+    if args.json:
+        print_json({"ok": True, "name": name, "entries": len(parsed.entries),
+                    "harvesters": harvesters, "scanners": len(parsed.entries) - harvesters,
+                    "trust": args.trust})
+    else:
+        print(f"list {name}: {len(parsed.entries)} entries ({_counts(parsed.entries)}), "
+              f"{args.trust}")
     return 0
 
 
