@@ -88,18 +88,10 @@ def detect_sources(sources: list[str], settings: Detect, fmt: str = "auto",
             gc.enable()
     scans: list[Scan] = []
     contacts = Contacts()
-    first = contacts.first
     formats: dict[str, int] = {}
     for part in parts:
         scans.extend(part["scans"])
-        for key, t in part["first"].items():
-            if key not in first or t < first[key]:
-                first[key] = t
-        if part["start"] is not None:
-            contacts.start = part["start"] if contacts.start is None else min(
-                contacts.start, part["start"])
-            contacts.end = part["end"] if contacts.end is None else max(
-                contacts.end, part["end"])
+        contacts.merge(part["contacts"])
         stats.add(part["stats"])
         for k, v in part["formats"].items():
             formats[k] = formats.get(k, 0) + v
@@ -119,7 +111,7 @@ def _share(job: tuple[Share, Detect]) -> dict:
     path, ref, fmt, boot_time = share.path, share.reference_time, share.fmt, share.boot_time
     warm, lo, hi, t_lo, t_hi = share.warm, share.lo, share.hi, share.t_lo, share.t_hi
     parser = LineParser(fmt, reference_time=ref, boot_time=boot_time)
-    det = Detector(settings)
+    det = Detector(settings, count_from=t_lo, count_until=t_hi)
     marks: list[ReadStats] = []
     end = [lo]
 
@@ -148,8 +140,7 @@ def _share(job: tuple[Share, Detect]) -> dict:
     stats = ReadStats(b.lines - a.lines, b.events - a.events,
                       b.not_netfilter - a.not_netfilter, b.garbled - a.garbled,
                       b.untimed - a.untimed)
-    c = det.contacts
-    return {"scans": scans, "first": c.first, "start": c.start, "end": c.end, "stats": stats,
+    return {"scans": scans, "contacts": det.contacts, "stats": stats,
             "formats": parser.format_counts, "end_offset": end[0]}
 
 

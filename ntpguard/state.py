@@ -690,7 +690,7 @@ class State:
         for address, server, t in self.conn.execute(
                 "SELECT address, server, first_time FROM detect_contacts"):
             if _all(str, address, server) and isinstance(t, _NUMBER):
-                contacts.first[(address, server)] = float(t)
+                contacts.runs[(address, server)] = [float(t), float(t), 1]
         row = self.conn.execute(
             "SELECT min(first_time), max(last_time) FROM detect_coverage").fetchone()
         if row and _all(_NUMBER, *row):

@@ -76,7 +76,9 @@ def generate(sc: Scenario, seed: int, truth: Optional[Truth] = None) -> Iterator
             seq += 1
 
     scanned: set[str] = set()
-    out_if, in_if = ("eth1", "eth0") if sc.gateway else ("eth0", "")
+    # A host's own packets leave by eth0 (IN= empty); a gateway forwards its LAN's (eth1)
+    # to the internet (eth0) and the scans back.
+    out_if, in_if = ("eth0", "eth1") if sc.gateway else ("eth0", "")
 
     def ntp_line(src: str, dst: str, sport: int) -> str:
         return _packet(f"IN={in_if} OUT={out_if}" if sc.gateway else f"IN= OUT={out_if}",

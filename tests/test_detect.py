@@ -226,3 +226,61 @@ def test_parallel_split_equals_sequential(tmp_path, name, workers):
     assert (st1.lines, st1.events, st1.garbled, st1.not_netfilter) == \
         (st2.lines, st2.events, st2.garbled, st2.not_netfilter)
     assert p1.offset == p2.offset == log.stat().st_size - len("partial line without newline")
+
+
+# -- direction ------------------------------------------------------------------------------
+
+def _fwd(t, src, dst, dport, iface_in, iface_out, sport=40000, proto="UDP"):
+    return Event(t, src, dst, proto, sport, dport, iface_in, iface_out, "fwd")
+
+
+def test_inbound_ntp_is_never_a_contact_and_outbound_probes_no_scan():
+    remote = [Event(10.0 + i, f"2a02:{i:x}::7", HOST, "UDP", 40000 + i, 123, "eth0", "", "in")
+              for i in range(50)]
+    swept = [Event(100.0 + i / 10, HOST, SERVER, "TCP", 50000, p, "", "eth0", "out")
+             for i, p in enumerate(range(1, 60))]
+    scans, contacts = detect([*remote, ntp(90.0), *swept], Detect())
+    assert contacts.runs == {(HOST, SERVER): [90.0, 90.0, 1]}  # not the 50 remote senders
+    assert scans == []  # the host probing a server's ports is no scan of a local address
+
+
+def _gateway_events(lan: str, wan: str) -> list[Event]:
+    """LAN hosts polling servers through a router, inbound NTP noise forwarded to them, and a
+    scan of one LAN address 20 s after it polled a server."""
+    hosts = [f"2001:db8:1:2::{i:x}" for i in range(1, 5)]
+    servers = [f"2001:db8:{0x100 + i:x}::123" for i in range(12)]
+    ev = []
+    for k, h in enumerate(hosts):
+        for j, s in enumerate(servers[k * 3:k * 3 + 3]):
+            for poll in range(5):
+                ev.append(_fwd(1.0 + k + j / 10 + 64 * poll, h, s, 123, lan, wan))
+    for i in range(40):  # amplification probes from all over
+        ev.append(_fwd(5.0 + i * 7, f"2a0{i % 9}:{i:x}::1", hosts[i % 4], 123, wan, lan))
+    ev += [_fwd(160.0 + p / 100, SCANNER, hosts[0], p, wan, lan, proto="TCP")
+           for p in range(1, 101)]
+    return sorted(ev)
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_gateway_sides_configured_or_learned(configured):
+    """Forwarded packets: the LAN side from [detect] lan_interfaces, or learned from the log
+    (no configuration: the LAN's NTP names br-lan the LAN within seconds)."""
+    st = Detect(lan_interfaces=("br-lan",)) if configured else Detect()
+    scans, contacts = detect(_gateway_events("br-lan", "ppp0"), st)
+    assert {a for a, _ in contacts.runs} == {f"2001:db8:1:2::{i:x}" for i in range(1, 5)}
+    assert contacts.runs[("2001:db8:1:2::1", "2001:db8:100::123")][2] == 5
+    (scan,) = scans
+    assert scan.dst == "2001:db8:1:2::1" and scan.ports == 100
+    assert {t.server for t in scan.triggers} == {f"2001:db8:{0x100 + i:x}::123"
+                                                 for i in range(3)}
+
+
+def test_local_prefixes_decide_lines_without_interfaces():
+    """A shipper that dropped IN=/OUT=: the configured (or learned) local prefixes decide."""
+    bare = [Event(1.0, HOST, SERVER, "UDP", 123, 123, "", "", ""),
+            Event(2.0, "2a02::7", HOST, "UDP", 5000, 123, "", "", "")]
+    _, learned = detect([ntp(0.5, dst=OTHER), *bare], Detect())
+    _, configured = detect(bare, Detect(local_prefixes=("2001:db8:a::/48",)))
+    for contacts in (learned, configured):
+        assert ("2a02::7", HOST) not in contacts.runs
+        assert (HOST, SERVER) in contacts.runs

@@ -33,6 +33,16 @@ static Py_ssize_t find(const char *line, Py_ssize_t len, const char *needle, Py_
     return hit ? (Py_ssize_t)(hit - line) : -1;
 }
 
+/* Index of the last needle in line[from:to), or -1 (bytes.rfind with bounds). */
+static Py_ssize_t rfind(const char *line, Py_ssize_t len, const char *needle, Py_ssize_t nlen,
+                        Py_ssize_t from, Py_ssize_t to) {
+    if (to > len) to = len;
+    if (from < 0) from = 0;
+    for (Py_ssize_t i = to - nlen; i >= from; i--)
+        if (line[i] == needle[0] && memcmp(line + i, needle, (size_t)nlen) == 0) return i;
+    return -1;
+}
+
 /* "SPT=123" exactly as f"SPT={n}" prints a port 0..65535 (no sign, no leading zero). */
 static long port(const char *p, Py_ssize_t n, const char *tag) {
     if (n < 5 || n > 9 || memcmp(p, tag, 4) != 0) return -1;
@@ -82,6 +92,11 @@ typedef struct {
     int n_protos;
     double last_t;
     PyObject *last_time; /* owned */
+    /* The last interface text ("eth1 OUT=eth0") and its (iface_in, iface_out) strs: a log
+     * has a handful of these, mostly one after another. */
+    char iface_text[64];
+    Py_ssize_t iface_len;
+    PyObject *iface_in, *iface_out; /* owned */
 } Ctx;
 
 static PyObject *PORTS[65536]; /* port numbers as ints, made once */
@@ -285,7 +300,7 @@ static PyObject *time_object(Ctx *x, double t) {
 
 static PyObject *packet(Ctx *x, double t, PyObject *src, PyObject *dst, PyObject *proto,
                         long sport, long dport) {
-    PyObject *tup = PyTuple_New(6);
+    PyObject *tup = PyTuple_New(8);
     if (tup == NULL) return NULL;
     PyObject *ft = time_object(x, t);
     PyObject *sp = sport < 0 ? (Py_INCREF(Py_None), Py_None) : port_object(sport);
@@ -306,6 +321,10 @@ static PyObject *packet(Ctx *x, double t, PyObject *src, PyObject *dst, PyObject
     PyTuple_SetItem(tup, 3, proto);
     PyTuple_SetItem(tup, 4, sp);
     PyTuple_SetItem(tup, 5, dp);
+    Py_INCREF(x->iface_in);
+    Py_INCREF(x->iface_out);
+    PyTuple_SetItem(tup, 6, x->iface_in);
+    PyTuple_SetItem(tup, 7, x->iface_out);
     return tup;
 }
 
@@ -323,11 +342,13 @@ static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
     }
     double t;
     int kind;
+    Py_ssize_t b0; /* where the message starts, after the stamp */
     if (x->syslog_ok && s > 15 && c[3] == ' ' && c[9] == ':') {
         /* "Mmm dd HH:MM:SS": the minute is the first 12 bytes. */
         int rc = stamp(&x->sys_minute, c, 15, 12, x->sys_time, &t);
         if (rc != 0) return rc < 0 ? -1 : 0;
         kind = 1;
+        b0 = 16;
     } else if (x->iso_ok && len > 20 && c[4] == '-' && c[10] == 'T' && c[19] == '.') {
         Py_ssize_t sp, j;
         if (len > 32 && c[32] == ' ' && (c[26] == '+' || c[26] == '-')) {
@@ -360,8 +381,35 @@ static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
         if (rc != 0) return rc < 0 ? -1 : 0;
         t = base + (double)frac / POW10[j - 20];
         kind = 2;
+        b0 = sp + 1;
     } else {
         return 0;
+    }
+    /* The interfaces, as the full parser finds them: IN= is the last one before the last
+     * " OUT=" (prefixes may hold either text); lines without both, or with non-ASCII names,
+     * are the full parser's. */
+    Py_ssize_t o = rfind(c, len, " OUT=", 5, b0, s);
+    Py_ssize_t i = o < 0 ? -1 : rfind(c, len, "IN=", 3, b0, o);
+    if (i < 0) return 0;
+    Py_ssize_t oe = find(c, len, " ", 1, o + 5, s + 1);
+    if (oe < 0) return 0;
+    Py_ssize_t ilen = oe - i - 3;
+    if (ilen != x->iface_len || memcmp(x->iface_text, c + i + 3, (size_t)ilen) != 0) {
+        if (ilen > (Py_ssize_t)sizeof x->iface_text) return 0;
+        for (Py_ssize_t k = i + 3; k < oe; k++)
+            if ((unsigned char)c[k] >= 128) return 0;
+        PyObject *in = PyUnicode_FromStringAndSize(c + i + 3, o - i - 3);
+        PyObject *out = in == NULL ? NULL : PyUnicode_FromStringAndSize(c + o + 5, oe - o - 5);
+        if (out == NULL) {
+            Py_XDECREF(in);
+            return -1;
+        }
+        Py_XDECREF(x->iface_in);
+        Py_XDECREF(x->iface_out);
+        x->iface_in = in;
+        x->iface_out = out;
+        memcpy(x->iface_text, c + i + 3, (size_t)ilen);
+        x->iface_len = ilen;
     }
     /* The body: " SRC=a DST=b ... PROTO=p [SPT=n DPT=m ...]". */
     Py_ssize_t e = find(c, len, " ", 1, s + 5, len);
@@ -440,7 +488,8 @@ static int load_protos(Ctx *x, PyObject *protos) {
 PyDoc_STRVAR(cut_doc,
 "cut(block, protos, canonical, sys_time, iso_time, slow, syslog_ok, iso_ok)\n"
 "-> (packets, n_syslog, n_rfc3339, n_not_netfilter)\n\n"
-"Packets (t, src, dst, proto, sport, dport) of a list of raw lines, in order. protos:\n"
+"Packets (t, src, dst, proto, sport, dport, iface_in, iface_out) of a list of raw lines,\n"
+"in order. protos:\n"
 "PROTO= bytes -> (name, has ports); canonical(raw) -> str ('' if not an address), for the\n"
 "address forms not done here; sys_time(b'Mmm dd HH:MM:SS') and\n"
 "iso_time(b'YYYY-MM-DDTHH:MM:SS<offset>') -> epoch seconds or None; slow(line) -> packet or\n"
@@ -482,6 +531,8 @@ static PyObject *cut(PyObject *self, PyObject *argv) {
     for (int i = 0; i < ADDR_SLOTS; i++) Py_XDECREF(x.slots[i].value);
     PyMem_Free(x.slots);
     Py_XDECREF(x.last_time);
+    Py_XDECREF(x.iface_in);
+    Py_XDECREF(x.iface_out);
     if (failed) {
         Py_XDECREF(out);
         return NULL;

@@ -159,6 +159,7 @@ class LineParser:
         self._bsd_b: dict[bytes, float] = {}
         self._iso_b: dict[bytes, float] = {}
         self._iso6: dict[bytes, tuple[bytes, float]] = {}
+        self._ifc: dict[bytes, tuple[str, str]] = {}
         self._bsd_min: dict[str, float] = {}
         self._bsd_min_b: dict[bytes, float] = {}
         self._iso_min: dict[str, float] = {}
@@ -236,6 +237,7 @@ class LineParser:
         ported = _PORTED
         spt, dpt = _SPT, _DPT
         new = _new_tuple
+        ifaces = self._ifc
         syslog_ok = self.format != "rfc3339"
         iso_ok = self.format != "syslog"
         for block in blocks:
@@ -258,6 +260,7 @@ class LineParser:
                 t = bsd.get(line[:15])
                 if t is not None and s > 15:  # a known stamp (only syslog ones are cached)
                     is_sys = True
+                    b0 = 16
                 elif line[3:4] == b" " and line[9:10] == b":" and s > 15 and syslog_ok:
                     # A new second (a busy log has one every few lines).
                     t = sys_stamp(line[:15])
@@ -267,6 +270,7 @@ class LineParser:
                             app(ev)
                         continue
                     is_sys = True
+                    b0 = 16
                 elif s > 32 and line[32:33] == b" " and line[26:27] == b"+" and iso_ok and \
                         iso6.get(line[:16], _NONE)[0] == line[26:32] and \
                         line[16:17] == b":" and line[19:20] == b"." and \
@@ -275,6 +279,7 @@ class LineParser:
                     # offset; int/1e6 is the same double as float(".061068").
                     t = iso6[line[:16]][1] + _SS[line[17:19]] + int(line[20:26]) / 1e6
                     is_sys = False
+                    b0 = 33
                 elif line[4:5] == b"-" and line[10:11] == b"T" and line[19:20] == b"." \
                         and iso_ok:
                     # RFC 3339 with a fraction and an offset: whole seconds cached, the
@@ -303,6 +308,7 @@ class LineParser:
                         iso6[line[:16]] = (line[26:32], base - _SS[line[17:19]])
                     t = base + float(line[19:j])
                     is_sys = False
+                    b0 = sp + 1
                 else:
                     ev = slow(line)
                     if ev is not None:
@@ -316,6 +322,20 @@ class LineParser:
                     if ev is not None:
                         app(ev)
                     continue
+                # The interfaces, as the full parser's _ifaces() finds them: IN= is the last
+                # one before the last " OUT=" (prefixes may hold either text). Cached on the
+                # text from IN='s value to OUT='s end ("eth1 OUT=eth0"): a log has a few.
+                o = line.rfind(b" OUT=", b0, s)
+                i = line.rfind(b"IN=", b0, o) if o >= 0 else -1
+                ifc = ifaces.get(line[i + 3:line.find(b" ", o + 5, s + 1)]) if i >= 0 else None
+                if ifc is None:
+                    ifc = self._ifaces_b(line[i + 3:line.find(b" ", o + 5, s + 1)], o - i - 3) \
+                        if i >= 0 else None
+                    if ifc is None:
+                        ev = slow(line)
+                        if ev is not None:
+                            app(ev)
+                        continue
                 src = addr.get(line[s + 5:e]) or self._canonical_b(line[s + 5:e])
                 dst = addr.get(line[e + 5:e2]) or self._canonical_b(line[e + 5:e2])
                 # "UDP SPT=123 DPT=123 LEN=56": at most 28 bytes to the space after DPT.
@@ -334,9 +354,9 @@ class LineParser:
                         if ev is not None:
                             app(ev)
                         continue
-                    app(new(Packet, (t, src, dst, proto, sport, dport)))
+                    app(new(Packet, (t, src, dst, proto, sport, dport, *ifc)))
                 else:
-                    app(new(Packet, (t, src, dst, proto, None, None)))
+                    app(new(Packet, (t, src, dst, proto, None, None, *ifc)))
                 if is_sys:
                     n_sys += 1
                 else:
@@ -368,6 +388,17 @@ class LineParser:
             counts["syslog"] = counts.get("syslog", 0) + n_sys
         if n_iso:
             counts["rfc3339"] = counts.get("rfc3339", 0) + n_iso
+
+    def _ifaces_b(self, raw: bytes, split: int) -> Optional[tuple[str, str]]:
+        """(iface_in, iface_out) of b"IN_VALUE OUT=OUT_VALUE" (OUT= at split), cached; None
+        for the full parser if not ASCII (where decoding could differ)."""
+        if not raw.isascii() or split < 0:
+            return None
+        got = (raw[:split].decode(), raw[split + 5:].decode())
+        if len(self._ifc) > 1024:  # a log has a handful; a hostile one must not grow it
+            self._ifc.clear()
+        self._ifc[raw] = got
+        return got
 
     def _sys_stamp_b(self, key: bytes) -> Optional[float]:
         """A syslog stamp (b"Mmm dd HH:MM:SS") → time, as the Python fast path finds it."""
