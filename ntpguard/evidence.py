@@ -1,8 +1,8 @@
 """Firewall logs → stored evidence → detection verdicts; the one ingest step.
 
 `ingest(state, sources, settings)` reads each source from where the last run stopped, detects,
-and stores the facts (first contacts, scans with their triggers, covered time) through
-state.py; `compute_verdicts(state, settings)` builds group tests from every fact stored so far.
+and stores the facts (contacts, scans with their triggers, covered time) through state.py;
+`compute_verdicts(state, settings)` weighs every fact stored so far (verdict.attribute).
 Keys make re-ingesting a no-op, so a lost position costs time, never double counting. Used by
 `ntpguard detect --record` and `sync`.
 """
@@ -24,7 +24,7 @@ from ntpguard.logs.sources import Position, range_blocks
 from ntpguard.logs.split import Share, plan_shares
 from ntpguard.state import State
 from ntpguard.status import DETECT, Status, Verdict
-from ntpguard.verdict import Estimates, Finding, build_tests, decide
+from ntpguard.verdict import Estimates, Finding, attribute
 
 
 @dataclass
@@ -164,9 +164,8 @@ def compute_verdicts(state: State, settings: Detect, record: bool = True,
     """Findings from all stored evidence; with record, a 'detect' verdict is added for each
     server whose status changed since its last one (the history stays small)."""
     contacts = state.contacts()
-    tests, unattributed = build_tests(contacts.first, state.scans(), contacts.end,
-                                      settings.lookback, state.probe_addresses())
-    findings, estimates = decide(tests, settings, unattributed)
+    findings, estimates = attribute(contacts.runs, state.scans(), contacts.end, settings,
+                                    state.probe_addresses())
     if record:
         now = time.time() if now is None else now
         latest = state.latest_verdicts()

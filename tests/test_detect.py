@@ -13,7 +13,7 @@ from ntpguard.config import Detect
 from ntpguard.detect import detect
 from ntpguard.logs import Event
 from ntpguard.logs.parse import LineParser
-from ntpguard.verdict import build_tests, decide
+from ntpguard.verdict import attribute
 
 sys.path.insert(0, str(Path(__file__).parent))
 from loggen import Scenario, Truth, generate
@@ -73,7 +73,7 @@ def test_lookback_bounds_triggers():
     assert [t.server for t in scan.triggers] == [OTHER]
 
 
-def test_group_testing_sole_and_explaining_away():
+def test_attribution_sole_and_explaining_away():
     st = Detect()
     first = {}
     scans = []
@@ -89,13 +89,14 @@ def test_group_testing_sole_and_explaining_away():
         else:
             for k, s in enumerate((f"x{i - 1}", f"y{i - 1}", "z")):
                 first[(a, s)] = t0 + k
-    tests, unattributed = build_tests(first, scans, 200_000.0, st.lookback)
-    verdicts, est = decide(tests, st, unattributed)
+    runs = {k: [t, t, 1] for k, t in first.items()}
+    verdicts, est = attribute(runs, scans, 200_000.0, st)
     assert verdicts["H"].status == "harvester"
     assert (verdicts["H"].positive, verdicts["H"].negative) == (6, 0)
+    assert verdicts["H"].explained > 5.5  # the scans are its, not its group's
     assert all(v.status != "harvester" for k, v in verdicts.items() if k != "H")
     assert verdicts["z"].status == "clean"
-    assert est.harvest_rate >= 0.9 and est.lag_median == pytest.approx(30.0)
+    assert est.harvest_rate >= 0.9 and est.lag_median == pytest.approx(30.0, abs=5.0)
 
 
 def _run(sc: Scenario, seed: int):
@@ -104,15 +105,12 @@ def _run(sc: Scenario, seed: int):
     lines = list(generate(sc, seed, truth))
     parser = LineParser(reference_time=sc.start + sc.duration)
     scans, contacts = detect(parser.parse_lines(lines), st)
-    tests, unattributed = build_tests(contacts.first, scans, contacts.end, st.lookback)
-    verdicts, _ = decide(tests, st, unattributed)
+    verdicts, _ = attribute(contacts.runs, scans, contacts.end, st)
     flagged = {s for s, v in verdicts.items() if v.status == "harvester"}
     noticed = {s for s, v in verdicts.items() if v.status in ("harvester", "suspect")}
     # A harvester is findable only if the log shows it: at least 2 scans it triggered.
-    findable = {s for s in truth.harvesters if s in verdicts and verdicts[s].positive >= 2
-                and verdicts[s].sole + verdicts[s].positive >= 2}
-    wrongly_clean = {s for s in truth.harvesters if verdicts.get(s) and
-                     verdicts[s].status == "clean"}
+    findable = {s for s, n in truth.scans_by.items() if n >= 2}
+    wrongly_clean = {s for s in findable if verdicts.get(s) and verdicts[s].status == "clean"}
     return flagged, noticed, truth, findable, wrongly_clean, parser.stats
 
 
@@ -150,11 +148,13 @@ def test_precision_and_recall_over_seeds(name):
     print(f"{name}: precision {precision:.2f} recall(findable) {recall:.2f} "
           f"({found_findable}/{findable_total}), harvesters called clean {wrongly_clean}")
     assert precision >= 0.9
-    assert recall >= 0.5
+    assert recall >= 0.9
     assert findable_total > 0
-    # A harvester called clean gets NTP traffic and the time daemon's preference. Over 5
-    # seeds at most one, a half-rate harvester whose few scans others explain (was 3).
-    assert wrongly_clean <= 1
+    # A harvester called clean gets NTP traffic and the time daemon's preference: never one
+    # that the log shows triggering two scans. (These scenarios' scanner sweeps an address
+    # once whoever reported it, so a harvester's scans can hide behind another's: over 5
+    # seeds at most one; benchmarks/attribution.py has the per-harvester scanners.)
+    assert wrongly_clean <= (0 if sc.cooldown == "harvester" else 1)
 
 
 def test_cli_json_and_record_never_double_counts(tmp_path, run_cli):
@@ -171,11 +171,17 @@ def test_cli_json_and_record_never_double_counts(tmp_path, run_cli):
     assert scans and servers
     assert set(scans[0]) == {"type", "start", "end", "src", "dst", "ports", "packets",
                              "triggers"}
-    assert set(servers[0]) == {"type", "address", "status", "positive", "negative", "sole"}
+    assert set(servers[0]) == {"type", "address", "status", "positive", "negative", "sole",
+                               "probability", "harvest_rate", "explained"}
+    (model,) = [o for o in objs if o["type"] == "model"]
+    assert model["lag_median"] is not None and 0 < model["harvest_rate"] <= 1
     first = run_cli("detect", "--json", "--record", log)
     again = run_cli("detect", "--json", "--record", log)  # nothing new: same verdicts
     assert first.returncode == again.returncode == 0, again.stderr
-    srv = lambda r: sorted(x for x in r.stdout.splitlines() if '"type": "server"' in x)  # noqa: E731
+    def srv(r):  # the verdicts (the fitted probabilities may differ in the last digit)
+        return sorted((o["address"], o["status"], o["positive"], o["negative"], o["sole"])
+                      for o in map(json.loads, r.stdout.splitlines()) if o["type"] == "server")
+
     assert srv(first) == srv(again) == srv(out)
     assert '"scan"' not in again.stdout  # the file was already read to its end
     human = run_cli("detect", log)

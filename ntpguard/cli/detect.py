@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import datetime
 import time
-from typing import Any, Optional
+from typing import Any
 
 from ntpguard.cli import Context, Subparsers, print_json
 from ntpguard.cli._fmt import table
@@ -16,7 +16,8 @@ from ntpguard.errors import UsageError
 from ntpguard.logs import ReadStats
 from ntpguard.logs.parse import FORMATS, boot_time_now, parse_when
 from ntpguard.logs.read import JOURNAL, order_sources
-from ntpguard.verdict import Estimates, Finding, build_tests, decide
+from ntpguard.status import Status
+from ntpguard.verdict import Estimates, Finding, attribute
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -85,14 +86,16 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         stats = ReadStats()
         scans, contacts = evidence.detect_sources(sources, settings, args.format, boot,
                                                   None, stats)
-        tests, unattributed = build_tests(contacts.first, scans, contacts.end, settings.lookback)
-        verdicts, estimates = decide(tests, settings, unattributed)
+        verdicts, estimates = attribute(contacts.runs, scans, contacts.end, settings)
     if args.json:
         for s in scans:
             print_json(scan_json(s))
         for v in sorted(verdicts.values(), key=_rank):
             print_json({"type": "server", "address": v.address, "status": v.status.value,
-                        "positive": v.positive, "negative": v.negative, "sole": v.sole})
+                        "positive": v.positive, "negative": v.negative, "sole": v.sole,
+                        "probability": v.probability, "harvest_rate": v.harvest_rate,
+                        "explained": v.explained})
+        print_json({"type": "model", **dataclasses.asdict(estimates)})
     else:
         print(report(scans, verdicts, estimates, stats))
     return 0
@@ -131,24 +134,32 @@ def report(scans: list[Scan], verdicts: dict[str, Finding], est: Estimates,
             out.append("  no outbound packet from this address in the lookback before it")
     if not scans:
         out.append("No scans found.")
-    rows = [["server", "status", "p", "positive", "negative", "sole"]]
+    rows = [["server", "status", "p", "rate", "positive", "negative", "sole", "explained"]]
     for v in sorted(verdicts.values(), key=_rank):
-        rows.append([v.address, v.status.value, f"{v.probability:.2f}", str(v.positive),
-                     str(v.negative), str(v.sole)])
+        rate = f"{v.harvest_rate:.0%}" if v.status in (Status.HARVESTER, Status.SUSPECT) else ""
+        rows.append([v.address, v.status.value, f"{v.probability:.2f}", rate, str(v.positive),
+                     str(v.negative), str(v.sole), f"{v.explained:.1f}"])
     if len(rows) > 1:
         out += ["", table(rows)]
-    lag = _lag(est.lag_median, est.lag_max)
-    out += ["", f"Estimated: harvesters answer {est.harvest_rate:.0%} of new addresses"
-            f"{lag}; unrelated scans hit {est.background_rate:.1%} of tests "
-            f"({est.tests} tests, {est.positive_tests} positive, "
-            f"{est.unattributed_scans} scans without a trigger)."]
+    out += ["", *estimate_lines(est)]
     out.append(f"Read {stats.lines} lines: {stats.events} packets, {stats.skipped} skipped "
                f"({stats.not_netfilter} not netfilter, {stats.garbled} garbled or truncated, "
                f"{stats.untimed} without a usable time).")
     return "\n".join(out)
 
 
-def _lag(median: Optional[float], worst: Optional[float]) -> str:
-    if median is None or worst is None:
-        return ""
-    return f" after {median:.0f} s (median; longest {worst:.0f} s)"
+def estimate_lines(est: Estimates) -> list[str]:
+    """The fitted model in words: the lag distribution and the harvest rates (also shown by
+    `ntpguard explain`)."""
+    if est.lag_median is None:
+        lag = "Lag from contact to scan: not estimated (no scan followed a contact)."
+    else:
+        lag = (f"Lag from contact to scan (estimated): median {est.lag_median:.0f} s, 90% "
+               f"within {est.lag_p90:.0f} s, 99% within {est.lag_max:.0f} s; "
+               f"{est.first_contact_share:.0%} of harvests at the first packet to a server.")
+    return [lag,
+            f"Harvest rate: likely harvesters take {est.harvest_rate:.0%} of the addresses they "
+            f"see (each one's own rate under 'rate'); unrelated scans: "
+            f"{est.background_rate:.3g} per address and hour. {est.explained:.0f} of "
+            f"{est.scans} scans explained by harvesters, {est.unattributed_scans} with no "
+            f"contact in the lookback ({est.contacts} address-server contacts weighed)."]
