@@ -14,9 +14,10 @@ import heapq
 import ipaddress
 import json
 import random
+import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 SCANNER_NET = "2604:a880:800:10::"  # the 2016 scan6.shodan.io /64
 
@@ -242,3 +243,32 @@ def _envelope(kind: str):
         stamp = f"{time.strftime('%b', lt)} {lt.tm_mday:2d} {time.strftime('%H:%M:%S', lt)}"
         return f"{stamp} host kernel: [{t - boot:12.6f}] {msg}"
     return fmt
+
+
+JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
+
+
+def write_journal(path: str, lines: Iterable[str]) -> int:
+    """A real journal file of kernel messages (what journald writes), made from `journalctl -o
+    json` lines by systemd-journal-remote (Debian package systemd-journal-remote); read it
+    with `journalctl --file`. Returns the number of entries."""
+    proc = subprocess.Popen([JOURNAL_REMOTE, "-o", path, "-"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None
+    n = 0
+    buf = []
+    for line in lines:
+        rec = json.loads(line)
+        n += 1
+        buf.append(f"__CURSOR=s=0;i={n:x}\n__REALTIME_TIMESTAMP={rec['__REALTIME_TIMESTAMP']}\n"
+                   f"__MONOTONIC_TIMESTAMP={n}\n_BOOT_ID={'0' * 31}1\n_TRANSPORT=kernel\n"
+                   f"_HOSTNAME=gw\nSYSLOG_IDENTIFIER=kernel\nPRIORITY=4\n"
+                   f"MESSAGE={rec['MESSAGE']}\n\n")
+        if len(buf) >= 4096:
+            proc.stdin.write("".join(buf).encode())
+            buf.clear()
+    proc.stdin.write("".join(buf).encode())
+    proc.stdin.close()
+    if proc.wait() != 0:
+        raise RuntimeError(f"{JOURNAL_REMOTE} failed")
+    return n

@@ -16,7 +16,7 @@ from ntpguard.logs.parse import LineParser
 from ntpguard.verdict import attribute
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loggen import Scenario, Truth, generate
+from loggen import JOURNAL_REMOTE, Scenario, Truth, generate, write_journal
 
 HOST, SERVER, OTHER, SCANNER = "2001:db8:a::1", "2001:db8:5::123", "2001:db8:6::123", \
     "2604:a880:800:10::1"
@@ -290,3 +290,28 @@ def test_local_prefixes_decide_lines_without_interfaces():
     for contacts in (learned, configured):
         assert ("2a02::7", HOST) not in contacts.runs
         assert (HOST, SERVER) in contacts.runs
+
+
+@pytest.mark.skipif(not Path(JOURNAL_REMOTE).exists(), reason="systemd-journal-remote missing")
+def test_journal_file_on_the_fast_path_with_its_cursor(tmp_path, run_cli):
+    """A real journal file (written by systemd-journal-remote) read as `journalctl -o
+    short-iso-precise --show-cursor` prints it: the same scans as the JSON lines of the same
+    log, and a second --record reads nothing again (the cursor was kept)."""
+    sc = Scenario(hosts=2, servers=30, harvesters=2, duration=86400, address_lifetime=4 * 3600,
+                  envelope="journal", malformed_per_hour=0)
+    lines = list(generate(sc, 3))
+    journal = tmp_path / "kern.journal"
+    write_journal(str(journal), lines)
+    as_json = tmp_path / "kern.json"
+    as_json.write_text("\n".join(lines) + "\n")
+    want = run_cli("detect", "--json", as_json)
+    got = run_cli("detect", "--json", "--journal-file", journal)
+    assert want.returncode == got.returncode == 0, got.stderr
+    scans = lambda r: [x for x in r.stdout.splitlines() if '"type": "scan"' in x]  # noqa: E731
+    assert len(scans(got)) > 3 and scans(got) == scans(want)
+    first = run_cli("detect", "--json", "--record", "--journal-file", journal)
+    again = run_cli("detect", "--json", "--record", "--journal-file", journal)
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert scans(first) == scans(want) and scans(again) == []
+    missing = run_cli("detect", "--journal-file", tmp_path / "none.journal")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr

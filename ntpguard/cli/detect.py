@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import time
 from typing import Any
 
@@ -29,7 +30,10 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", metavar="FILE",
                    help="log files (plain or .gz, oldest first is found by name); - for stdin")
     p.add_argument("--journal", action="store_true",
-                   help="read kernel messages from the journal (journalctl -k -o json)")
+                   help="read kernel messages from the journal (journalctl -k)")
+    p.add_argument("--journal-file", action="append", default=[], metavar="FILE",
+                   help="read kernel messages from a journal file (journalctl --file), e.g. "
+                   "one copied from another machine")
     p.add_argument("--format", choices=FORMATS, default="auto",
                    help="force the line format instead of recognising it per line")
     p.add_argument("--boot-time", metavar="TIME",
@@ -70,8 +74,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     sources = order_sources(list(args.files))
     if args.journal:
         sources.append(JOURNAL)
+    sources += [f"{JOURNAL}:{os.path.abspath(f)}" for f in args.journal_file]
     if not sources:
-        raise UsageError("detect: give log files (- for stdin) or --journal")
+        raise UsageError("detect: give log files (- for stdin), --journal or --journal-file")
     if sources.count("-") > 1:
         raise UsageError("detect: stdin (-) can be read only once")
     boot = parse_when(args.boot_time) if args.boot_time else boot_time_now()
