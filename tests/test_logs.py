@@ -310,3 +310,30 @@ def test_corpus_directions():
             assert direction(ev.iface_in, ev.iface_out) == want, line
             seen.add(want)
     assert seen == {"in", "out", "forwarded"}
+
+
+@pytest.mark.parametrize("line,when", [
+    # OpenWrt logread and dmesg -T carry their own year: not the file's.
+    (f"Mon Dec 25 13:31:15 2017 kern.warn kernel: [ 5.000000] drop: {BODY}",
+     (2017, 12, 25, 13, 31, 15)),
+    (f"[Thu Mar 11 20:05:08 2021] drop: {BODY}", (2021, 3, 11, 20, 5, 8)),
+    # Vector (and similar shippers): the time in "timestamp", RFC 3339 or epoch.
+    ('{"message": "drop: ' + BODY + '", "timestamp": "2024-05-06T07:08:09.5Z", "host": "gw"}',
+     (2024, 5, 6, 7, 8, 9)),
+    ('{"message": "drop: ' + BODY + '", "timestamp": 1714979289500, "host": "gw"}',
+     (2024, 5, 6, 7, 8, 9)),
+])
+def test_stamps_with_their_own_year_and_shipper_timestamps(monkeypatch, line, when):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        parser = LineParser(reference_time=parse_when("2026-01-01T12:00:00"))
+        for raw in (line, line):  # twice: cached stamps must agree
+            ev = parser.parse_line(raw)
+            assert ev is not None, raw
+            assert time.gmtime(ev.time)[:6] == when
+            assert (ev.src, ev.dport, ev.iface_out) == ("2001:db8::1", 123, "eth0")
+        _both([line.encode()], ref=parse_when("2026-01-01T12:00:00"))
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -49,6 +49,11 @@ _PROTO_BY_NUMBER = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP", 3
 # A bounded cache: a month of rotating privacy addresses is far below this, a hostile log is not.
 _CACHE_LIMIT = 100_000
 
+# A stamp with its own weekday and year: OpenWrt `logread` ("Mon Dec 25 13:31:15 2017 ...")
+# and `dmesg -T` ("[Thu Mar 11 20:05:08 2021] ..."). Its year is its own, not the file's.
+_CTIME = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"([ \d]\d) (\d\d):(\d\d):(\d\d) (\d{4})\]? ")
 _BSD_ANYWHERE = re.compile(
     r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d\d:\d\d:\d\d ")
 _ISO_ANYWHERE = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? ")
@@ -687,10 +692,15 @@ class LineParser:
                 return self._ulogd_json(obj)
             msg = obj.get("message")
             if isinstance(msg, str):
+                # Filebeat's "@timestamp"; Vector and similar shippers' "timestamp" (RFC 3339,
+                # or epoch seconds / milliseconds as a number).
                 t = None
-                stamp = obj.get("@timestamp")
+                stamp = obj.get("@timestamp", obj.get("timestamp"))
                 if isinstance(stamp, str):
                     t = _iso_to_epoch(stamp)
+                elif isinstance(stamp, (int, float)) and not isinstance(stamp, bool) \
+                        and stamp > 0:
+                    t = stamp / 1000.0 if stamp > 1e11 else float(stamp)
                 if t is None:
                     return self._body_untimed(msg, 0)
                 return self._body(msg, 0, t, False)
@@ -726,6 +736,15 @@ class LineParser:
     def _generic(self, line: str) -> Any:
         """Any line: find a stamp anywhere in its head (grep `file:` prefixes, odd hosts)."""
         head = line[:200]
+        m = _CTIME.search(head)
+        if m:
+            mon, day, hh, mm, ss, year = m.groups()
+            try:
+                t = time.mktime((int(year), MONTHS[mon], int(day), int(hh), int(mm), int(ss),
+                                 0, 0, -1))
+            except (OverflowError, ValueError):
+                return GARBLED
+            return self._body(line, m.end(), t, True)
         m = _BSD_ANYWHERE.search(head)
         if m:
             t = self._bsd.get(m.group(0)[:15]) or self._bsd_time(m.group(0)[:15])
