@@ -315,3 +315,21 @@ def test_journal_file_on_the_fast_path_with_its_cursor(tmp_path, run_cli):
     assert scans(first) == scans(want) and scans(again) == []
     missing = run_cli("detect", "--journal-file", tmp_path / "none.journal")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+
+
+def test_explain_reports_the_fitted_lags_and_rates(tmp_path, run_cli):
+    sc = Scenario(hosts=2, servers=20, harvesters=1, duration=2 * 86400,
+                  address_lifetime=4 * 3600, lag=(20.0, 20.0), harvest_rate=(1.0, 1.0))
+    truth = Truth()
+    log = tmp_path / "kern.log"
+    log.write_text("\n".join(generate(sc, 5, truth)) + "\n")
+    import os
+    os.utime(log, (sc.start + sc.duration, sc.start + sc.duration))
+    assert run_cli("detect", "--record", log).returncode == 0
+    (harvester,) = truth.harvesters
+    out = json.loads(run_cli("explain", harvester, "--json").stdout)
+    assert out["detection"]["explained"] >= 2 and out["detection"]["harvest_rate"] >= 0.8
+    # The scans came 14-26 s after the contacts (20 s, jittered by 30%).
+    assert 10 <= out["model"]["lag_median"] <= 30
+    human = run_cli("explain", harvester).stdout
+    assert "Lag from contact to scan (estimated): median" in human and "Harvest rate" in human
