@@ -23,7 +23,16 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
 
 from ntpguard.config import Detect
-from ntpguard.logs import FORWARDED, FORWARDED_IN, FORWARDED_OUT, IN, OUT, Logged, direction
+from ntpguard.logs import (
+    FORWARDED,
+    FORWARDED_IN,
+    FORWARDED_OUT,
+    IN,
+    OUT,
+    Logged,
+    Sieve,
+    direction,
+)
 
 
 @dataclass(frozen=True)
@@ -496,6 +505,12 @@ class Detector:
         keep = self._keep
         for a in [a for a, q in self._recent.items() if q[-1][0] < now - keep]:
             del self._recent[a]
+
+
+def sieve_for(settings: Detect) -> Sieve:
+    """What the parser may leave out for a detector with these settings (logs.Sieve)."""
+    return Sieve(settings.window, settings.trigger_port, settings.trigger_any_port,
+                 settings.aggregate_sources)
 
 
 def detect(events: Iterable[Logged], settings: Detect) -> tuple[list[Scan], Contacts]:

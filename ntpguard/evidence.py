@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from ntpguard.config import Detect
-from ntpguard.detect import Contacts, Detector, Scan, detect_blocks
+from ntpguard.detect import Contacts, Detector, Scan, detect_blocks, sieve_for
 from ntpguard.logs import Logged, ReadStats
 from ntpguard.logs.parse import LineParser
 from ntpguard.logs.read import read_blocks
@@ -77,8 +77,8 @@ def detect_sources(sources: list[str], settings: Detect, fmt: str = "auto",
     gc.disable()
     try:
         if plan is None:
-            return detect_blocks(read_blocks(sources, fmt, boot_time, positions, stats),
-                                 settings)
+            return detect_blocks(read_blocks(sources, fmt, boot_time, positions, stats,
+                                             sieve_for(settings)), settings)
         import multiprocessing
 
         with multiprocessing.get_context("fork").Pool(len(plan)) as pool:
@@ -110,7 +110,8 @@ def _share(job: tuple[Share, Detect]) -> dict:
     share, settings = job
     path, ref, fmt, boot_time = share.path, share.reference_time, share.fmt, share.boot_time
     warm, lo, hi, t_lo, t_hi = share.warm, share.lo, share.hi, share.t_lo, share.t_hi
-    parser = LineParser(fmt, reference_time=ref, boot_time=boot_time)
+    parser = LineParser(fmt, reference_time=ref, boot_time=boot_time,
+                        sieve=sieve_for(settings))
     det = Detector(settings, count_from=t_lo, count_until=t_hi)
     marks: list[ReadStats] = []
     end = [lo]

@@ -333,3 +333,27 @@ def test_explain_reports_the_fitted_lags_and_rates(tmp_path, run_cli):
     assert 10 <= out["model"]["lag_median"] <= 30
     human = run_cli("explain", harvester).stdout
     assert "Lag from contact to scan (estimated): median" in human and "Harvest rate" in human
+
+
+@pytest.mark.parametrize("name", ["gateway", "half"])
+def test_the_sieve_changes_no_result(tmp_path, name):
+    """The C path leaves out packets that came in from sources that sent nothing else to that
+    address in the window (background radiation): the scans, their triggers and the contacts
+    are those of a read that hands the detector every packet."""
+    from ntpguard.detect import detect_blocks, sieve_for
+    from ntpguard.logs.read import read_blocks
+
+    sc = dataclasses.replace(SCENARIOS[name], noise_per_hour=3000, inbound_ntp_per_hour=300,
+                             duration=86400)
+    log = tmp_path / "kern.log"
+    log.write_text("\n".join(generate(sc, 2)) + "\n")
+    import os
+    os.utime(log, (sc.start + sc.duration, sc.start + sc.duration))
+    st = Detect()
+    sieved, c1 = detect_blocks(read_blocks([str(log)], sieve=sieve_for(st)), st)
+    plain, c2 = detect_blocks(read_blocks([str(log)]), st)
+    assert len(plain) > 3 and sieved == plain
+    assert c1.runs == c2.runs
+    # ...while most of the noise never became a packet.
+    handed = [sum(map(len, read_blocks([str(log)], sieve=s))) for s in (sieve_for(st), None)]
+    assert handed[0] < 0.7 * handed[1]

@@ -60,6 +60,18 @@ def direction(iface_in: str, iface_out: str) -> str:
     return OUT if iface_out else UNKNOWN
 
 
+class Sieve(NamedTuple):
+    """What the C fast path may leave out for the detector (LineParser(sieve=...)): packets
+    that came in from a source that has sent nothing else to that address within `window`
+    seconds (background radiation), never a possible trigger. The detector keeps nothing
+    for such a source, so its results do not change (detect.sieve_for builds this)."""
+
+    window: float
+    trigger_port: int
+    any_port: bool
+    aggregate: bool
+
+
 # Either shape of one logged packet: the detector reads only fields 0-5, which both share.
 Logged = Union[Packet, Event]
 

@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ntpguard.errors import UsageError
-from ntpguard.logs import Event, Logged, Packet, ReadStats
+from ntpguard.logs import Event, Logged, Packet, ReadStats, Sieve
 
 try:  # the C copy of packet_blocks()'s fast path (setup.py); optional, same results
     from ntpguard.logs._cut import cut as _native_cut
@@ -143,13 +143,19 @@ class LineParser:
     """
 
     def __init__(self, fmt: str = "auto", reference_time: Optional[float] = None,
-                 boot_time: Optional[float] = None, native: bool = True) -> None:
+                 boot_time: Optional[float] = None, native: bool = True,
+                 sieve: Optional[Sieve] = None) -> None:
         if fmt not in FORMATS:
             raise UsageError(f"unknown log format {fmt!r} (one of {', '.join(FORMATS)})")
         self.format = fmt
         # native=False: the pure-Python fast path even where the C one is built (tests
         # compare the two; the benchmark measures both).
         self._cut = _native_cut if native else None
+        # The C path's sieve (only there: the Python path hands over every packet, which
+        # gives the detector the same results more slowly).
+        self._sieve = sieve
+        self._hold: dict[bytes, tuple] = {}
+        self._hold_limit = 65536
         self.stats = ReadStats()
         self.format_counts: dict[str, int] = {}
         self.boot_time = boot_time
@@ -375,12 +381,24 @@ class LineParser:
         cut = self._cut
         assert cut is not None
         syslog_ok, iso_ok = self.format != "rfc3339", self.format != "syslog"
+        sieve = self._sieve
+        extra = () if sieve is None else (self._hold, *sieve)
         for block in blocks:
             out, n_sys, n_iso, n_other = cut(block, _PROTO_INFO, self._canonical_b,
                                              self._sys_stamp_b, self._iso_stamp_b,
-                                             self._slow_packet, syslog_ok, iso_ok)
+                                             self._slow_packet, syslog_ok, iso_ok, *extra)
             self._count(n_sys, n_iso, n_other)
+            if sieve is not None and len(self._hold) > self._hold_limit:
+                self._prune(sieve.window)
             yield out
+
+    def _prune(self, window: float) -> None:
+        """Forget held lines older than the window (their sources sent nothing more)."""
+        hold = self._hold
+        newest = max(v[2] for v in hold.values())
+        for k in [k for k, v in hold.items() if v[2] < newest - window]:
+            del hold[k]
+        self._hold_limit = max(65536, 2 * len(hold))
 
     def _count(self, n_sys: int, n_iso: int, n_other: int = 0) -> None:
         """Counts a block's lines a fast path took whole (the full parser counts its own):
