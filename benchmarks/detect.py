@@ -16,8 +16,10 @@ source never seen before (dropped inbound packets, some forwarded, some to the g
 On the last one the whole `ntpguard detect FILE` process is also timed beside a plain
 per-line regex script run in the same way (one re.search() per line, what a quick log
 script does), with the peak resident memory of each process.
+A real journal of as many netfilter lines (systemd-journal-remote writes it) is read the way
+`sync` reads the journal, beside the way it was read before (`-o json`, full parser).
 Usage: python3 benchmarks/detect.py [LINES] [REPEATS] [LOG ...]  (LOG: syslog, rfc3339,
-mixed, radiation)
+mixed, radiation, journal)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from loggen import Scenario, generate  # noqa: E402
+from loggen import Scenario, generate, write_journal  # noqa: E402
 
 from ntpguard.config import Detect  # noqa: E402
 from ntpguard.detect import Detector  # noqa: E402
@@ -150,9 +152,9 @@ def main() -> None:
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    chosen = sys.argv[3:] or ["syslog", "rfc3339", "mixed", "radiation"]
+    chosen = sys.argv[3:] or ["syslog", "rfc3339", "mixed", "radiation", "journal"]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in chosen:
+        for name in (n for n in chosen if n != "journal"):
             envelope = "rfc3339" if name == "rfc3339" else "syslog"
             # A gateway for 40 hosts polling every 64 s with background noise: ~1M lines in
             # 2.2 days (mixed: a fifth of that, and 4 other lines for each; radiation: half,
@@ -216,6 +218,8 @@ def main() -> None:
                   f"(file {size / 1e6:.0f} MB)")
             if name == "radiation":
                 compare(path, lines, repeats, tmp)
+        if "journal" in chosen:
+            journal(target, repeats, tmp)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
@@ -241,6 +245,52 @@ def compare(path: str, lines: int, repeats: int, tmp: str) -> None:
     ratio = sorted(b / a for (a, _), (b, _) in zip(ours, theirs))
     print(f"  ntpguard detect / plain regex script, per pair of runs: "
           f"{', '.join(f'{r:.1f}x' for r in ratio)}")
+
+
+def journal(target: int, repeats: int, tmp: str) -> None:
+    """A real journal of `target` netfilter lines (written by systemd-journal-remote), read
+    as `sync` reads the journal (journalctl -o short-iso-precise on the fast path), beside the
+    old way (journalctl -o json through the full parser) in the same run."""
+    sc = Scenario(hosts=40, servers=150, harvesters=6, poll=64.0, noise_per_hour=2000,
+                  duration=target / 345_000 * 86400, lan_prefixes=1,
+                  address_lifetime=6 * 3600, gateway=True, envelope="journal")
+    path = os.path.join(tmp, "kern.journal")
+    t0 = time.perf_counter()
+    entries = write_journal(path, generate(sc, 1))
+    gen = time.perf_counter() - t0
+
+    def fast() -> int:
+        stats = ReadStats()
+        for _ in read_blocks([f"journal:{path}"], stats=stats):
+            pass
+        return stats.events
+
+    def old_way() -> int:
+        parser = LineParser("json")
+        proc = subprocess.Popen(["journalctl", "--file", path, "-k", "-o", "json", "-q",
+                                 "--no-pager"], stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        n = sum(1 for _ in parser.parse_lines(raw.decode("utf-8", "replace")
+                                              for raw in proc.stdout))
+        proc.wait()
+        return n
+
+    t_fast, n_fast = best(fast, repeats)
+    t_old, n_old = best(old_way, repeats)
+    config = os.path.join(tmp, "empty.toml")
+    open(config, "w").close()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NTPGUARD_CONFIG": config,
+           "NTPGUARD_STATE_DIR": os.path.join(tmp, "state")}
+    whole = sorted(whole_process([sys.executable, "-m", "ntpguard", "detect", "--json",
+                                  "--journal-file", path], env)[0] for _ in range(repeats))
+    print(f"journal: {entries} entries (written in {gen:.1f} s), {n_fast} packets")
+    print(f"  journalctl -o short-iso-precise, fast path: {entries / t_fast:>11,.0f} lines/s "
+          f"({t_fast:.2f} s)")
+    print(f"  journalctl -o json, full parser (before):   {entries / t_old:>11,.0f} lines/s "
+          f"({t_old:.2f} s, {n_old} packets)")
+    print(f"  ntpguard detect --journal-file (whole process): "
+          f"{entries / whole[len(whole) // 2]:,.0f} lines/s median "
+          f"({whole[0]:.2f}-{whole[-1]:.2f} s)")
 
 
 if __name__ == "__main__":
