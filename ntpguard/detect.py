@@ -246,9 +246,10 @@ class Sides:
         """What was configured and learned (reported by `detect`)."""
         return {"lan_interfaces": sorted(self.lan or self.learned_lan),
                 "wan_interfaces": sorted(self.learned_wan) if not self.lan else [],
-                "learned": not self.lan,
+                "lan_learned": not self.lan,
                 "local_prefixes": [str(n) for n in self.local] or sorted(
-                    p if "/" in p else p + ".0/24" for p in self.learned_local)[:32]}
+                    p if "/" in p else p + ".0/24" for p in self.learned_local)[:32],
+                "prefixes_learned": not self.local}
 
 
 @dataclass
@@ -261,6 +262,7 @@ class Contacts:
     runs: dict[tuple[str, str], list] = field(default_factory=dict)  # (address, server) → run
     start: Optional[float] = None
     end: Optional[float] = None
+    sides: dict[str, object] = field(default_factory=dict)  # Sides.describe() of the read
 
     @property
     def first(self) -> dict[tuple[str, str], float]:
@@ -276,6 +278,8 @@ class Contacts:
                 runs[key] = [a, b, n]
             else:
                 r[0], r[1], r[2] = min(r[0], a), max(r[1], b), r[2] + n
+        if not self.sides:
+            self.sides = other.sides
         if other.start is not None:
             self.start = other.start if self.start is None else min(self.start, other.start)
         if other.end is not None:
@@ -462,6 +466,7 @@ class Detector:
         self._flows.clear()
         self._single.clear()
         self._hot.clear()
+        self.contacts.sides = self.sides.describe()
         return sorted(out, key=lambda s: s.start)
 
     def _triggers(self, address: str, start: float) -> tuple[Trigger, ...]:

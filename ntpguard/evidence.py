@@ -35,6 +35,7 @@ class Summary:
     scans: list[Scan] = field(default_factory=list)
     contacts: int = 0
     sources: list[str] = field(default_factory=list)
+    sides: dict = field(default_factory=dict)  # which way packets went (detect.Sides)
 
     def as_dict(self) -> dict:
         s = self.stats
@@ -153,7 +154,8 @@ def ingest(state: State, sources: list[str], settings: Detect, fmt: str = "auto"
     summary = Summary(sources=list(sources))
     summary.scans, contacts = detect_sources(sources, settings, fmt, boot_time, positions,
                                              summary.stats)
-    summary.contacts = len(contacts.first)
+    summary.contacts = len(contacts.runs)
+    summary.sides = contacts.sides
     state.save_detection([p for p in positions.values() if p.source != "-"], contacts,
                          summary.scans, ",".join(sorted(sources)), now)
     return summary

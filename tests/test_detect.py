@@ -186,6 +186,8 @@ def test_cli_json_and_record_never_double_counts(tmp_path, run_cli):
     assert '"scan"' not in again.stdout  # the file was already read to its end
     human = run_cli("detect", log)
     assert "one or more of these packets may have triggered the scan" in human.stdout
+    assert "Directions: LAN interfaces none seen (learned from the log); local prefixes " \
+        "2001:db8:a000:1::/64, 2001:db8:a001:1::/64 (learned)." in human.stdout
     assert "skipped" in human.stdout
 
 
@@ -273,6 +275,8 @@ def test_gateway_sides_configured_or_learned(configured):
     (no configuration: the LAN's NTP names br-lan the LAN within seconds)."""
     st = Detect(lan_interfaces=("br-lan",)) if configured else Detect()
     scans, contacts = detect(_gateway_events("br-lan", "ppp0"), st)
+    assert contacts.sides["lan_interfaces"] == ["br-lan"]
+    assert contacts.sides["lan_learned"] is not configured
     assert {a for a, _ in contacts.runs} == {f"2001:db8:1:2::{i:x}" for i in range(1, 5)}
     assert contacts.runs[("2001:db8:1:2::1", "2001:db8:100::123")][2] == 5
     (scan,) = scans

@@ -7,7 +7,7 @@ import dataclasses
 import datetime
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 from ntpguard.cli import Context, Subparsers, print_json
 from ntpguard.cli._fmt import table
@@ -85,13 +85,14 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         with ctx.open_state(write=True) as state:
             summary = evidence.ingest(state, sources, settings, args.format, boot)
             verdicts, estimates = evidence.compute_verdicts(state, settings)
-            stats, scans = summary.stats, summary.scans
+            stats, scans, sides = summary.stats, summary.scans, summary.sides
             state.record_run("detect", started, time.time(), True, summary.as_dict())
     else:
         stats = ReadStats()
         scans, contacts = evidence.detect_sources(sources, settings, args.format, boot,
                                                   None, stats)
         verdicts, estimates = attribute(contacts.runs, scans, contacts.end, settings)
+        sides = contacts.sides
     if args.json:
         for s in scans:
             print_json(scan_json(s))
@@ -100,9 +101,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
                         "positive": v.positive, "negative": v.negative, "sole": v.sole,
                         "probability": v.probability, "harvest_rate": v.harvest_rate,
                         "explained": v.explained})
-        print_json({"type": "model", **dataclasses.asdict(estimates)})
+        print_json({"type": "model", **dataclasses.asdict(estimates), "sides": sides})
     else:
-        print(report(scans, verdicts, estimates, stats))
+        print(report(scans, verdicts, estimates, stats, sides))
     return 0
 
 
@@ -123,7 +124,7 @@ def scan_json(s: Scan) -> dict:
 
 
 def report(scans: list[Scan], verdicts: dict[str, Finding], est: Estimates,
-           stats: ReadStats) -> str:
+           stats: ReadStats, sides: Optional[dict[str, Any]] = None) -> str:
     """The human report, in the 2016 original's words."""
     out = []
     for s in scans:
@@ -147,10 +148,24 @@ def report(scans: list[Scan], verdicts: dict[str, Finding], est: Estimates,
     if len(rows) > 1:
         out += ["", table(rows)]
     out += ["", *estimate_lines(est)]
+    if sides:
+        out.append(sides_line(sides))
     out.append(f"Read {stats.lines} lines: {stats.events} packets, {stats.skipped} skipped "
                f"({stats.not_netfilter} not netfilter, {stats.garbled} garbled or truncated, "
                f"{stats.untimed} without a usable time).")
     return "\n".join(out)
+
+
+def sides_line(sides: dict[str, Any]) -> str:
+    """Which way packets went: the LAN side of forwarded packets and the local prefixes, and
+    whether they were configured or learned from the log."""
+    lan = ", ".join(sides.get("lan_interfaces", ())) or "none seen"
+    wan = ", ".join(sides.get("wan_interfaces", ()))
+    prefixes = sides.get("local_prefixes", ())
+    how = "learned from the log" if sides.get("lan_learned") else "[detect] lan_interfaces"
+    return (f"Directions: LAN interfaces {lan} ({how}{'; WAN ' + wan if wan else ''}); local "
+            f"prefixes {', '.join(prefixes[:4]) or 'none'}{' ...' if len(prefixes) > 4 else ''}"
+            f" ({'learned' if sides.get('prefixes_learned') else 'configured'}).")
 
 
 def estimate_lines(est: Estimates) -> list[str]:
