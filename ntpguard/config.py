@@ -336,7 +336,7 @@ class Detect:
     aggregate_sources: bool = True
     # Outbound packets this long before a scan's start are its possible triggers. 2016 lags
     # were 6-47 s; a harvester queueing its work can take minutes. Longer adds innocent
-    # servers to each positive test (group testing copes) but costs negative evidence.
+    # candidate contacts to each scan; the fitted lag distribution gives them little weight.
     lookback: float = field(default=600.0, metadata=_check(_range(0, 86400, above=True)))
     trigger_port: int = field(default=123, metadata=_check(_port))
     # Which way a packet went: IN= empty is sent by the host, OUT= empty received by it; a
@@ -349,7 +349,7 @@ class Detect:
     local_prefixes: tuple[str, ...] = field(default=(), metadata=_check(_networks))
     # Any outbound packet can trigger (2016: even an empty UDP packet to port 321 did).
     trigger_any_port: bool = False
-    # Verdicts (group testing, see verdict.py): a prior share of harvesters among servers...
+    # Verdicts (the attribution model, see verdict.py): a prior share of harvesters...
     prior: float = field(default=0.05, metadata=_check(_probability))
     # ...and the posterior probability / evidence counts each status needs.
     harvester_probability: float = field(default=0.95, metadata=_check(_probability))

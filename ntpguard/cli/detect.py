@@ -26,7 +26,8 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "detect", parents=[common], help="find harvester-triggered scans in firewall logs",
         description="Read netfilter LOG / nft log / ulogd2 lines, find port scans of local "
         "addresses, the outbound NTP packets shortly before each (its possible triggers), and "
-        "judge each NTP server from all scans and non-scans (group testing).")
+        "judge each NTP server from all scans and non-scans (lags and harvest rates fitted "
+        "to the data).")
     p.add_argument("files", nargs="*", metavar="FILE",
                    help="log files (plain or .gz, oldest first is found by name); - for stdin")
     p.add_argument("--journal", action="store_true",
