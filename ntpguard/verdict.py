@@ -40,7 +40,7 @@ import bisect
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from ntpguard.config import Detect
 from ntpguard.detect import Scan
@@ -252,8 +252,6 @@ def attribute(runs: dict[tuple[str, str], Sequence[float]], scans: Iterable[Scan
         if len(row) == 1:
             sole[keys[row[0].pair][1]] += 1
     with_scan = {c.pair for row in cands for c in row}
-    # Pairs whose coverage G may be below 1 (the log ends within a lookback of their last
-    # packet): only these need the CDF each round.
     # A contact made after its address was already scanned says nothing when no scan
     # follows: a scanner that cools down per address (2016's did) would not scan it again.
     scanned_at: dict[str, float] = {}
@@ -261,6 +259,8 @@ def attribute(runs: dict[tuple[str, str], Sequence[float]], scans: Iterable[Scan
         scanned_at.setdefault(sc.dst, sc.start)
     quiet = {i for i in range(len(keys)) if i not in with_scan
              and first[i] > scanned_at.get(keys[i][0], math.inf)}
+    # Pairs whose coverage G may be below 1 (the log ends within a lookback of their last
+    # packet): only these need the CDF each round.
     tail = [i for i in range(len(keys)) if end - last[i] < lookback and i not in quiet]
     explained: dict[str, float] = defaultdict(float)
     coverage = [0.0 if i in quiet else 1.0 for i in range(len(keys))]
@@ -280,7 +280,8 @@ def attribute(runs: dict[tuple[str, str], Sequence[float]], scans: Iterable[Scan
     nbins = len(edges) - 1
     width = [edges[b + 1] - edges[b] for b in range(nbins)]
 
-    def own_density(server: str, mine_k: Sequence[tuple[int, float]]):
+    def own_density(server: str, mine_k: Sequence[tuple[int, float]]
+                    ) -> Callable[[int], float]:
         got = own.get(server)
         if got is None:
             shared = lags.density
