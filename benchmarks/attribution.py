@@ -20,51 +20,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from loggen import Scenario, Truth, generate  # noqa: E402
+from loggen import ATTRIBUTION, Truth, generate  # noqa: E402
 
 from ntpguard.config import Detect  # noqa: E402
 from ntpguard.evidence import detect_sources  # noqa: E402
 from ntpguard.verdict import attribute  # noqa: E402
 
-SCENARIOS = {
-    # A 4-host site: 3 of 40 servers harvest 90% of the addresses they see, and their scanner
-    # sweeps an address once per harvester that reported it; lags 3-60 s; NTP from the
-    # internet at the hosts' addresses.
-    "site": Scenario(hosts=4, servers=40, harvesters=3, harvest_rate=(0.9, 0.9),
-                     cooldown="harvester", lag=(4.3, 46.0), duration=4 * 86400,
-                     address_lifetime=6 * 3600, inbound_ntp_per_hour=300,
-                     unrelated_scans_per_day=4, unrelated_active=0.5),
-    # journalctl -o json from 12 hosts: 5 of 60 servers at 70%, some after a later poll, lags
-    # up to 180 s; 20 unrelated scans an hour, half from the harvesters' scanner /64;
-    # addresses rotating every 20 minutes.
-    "journal": Scenario(hosts=12, servers=60, harvesters=5, harvest_rate=(0.7, 0.7),
-                        first_packet=0.8, lag=(8.0, 138.0), duration=86400,
-                        address_lifetime=1200, unrelated_scans_per_day=480,
-                        inbound_ntp_per_hour=100, envelope="journal", poll=64.0),
-    # The same, but a quarter of the unrelated scans hit addresses in use (their scanners
-    # learned them elsewhere): beyond the targets, shown to say where the model strains.
-    "journal-active": Scenario(hosts=12, servers=60, harvesters=5, harvest_rate=(0.7, 0.7),
-                               first_packet=0.8, lag=(8.0, 138.0), duration=86400,
-                               address_lifetime=1200, unrelated_scans_per_day=480,
-                               unrelated_active=0.25, inbound_ntp_per_hour=100,
-                               envelope="journal", poll=64.0),
-    # Two hosts polling every 1024 s; the one harvester is met twice.
-    "sparse": Scenario(hosts=2, servers=30, harvesters=1, harvest_rate=(0.9, 1.0),
-                       sightings=2, poll=1024.0, duration=4 * 86400,
-                       address_lifetime=86400, unrelated_scans_per_day=2),
-    # A gateway forwarding for 40 hosts in one LAN /64: 8 of 120 servers harvest half of
-    # the addresses they see, lags up to 240 s; no [detect] configuration (sides learned).
-    "gateway": Scenario(hosts=40, servers=120, harvesters=8, harvest_rate=(0.5, 0.5),
-                        first_packet=0.9, lag=(10.0, 185.0), duration=2 * 86400,
-                        address_lifetime=8 * 3600, gateway=True, lan_prefixes=1, poll=128.0,
-                        inbound_ntp_per_hour=200, unrelated_scans_per_day=24,
-                        unrelated_active=0.3),
-}
-
 
 def run(job: tuple[str, int]) -> dict:
     name, seed = job
-    sc = SCENARIOS[name]
+    sc = ATTRIBUTION[name]
     truth = Truth()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kern.log")
@@ -90,7 +55,7 @@ def run(job: tuple[str, int]) -> dict:
 
 def main() -> None:
     seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    names = sys.argv[2:] or list(SCENARIOS)
+    names = sys.argv[2:] or list(ATTRIBUTION)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"{seeds} seeds per scenario")
     jobs = [(n, seed) for n in names for seed in range(seeds)]

@@ -245,6 +245,42 @@ def _envelope(kind: str):
     return fmt
 
 
+# The attribution scenarios (benchmarks/attribution.py runs many seeds of each; the tests a few).
+ATTRIBUTION = {
+    # A 4-host site: 3 of 40 servers harvest 90% of the addresses they see, and their scanner
+    # sweeps an address once per harvester that reported it; lags 3-60 s; NTP from the
+    # internet at the hosts' addresses.
+    "site": Scenario(hosts=4, servers=40, harvesters=3, harvest_rate=(0.9, 0.9),
+                     cooldown="harvester", lag=(4.3, 46.0), duration=4 * 86400,
+                     address_lifetime=6 * 3600, inbound_ntp_per_hour=300,
+                     unrelated_scans_per_day=4, unrelated_active=0.5),
+    # journalctl -o json from 12 hosts: 5 of 60 servers at 70%, some after a later poll, lags
+    # up to 180 s; 20 unrelated scans an hour, half from the harvesters' scanner /64;
+    # addresses rotating every 20 minutes.
+    "journal": Scenario(hosts=12, servers=60, harvesters=5, harvest_rate=(0.7, 0.7),
+                        first_packet=0.8, lag=(8.0, 138.0), duration=86400,
+                        address_lifetime=1200, unrelated_scans_per_day=480,
+                        inbound_ntp_per_hour=100, envelope="journal", poll=64.0),
+    # The same, but a quarter of the unrelated scans hit addresses in use (their scanners
+    # learned them elsewhere): beyond the targets, shown to say where the model strains.
+    "journal-active": Scenario(hosts=12, servers=60, harvesters=5, harvest_rate=(0.7, 0.7),
+                               first_packet=0.8, lag=(8.0, 138.0), duration=86400,
+                               address_lifetime=1200, unrelated_scans_per_day=480,
+                               unrelated_active=0.25, inbound_ntp_per_hour=100,
+                               envelope="journal", poll=64.0),
+    # Two hosts polling every 1024 s; the one harvester is met twice.
+    "sparse": Scenario(hosts=2, servers=30, harvesters=1, harvest_rate=(0.9, 1.0),
+                       sightings=2, poll=1024.0, duration=4 * 86400,
+                       address_lifetime=86400, unrelated_scans_per_day=2),
+    # A gateway forwarding for 40 hosts in one LAN /64: 8 of 120 servers harvest half of
+    # the addresses they see, lags up to 240 s; no [detect] configuration (sides learned).
+    "gateway": Scenario(hosts=40, servers=120, harvesters=8, harvest_rate=(0.5, 0.5),
+                        first_packet=0.9, lag=(10.0, 185.0), duration=2 * 86400,
+                        address_lifetime=8 * 3600, gateway=True, lan_prefixes=1, poll=128.0,
+                        inbound_ntp_per_hour=200, unrelated_scans_per_day=24,
+                        unrelated_active=0.3),
+}
+
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 
 

@@ -16,7 +16,7 @@ from ntpguard.logs.parse import LineParser
 from ntpguard.verdict import attribute
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loggen import JOURNAL_REMOTE, Scenario, Truth, generate, write_journal
+from loggen import ATTRIBUTION, JOURNAL_REMOTE, Scenario, Truth, generate, write_journal
 
 HOST, SERVER, OTHER, SCANNER = "2001:db8:a::1", "2001:db8:5::123", "2001:db8:6::123", \
     "2604:a880:800:10::1"
@@ -361,3 +361,29 @@ def test_the_sieve_changes_no_result(tmp_path, name):
     # ...while most of the noise never became a packet.
     handed = [sum(map(len, read_blocks([str(log)], sieve=s))) for s in (sieve_for(st), None)]
     assert handed[0] < 0.7 * handed[1]
+
+
+@pytest.mark.parametrize("name,seeds", [("site", range(3)), ("journal", range(1)),
+                                        ("gateway", range(1))])
+def test_attribution_scenarios(tmp_path, name, seeds):
+    """The issue's scenarios (benchmarks/attribution.py runs 10 seeds of each): no clean
+    server called harvester, no harvester that triggered two scans called clean, and nearly
+    all of them named."""
+    from ntpguard.evidence import detect_sources
+    from ntpguard.verdict import attribute
+
+    sc = ATTRIBUTION[name]
+    named = eligible = 0
+    for seed in seeds:
+        truth = Truth()
+        log = tmp_path / f"{name}-{seed}.log"
+        log.write_text("\n".join(generate(sc, seed, truth)) + "\n")
+        scans, contacts = detect_sources([str(log)], Detect(), workers=1)
+        verdicts, _ = attribute(contacts.runs, scans, contacts.end, Detect())
+        called = {s for s, v in verdicts.items() if v.status == "harvester"}
+        assert called <= truth.harvesters
+        found = {s for s, n in truth.scans_by.items() if n >= 2}
+        assert all(verdicts[s].status != "clean" for s in found if s in verdicts)
+        named += len(called & found)
+        eligible += len(found)
+    assert eligible > 0 and named >= 0.85 * eligible
