@@ -12,7 +12,7 @@ APT_PACKAGES := python3 python3-venv python3-pip python3-dnspython \
 	python3-pytest python3-hypothesis python3-nftables python3-iptables \
 	nftables iptables ipset iproute2 iputils-ping procps kmod \
 	pdns-server pdns-backend-bind chrony nmap ulogd2 ulogd2-json dnsutils ntpsec-ntpdate \
-	python3-cryptography minisign openssl systemd-container \
+	python3-cryptography minisign openssl systemd-container systemd-journal-remote \
 	$(DEB_BUILD_PACKAGES)
 PYTEST_ARGS ?=
 

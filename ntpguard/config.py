@@ -304,6 +304,23 @@ def _probability(value: float) -> float:
     return value
 
 
+def _ifnames(values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        if not v or len(v) > 15 or any(c.isspace() or c in "/:" for c in v):
+            raise ValueError(f"not an interface name (up to 15 characters): {v!r}")
+    return values
+
+
+def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for v in values:
+        try:
+            out.append(str(ipaddress.ip_network(v.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"not an address prefix: {v!r}") from None
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Detect:
     """[detect]: scan detection, trigger attribution and harvester verdicts (ntpguard detect)."""
@@ -319,12 +336,20 @@ class Detect:
     aggregate_sources: bool = True
     # Outbound packets this long before a scan's start are its possible triggers. 2016 lags
     # were 6-47 s; a harvester queueing its work can take minutes. Longer adds innocent
-    # servers to each positive test (group testing copes) but costs negative evidence.
+    # candidate contacts to each scan; the fitted lag distribution gives them little weight.
     lookback: float = field(default=600.0, metadata=_check(_range(0, 86400, above=True)))
     trigger_port: int = field(default=123, metadata=_check(_port))
+    # Which way a packet went: IN= empty is sent by the host, OUT= empty received by it; a
+    # forwarded packet names both, and the LAN side is one of these interfaces (a gateway's
+    # LAN bridge, e.g. "br-lan"). Empty: learned from the log (see detect.Sides).
+    lan_interfaces: tuple[str, ...] = field(default=(), metadata=_check(_ifnames))
+    # The host's and LAN's prefixes: decide forwarded packets when lan_interfaces is empty,
+    # and lines whose interfaces a shipper dropped. Empty: learned from the sources of the
+    # packets the host sent.
+    local_prefixes: tuple[str, ...] = field(default=(), metadata=_check(_networks))
     # Any outbound packet can trigger (2016: even an empty UDP packet to port 321 did).
     trigger_any_port: bool = False
-    # Verdicts (group testing, see verdict.py): a prior share of harvesters among servers...
+    # Verdicts (the attribution model, see verdict.py): a prior share of harvesters...
     prior: float = field(default=0.05, metadata=_check(_probability))
     # ...and the posterior probability / evidence counts each status needs.
     harvester_probability: float = field(default=0.95, metadata=_check(_probability))

@@ -1,13 +1,15 @@
-"""Events → scans → triggers: pure and streaming (memory is bounded by the active window).
+"""Packets → scans → triggers: pure and streaming (memory is bounded by the active window).
 
-A scan is one source (optionally its /64) probing at least `min_ports` distinct destination
-ports of one destination address within `window` seconds. Its triggers are the outbound packets
-from the scanned address in the `lookback` seconds before the scan started: by default UDP to
-port 123 (NTP), optionally to any port (in 2016 an empty packet to port 321 of a harvester
-triggered a scan too).
+Every packet has a direction (`Sides`): sent by a local or LAN address (out), or received by
+one (in). A scan is one source (optionally its /64) probing at least `min_ports` distinct
+destination ports of one local or LAN address within `window` seconds, from packets that came
+in. Its triggers are the packets the scanned address sent in the `lookback` seconds before the
+scan started: by default UDP to port 123 (NTP), optionally to any port (in 2016 an empty
+packet to port 321 of a harvester triggered a scan too). Inbound NTP (amplification scanners,
+research probes: thousands a day at any public address) is never a contact.
 
-Besides scans the detector keeps each address's first contact with each server: verdict.py
-turns contacts and scans into group tests.
+Besides scans the detector keeps every contact of each address with each server as a run
+(first packet, last packet, packets): verdict.py weighs contacts and scans.
 """
 
 from __future__ import annotations
@@ -15,12 +17,22 @@ from __future__ import annotations
 import collections
 import ipaddress
 import itertools
+import math
 import socket
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
 
 from ntpguard.config import Detect
-from ntpguard.logs import Logged
+from ntpguard.logs import (
+    FORWARDED,
+    FORWARDED_IN,
+    FORWARDED_OUT,
+    IN,
+    OUT,
+    Logged,
+    Sieve,
+    direction,
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,8 @@ class _Flow:
         "start",
         "triggers",
     )
+    # (Flows exist only for sources that probed a second port: Detector._single holds the
+    # rest, one tuple each. A gateway's background radiation is mostly one packet per source.)
 
     def __init__(self, dst: str) -> None:
         # True until the flow is a scan, closed or dropped: only then may the repeat cache
@@ -101,34 +115,205 @@ def source_key(address: str, aggregate: bool) -> str:
 
 _ZERO64 = bytes(8)
 
+# What a packet means to the detector (Sides.code): bit 1 sent by a local or LAN address (a
+# possible trigger), bit 2 received by one (a possible probe of a scan); both when nothing
+# tells (legacy logs without interfaces and no local prefix known yet); 0 neither.
+SENT, RECEIVED, EITHER, NEITHER = 1, 2, 3, 0
+
+
+def site_prefix(address: str) -> str:
+    """The /64 (IPv4: /24) an address belongs to: the unit of a site's and a LAN's prefix."""
+    if ":" in address:
+        return source_key(address, True)
+    return address.rpartition(".")[0]
+
+
+class Sides:
+    """Which side of the host a packet was on, from its interfaces (pure, learned as it goes).
+
+    IN= empty: the host sent it; OUT= empty: the host received it. A forwarded packet names
+    both, and which is the LAN comes from, in order: `lan_interfaces`; `local_prefixes` (the
+    source or destination inside them); else it is learned per interface from the forwarded
+    packets that arrive on it: a LAN brings few hosts talking to many servers, the internet
+    arriving on a WAN brings many sources (background radiation) to few destinations. An
+    interface is called once one side has at least `LEARN` distinct /64s and twice the
+    other's, and one interface called decides the other end of its forwarded packets (so the
+    LAN's NTP, seconds into a log, names the WAN too). Until then a forwarded packet is weighed
+    by the local prefixes, else as either (the few packets before the call may count wrongly).
+    """
+
+    LEARN = 8
+    CAP = 64  # prefixes kept per interface and side: enough to call it, bounded for any log
+
+    def __init__(self, lan_interfaces: Iterable[str] = (), local_prefixes: Iterable[str] = ()
+                 ) -> None:
+        self.lan = frozenset(lan_interfaces)
+        self.local = [ipaddress.ip_network(p, strict=False) for p in local_prefixes]
+        self.learned_local: set[str] = set()
+        self.learned_lan: set[str] = set()
+        self.learned_wan: set[str] = set()
+        self._arriving: dict[str, tuple[set[str], set[str]]] = {}
+        self._is_local: dict[str, bool] = {}
+        # (iface_in, iface_out) → code, for pairs whose meaning is settled: what the
+        # detector's hot loop reads.
+        self.codes: dict[tuple[str, str], int] = {}
+
+    def code(self, packet: Logged) -> int:
+        """SENT / RECEIVED / EITHER / NEITHER for a packet whose pair is not in `codes`."""
+        iface_in, iface_out = packet[6], packet[7]
+        d = direction(iface_in, iface_out)
+        if d == OUT:
+            self.codes[(iface_in, iface_out)] = SENT
+            return SENT
+        if d == IN:
+            self.codes[(iface_in, iface_out)] = RECEIVED
+            return RECEIVED
+        if d == FORWARDED:
+            d = self.forwarded(iface_in, iface_out, packet[1], packet[2])
+            if d == FORWARDED_OUT:
+                return SENT
+            if d == FORWARDED_IN:
+                return RECEIVED
+            return EITHER  # not learned yet: as before directions were known
+        # Neither interface printed: the local prefixes decide.
+        if self._local(packet[1]):
+            return SENT
+        if self._local(packet[2]):
+            return RECEIVED
+        return NEITHER if self.local or self.learned_local else EITHER
+
+    def forwarded(self, iface_in: str, iface_out: str, src: str, dst: str) -> str:
+        """FORWARDED_OUT (from the LAN), FORWARDED_IN (to it), or FORWARDED if not known yet."""
+        if self.lan:
+            d = FORWARDED_OUT if iface_in in self.lan else FORWARDED_IN
+            self.codes[(iface_in, iface_out)] = SENT if d == FORWARDED_OUT else RECEIVED
+            return d
+        if self.local:
+            if self._local(src):
+                return FORWARDED_OUT
+            return FORWARDED_IN if self._local(dst) else FORWARDED
+        lan, wan = self.learned_lan, self.learned_wan
+        if not (iface_in in lan or iface_in in wan or iface_out in lan or iface_out in wan):
+            self._learn(iface_in, src, dst)
+        # One side known decides the other (a router between a LAN and the internet).
+        if (iface_in in lan or iface_out in wan) and not (iface_out in lan or iface_in in wan):
+            self.codes[(iface_in, iface_out)] = SENT
+            return FORWARDED_OUT
+        if (iface_in in wan or iface_out in lan) and not (iface_in in lan or iface_out in wan):
+            self.codes[(iface_in, iface_out)] = RECEIVED
+            return FORWARDED_IN
+        if self._local(src):
+            return FORWARDED_OUT
+        return FORWARDED_IN if self._local(dst) else FORWARDED
+
+    def note_sender(self, address: str) -> None:
+        """A local or LAN address sent a packet: its /64 is local (learned local prefixes)."""
+        if not self.local and len(self.learned_local) < 4096:
+            self.learned_local.add(site_prefix(address))
+
+    def _learn(self, iface: str, src: str, dst: str) -> None:
+        sides = self._arriving.get(iface)
+        if sides is None:
+            sides = self._arriving[iface] = (set(), set())
+        srcs, dsts = sides
+        if len(srcs) < self.CAP:
+            srcs.add(site_prefix(src))
+        if len(dsts) < self.CAP:
+            dsts.add(site_prefix(dst))
+        if len(dsts) >= self.LEARN and len(dsts) >= 2 * len(srcs):
+            self.learned_lan.add(iface)
+            for a in srcs:  # the LAN's own prefixes
+                self.learned_local.add(a)
+        elif len(srcs) >= self.LEARN and len(srcs) >= 2 * len(dsts):
+            self.learned_wan.add(iface)
+
+    def _local(self, address: str) -> bool:
+        if self.local:
+            got = self._is_local.get(address)
+            if got is None:
+                try:
+                    a = ipaddress.ip_address(address)
+                    got = any(a in net for net in self.local)
+                except ValueError:
+                    got = False
+                if len(self._is_local) > 100_000:
+                    self._is_local.clear()
+                self._is_local[address] = got
+            return got
+        return bool(self.learned_local) and site_prefix(address) in self.learned_local
+
+    def describe(self) -> dict[str, object]:
+        """What was configured and learned (reported by `detect`)."""
+        return {"lan_interfaces": sorted(self.lan or self.learned_lan),
+                "wan_interfaces": sorted(self.learned_wan) if not self.lan else [],
+                "lan_learned": not self.lan,
+                "local_prefixes": [str(n) for n in self.local] or sorted(
+                    p if "/" in p else p + ".0/24" for p in self.learned_local)[:32],
+                "prefixes_learned": not self.local}
+
 
 @dataclass
 class Contacts:
-    """First contact of each local address with each server, plus the time span the log covers."""
+    """Every contact of each local address with each server, as a run of packets
+    [first time, last time, packets], plus the time span the log covers. A run per pair (not
+    a row per packet) keeps months of polls small; the verdicts need the first contact, the
+    spread of the later ones and the exact times in the lookback of a scan (its triggers)."""
 
-    first: dict[tuple[str, str], float] = field(default_factory=dict)  # (address, server) → time
+    runs: dict[tuple[str, str], list] = field(default_factory=dict)  # (address, server) → run
     start: Optional[float] = None
     end: Optional[float] = None
+    sides: dict[str, object] = field(default_factory=dict)  # Sides.describe() of the read
+
+    @property
+    def first(self) -> dict[tuple[str, str], float]:
+        """(address, server) → first contact."""
+        return {k: r[0] for k, r in self.runs.items()}
+
+    def merge(self, other: Contacts) -> None:
+        """Add another read's contacts (a later file, a parallel share)."""
+        runs = self.runs
+        for key, (a, b, n) in other.runs.items():
+            r = runs.get(key)
+            if r is None:
+                runs[key] = [a, b, n]
+            else:
+                r[0], r[1], r[2] = min(r[0], a), max(r[1], b), r[2] + n
+        if not self.sides:
+            self.sides = other.sides
+        if other.start is not None:
+            self.start = other.start if self.start is None else min(self.start, other.start)
+        if other.end is not None:
+            self.end = other.end if self.end is None else max(self.end, other.end)
 
 
 class Detector:
-    """Feed events in time order (a few seconds of disorder are tolerated); collect scans."""
+    """Packets in, scans out (feed_blocks).
 
-    def __init__(self, settings: Detect) -> None:
+    count_from/count_until: only packets in [count_from, count_until) make contacts (a
+    parallel share reads a warm-up before its own part that another share counts)."""
+
+    def __init__(self, settings: Detect, count_from: float = -math.inf,
+                 count_until: float = math.inf) -> None:
         self.settings = settings
+        self.sides = Sides(settings.lan_interfaces, settings.local_prefixes)
         self.contacts = Contacts()
+        self._count = (count_from, count_until)
         self._flows: dict[tuple[str, str], _Flow] = {}
-        # Outbound packets that may trigger a scan, per source address, oldest first (each
-        # packet's time is its [0]).
+        # (dst, source key) → (port key, last time, source, packets) of a source that has
+        # probed one port so far: background radiation costs one tuple per source, and only
+        # while it is in the window.
+        self._single: dict[tuple[str, str], tuple] = {}
+        # Packets that may trigger a scan, per sending address, oldest first (each packet's
+        # time is its [0]).
         self._recent: dict[str, collections.deque] = {}
         self._skey: dict[str, str] = {}
-        # Repeat cache: (src, dst, dport, proto) → (flow, port key, is a trigger). Most
-        # packets repeat one (an NTP poll every 64 s, a peer's service): such a packet only
-        # moves its flow's and port's last time and, if a trigger, joins the recent list.
-        self._hot: dict[tuple, tuple[_Flow, tuple[str, int], bool]] = {}
+        # Repeat cache: (src, dst, dport, proto) → (flow, port key). Most probes of a flow
+        # repeat one (a peer's service): such a packet only moves its flow's and port's
+        # last time.
+        self._hot: dict[tuple, tuple[_Flow, tuple[str, int]]] = {}
         self._now = 0.0
         self._swept = 0.0
-        # Outbound packets must be kept for the lookback before a scan start, and a scan is
+        # Sent packets must be kept for the lookback before a scan start, and a scan is
         # recognised up to `window` after it started.
         self._keep = settings.lookback + settings.window
 
@@ -141,8 +326,12 @@ class Detector:
         min_ports, window = st.min_ports, st.window
         any_port, trigger_port = st.trigger_any_port, st.trigger_port
         aggregate = st.aggregate_sources
-        flows, recent, skeys, hot = self._flows, self._recent, self._skey, self._hot
-        first_contact = self.contacts.first
+        flows, single, recent, skeys, hot = (self._flows, self._single, self._recent,
+                                             self._skey, self._hot)
+        sides = self.sides
+        codes, code_of, note_sender = sides.codes, sides.code, sides.note_sender
+        runs = self.contacts.runs
+        count_from, count_until = self._count
         keep = self._keep
         contacts = self.contacts
         now = self._now
@@ -160,48 +349,69 @@ class Detector:
             dport = ev[5]
             if dport is None:
                 continue
-            src, dst, proto = ev[1], ev[2], ev[3]
-            hk = (src, dst, dport, proto)
-            h = hot.get(hk)
-            if h is not None:
-                hot_flow, pk, trig = h
-                if hot_flow.counting:
-                    seen = hot_flow.seen
-                    last = seen.get(pk)
-                    if last is not None and last >= t - window:
-                        if trig:
-                            q = recent.get(src)
-                            if q is None:
-                                q = recent[src] = deque()
-                            q.append(ev)
-                            while q[0][0] < t - keep:
-                                q.popleft()
-                        hot_flow.last = t
-                        hot_flow.packets += 1
-                        seen[pk] = t
-                        continue
-            # Possible trigger: remember it for `keep` seconds, and the first contact for good.
-            trig = any_port or (dport == trigger_port and proto == "UDP")
-            if trig:
+            code = codes.get((ev[6], ev[7]))
+            if code is None:
+                code = code_of(ev)
+            if code & SENT and (any_port or (dport == trigger_port and ev[3] == "UDP")):
+                # A possible trigger: kept for `keep` seconds, and its contact for good.
+                src = ev[1]
                 q = recent.get(src)
                 if q is None:
                     q = recent[src] = deque()
                 q.append(ev)
                 while q[0][0] < t - keep:
                     q.popleft()
-                pair = (src, dst)
-                if pair not in first_contact:
-                    first_contact[pair] = t
-            # Probe accounting for scan detection.
+                if count_from <= t < count_until:
+                    pair = (src, ev[2])
+                    run = runs.get(pair)
+                    if run is None:
+                        runs[pair] = [t, t, 1]
+                        note_sender(src)
+                    else:
+                        if t > run[1]:
+                            run[1] = t
+                        elif t < run[0]:
+                            run[0] = t
+                        run[2] += 1
+            if not code & RECEIVED:
+                continue
+            # A packet to a local or LAN address: probe accounting for scan detection.
+            src, dst, proto = ev[1], ev[2], ev[3]
+            hk = (src, dst, dport, proto)
+            h = hot.get(hk)
+            if h is not None:
+                flow, pk = h
+                if flow.counting:
+                    seen = flow.seen
+                    last = seen.get(pk)
+                    if last is not None and last >= t - window:
+                        flow.last = t
+                        flow.packets += 1
+                        seen[pk] = t
+                        continue
             sk = skeys.get(src)
             if sk is None:
                 sk = skeys[src] = source_key(src, aggregate)
                 if len(skeys) > 50_000:
                     skeys.clear()
             fkey = (dst, sk)
+            pk = (proto, dport)
             flow = flows.get(fkey)
             if flow is None:
+                one = single.get(fkey)
+                if one is None or t - one[1] > window:
+                    single[fkey] = (pk, t, src, 1)
+                    continue
+                if one[0] == pk:
+                    single[fkey] = (pk, t, one[2], one[3] + 1)
+                    continue
+                # A second port: now it is worth a flow.
+                del single[fkey]
                 flow = flows[fkey] = _Flow(dst)
+                flow.seen[one[0]] = flow.first[one[0]] = one[1]
+                flow.packets = one[3]
+                flow.protocols.add(one[0][0])
+                flow.sources.add(one[2])
             elif t - flow.last > window and flow.ports is not None:
                 # The previous scan is over; this starts afresh.
                 flow.counting = False
@@ -214,14 +424,13 @@ class Detector:
             flow.protocols.add(proto)
             if len(flow.sources) < 64:
                 flow.sources.add(src)
-            pk = (proto, dport)
             if flow.ports is not None:
                 flow.ports.add(pk)
                 continue
             seen = flow.seen
             last = seen.get(pk)
             seen[pk] = t
-            hot[hk] = (flow, pk, trig)
+            hot[hk] = (flow, pk)
             if last is not None and last >= t - window:
                 continue  # a port already counted in the window
             first = flow.first
@@ -255,7 +464,9 @@ class Detector:
         for f in self._flows.values():
             f.counting = False
         self._flows.clear()
+        self._single.clear()
         self._hot.clear()
+        self.contacts.sides = self.sides.describe()
         return sorted(out, key=lambda s: s.start)
 
     def _triggers(self, address: str, start: float) -> tuple[Trigger, ...]:
@@ -277,7 +488,8 @@ class Detector:
                     tuple(sorted(flow.protocols)), flow.triggers)
 
     def _sweep(self, now: float) -> Iterator[Scan]:
-        """Drop idle flows and old outbound packets: what keeps memory to the active window."""
+        """Drop idle flows, single probes and old sent packets: what keeps memory to the
+        active window."""
         self._swept = now
         window = self.settings.window
         dead = [k for k, f in self._flows.items() if now - f.last > window]
@@ -287,6 +499,9 @@ class Detector:
             done = self._close(flow)
             if done is not None:
                 yield done
+        single = self._single
+        for k in [k for k, v in single.items() if now - v[1] > window]:
+            del single[k]
         hot = self._hot
         if len(hot) > 4 * len(self._flows) + 1000:  # drop entries of closed flows and scans
             kept = {k: h for k, h in hot.items() if h[0].counting}
@@ -295,6 +510,12 @@ class Detector:
         keep = self._keep
         for a in [a for a, q in self._recent.items() if q[-1][0] < now - keep]:
             del self._recent[a]
+
+
+def sieve_for(settings: Detect) -> Sieve:
+    """What the parser may leave out for a detector with these settings (logs.Sieve)."""
+    return Sieve(settings.window, settings.trigger_port, settings.trigger_any_port,
+                 settings.aggregate_sources)
 
 
 def detect(events: Iterable[Logged], settings: Detect) -> tuple[list[Scan], Contacts]:

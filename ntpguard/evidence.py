@@ -1,8 +1,8 @@
 """Firewall logs → stored evidence → detection verdicts; the one ingest step.
 
 `ingest(state, sources, settings)` reads each source from where the last run stopped, detects,
-and stores the facts (first contacts, scans with their triggers, covered time) through
-state.py; `compute_verdicts(state, settings)` builds group tests from every fact stored so far.
+and stores the facts (contacts, scans with their triggers, covered time) through state.py;
+`compute_verdicts(state, settings)` weighs every fact stored so far (verdict.attribute).
 Keys make re-ingesting a no-op, so a lost position costs time, never double counting. Used by
 `ntpguard detect --record` and `sync`.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from ntpguard.config import Detect
-from ntpguard.detect import Contacts, Detector, Scan, detect_blocks
+from ntpguard.detect import Contacts, Detector, Scan, detect_blocks, sieve_for
 from ntpguard.logs import Logged, ReadStats
 from ntpguard.logs.parse import LineParser
 from ntpguard.logs.read import read_blocks
@@ -24,7 +24,7 @@ from ntpguard.logs.sources import Position, range_blocks
 from ntpguard.logs.split import Share, plan_shares
 from ntpguard.state import State
 from ntpguard.status import DETECT, Status, Verdict
-from ntpguard.verdict import Estimates, Finding, build_tests, decide
+from ntpguard.verdict import Estimates, Finding, attribute
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Summary:
     scans: list[Scan] = field(default_factory=list)
     contacts: int = 0
     sources: list[str] = field(default_factory=list)
+    sides: dict = field(default_factory=dict)  # which way packets went (detect.Sides)
 
     def as_dict(self) -> dict:
         s = self.stats
@@ -77,8 +78,8 @@ def detect_sources(sources: list[str], settings: Detect, fmt: str = "auto",
     gc.disable()
     try:
         if plan is None:
-            return detect_blocks(read_blocks(sources, fmt, boot_time, positions, stats),
-                                 settings)
+            return detect_blocks(read_blocks(sources, fmt, boot_time, positions, stats,
+                                             sieve_for(settings)), settings)
         import multiprocessing
 
         with multiprocessing.get_context("fork").Pool(len(plan)) as pool:
@@ -88,18 +89,10 @@ def detect_sources(sources: list[str], settings: Detect, fmt: str = "auto",
             gc.enable()
     scans: list[Scan] = []
     contacts = Contacts()
-    first = contacts.first
     formats: dict[str, int] = {}
     for part in parts:
         scans.extend(part["scans"])
-        for key, t in part["first"].items():
-            if key not in first or t < first[key]:
-                first[key] = t
-        if part["start"] is not None:
-            contacts.start = part["start"] if contacts.start is None else min(
-                contacts.start, part["start"])
-            contacts.end = part["end"] if contacts.end is None else max(
-                contacts.end, part["end"])
+        contacts.merge(part["contacts"])
         stats.add(part["stats"])
         for k, v in part["formats"].items():
             formats[k] = formats.get(k, 0) + v
@@ -118,8 +111,9 @@ def _share(job: tuple[Share, Detect]) -> dict:
     share, settings = job
     path, ref, fmt, boot_time = share.path, share.reference_time, share.fmt, share.boot_time
     warm, lo, hi, t_lo, t_hi = share.warm, share.lo, share.hi, share.t_lo, share.t_hi
-    parser = LineParser(fmt, reference_time=ref, boot_time=boot_time)
-    det = Detector(settings)
+    parser = LineParser(fmt, reference_time=ref, boot_time=boot_time,
+                        sieve=sieve_for(settings))
+    det = Detector(settings, count_from=t_lo, count_until=t_hi)
     marks: list[ReadStats] = []
     end = [lo]
 
@@ -148,8 +142,7 @@ def _share(job: tuple[Share, Detect]) -> dict:
     stats = ReadStats(b.lines - a.lines, b.events - a.events,
                       b.not_netfilter - a.not_netfilter, b.garbled - a.garbled,
                       b.untimed - a.untimed)
-    c = det.contacts
-    return {"scans": scans, "first": c.first, "start": c.start, "end": c.end, "stats": stats,
+    return {"scans": scans, "contacts": det.contacts, "stats": stats,
             "formats": parser.format_counts, "end_offset": end[0]}
 
 
@@ -161,7 +154,8 @@ def ingest(state: State, sources: list[str], settings: Detect, fmt: str = "auto"
     summary = Summary(sources=list(sources))
     summary.scans, contacts = detect_sources(sources, settings, fmt, boot_time, positions,
                                              summary.stats)
-    summary.contacts = len(contacts.first)
+    summary.contacts = len(contacts.runs)
+    summary.sides = contacts.sides
     state.save_detection([p for p in positions.values() if p.source != "-"], contacts,
                          summary.scans, ",".join(sorted(sources)), now)
     return summary
@@ -173,9 +167,8 @@ def compute_verdicts(state: State, settings: Detect, record: bool = True,
     """Findings from all stored evidence; with record, a 'detect' verdict is added for each
     server whose status changed since its last one (the history stays small)."""
     contacts = state.contacts()
-    tests, unattributed = build_tests(contacts.first, state.scans(), contacts.end,
-                                      settings.lookback, state.probe_addresses())
-    findings, estimates = decide(tests, settings, unattributed)
+    findings, estimates = attribute(contacts.runs, state.scans(), contacts.end, settings,
+                                    state.probe_addresses())
     if record:
         now = time.time() if now is None else now
         latest = state.latest_verdicts()

@@ -173,6 +173,13 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX canaries_by_server ON canaries (server);
     """,
+    # 6: a contact is a run of packets, not only its first one: the attribution model
+    # weighs every poll as a possible trigger. One row per address and server however long
+    # they talk (a month of polls every 64 s would be 40,000 rows per pair as packets).
+    """
+    ALTER TABLE detect_contacts ADD COLUMN last_time REAL;     -- NULL: first_time
+    ALTER TABLE detect_contacts ADD COLUMN packets INTEGER NOT NULL DEFAULT 1;
+    """,
 ]
 
 
@@ -581,11 +588,16 @@ class State:
                 " inode = excluded.inode, offset = excluded.offset, cursor = excluded.cursor,"
                 " updated = excluded.updated",
                 [(p.source, p.inode, p.offset, p.cursor, now) for p in positions])
+            # Runs merge: a read of later packets adds its count; a read of the same packets
+            # again (a lost position) takes the larger count, so re-reading never inflates it.
             db.executemany(
-                "INSERT INTO detect_contacts (address, server, first_time) VALUES (?, ?, ?)"
-                " ON CONFLICT (address, server) DO UPDATE SET"
+                "INSERT INTO detect_contacts (address, server, first_time, last_time, packets)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (address, server) DO UPDATE SET"
+                " packets = CASE WHEN excluded.first_time > coalesce(last_time, first_time)"
+                " THEN packets + excluded.packets ELSE max(packets, excluded.packets) END,"
+                " last_time = max(coalesce(last_time, first_time), excluded.last_time),"
                 " first_time = min(first_time, excluded.first_time)",
-                [(a, s, t) for (a, s), t in contacts.first.items()])
+                [(a, s, r[0], r[1], r[2]) for (a, s), r in contacts.runs.items()])
             fresh = []
             for s in scans:
                 cur = db.execute(
@@ -685,12 +697,14 @@ class State:
         return out
 
     def contacts(self) -> Contacts:
-        """Every first contact recorded so far and the time span the logs covered."""
+        """Every contact recorded so far (runs) and the time span the logs covered."""
         contacts = Contacts()
-        for address, server, t in self.conn.execute(
-                "SELECT address, server, first_time FROM detect_contacts"):
-            if _all(str, address, server) and isinstance(t, _NUMBER):
-                contacts.first[(address, server)] = float(t)
+        for address, server, t, last, n in self.conn.execute(
+                "SELECT address, server, first_time, coalesce(last_time, first_time), packets"
+                " FROM detect_contacts"):
+            if _all(str, address, server) and _all(_NUMBER, t, last) and isinstance(n, int):
+                contacts.runs[(address, server)] = [float(t), max(float(last), float(t)),
+                                                    max(n, 1)]
         row = self.conn.execute(
             "SELECT min(first_time), max(last_time) FROM detect_coverage").fetchone()
         if row and _all(_NUMBER, *row):

@@ -7,7 +7,7 @@ nothing else works out precedence. Sources rank (README, "Precedence"):
    withdraws the admin's mark, so the others decide again;
 2. trusted: `[servers] trusted` in the configuration (the admin's own or NTS servers): clean;
 3. local evidence: first `canary` (a scan of the throwaway address only that server ever saw:
-   ntpguard.canary, exact), then `detect` (group testing over this host's firewall logs) and
+   ntpguard.canary, exact), then `detect` (the attribution model over this host's firewall logs) and
    `probe` (its own probes);
 4. lists: enforced shared lists (`list:NAME`), somebody else's evidence.
 

@@ -13,10 +13,10 @@ from ntpguard.config import Detect
 from ntpguard.detect import detect
 from ntpguard.logs import Event
 from ntpguard.logs.parse import LineParser
-from ntpguard.verdict import build_tests, decide
+from ntpguard.verdict import attribute
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loggen import Scenario, Truth, generate
+from loggen import ATTRIBUTION, JOURNAL_REMOTE, Scenario, Truth, generate, write_journal
 
 HOST, SERVER, OTHER, SCANNER = "2001:db8:a::1", "2001:db8:5::123", "2001:db8:6::123", \
     "2604:a880:800:10::1"
@@ -73,7 +73,7 @@ def test_lookback_bounds_triggers():
     assert [t.server for t in scan.triggers] == [OTHER]
 
 
-def test_group_testing_sole_and_explaining_away():
+def test_attribution_sole_and_explaining_away():
     st = Detect()
     first = {}
     scans = []
@@ -89,13 +89,14 @@ def test_group_testing_sole_and_explaining_away():
         else:
             for k, s in enumerate((f"x{i - 1}", f"y{i - 1}", "z")):
                 first[(a, s)] = t0 + k
-    tests, unattributed = build_tests(first, scans, 200_000.0, st.lookback)
-    verdicts, est = decide(tests, st, unattributed)
+    runs = {k: [t, t, 1] for k, t in first.items()}
+    verdicts, est = attribute(runs, scans, 200_000.0, st)
     assert verdicts["H"].status == "harvester"
     assert (verdicts["H"].positive, verdicts["H"].negative) == (6, 0)
+    assert verdicts["H"].explained > 5.5  # the scans are its, not its group's
     assert all(v.status != "harvester" for k, v in verdicts.items() if k != "H")
     assert verdicts["z"].status == "clean"
-    assert est.harvest_rate >= 0.9 and est.lag_median == pytest.approx(30.0)
+    assert est.harvest_rate >= 0.9 and est.lag_median == pytest.approx(30.0, abs=5.0)
 
 
 def _run(sc: Scenario, seed: int):
@@ -104,15 +105,12 @@ def _run(sc: Scenario, seed: int):
     lines = list(generate(sc, seed, truth))
     parser = LineParser(reference_time=sc.start + sc.duration)
     scans, contacts = detect(parser.parse_lines(lines), st)
-    tests, unattributed = build_tests(contacts.first, scans, contacts.end, st.lookback)
-    verdicts, _ = decide(tests, st, unattributed)
+    verdicts, _ = attribute(contacts.runs, scans, contacts.end, st)
     flagged = {s for s, v in verdicts.items() if v.status == "harvester"}
     noticed = {s for s, v in verdicts.items() if v.status in ("harvester", "suspect")}
     # A harvester is findable only if the log shows it: at least 2 scans it triggered.
-    findable = {s for s in truth.harvesters if s in verdicts and verdicts[s].positive >= 2
-                and verdicts[s].sole + verdicts[s].positive >= 2}
-    wrongly_clean = {s for s in truth.harvesters if verdicts.get(s) and
-                     verdicts[s].status == "clean"}
+    findable = {s for s, n in truth.scans_by.items() if n >= 2}
+    wrongly_clean = {s for s in findable if verdicts.get(s) and verdicts[s].status == "clean"}
     return flagged, noticed, truth, findable, wrongly_clean, parser.stats
 
 
@@ -150,11 +148,13 @@ def test_precision_and_recall_over_seeds(name):
     print(f"{name}: precision {precision:.2f} recall(findable) {recall:.2f} "
           f"({found_findable}/{findable_total}), harvesters called clean {wrongly_clean}")
     assert precision >= 0.9
-    assert recall >= 0.5
+    assert recall >= 0.9
     assert findable_total > 0
-    # A harvester called clean gets NTP traffic and the time daemon's preference. Over 5
-    # seeds at most one, a half-rate harvester whose few scans others explain (was 3).
-    assert wrongly_clean <= 1
+    # A harvester called clean gets NTP traffic and the time daemon's preference: never one
+    # that the log shows triggering two scans. (These scenarios' scanner sweeps an address
+    # once whoever reported it, so a harvester's scans can hide behind another's: over 5
+    # seeds at most one; benchmarks/attribution.py has the per-harvester scanners.)
+    assert wrongly_clean <= (0 if sc.cooldown == "harvester" else 1)
 
 
 def test_cli_json_and_record_never_double_counts(tmp_path, run_cli):
@@ -171,15 +171,23 @@ def test_cli_json_and_record_never_double_counts(tmp_path, run_cli):
     assert scans and servers
     assert set(scans[0]) == {"type", "start", "end", "src", "dst", "ports", "packets",
                              "triggers"}
-    assert set(servers[0]) == {"type", "address", "status", "positive", "negative", "sole"}
+    assert set(servers[0]) == {"type", "address", "status", "positive", "negative", "sole",
+                               "probability", "harvest_rate", "explained"}
+    (model,) = [o for o in objs if o["type"] == "model"]
+    assert model["lag_median"] is not None and 0 < model["harvest_rate"] <= 1
     first = run_cli("detect", "--json", "--record", log)
     again = run_cli("detect", "--json", "--record", log)  # nothing new: same verdicts
     assert first.returncode == again.returncode == 0, again.stderr
-    srv = lambda r: sorted(x for x in r.stdout.splitlines() if '"type": "server"' in x)  # noqa: E731
+    def srv(r):  # the verdicts (the fitted probabilities may differ in the last digit)
+        return sorted((o["address"], o["status"], o["positive"], o["negative"], o["sole"])
+                      for o in map(json.loads, r.stdout.splitlines()) if o["type"] == "server")
+
     assert srv(first) == srv(again) == srv(out)
     assert '"scan"' not in again.stdout  # the file was already read to its end
     human = run_cli("detect", log)
     assert "one or more of these packets may have triggered the scan" in human.stdout
+    assert "Directions: LAN interfaces none seen (learned from the log); local prefixes " \
+        "2001:db8:a000:1::/64, 2001:db8:a001:1::/64 (learned)." in human.stdout
     assert "skipped" in human.stdout
 
 
@@ -226,3 +234,156 @@ def test_parallel_split_equals_sequential(tmp_path, name, workers):
     assert (st1.lines, st1.events, st1.garbled, st1.not_netfilter) == \
         (st2.lines, st2.events, st2.garbled, st2.not_netfilter)
     assert p1.offset == p2.offset == log.stat().st_size - len("partial line without newline")
+
+
+# -- direction ------------------------------------------------------------------------------
+
+def _fwd(t, src, dst, dport, iface_in, iface_out, sport=40000, proto="UDP"):
+    return Event(t, src, dst, proto, sport, dport, iface_in, iface_out, "fwd")
+
+
+def test_inbound_ntp_is_never_a_contact_and_outbound_probes_no_scan():
+    remote = [Event(10.0 + i, f"2a02:{i:x}::7", HOST, "UDP", 40000 + i, 123, "eth0", "", "in")
+              for i in range(50)]
+    swept = [Event(100.0 + i / 10, HOST, SERVER, "TCP", 50000, p, "", "eth0", "out")
+             for i, p in enumerate(range(1, 60))]
+    scans, contacts = detect([*remote, ntp(90.0), *swept], Detect())
+    assert contacts.runs == {(HOST, SERVER): [90.0, 90.0, 1]}  # not the 50 remote senders
+    assert scans == []  # the host probing a server's ports is no scan of a local address
+
+
+def _gateway_events(lan: str, wan: str) -> list[Event]:
+    """LAN hosts polling servers through a router, inbound NTP noise forwarded to them, and a
+    scan of one LAN address 20 s after it polled a server."""
+    hosts = [f"2001:db8:1:2::{i:x}" for i in range(1, 5)]
+    servers = [f"2001:db8:{0x100 + i:x}::123" for i in range(12)]
+    ev = []
+    for k, h in enumerate(hosts):
+        for j, s in enumerate(servers[k * 3:k * 3 + 3]):
+            for poll in range(5):
+                ev.append(_fwd(1.0 + k + j / 10 + 64 * poll, h, s, 123, lan, wan))
+    for i in range(40):  # amplification probes from all over
+        ev.append(_fwd(5.0 + i * 7, f"2a0{i % 9}:{i:x}::1", hosts[i % 4], 123, wan, lan))
+    ev += [_fwd(160.0 + p / 100, SCANNER, hosts[0], p, wan, lan, proto="TCP")
+           for p in range(1, 101)]
+    return sorted(ev)
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_gateway_sides_configured_or_learned(configured):
+    """Forwarded packets: the LAN side from [detect] lan_interfaces, or learned from the log
+    (no configuration: the LAN's NTP names br-lan the LAN within seconds)."""
+    st = Detect(lan_interfaces=("br-lan",)) if configured else Detect()
+    scans, contacts = detect(_gateway_events("br-lan", "ppp0"), st)
+    assert contacts.sides["lan_interfaces"] == ["br-lan"]
+    assert contacts.sides["lan_learned"] is not configured
+    assert {a for a, _ in contacts.runs} == {f"2001:db8:1:2::{i:x}" for i in range(1, 5)}
+    assert contacts.runs[("2001:db8:1:2::1", "2001:db8:100::123")][2] == 5
+    (scan,) = scans
+    assert scan.dst == "2001:db8:1:2::1" and scan.ports == 100
+    assert {t.server for t in scan.triggers} == {f"2001:db8:{0x100 + i:x}::123"
+                                                 for i in range(3)}
+
+
+def test_local_prefixes_decide_lines_without_interfaces():
+    """A shipper that dropped IN=/OUT=: the configured (or learned) local prefixes decide."""
+    bare = [Event(1.0, HOST, SERVER, "UDP", 123, 123, "", "", ""),
+            Event(2.0, "2a02::7", HOST, "UDP", 5000, 123, "", "", "")]
+    _, learned = detect([ntp(0.5, dst=OTHER), *bare], Detect())
+    _, configured = detect(bare, Detect(local_prefixes=("2001:db8:a::/48",)))
+    for contacts in (learned, configured):
+        assert ("2a02::7", HOST) not in contacts.runs
+        assert (HOST, SERVER) in contacts.runs
+
+
+@pytest.mark.skipif(not Path(JOURNAL_REMOTE).exists(), reason="systemd-journal-remote missing")
+def test_journal_file_on_the_fast_path_with_its_cursor(tmp_path, run_cli):
+    """A real journal file (written by systemd-journal-remote) read as `journalctl -o
+    short-iso-precise --show-cursor` prints it: the same scans as the JSON lines of the same
+    log, and a second --record reads nothing again (the cursor was kept)."""
+    sc = Scenario(hosts=2, servers=30, harvesters=2, duration=86400, address_lifetime=4 * 3600,
+                  envelope="journal", malformed_per_hour=0)
+    lines = list(generate(sc, 3))
+    journal = tmp_path / "kern.journal"
+    write_journal(str(journal), lines)
+    as_json = tmp_path / "kern.json"
+    as_json.write_text("\n".join(lines) + "\n")
+    want = run_cli("detect", "--json", as_json)
+    got = run_cli("detect", "--json", "--journal-file", journal)
+    assert want.returncode == got.returncode == 0, got.stderr
+    scans = lambda r: [x for x in r.stdout.splitlines() if '"type": "scan"' in x]  # noqa: E731
+    assert len(scans(got)) > 3 and scans(got) == scans(want)
+    first = run_cli("detect", "--json", "--record", "--journal-file", journal)
+    again = run_cli("detect", "--json", "--record", "--journal-file", journal)
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert scans(first) == scans(want) and scans(again) == []
+    missing = run_cli("detect", "--journal-file", tmp_path / "none.journal")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+
+
+def test_explain_reports_the_fitted_lags_and_rates(tmp_path, run_cli):
+    sc = Scenario(hosts=2, servers=20, harvesters=1, duration=2 * 86400,
+                  address_lifetime=4 * 3600, lag=(20.0, 20.0), harvest_rate=(1.0, 1.0))
+    truth = Truth()
+    log = tmp_path / "kern.log"
+    log.write_text("\n".join(generate(sc, 5, truth)) + "\n")
+    import os
+    os.utime(log, (sc.start + sc.duration, sc.start + sc.duration))
+    assert run_cli("detect", "--record", log).returncode == 0
+    (harvester,) = truth.harvesters
+    out = json.loads(run_cli("explain", harvester, "--json").stdout)
+    assert out["detection"]["explained"] >= 2 and out["detection"]["harvest_rate"] >= 0.8
+    # The scans came 14-26 s after the contacts (20 s, jittered by 30%).
+    assert 10 <= out["model"]["lag_median"] <= 30
+    human = run_cli("explain", harvester).stdout
+    assert "Lag from contact to scan (estimated): median" in human and "Harvest rate" in human
+
+
+@pytest.mark.parametrize("name", ["gateway", "half"])
+def test_the_sieve_changes_no_result(tmp_path, name):
+    """The C path leaves out packets that came in from sources that sent nothing else to that
+    address in the window (background radiation): the scans, their triggers and the contacts
+    are those of a read that hands the detector every packet."""
+    from ntpguard.detect import detect_blocks, sieve_for
+    from ntpguard.logs.read import read_blocks
+
+    sc = dataclasses.replace(SCENARIOS[name], noise_per_hour=3000, inbound_ntp_per_hour=300,
+                             duration=86400)
+    log = tmp_path / "kern.log"
+    log.write_text("\n".join(generate(sc, 2)) + "\n")
+    import os
+    os.utime(log, (sc.start + sc.duration, sc.start + sc.duration))
+    st = Detect()
+    sieved, c1 = detect_blocks(read_blocks([str(log)], sieve=sieve_for(st)), st)
+    plain, c2 = detect_blocks(read_blocks([str(log)]), st)
+    assert len(plain) > 3 and sieved == plain
+    assert c1.runs == c2.runs
+    # ...while most of the noise never became a packet.
+    handed = [sum(map(len, read_blocks([str(log)], sieve=s))) for s in (sieve_for(st), None)]
+    assert handed[0] < 0.7 * handed[1]
+
+
+@pytest.mark.parametrize("name,seeds", [("site", range(3)), ("journal", range(1)),
+                                        ("gateway", range(1))])
+def test_attribution_scenarios(tmp_path, name, seeds):
+    """The issue's scenarios (benchmarks/attribution.py runs 10 seeds of each): no clean
+    server called harvester, no harvester that triggered two scans called clean, and nearly
+    all of them named."""
+    from ntpguard.evidence import detect_sources
+    from ntpguard.verdict import attribute
+
+    sc = ATTRIBUTION[name]
+    named = eligible = 0
+    for seed in seeds:
+        truth = Truth()
+        log = tmp_path / f"{name}-{seed}.log"
+        log.write_text("\n".join(generate(sc, seed, truth)) + "\n")
+        scans, contacts = detect_sources([str(log)], Detect(), workers=1)
+        verdicts, _ = attribute(contacts.runs, scans, contacts.end, Detect())
+        called = {s for s, v in verdicts.items() if v.status == "harvester"}
+        assert called <= truth.harvesters
+        found = {s for s, n in truth.scans_by.items() if n >= 2}
+        assert all(verdicts[s].status != "clean" for s in found if s in verdicts)
+        named += len(called & found)
+        eligible += len(found)
+    assert eligible > 0 and named >= 0.85 * eligible

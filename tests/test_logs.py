@@ -175,11 +175,11 @@ def _both(raw: list[bytes], fmt: str = "auto", ref: float = 1.7e9) -> None:
     """The full parser, the fast path in Python and its C copy give the same packets, the
     same counts and the same detected format."""
     slow = LineParser(fmt, reference_time=ref, boot_time=1.7e9)
-    want = [tuple(ev[:6]) for ev in slow.parse_lines(r.decode("utf-8", "replace") for r in raw)]
+    want = [tuple(ev[:8]) for ev in slow.parse_lines(r.decode("utf-8", "replace") for r in raw)]
     a = slow.stats
     for native in (False, True):
         fast = LineParser(fmt, reference_time=ref, boot_time=1.7e9, native=native)
-        got = [tuple(p[:6]) for p in fast.packets([raw[i:i + 97]
+        got = [tuple(p[:8]) for p in fast.packets([raw[i:i + 97]
                                                    for i in range(0, len(raw), 97)])]
         assert got == want, f"native={native}"
         assert [type(x) for p in got for x in p] == [type(x) for p in want for x in p]
@@ -288,3 +288,52 @@ def test_fast_paths_take_any_bytes_as_the_full_parser_does(lines):
     """Lines made of netfilter fragments, odd bytes (NUL, invalid UTF-8) and junk: neither
     fast path crashes, and both agree with the full parser on every one."""
     _both([line.replace(b"\n", b" ") for line in lines])
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not present")
+def test_corpus_directions():
+    """Every genuine corpus packet's direction is the one its IN=/OUT= text says (the last
+    pair before SRC=): sent, received or forwarded; and every kind occurs in the corpus."""
+    from ntpguard.logs import direction
+
+    seen = set()
+    for path in _corpus_files():
+        if _NOT_GENUINE.search(path.name) or path.suffix == ".jsonl":
+            continue
+        parser = LineParser(boot_time=1.7e9, reference_time=path.stat().st_mtime)
+        for line in path.read_text(encoding="utf-8").splitlines():
+            ev = parser.parse_line(line)
+            pairs = re.findall(r"IN=(\S*) OUT=(\S*) ", line.split(" SRC=")[0] + " ")
+            if ev is None or not pairs:
+                continue
+            want = direction(*pairs[-1])
+            assert direction(ev.iface_in, ev.iface_out) == want, line
+            seen.add(want)
+    assert seen == {"in", "out", "forwarded"}
+
+
+@pytest.mark.parametrize("line,when", [
+    # OpenWrt logread and dmesg -T carry their own year: not the file's.
+    (f"Mon Dec 25 13:31:15 2017 kern.warn kernel: [ 5.000000] drop: {BODY}",
+     (2017, 12, 25, 13, 31, 15)),
+    (f"[Thu Mar 11 20:05:08 2021] drop: {BODY}", (2021, 3, 11, 20, 5, 8)),
+    # Vector (and similar shippers): the time in "timestamp", RFC 3339 or epoch.
+    ('{"message": "drop: ' + BODY + '", "timestamp": "2024-05-06T07:08:09.5Z", "host": "gw"}',
+     (2024, 5, 6, 7, 8, 9)),
+    ('{"message": "drop: ' + BODY + '", "timestamp": 1714979289500, "host": "gw"}',
+     (2024, 5, 6, 7, 8, 9)),
+])
+def test_stamps_with_their_own_year_and_shipper_timestamps(monkeypatch, line, when):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        parser = LineParser(reference_time=parse_when("2026-01-01T12:00:00"))
+        for raw in (line, line):  # twice: cached stamps must agree
+            ev = parser.parse_line(raw)
+            assert ev is not None, raw
+            assert time.gmtime(ev.time)[:6] == when
+            assert (ev.src, ev.dport, ev.iface_out) == ("2001:db8::1", 123, "eth0")
+        _both([line.encode()], ref=parse_when("2026-01-01T12:00:00"))
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -11,13 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ntpguard import config
 from ntpguard import probe as probing
 from ntpguard.config import Detect, Probe
 from ntpguard.detect import Scan
 from ntpguard.errors import UsageError
 from ntpguard.state import State
 from ntpguard.status import ServerStatus, Status
-from ntpguard.verdict import Finding, build_tests
+from ntpguard.verdict import Finding, attribute
 
 NET = ipaddress.IPv6Network("2001:db8:4057:1::/64")
 
@@ -130,7 +131,7 @@ def test_check_servers_canonical_unique_ipv6_only():
 # -- choosing suspects -------------------------------------------------------------------------
 
 def v(address: str, status: str, p: float, pos: int) -> Finding:
-    return Finding(address, Status(status), p, pos, 0, 0)
+    return Finding(address, Status(status), p, pos, 0, 0, 0.7)
 
 
 def stated(pairs: dict[str, str]) -> dict[str, ServerStatus]:
@@ -178,19 +179,18 @@ def test_recorded_probe_contacts_become_sole_tests(tmp_path):
     assert contacts.first == {("2001:db8:4057:1::5", "2001:db8::a"): 90.0,
                               ("2001:db8:4057:1::6", "2001:db8::b"): 100.0}
     scan = Scan(95.0, 96.0, "2001:db8:5ca::/64", "2001:db8:4057:1::5", 120, 120, ("TCP",), ())
-    tests, unattributed = build_tests(contacts.first, [scan], covered_until=200.0, lookback=10)
-    assert unattributed == 0
-    assert [(t.servers, t.positive) for t in tests] == [
-        (("2001:db8::a",), True), (("2001:db8::b",), False)]
+    verdicts, est = attribute(contacts.runs, [scan], 200.0, config.Detect(lookback=10.0),
+                              {"2001:db8:4057:1::5", "2001:db8:4057:1::6"})
+    assert est.unattributed_scans == 0
+    a, b = verdicts["2001:db8::a"], verdicts["2001:db8::b"]
+    assert (a.positive, a.sole, a.negative) == (1, 1, 0)
+    assert (b.positive, b.negative) == (0, 1)
 
 
 def test_two_sole_probe_hits_convict_where_two_passive_ones_do_not(tmp_path):
     """A probe address was given to one server only: a scan of it is not background noise.
     The same evidence from ordinary addresses stays below "harvester" (few tests, so the
     estimated background rate is high); from probe addresses it convicts."""
-    from ntpguard import config
-    from ntpguard.verdict import decide
-
     harvester, clean = "2001:db8::a", ["2001:db8::b", "2001:db8::c", "2001:db8::d"]
     first, scans = {}, []
     for i in range(2):  # two probes of the harvester, both scanned
@@ -202,9 +202,8 @@ def test_two_sole_probe_hits_convict_where_two_passive_ones_do_not(tmp_path):
         first[(f"2001:db8:4057:1::{i + 20:x}", server)] = 100.0
     probes = {a for a, _ in first}
     for marked, want in ((set(), {"suspect", "unknown"}), (probes, {"harvester"})):
-        tests, _ = build_tests(first, scans, covered_until=500.0, lookback=10, probes=marked)
-        assert all(t.probe == bool(marked) for t in tests)
-        verdicts, _ = decide(tests, config.Detect())
+        runs = {k: [t, t, 1] for k, t in first.items()}
+        verdicts, _ = attribute(runs, scans, 500.0, config.Detect(lookback=10.0), marked)
         assert verdicts[harvester].status in want, (marked, verdicts[harvester])
         assert verdicts[harvester].sole == 2
         assert all(verdicts[c].status != "harvester" for c in clean)

@@ -208,3 +208,21 @@ def test_failed_migration_rolls_back(state_dir, monkeypatch):
     with State.open(str(state_dir)) as st:
         tables = {r[0] for r in st.conn.execute("SELECT name FROM sqlite_master")}
     assert "half" not in tables
+
+
+def test_contact_runs_merge_and_a_reread_never_inflates_them(state_dir):
+    """A contact is stored as a run (first, last, packets): a later read adds its packets,
+    reading the same packets again (a lost position) does not; a probe contact (no run)
+    reads back as one packet."""
+    from ntpguard.detect import Contacts
+
+    pair = ("2001:db8:a::1", "2001:db8:5::123")
+    with State.open(str(state_dir), lock=True) as st:
+        st.save_detection([], Contacts({pair: [100.0, 400.0, 5]}, 100.0, 400.0), [], "k", 1.0)
+        st.save_detection([], Contacts({pair: [100.0, 400.0, 5]}, 100.0, 400.0), [], "k", 2.0)
+        assert st.contacts().runs[pair] == [100.0, 400.0, 5]
+        st.save_detection([], Contacts({pair: [464.0, 720.0, 4]}, 400.0, 720.0), [], "k", 3.0)
+        st.record_probe_contacts([("2001:db8:a::2", "2001:db8:5::9", 50.0)])
+        runs = st.contacts().runs
+    assert runs[pair] == [100.0, 720.0, 9]
+    assert runs[("2001:db8:a::2", "2001:db8:5::9")] == [50.0, 50.0, 1]

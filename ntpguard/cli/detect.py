@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import time
 from typing import Any, Optional
 
@@ -16,7 +17,8 @@ from ntpguard.errors import UsageError
 from ntpguard.logs import ReadStats
 from ntpguard.logs.parse import FORMATS, boot_time_now, parse_when
 from ntpguard.logs.read import JOURNAL, order_sources
-from ntpguard.verdict import Estimates, Finding, build_tests, decide
+from ntpguard.status import Status
+from ntpguard.verdict import Estimates, Finding, attribute
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -24,11 +26,15 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "detect", parents=[common], help="find harvester-triggered scans in firewall logs",
         description="Read netfilter LOG / nft log / ulogd2 lines, find port scans of local "
         "addresses, the outbound NTP packets shortly before each (its possible triggers), and "
-        "judge each NTP server from all scans and non-scans (group testing).")
+        "judge each NTP server from all scans and non-scans (lags and harvest rates fitted "
+        "to the data).")
     p.add_argument("files", nargs="*", metavar="FILE",
                    help="log files (plain or .gz, oldest first is found by name); - for stdin")
     p.add_argument("--journal", action="store_true",
-                   help="read kernel messages from the journal (journalctl -k -o json)")
+                   help="read kernel messages from the journal (journalctl -k)")
+    p.add_argument("--journal-file", action="append", default=[], metavar="FILE",
+                   help="read kernel messages from a journal file (journalctl --file), e.g. "
+                   "one copied from another machine")
     p.add_argument("--format", choices=FORMATS, default="auto",
                    help="force the line format instead of recognising it per line")
     p.add_argument("--boot-time", metavar="TIME",
@@ -69,8 +75,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     sources = order_sources(list(args.files))
     if args.journal:
         sources.append(JOURNAL)
+    sources += [f"{JOURNAL}:{os.path.abspath(f)}" for f in args.journal_file]
     if not sources:
-        raise UsageError("detect: give log files (- for stdin) or --journal")
+        raise UsageError("detect: give log files (- for stdin), --journal or --journal-file")
     if sources.count("-") > 1:
         raise UsageError("detect: stdin (-) can be read only once")
     boot = parse_when(args.boot_time) if args.boot_time else boot_time_now()
@@ -79,22 +86,25 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         with ctx.open_state(write=True) as state:
             summary = evidence.ingest(state, sources, settings, args.format, boot)
             verdicts, estimates = evidence.compute_verdicts(state, settings)
-            stats, scans = summary.stats, summary.scans
+            stats, scans, sides = summary.stats, summary.scans, summary.sides
             state.record_run("detect", started, time.time(), True, summary.as_dict())
     else:
         stats = ReadStats()
         scans, contacts = evidence.detect_sources(sources, settings, args.format, boot,
                                                   None, stats)
-        tests, unattributed = build_tests(contacts.first, scans, contacts.end, settings.lookback)
-        verdicts, estimates = decide(tests, settings, unattributed)
+        verdicts, estimates = attribute(contacts.runs, scans, contacts.end, settings)
+        sides = contacts.sides
     if args.json:
         for s in scans:
             print_json(scan_json(s))
         for v in sorted(verdicts.values(), key=_rank):
             print_json({"type": "server", "address": v.address, "status": v.status.value,
-                        "positive": v.positive, "negative": v.negative, "sole": v.sole})
+                        "positive": v.positive, "negative": v.negative, "sole": v.sole,
+                        "probability": v.probability, "harvest_rate": v.harvest_rate,
+                        "explained": v.explained})
+        print_json({"type": "model", **dataclasses.asdict(estimates), "sides": sides})
     else:
-        print(report(scans, verdicts, estimates, stats))
+        print(report(scans, verdicts, estimates, stats, sides))
     return 0
 
 
@@ -115,7 +125,7 @@ def scan_json(s: Scan) -> dict:
 
 
 def report(scans: list[Scan], verdicts: dict[str, Finding], est: Estimates,
-           stats: ReadStats) -> str:
+           stats: ReadStats, sides: Optional[dict[str, Any]] = None) -> str:
     """The human report, in the 2016 original's words."""
     out = []
     for s in scans:
@@ -131,24 +141,46 @@ def report(scans: list[Scan], verdicts: dict[str, Finding], est: Estimates,
             out.append("  no outbound packet from this address in the lookback before it")
     if not scans:
         out.append("No scans found.")
-    rows = [["server", "status", "p", "positive", "negative", "sole"]]
+    rows = [["server", "status", "p", "rate", "positive", "negative", "sole", "explained"]]
     for v in sorted(verdicts.values(), key=_rank):
-        rows.append([v.address, v.status.value, f"{v.probability:.2f}", str(v.positive),
-                     str(v.negative), str(v.sole)])
+        rate = f"{v.harvest_rate:.0%}" if v.status in (Status.HARVESTER, Status.SUSPECT) else ""
+        rows.append([v.address, v.status.value, f"{v.probability:.2f}", rate, str(v.positive),
+                     str(v.negative), str(v.sole), f"{v.explained:.1f}"])
     if len(rows) > 1:
         out += ["", table(rows)]
-    lag = _lag(est.lag_median, est.lag_max)
-    out += ["", f"Estimated: harvesters answer {est.harvest_rate:.0%} of new addresses"
-            f"{lag}; unrelated scans hit {est.background_rate:.1%} of tests "
-            f"({est.tests} tests, {est.positive_tests} positive, "
-            f"{est.unattributed_scans} scans without a trigger)."]
+    out += ["", *estimate_lines(est)]
+    if sides:
+        out.append(sides_line(sides))
     out.append(f"Read {stats.lines} lines: {stats.events} packets, {stats.skipped} skipped "
                f"({stats.not_netfilter} not netfilter, {stats.garbled} garbled or truncated, "
                f"{stats.untimed} without a usable time).")
     return "\n".join(out)
 
 
-def _lag(median: Optional[float], worst: Optional[float]) -> str:
-    if median is None or worst is None:
-        return ""
-    return f" after {median:.0f} s (median; longest {worst:.0f} s)"
+def sides_line(sides: dict[str, Any]) -> str:
+    """Which way packets went: the LAN side of forwarded packets and the local prefixes, and
+    whether they were configured or learned from the log."""
+    lan = ", ".join(sides.get("lan_interfaces", ())) or "none seen"
+    wan = ", ".join(sides.get("wan_interfaces", ()))
+    prefixes = sides.get("local_prefixes", ())
+    how = "learned from the log" if sides.get("lan_learned") else "[detect] lan_interfaces"
+    return (f"Directions: LAN interfaces {lan} ({how}{'; WAN ' + wan if wan else ''}); local "
+            f"prefixes {', '.join(prefixes[:4]) or 'none'}{' ...' if len(prefixes) > 4 else ''}"
+            f" ({'learned' if sides.get('prefixes_learned') else 'configured'}).")
+
+
+def estimate_lines(est: Estimates) -> list[str]:
+    """The fitted model in words: the lag distribution and the harvest rates (also shown by
+    `ntpguard explain`)."""
+    if est.lag_median is None:
+        lag = "Lag from contact to scan: not estimated (no scan followed a contact)."
+    else:
+        lag = (f"Lag from contact to scan (estimated): median {est.lag_median:.0f} s, 90% "
+               f"within {est.lag_p90:.0f} s, 99% within {est.lag_max:.0f} s; "
+               f"{est.first_contact_share:.0%} of harvests at the first packet to a server.")
+    return [lag,
+            f"Harvest rate: likely harvesters take {est.harvest_rate:.0%} of the addresses they "
+            f"see (each one's own rate under 'rate'); unrelated scans: "
+            f"{est.background_rate:.3g} per address and hour. {est.explained:.0f} of "
+            f"{est.scans} scans explained by harvesters, {est.unattributed_scans} with no "
+            f"contact in the lookback ({est.contacts} address-server contacts weighed)."]

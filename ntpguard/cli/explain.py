@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from ntpguard import snapshot
+from ntpguard import evidence, snapshot
 from ntpguard.addr import parse_address
 from ntpguard.cli import Context, Subparsers
 from ntpguard.cli._fmt import iso
+from ntpguard.cli.detect import estimate_lines
 from ntpguard.status import status_of
 
 
@@ -27,6 +29,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.open_state(write=False) as state:
         snap = snapshot.take(ctx.config, state)
         history = state.verdict_history(address)
+        # The detection model as all stored evidence fits it now: its lags and rates.
+        findings, model = evidence.compute_verdicts(state, ctx.config.detect, record=False)
+    finding = findings.get(address)
     st = status_of(snap, address)
     # What no stored row says: a trusted server or a list entry that covers the address.
     if st.verdict is not None and st.verdict.source.kind in ("trusted", "list"):
@@ -45,6 +50,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         "reason": st.reason,
         "history": [{"time": iso(v.time) if v.time else None, "source": str(v.source),
                      "status": v.status.value, "evidence": dict(v.evidence)} for v in history],
+        "detection": finding.evidence() if finding else None,
+        "model": dataclasses.asdict(model),
     }
     if args.json:
         from ntpguard.cli import print_json
@@ -62,4 +69,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         ev = ", ".join(f"{k}={x}" for k, x in sorted(v.evidence.items()))
         when = iso(v.time) if v.time else "-"
         print(f"  {when:<25}  {v.source!s:<14} {v.status:<9} {ev}")
+    if finding is not None:
+        print(f"  detection now: {finding.status}, harvest rate {finding.harvest_rate:.0%} if it "
+              f"harvests, {finding.explained:.1f} scans credited to it")
+    for line in estimate_lines(model):
+        print(f"  {line}")
     return 0

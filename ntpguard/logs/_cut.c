@@ -33,6 +33,16 @@ static Py_ssize_t find(const char *line, Py_ssize_t len, const char *needle, Py_
     return hit ? (Py_ssize_t)(hit - line) : -1;
 }
 
+/* Index of the last needle in line[from:to), or -1 (bytes.rfind with bounds). */
+static Py_ssize_t rfind(const char *line, Py_ssize_t len, const char *needle, Py_ssize_t nlen,
+                        Py_ssize_t from, Py_ssize_t to) {
+    if (to > len) to = len;
+    if (from < 0) from = 0;
+    for (Py_ssize_t i = to - nlen; i >= from; i--)
+        if (line[i] == needle[0] && memcmp(line + i, needle, (size_t)nlen) == 0) return i;
+    return -1;
+}
+
 /* "SPT=123" exactly as f"SPT={n}" prints a port 0..65535 (no sign, no leading zero). */
 static long port(const char *p, Py_ssize_t n, const char *tag) {
     if (n < 5 || n > 9 || memcmp(p, tag, 4) != 0) return -1;
@@ -82,6 +92,16 @@ typedef struct {
     int n_protos;
     double last_t;
     PyObject *last_time; /* owned */
+    /* The last interface text ("eth1 OUT=eth0") and its (iface_in, iface_out) strs: a log
+     * has a handful of these, mostly one after another. */
+    char iface_text[64];
+    Py_ssize_t iface_len;
+    PyObject *iface_in, *iface_out; /* owned */
+    /* The sieve (see sieve()); hold is NULL when it is off. */
+    PyObject *hold;
+    double window;
+    long trigger_port;
+    int any_port, aggregate, releasing;
 } Ctx;
 
 static PyObject *PORTS[65536]; /* port numbers as ints, made once */
@@ -285,7 +305,7 @@ static PyObject *time_object(Ctx *x, double t) {
 
 static PyObject *packet(Ctx *x, double t, PyObject *src, PyObject *dst, PyObject *proto,
                         long sport, long dport) {
-    PyObject *tup = PyTuple_New(6);
+    PyObject *tup = PyTuple_New(8);
     if (tup == NULL) return NULL;
     PyObject *ft = time_object(x, t);
     PyObject *sp = sport < 0 ? (Py_INCREF(Py_None), Py_None) : port_object(sport);
@@ -306,11 +326,82 @@ static PyObject *packet(Ctx *x, double t, PyObject *src, PyObject *dst, PyObject
     PyTuple_SetItem(tup, 3, proto);
     PyTuple_SetItem(tup, 4, sp);
     PyTuple_SetItem(tup, 5, dp);
+    Py_INCREF(x->iface_in);
+    Py_INCREF(x->iface_out);
+    PyTuple_SetItem(tup, 6, x->iface_in);
+    PyTuple_SetItem(tup, 7, x->iface_out);
     return tup;
 }
 
+static int cut_line(Ctx *x, PyObject *line, PyObject *out);
+
+/* An address text in binary (16 bytes IPv6, 4 IPv4): its length, 0 if not an address. */
+static int binary(const char *text, Py_ssize_t len, unsigned char out[16]) {
+    char z[48];
+    if (len <= 0 || len > 45) return 0;
+    memcpy(z, text, (size_t)len);
+    z[len] = 0;
+    if (memchr(z, ':', (size_t)len) != NULL) return inet_pton(AF_INET6, z, out) == 1 ? 16 : 0;
+    return inet_pton(AF_INET, z, out) == 1 ? 4 : 0;
+}
+
+/* The sieve: most of an internet-facing log is background radiation, one packet from each
+ * of hundreds of thousands of sources; the detector keeps nothing for a source until it
+ * probes a second port. Here such a packet is not even made: a packet that came in (and so
+ * can be no trigger) is held as its line in hold[(dst, source /64)] until its source sends
+ * another packet to that address within `window` seconds; then the held line and every later
+ * one pass. A held line nobody follows is dropped when a newer one takes its key; the caller
+ * prunes the stale rest. The detector sees every packet that could matter to it, so its
+ * results are the same; the parser's equality tests run without the sieve.
+ * 1 = held, 0 = not held (a released line was appended first), -1 = error. */
+static int sieve(Ctx *x, PyObject *line, const char *src, Py_ssize_t slen, const char *dst,
+                 Py_ssize_t dlen, int proto, long dport, double t, PyObject *out) {
+    char canon[48];
+    unsigned char a[16], b[16], key[33];
+    if (canonical(src, slen, canon) <= 0 || canonical(dst, dlen, canon) <= 0) return 0;
+    int na = binary(dst, dlen, a), nb = binary(src, slen, b);
+    if (na == 0 || nb == 0) return 0;
+    if (x->aggregate && nb == 16) nb = 8; /* the scanner's /64, as detect.source_key */
+    key[0] = (unsigned char)na;
+    memcpy(key + 1, a, (size_t)na);
+    memcpy(key + 1 + na, b, (size_t)nb);
+    PyObject *k = PyBytes_FromStringAndSize((const char *)key, 1 + na + nb);
+    if (k == NULL) return -1;
+    long pk = (long)proto << 16 | dport;
+    PyObject *entry = PyDict_GetItemWithError(x->hold, k); /* borrowed */
+    if (entry == NULL && PyErr_Occurred()) {
+        Py_DECREF(k);
+        return -1;
+    }
+    PyObject *held = NULL;
+    int rc = 1;
+    if (entry != NULL && PyTuple_Check(entry) && PyTuple_Size(entry) == 3) {
+        double last = PyFloat_AsDouble(PyTuple_GetItem(entry, 2));
+        if (last == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(k);
+            return -1;
+        }
+        if (t - last <= x->window) {
+            held = PyTuple_GetItem(entry, 0);
+            Py_INCREF(held);
+            rc = 0; /* a second packet in the window: this and all later ones pass */
+        }
+    }
+    PyObject *value = Py_BuildValue("(Old)", rc ? line : Py_None, pk, t);
+    int failed = value == NULL || PyDict_SetItem(x->hold, k, value) < 0;
+    Py_XDECREF(value);
+    Py_DECREF(k);
+    if (!failed && held != NULL && held != Py_None) {
+        x->releasing = 1;
+        failed = cut_line(x, held, out) < 0;
+        x->releasing = 0;
+    }
+    Py_XDECREF(held);
+    return failed ? -1 : rc;
+}
+
 /* One line: 1 = a packet appended (syslog), 2 = (RFC 3339), 3 = not netfilter, 0 = for the
- * full parser, -1 = error. */
+ * full parser, -1 = error. A line the sieve holds counts as appended. */
 static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
     char *c;
     Py_ssize_t len;
@@ -323,11 +414,13 @@ static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
     }
     double t;
     int kind;
+    Py_ssize_t b0; /* where the message starts, after the stamp */
     if (x->syslog_ok && s > 15 && c[3] == ' ' && c[9] == ':') {
         /* "Mmm dd HH:MM:SS": the minute is the first 12 bytes. */
         int rc = stamp(&x->sys_minute, c, 15, 12, x->sys_time, &t);
         if (rc != 0) return rc < 0 ? -1 : 0;
         kind = 1;
+        b0 = 16;
     } else if (x->iso_ok && len > 20 && c[4] == '-' && c[10] == 'T' && c[19] == '.') {
         Py_ssize_t sp, j;
         if (len > 32 && c[32] == ' ' && (c[26] == '+' || c[26] == '-')) {
@@ -360,8 +453,35 @@ static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
         if (rc != 0) return rc < 0 ? -1 : 0;
         t = base + (double)frac / POW10[j - 20];
         kind = 2;
+        b0 = sp + 1;
     } else {
         return 0;
+    }
+    /* The interfaces, as the full parser finds them: IN= is the last one before the last
+     * " OUT=" (prefixes may hold either text); lines without both, or with non-ASCII names,
+     * are the full parser's. */
+    Py_ssize_t o = rfind(c, len, " OUT=", 5, b0, s);
+    Py_ssize_t i = o < 0 ? -1 : rfind(c, len, "IN=", 3, b0, o);
+    if (i < 0) return 0;
+    Py_ssize_t oe = find(c, len, " ", 1, o + 5, s + 1);
+    if (oe < 0) return 0;
+    Py_ssize_t ilen = oe - i - 3;
+    if (ilen != x->iface_len || memcmp(x->iface_text, c + i + 3, (size_t)ilen) != 0) {
+        if (ilen > (Py_ssize_t)sizeof x->iface_text) return 0;
+        for (Py_ssize_t k = i + 3; k < oe; k++)
+            if ((unsigned char)c[k] >= 128) return 0;
+        PyObject *in = PyUnicode_FromStringAndSize(c + i + 3, o - i - 3);
+        PyObject *out = in == NULL ? NULL : PyUnicode_FromStringAndSize(c + o + 5, oe - o - 5);
+        if (out == NULL) {
+            Py_XDECREF(in);
+            return -1;
+        }
+        Py_XDECREF(x->iface_in);
+        Py_XDECREF(x->iface_out);
+        x->iface_in = in;
+        x->iface_out = out;
+        memcpy(x->iface_text, c + i + 3, (size_t)ilen);
+        x->iface_len = ilen;
     }
     /* The body: " SRC=a DST=b ... PROTO=p [SPT=n DPT=m ...]". */
     Py_ssize_t e = find(c, len, " ", 1, s + 5, len);
@@ -378,9 +498,11 @@ static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
     Py_ssize_t f3 = f2 < 0 ? -1 : find(c, len, " ", 1, f2 + 1, w1);
     if (f3 < 0) return 0;
     const Proto *pr = NULL;
-    for (int i = 0; i < x->n_protos; i++) {
-        if (x->protos[i].len == f1 - w0 && memcmp(x->protos[i].name, c + w0, (size_t)(f1 - w0)) == 0) {
-            pr = &x->protos[i];
+    int proto = 0;
+    for (; proto < x->n_protos; proto++) {
+        if (x->protos[proto].len == f1 - w0 &&
+            memcmp(x->protos[proto].name, c + w0, (size_t)(f1 - w0)) == 0) {
+            pr = &x->protos[proto];
             break;
         }
     }
@@ -390,6 +512,15 @@ static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
         sport = port(c + f1 + 1, f2 - f1 - 1, "SPT=");
         dport = port(c + f2 + 1, f3 - f2 - 1, "DPT=");
         if (sport < 0 || dport < 0) return 0;
+        /* Came in (IN= set), and no trigger: received by the host, or forwarded but not
+         * UDP to the trigger port (nor any port a trigger). */
+        int in = o - i - 3 > 0, received = oe - o - 5 == 0;
+        int ntp = pr->len == 3 && memcmp(pr->name, "UDP", 3) == 0 && dport == x->trigger_port;
+        if (x->hold != NULL && !x->releasing && in && (received || (!x->any_port && !ntp))) {
+            int held = sieve(x, line, c + s + 5, e - s - 5, c + e + 5, e2 - e - 5, proto,
+                             dport, t, out);
+            if (held != 0) return held < 0 ? -1 : kind;
+        }
     }
     PyObject *src = address(x, c + s + 5, e - s - 5);
     if (src == NULL) return -1;
@@ -438,23 +569,36 @@ static int load_protos(Ctx *x, PyObject *protos) {
 }
 
 PyDoc_STRVAR(cut_doc,
-"cut(block, protos, canonical, sys_time, iso_time, slow, syslog_ok, iso_ok)\n"
+"cut(block, protos, canonical, sys_time, iso_time, slow, syslog_ok, iso_ok[, hold, window,\n"
+"    trigger_port, any_port, aggregate])\n"
 "-> (packets, n_syslog, n_rfc3339, n_not_netfilter)\n\n"
-"Packets (t, src, dst, proto, sport, dport) of a list of raw lines, in order. protos:\n"
+"Packets (t, src, dst, proto, sport, dport, iface_in, iface_out) of a list of raw lines,\n"
+"in order. protos:\n"
 "PROTO= bytes -> (name, has ports); canonical(raw) -> str ('' if not an address), for the\n"
 "address forms not done here; sys_time(b'Mmm dd HH:MM:SS') and\n"
 "iso_time(b'YYYY-MM-DDTHH:MM:SS<offset>') -> epoch seconds or None; slow(line) -> packet or\n"
-"None for every line not taken here (it counts that line itself).");
+"None for every line not taken here (it counts that line itself). hold: a dict for the\n"
+"sieve (packets that came in from a source that has sent nothing else in `window` s are\n"
+"held back, see sieve()), None for every packet.");
 
 static PyObject *cut(PyObject *self, PyObject *argv) {
     PyObject *block, *protos;
     Ctx x;
     (void)self;
     memset(&x, 0, sizeof x);
-    if (!PyArg_ParseTuple(argv, "O!O!OOOOpp:cut", &PyList_Type, &block, &PyDict_Type, &protos,
-                          &x.canonical, &x.sys_time, &x.iso_time, &x.slow, &x.syslog_ok,
-                          &x.iso_ok))
+    PyObject *hold = Py_None;
+    if (!PyArg_ParseTuple(argv, "O!O!OOOOpp|Odlpp:cut", &PyList_Type, &block, &PyDict_Type,
+                          &protos, &x.canonical, &x.sys_time, &x.iso_time, &x.slow,
+                          &x.syslog_ok, &x.iso_ok, &hold, &x.window, &x.trigger_port,
+                          &x.any_port, &x.aggregate))
         return NULL;
+    if (hold != Py_None) {
+        if (!PyDict_Check(hold)) {
+            PyErr_SetString(PyExc_TypeError, "cut: hold must be a dict or None");
+            return NULL;
+        }
+        x.hold = hold;
+    }
     if (load_protos(&x, protos) < 0) return NULL;
     x.slots = PyMem_Malloc(ADDR_SLOTS * sizeof *x.slots); /* (no PyMem_Calloc in 3.9's abi3) */
     if (x.slots == NULL) return PyErr_NoMemory();
@@ -482,6 +626,8 @@ static PyObject *cut(PyObject *self, PyObject *argv) {
     for (int i = 0; i < ADDR_SLOTS; i++) Py_XDECREF(x.slots[i].value);
     PyMem_Free(x.slots);
     Py_XDECREF(x.last_time);
+    Py_XDECREF(x.iface_in);
+    Py_XDECREF(x.iface_out);
     if (failed) {
         Py_XDECREF(out);
         return NULL;

@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ntpguard.errors import UsageError
-from ntpguard.logs import Event, Logged, Packet, ReadStats
+from ntpguard.logs import Event, Logged, Packet, ReadStats, Sieve
 
 try:  # the C copy of packet_blocks()'s fast path (setup.py); optional, same results
     from ntpguard.logs._cut import cut as _native_cut
@@ -49,6 +49,11 @@ _PROTO_BY_NUMBER = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP", 3
 # A bounded cache: a month of rotating privacy addresses is far below this, a hostile log is not.
 _CACHE_LIMIT = 100_000
 
+# A stamp with its own weekday and year: OpenWrt `logread` ("Mon Dec 25 13:31:15 2017 ...")
+# and `dmesg -T` ("[Thu Mar 11 20:05:08 2021] ..."). Its year is its own, not the file's.
+_CTIME = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"([ \d]\d) (\d\d):(\d\d):(\d\d) (\d{4})\]? ")
 _BSD_ANYWHERE = re.compile(
     r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d\d:\d\d:\d\d ")
 _ISO_ANYWHERE = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? ")
@@ -138,13 +143,19 @@ class LineParser:
     """
 
     def __init__(self, fmt: str = "auto", reference_time: Optional[float] = None,
-                 boot_time: Optional[float] = None, native: bool = True) -> None:
+                 boot_time: Optional[float] = None, native: bool = True,
+                 sieve: Optional[Sieve] = None) -> None:
         if fmt not in FORMATS:
             raise UsageError(f"unknown log format {fmt!r} (one of {', '.join(FORMATS)})")
         self.format = fmt
         # native=False: the pure-Python fast path even where the C one is built (tests
         # compare the two; the benchmark measures both).
         self._cut = _native_cut if native else None
+        # The C path's sieve (only there: the Python path hands over every packet, which
+        # gives the detector the same results more slowly).
+        self._sieve = sieve
+        self._hold: dict[bytes, tuple] = {}
+        self._hold_limit = 65536
         self.stats = ReadStats()
         self.format_counts: dict[str, int] = {}
         self.boot_time = boot_time
@@ -159,6 +170,7 @@ class LineParser:
         self._bsd_b: dict[bytes, float] = {}
         self._iso_b: dict[bytes, float] = {}
         self._iso6: dict[bytes, tuple[bytes, float]] = {}
+        self._ifc: dict[bytes, tuple[str, str]] = {}
         self._bsd_min: dict[str, float] = {}
         self._bsd_min_b: dict[bytes, float] = {}
         self._iso_min: dict[str, float] = {}
@@ -236,6 +248,7 @@ class LineParser:
         ported = _PORTED
         spt, dpt = _SPT, _DPT
         new = _new_tuple
+        ifaces = self._ifc
         syslog_ok = self.format != "rfc3339"
         iso_ok = self.format != "syslog"
         for block in blocks:
@@ -258,6 +271,7 @@ class LineParser:
                 t = bsd.get(line[:15])
                 if t is not None and s > 15:  # a known stamp (only syslog ones are cached)
                     is_sys = True
+                    b0 = 16
                 elif line[3:4] == b" " and line[9:10] == b":" and s > 15 and syslog_ok:
                     # A new second (a busy log has one every few lines).
                     t = sys_stamp(line[:15])
@@ -267,6 +281,7 @@ class LineParser:
                             app(ev)
                         continue
                     is_sys = True
+                    b0 = 16
                 elif s > 32 and line[32:33] == b" " and line[26:27] == b"+" and iso_ok and \
                         iso6.get(line[:16], _NONE)[0] == line[26:32] and \
                         line[16:17] == b":" and line[19:20] == b"." and \
@@ -275,6 +290,7 @@ class LineParser:
                     # offset; int/1e6 is the same double as float(".061068").
                     t = iso6[line[:16]][1] + _SS[line[17:19]] + int(line[20:26]) / 1e6
                     is_sys = False
+                    b0 = 33
                 elif line[4:5] == b"-" and line[10:11] == b"T" and line[19:20] == b"." \
                         and iso_ok:
                     # RFC 3339 with a fraction and an offset: whole seconds cached, the
@@ -303,6 +319,7 @@ class LineParser:
                         iso6[line[:16]] = (line[26:32], base - _SS[line[17:19]])
                     t = base + float(line[19:j])
                     is_sys = False
+                    b0 = sp + 1
                 else:
                     ev = slow(line)
                     if ev is not None:
@@ -316,6 +333,20 @@ class LineParser:
                     if ev is not None:
                         app(ev)
                     continue
+                # The interfaces, as the full parser's _ifaces() finds them: IN= is the last
+                # one before the last " OUT=" (prefixes may hold either text). Cached on the
+                # text from IN='s value to OUT='s end ("eth1 OUT=eth0"): a log has a few.
+                o = line.rfind(b" OUT=", b0, s)
+                i = line.rfind(b"IN=", b0, o) if o >= 0 else -1
+                ifc = ifaces.get(line[i + 3:line.find(b" ", o + 5, s + 1)]) if i >= 0 else None
+                if ifc is None:
+                    ifc = self._ifaces_b(line[i + 3:line.find(b" ", o + 5, s + 1)], o - i - 3) \
+                        if i >= 0 else None
+                    if ifc is None:
+                        ev = slow(line)
+                        if ev is not None:
+                            app(ev)
+                        continue
                 src = addr.get(line[s + 5:e]) or self._canonical_b(line[s + 5:e])
                 dst = addr.get(line[e + 5:e2]) or self._canonical_b(line[e + 5:e2])
                 # "UDP SPT=123 DPT=123 LEN=56": at most 28 bytes to the space after DPT.
@@ -334,9 +365,9 @@ class LineParser:
                         if ev is not None:
                             app(ev)
                         continue
-                    app(new(Packet, (t, src, dst, proto, sport, dport)))
+                    app(new(Packet, (t, src, dst, proto, sport, dport, *ifc)))
                 else:
-                    app(new(Packet, (t, src, dst, proto, None, None)))
+                    app(new(Packet, (t, src, dst, proto, None, None, *ifc)))
                 if is_sys:
                     n_sys += 1
                 else:
@@ -350,12 +381,24 @@ class LineParser:
         cut = self._cut
         assert cut is not None
         syslog_ok, iso_ok = self.format != "rfc3339", self.format != "syslog"
+        sieve = self._sieve
+        extra = () if sieve is None else (self._hold, *sieve)
         for block in blocks:
             out, n_sys, n_iso, n_other = cut(block, _PROTO_INFO, self._canonical_b,
                                              self._sys_stamp_b, self._iso_stamp_b,
-                                             self._slow_packet, syslog_ok, iso_ok)
+                                             self._slow_packet, syslog_ok, iso_ok, *extra)
             self._count(n_sys, n_iso, n_other)
+            if sieve is not None and len(self._hold) > self._hold_limit:
+                self._prune(sieve.window)
             yield out
+
+    def _prune(self, window: float) -> None:
+        """Forget held lines older than the window (their sources sent nothing more)."""
+        hold = self._hold
+        newest = max(v[2] for v in hold.values())
+        for k in [k for k, v in hold.items() if v[2] < newest - window]:
+            del hold[k]
+        self._hold_limit = max(65536, 2 * len(hold))
 
     def _count(self, n_sys: int, n_iso: int, n_other: int = 0) -> None:
         """Counts a block's lines a fast path took whole (the full parser counts its own):
@@ -368,6 +411,17 @@ class LineParser:
             counts["syslog"] = counts.get("syslog", 0) + n_sys
         if n_iso:
             counts["rfc3339"] = counts.get("rfc3339", 0) + n_iso
+
+    def _ifaces_b(self, raw: bytes, split: int) -> Optional[tuple[str, str]]:
+        """(iface_in, iface_out) of b"IN_VALUE OUT=OUT_VALUE" (OUT= at split), cached; None
+        for the full parser if not ASCII (where decoding could differ)."""
+        if not raw.isascii() or split < 0:
+            return None
+        got = (raw[:split].decode(), raw[split + 5:].decode())
+        if len(self._ifc) > 1024:  # a log has a handful; a hostile one must not grow it
+            self._ifc.clear()
+        self._ifc[raw] = got
+        return got
 
     def _sys_stamp_b(self, key: bytes) -> Optional[float]:
         """A syslog stamp (b"Mmm dd HH:MM:SS") → time, as the Python fast path finds it."""
@@ -656,10 +710,15 @@ class LineParser:
                 return self._ulogd_json(obj)
             msg = obj.get("message")
             if isinstance(msg, str):
+                # Filebeat's "@timestamp"; Vector and similar shippers' "timestamp" (RFC 3339,
+                # or epoch seconds / milliseconds as a number).
                 t = None
-                stamp = obj.get("@timestamp")
+                stamp = obj.get("@timestamp", obj.get("timestamp"))
                 if isinstance(stamp, str):
                     t = _iso_to_epoch(stamp)
+                elif isinstance(stamp, (int, float)) and not isinstance(stamp, bool) \
+                        and stamp > 0:
+                    t = stamp / 1000.0 if stamp > 1e11 else float(stamp)
                 if t is None:
                     return self._body_untimed(msg, 0)
                 return self._body(msg, 0, t, False)
@@ -695,6 +754,15 @@ class LineParser:
     def _generic(self, line: str) -> Any:
         """Any line: find a stamp anywhere in its head (grep `file:` prefixes, odd hosts)."""
         head = line[:200]
+        m = _CTIME.search(head)
+        if m:
+            mon, day, hh, mm, ss, year = m.groups()
+            try:
+                t = time.mktime((int(year), MONTHS[mon], int(day), int(hh), int(mm), int(ss),
+                                 0, 0, -1))
+            except (OverflowError, ValueError):
+                return GARBLED
+            return self._body(line, m.end(), t, True)
         m = _BSD_ANYWHERE.search(head)
         if m:
             t = self._bsd.get(m.group(0)[:15]) or self._bsd_time(m.group(0)[:15])

@@ -1,42 +1,45 @@
 """Log sources → packets: every source in turn, a block at a time, resuming where it stopped.
 
-A source is a file path (plain or gzip), `-` (stdin) or `journal` (the kernel messages in
-journald). `read_blocks` hands the detector one list of packets per 4 MiB read, and with
-positions moves each source's position along, so the caller can store how far it got.
+A source is a file path (plain or gzip), `-` (stdin), `journal` (the kernel messages in
+journald) or `journal:PATH` (those of a journal file). `read_blocks` hands the detector one
+list of packets per 4 MiB read, and with positions moves each source's position along, so the
+caller can store how far it got.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from typing import Iterable, Iterator, Optional
 
-from ntpguard.logs import Logged, ReadStats
+from ntpguard.logs import Logged, ReadStats, Sieve
 from ntpguard.logs.parse import LineParser
-from ntpguard.logs.sources import Position, file_blocks, journal_lines, stdin_blocks
+from ntpguard.logs.sources import Position, file_blocks, journal_blocks, stdin_blocks
 
-JOURNAL = "journal"
+JOURNAL = "journal"  # the system journal; "journal:PATH" a journal file (journalctl --file)
 STDIN = "-"
+
+
+def is_journal(source: str) -> bool:
+    return source == JOURNAL or source.startswith(JOURNAL + ":")
 
 
 def read_blocks(sources: Iterable[str], fmt: str = "auto", boot_time: Optional[float] = None,
                 positions: Optional[dict[str, Position]] = None,
-                stats: Optional[ReadStats] = None) -> Iterator[list[Logged]]:
+                stats: Optional[ReadStats] = None, sieve: Optional[Sieve] = None
+                ) -> Iterator[list[Logged]]:
     """Packets of every source in turn, a list at a time (one per 4 MiB read), for
     Detector.feed_blocks; with positions, each source resumes where it stopped and its
-    position follows the read."""
+    position follows the read. sieve: what the parser may leave out for the detector."""
     stats = stats if stats is not None else ReadStats()
     for source in sources:
         pos = positions.setdefault(source, Position(source)) if positions is not None else None
-        if source == JOURNAL:
-            parser = LineParser(fmt, reference_time=time.time(), boot_time=boot_time)
-            events = parser.parse_lines(journal_lines(pos or Position(JOURNAL)))
-            while True:
-                chunk: list[Logged] = list(itertools.islice(events, 4096))
-                if not chunk:
-                    break
-                yield chunk
+        if is_journal(source):
+            parser = LineParser(fmt, reference_time=time.time(), boot_time=boot_time,
+                                sieve=sieve)
+            files = [source[len(JOURNAL) + 1:]] if source != JOURNAL else []
+            yield from parser.packet_blocks(journal_blocks(pos or Position(source),
+                                                           files=files))
         else:
             if source == STDIN:
                 ref, blocks = time.time(), stdin_blocks()
@@ -46,7 +49,7 @@ def read_blocks(sources: Iterable[str], fmt: str = "auto", boot_time: Optional[f
                 except OSError:
                     ref = time.time()  # file_blocks reports the error
                 blocks = file_blocks(source, pos)
-            parser = LineParser(fmt, reference_time=ref, boot_time=boot_time)
+            parser = LineParser(fmt, reference_time=ref, boot_time=boot_time, sieve=sieve)
             yield from parser.packet_blocks(blocks)
         parser.stats.formats = {source: parser.detected_format()}
         stats.add(parser.stats)
@@ -63,6 +66,6 @@ def order_sources(paths: list[str]) -> list[str]:
         if base and num.isdigit():
             return (os.path.dirname(path), base, -int(num), index)
         return (os.path.dirname(path), name, 0, index)
-    special = [p for p in paths if p in (STDIN, JOURNAL)]
+    special = [p for p in paths if p == STDIN or is_journal(p)]
     files = [p for _, p in sorted(enumerate(p for p in paths if p not in special), key=key)]
     return files + special

@@ -8,14 +8,13 @@ it was rotated (finish the old file, found by inode as NAME.1, then read the new
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Optional, Protocol
+from typing import BinaryIO, Iterator, Optional, Protocol, Sequence
 
 from ntpguard.errors import UsageError
 
@@ -170,24 +169,35 @@ def stdin_blocks() -> Iterator[list[bytes]]:
     yield from _raw_blocks(sys.stdin.buffer, pos)
 
 
-def journal_lines(position: Position, journalctl: str = "journalctl") -> Iterator[str]:
-    """Kernel messages from the journal as `-o json` lines, after the saved cursor; the
-    position's cursor follows the last record handed out."""
-    cmd = [journalctl, "-k", "-o", "json", "--no-pager", "-q"]
+def journal_blocks(position: Position, journalctl: str = "journalctl",
+                   files: Sequence[str] = ()) -> Iterator[list[bytes]]:
+    """Kernel messages from the journal (or journal files) after the saved cursor, a block
+    of raw lines at a time, as `-o short-iso-precise` prints them: RFC 3339 stamps with
+    microseconds, the envelope the parser's fast path cuts (`-o json` goes through the full
+    parser at a quarter of the speed). `--show-cursor` ends the output with the cursor of the
+    last entry, which the position takes."""
+    cmd = [journalctl, "-k", "-o", "short-iso-precise", "--show-cursor", "--no-pager", "-q"]
+    for f in files:
+        cmd += ["--file", f]
     if position.cursor:
         cmd += ["--after-cursor", position.cursor]
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as exc:
         raise UsageError(f"cannot run {journalctl}: {exc.strerror}") from None
-    assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = raw.decode("utf-8", "replace").rstrip("\n")
-        yield line
-        i = line.find('"__CURSOR":"')
-        if i >= 0:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                position.cursor = json.loads(line)["__CURSOR"]
-    err = proc.stderr.read().decode("utf-8", "replace").strip() if proc.stderr else ""
+    assert proc.stdout is not None and proc.stderr is not None
+    # stderr is read by a thread: a chatty journalctl must not block on a full pipe.
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    cursor = ""
+    for lines in _raw_blocks(proc.stdout, [0]):
+        if lines and lines[-1].startswith(b"-- cursor: "):  # only ever the last line
+            cursor = lines.pop().decode("ascii", "replace")[11:].strip()
+        yield lines
+    reader.join()
+    text = b"".join(err).decode("utf-8", "replace").strip()
     if proc.wait() != 0:
-        raise UsageError(f"journalctl failed: {err.splitlines()[-1] if err else proc.returncode}")
+        raise UsageError(f"journalctl failed: {text.splitlines()[-1] if text else proc.returncode}")
+    if cursor:
+        position.cursor = cursor

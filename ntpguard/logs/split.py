@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ntpguard.logs.parse import LineParser
-from ntpguard.logs.read import JOURNAL, STDIN
+from ntpguard.logs.read import STDIN, is_journal
 from ntpguard.logs.sources import Position, _is_gzip, line_start, range_blocks
 
 
@@ -41,7 +41,7 @@ def plan_shares(path: str, positions: Optional[dict[str, Position]], workers: in
     """The shares of `path` from its saved position, or None when it is not worth splitting
     (smaller than min_bytes to read, gzip, stdin, journal, rotated since the last read).
     `margin` is how many seconds before its share a worker must start reading."""
-    if path in (STDIN, JOURNAL):
+    if path == STDIN or is_journal(path):
         return None
     try:
         st = os.stat(path)
