@@ -380,13 +380,13 @@ class Detector:
             hk = (src, dst, dport, proto)
             h = hot.get(hk)
             if h is not None:
-                flow, pk = h
-                if flow.counting:
-                    seen = flow.seen
+                hot_flow, pk = h
+                if hot_flow.counting:
+                    seen = hot_flow.seen
                     last = seen.get(pk)
                     if last is not None and last >= t - window:
-                        flow.last = t
-                        flow.packets += 1
+                        hot_flow.last = t
+                        hot_flow.packets += 1
                         seen[pk] = t
                         continue
             sk = skeys.get(src)

@@ -40,7 +40,7 @@ import bisect
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from ntpguard.config import Detect
 from ntpguard.detect import Scan
@@ -152,7 +152,7 @@ def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-_clamp(x, -50, 50)))
 
 
-def attribute(runs: dict[tuple[str, str], Sequence[float]], scans: Iterable[Scan],
+def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[Scan],
               covered_until: Optional[float], settings: Detect, probes: Iterable[str] = (),
               rounds: int = 100) -> tuple[dict[str, Finding], Estimates]:
     """Per-server verdicts and the estimates behind them.
@@ -191,10 +191,10 @@ def attribute(runs: dict[tuple[str, str], Sequence[float]], scans: Iterable[Scan
     by_address: dict[str, list[int]] = defaultdict(list)
     for i, (a, _) in enumerate(keys):
         by_address[a].append(i)
-    servers = sorted({s for _, s in keys})
+    servers = sorted({srv for _, srv in keys})
     pairs_of: dict[str, list[int]] = defaultdict(list)
-    for i, (_, s) in enumerate(keys):
-        pairs_of[s].append(i)
+    for i, (_, srv) in enumerate(keys):
+        pairs_of[srv].append(i)
     # Exposure of each address to background scans: from its first contact to a lookback
     # after its last (a scan later than that has no candidate and says nothing of rates).
     exposure: dict[str, tuple[float, float]] = {}
@@ -303,8 +303,9 @@ def attribute(runs: dict[tuple[str, str], Sequence[float]], scans: Iterable[Scan
         for i in tail:
             g_first = lags.cdf(end - first[i])
             if count[i] > 1:
-                span = last[i] - first[i]
-                later = sum(lags.cdf(end - (first[i] + span * (j + 0.5) / 8)) for j in range(8)) / 8
+                stretch = last[i] - first[i]
+                later = sum(lags.cdf(end - (first[i] + stretch * (j + 0.5) / 8))
+                            for j in range(8)) / 8
                 coverage[i] = u * g_first + (1 - u) * later
             else:
                 coverage[i] = g_first
@@ -331,15 +332,15 @@ def attribute(runs: dict[tuple[str, str], Sequence[float]], scans: Iterable[Scan
         # then by no one), and the likeliest claiming its scans first is what breaks the tie
         # between a server in two positive groups and the servers in only one.
         change = 0.0
-        for s in sorted(servers, key=lambda s: (-p[s], -positive[s], s)):
-            x: dict[int, float] = defaultdict(float)  # pair → sum of g / lambda(-s)
-            old = p[s] * h_s[s]
-            for k, ci in cands_of[s]:
+        for srv in sorted(servers, key=lambda srv: (-p[srv], -positive[srv], srv)):
+            x: dict[int, float] = defaultdict(float)  # pair → sum of g / lambda(-srv)
+            old = p[srv] * h_s[srv]
+            for k, ci in cands_of[srv]:
                 g = gs[k][ci]
                 x[cands[k][ci].pair] += g / max(lam[k] - old * g, 1e-300)
             plain = 0   # contacts the log covered fully, no scan after them
             terms = []  # (G, x) of the others
-            for i in pairs_of[s]:
+            for i in pairs_of[srv]:
                 if i in with_scan or coverage[i] < 1.0:
                     terms.append((coverage[i], x.get(i, 0.0)))
                 else:
@@ -351,9 +352,9 @@ def attribute(runs: dict[tuple[str, str], Sequence[float]], scans: Iterable[Scan
                 if v > best:
                     best, arg = v, hv
             new = _sigmoid(prior_logit + best - PENALTY)
-            change = max(change, abs(new - p[s]))
-            p[s], h_s[s] = new, arg
-            for k, ci in cands_of[s]:
+            change = max(change, abs(new - p[srv]))
+            p[srv], h_s[srv] = new, arg
+            for k, ci in cands_of[srv]:
                 lam[k] += (new * arg - old) * gs[k][ci]
         # Responsibilities: the lag histogram, u, the background.
         contrib_before = dict(contrib)
@@ -413,22 +414,22 @@ def attribute(runs: dict[tuple[str, str], Sequence[float]], scans: Iterable[Scan
         p[keys[c.pair][1]] * h_s[keys[c.pair][1]] * g for c, g in zip(row, gs[k])
         if p[keys[c.pair][1]] >= settings.harvester_probability) for k, row in enumerate(cands)]
     verdicts = {}
-    for s in servers:
-        negative = sum(1 for i in pairs_of[s] if i not in with_scan and coverage[i] >= 0.5)
+    for srv in servers:
+        negative = sum(1 for i in pairs_of[srv] if i not in with_scan and coverage[i] >= 0.5)
         # "Clean" must hold against a harvester at the common rate h, not only one that
         # almost never harvests (which no amount of negative evidence can rule out); and its
         # scans may be explained away only by servers called harvesters: a scan another
         # uncertain server is credited with may still be this one's.
         x_sure: dict[int, float] = defaultdict(float)
-        for k, ci in cands_of[s]:
+        for k, ci in cands_of[srv]:
             g = gs[k][ci]
-            mine = p[s] * h_s[s] * g if p[s] >= settings.harvester_probability else 0.0
-            x_sure[cands[k][ci].pair] += g / max(sure[k] - mine, 1e-300)
+            credited = p[srv] * h_s[srv] * g if p[srv] >= settings.harvester_probability else 0.0
+            x_sure[cands[k][ci].pair] += g / max(sure[k] - credited, 1e-300)
         at_common = _sigmoid(prior_logit + sum(
             math.log(max(1 - h * coverage[i] + h * x_sure.get(i, 0.0), 1e-300))
-            for i in pairs_of[s]))
-        prob = p[s]
-        if prob >= settings.harvester_probability and positive[s] >= \
+            for i in pairs_of[srv]))
+        prob = p[srv]
+        if prob >= settings.harvester_probability and positive[srv] >= \
                 settings.harvester_min_positive:
             status = Status.HARVESTER
         elif prob >= settings.suspect_probability:
@@ -438,8 +439,8 @@ def attribute(runs: dict[tuple[str, str], Sequence[float]], scans: Iterable[Scan
             status = Status.CLEAN
         else:
             status = Status.UNKNOWN
-        verdicts[s] = Finding(s, status, round(prob, 4), positive[s], negative, sole[s],
-                                    h_s[s], round(explained.get(s, 0.0), 2))
+        verdicts[srv] = Finding(srv, status, round(prob, 4), positive[srv], negative, sole[srv],
+                                    h_s[srv], round(explained.get(srv, 0.0), 2))
     fitted = len(scans) > unattributed
     estimates = Estimates(
         harvest_rate=round(h, 3), first_contact_share=round(u, 3),

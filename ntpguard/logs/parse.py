@@ -765,14 +765,14 @@ class LineParser:
             return self._body(line, m.end(), t, True)
         m = _BSD_ANYWHERE.search(head)
         if m:
-            t = self._bsd.get(m.group(0)[:15]) or self._bsd_time(m.group(0)[:15])
-            if t is not None:
-                return self._body(line, m.end(), t, True)
+            when = self._bsd.get(m.group(0)[:15]) or self._bsd_time(m.group(0)[:15])
+            if when is not None:
+                return self._body(line, m.end(), when, True)
         m = _ISO_ANYWHERE.search(head)
         if m:
-            t = _iso_to_epoch(m.group(0).rstrip())
-            if t is not None:
-                return self._body(line, m.end(), t, True)
+            when = _iso_to_epoch(m.group(0).rstrip())
+            if when is not None:
+                return self._body(line, m.end(), when, True)
         m = _PVEFW.search(head)
         if m and m.group(2) in MONTHS:
             return self._pvefw(line)

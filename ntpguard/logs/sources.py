@@ -188,7 +188,8 @@ def journal_blocks(position: Position, journalctl: str = "journalctl",
     assert proc.stdout is not None and proc.stderr is not None
     # stderr is read by a thread: a chatty journalctl must not block on a full pipe.
     err: list[bytes] = []
-    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    stderr = proc.stderr
+    reader = threading.Thread(target=lambda: err.append(stderr.read()), daemon=True)
     reader.start()
     cursor = ""
     for lines in _raw_blocks(proc.stdout, [0]):
