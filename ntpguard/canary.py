@@ -68,15 +68,14 @@ class Canary:
 
 @dataclass(frozen=True)
 class Change:
-    """What one maintenance run does: addresses to add, to retire, canaries to forget."""
+    """What one maintenance run does: addresses to add, and to retire."""
 
     add: tuple[Canary, ...] = ()
     retire: tuple[Canary, ...] = ()  # the retired versions (retired and expires set)
-    forget: tuple[Canary, ...] = ()  # expired: gone from the kernel, gone from the state
 
     @property
     def empty(self) -> bool:
-        return not (self.add or self.retire or self.forget)
+        return not (self.add or self.retire)
 
 
 # -- pure --------------------------------------------------------------------------------------
@@ -104,7 +103,7 @@ def after_retirement(detect: Detect) -> float:
 def plan(current: Sequence[Canary], wanted: Sequence[str], now: float, settings: Settings,
          detect: Detect, target: Target, taken: Iterable[str],
          new_address: Callable[[ipaddress.IPv6Network, set[str]], str]) -> Change:
-    """The canaries to add, retire and forget so that each wanted server (most used first, at
+    """The canaries to add and retire so that each wanted server (most used first, at
     most `settings.max`) has exactly one active canary younger than `settings.rotate`, and
     one spare younger than `settings.spare_rotate` exists.
 
@@ -117,7 +116,6 @@ def plan(current: Sequence[Canary], wanted: Sequence[str], now: float, settings:
     used = set(taken) | {c.address for c in current}
     add: list[Canary] = []
     retire: list[Canary] = []
-    forget = [c for c in current if c.expires <= now]
     live = [c for c in current if c.expires > now]
     have: dict[str, Canary] = {}
     for c in live:
@@ -141,7 +139,7 @@ def plan(current: Sequence[Canary], wanted: Sequence[str], now: float, settings:
         used.add(address)
         life = (settings.spare_rotate if server == SPARE else settings.rotate) + _GRACE
         add.append(Canary(address, server, target.interface, now, now + life))
-    return Change(tuple(add), tuple(retire), tuple(forget))
+    return Change(tuple(add), tuple(retire))
 
 
 def in_force(canaries: Iterable[Canary], usable: Iterable[str], now: float
@@ -293,14 +291,49 @@ def maintain(config: Config, state: State, statuses: Mapping[str, ServerStatus],
     return report
 
 
-def remove_all(state: State) -> int:
-    """Take every canary off its interface and out of the state (`rules remove`): with the
-    rules gone nothing rewrites NTP to them any more. Returns how many."""
-    current = state.canaries()
+def remove_all(state: State, now: float) -> int:
+    """Take every live canary off its interface (`rules remove`): with the rules gone nothing
+    rewrites NTP to them any more. The state keeps them as expired (a canary's address stays
+    one: evidence from it is never mistaken for a real address's). Returns how many."""
+    current = [c for c in state.canaries() if c.expires > now]
     for c in current:
         remove_address(c)
-    state.save_canaries(Change(forget=tuple(current)))
+    state.save_canaries(Change(retire=tuple(replace(c, retired=c.retired or now, expires=now)
+                                            for c in current)))
     return len(current)
+
+
+def exposure(runs: Mapping[tuple[str, str], Sequence[float]], not_real: set[str],
+             canaries: Sequence[Canary], since: float,
+             kept: Callable[[str], bool] = lambda server: False) -> tuple[set[str], int]:
+    """(servers that saw a real address of this host or its LAN since `since`, canaries
+    scanned since then), from the contacts the logs recorded.
+
+    A contact from an address that is neither a canary nor a probe address showed the server
+    a real one, unless it was an IPv6 packet to a server whose NTP was rewritten then: a log
+    written before the rewrite (another ruleset's output hook) shows the real source, the
+    server saw a canary. Canaries were in force while a spare was; `kept(server)` says which
+    destinations keep their source (ntpguard.canary.exempt)."""
+    cover = sorted((c.created, c.retired if c.retired is not None else c.expires)
+                   for c in canaries if c.server == SPARE)
+
+    def rewritten(server: str, first: float, last: float) -> bool:
+        if ":" not in server or kept(server):
+            return False
+        t = first
+        for lo, hi in cover:  # is [first, last] inside the union of the spares' lives?
+            if lo > t:
+                return False
+            t = max(t, hi)
+            if t >= last:
+                return True
+        return False
+
+    real = {server for (address, server), run in runs.items()
+            if address not in not_real and run[1] >= since
+            and not rewritten(server, max(run[0], since), run[1])}
+    scanned = sum(1 for c in canaries if c.scanned is not None and c.scanned >= since)
+    return real, scanned
 
 
 def restore_addresses(state: State, now: float) -> int:

@@ -640,7 +640,9 @@ class State:
     # -- NTP canaries --------------------------------------------------------------------------
 
     def canaries(self) -> list[Canary]:
-        """Every canary the kernel may still hold (retired ones too), oldest first."""
+        """Every canary ever made, oldest first: those in use, retired ones the kernel still
+        holds, and expired ones (history: an address that was a canary is never mistaken for
+        a real one)."""
         out = []
         for row in self.conn.execute(
                 "SELECT address, server, interface, created, expires, retired, scanned"
@@ -656,15 +658,14 @@ class State:
 
     def save_canaries(self, change: Change, scanned: Iterable[Canary] = ()) -> None:
         """A maintenance run's result, in one transaction: new canaries, retired and scanned
-        ones updated, expired ones forgotten."""
+        ones updated. Expired ones stay: their addresses are never a real address's."""
         with self.transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO canaries (address, server, interface, created, expires,"
                 " retired, scanned) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(c.address, c.server, c.interface, c.created, c.expires, c.retired, c.scanned)
                  for c in (*change.add, *change.retire, *scanned)])
-            db.executemany("DELETE FROM canaries WHERE address = ?",
-                           [(c.address,) for c in change.forget])
+
 
     def scans(self) -> list[Scan]:
         """Every recorded scan with its triggers, by start. A row with a value of the wrong

@@ -59,10 +59,10 @@ def test_rotation_scans_unwanted_and_a_moved_prefix_retire():
     moved = canary.plan(list(first.add), [S1], 10.0, st, Detect(),
                         Target("eth0", ipaddress.IPv6Network("2001:db8:9::/64")), [], counter())
     assert len(moved.retire) == 4 and {c.server for c in moved.add} == {canary.SPARE, S1}
-    # Expired ones are forgotten.
+    # Expired ones stay as history, out of every decision: only a new spare is made.
     late = canary.plan(list(change.retire), [], 60.0 + keep + 1, st, Detect(), TARGET, [],
                        counter())
-    assert {c.address for c in late.forget} == {c.address for c in change.retire}
+    assert not late.retire and [c.server for c in late.add] == [canary.SPARE]
 
 
 def test_at_most_max_servers_get_their_own():
@@ -154,3 +154,22 @@ def test_canary_verdicts_rank_as_local_evidence():
     v = Verdict(S1, Status.HARVESTER, canary.CANARY, {"canary": "x"}, 1.0)
     assert v.source.local
     assert RANKS["trusted"] < v.source.rank < RANKS["detect"] < RANKS["list"]
+
+
+def test_exposure_counts_real_addresses_only_where_nothing_rewrote_them():
+    spare = canary.Canary("2001:db8:4057:1::5a", canary.SPARE, "eth0", 1000.0, 1e9)
+    own = canary.Canary("2001:db8:4057:1::ca", S1, "eth0", 1000.0, 1e9, scanned=1500.0)
+    real = "2001:db8:4057:1::100"
+    runs = {
+        (real, S2): [100.0, 900.0, 5],          # before any canary: the server saw it
+        (real, S3): [1100.0, 1900.0, 9],        # a pre-rewrite log line: it saw a canary
+        ("2001:db8:4057:1::ca", S1): [1000.0, 1900.0, 9],   # the canary itself
+        (real, "192.0.2.7"): [1100.0, 1900.0, 3],           # IPv4: never rewritten
+        (real, "2001:db8:77::1"): [1100.0, 1900.0, 3],      # trusted: kept its source
+        ("2001:db8:4057:1::7e", S1): [10.0, 20.0, 1],        # long before the window
+    }
+    seen, scanned = canary.exposure(runs, {own.address, spare.address}, [spare, own], 50.0,
+                                    kept=lambda s: s == "2001:db8:77::1")
+    assert seen == {S2, "192.0.2.7", "2001:db8:77::1"}
+    assert scanned == 1
+    assert canary.exposure(runs, set(), [], 50.0)[0] >= {S2, S3}  # no canaries: all real

@@ -86,6 +86,12 @@ def test_canaries_hide_every_real_address(tmp_path: Path, seed: int, topology: s
         wrong = [a for a in world.clean if rows.get(a, {}).get("status") in ("harvester",
                                                                               "suspect")]
         assert not wrong, f"clean servers marked: {wrong}"
+        # status: no IPv6 server saw a real address (chronyd started after the canaries), the
+        # canaries the harvesters had scanned are counted.
+        status = json.loads(run_ntpguard(world, "status", "--json").stdout)
+        exposure = status["exposure"]
+        assert exposure["of_them_ipv6"] == 0, exposure
+        assert exposure["canaries_scanned"] >= len(harvested), exposure
         # The convicted are refused now, and the time daemons keep time from the others.
         for h in harvested:
             assert world.host.run("ntpdate", "-q", "-t", "1", h, check=False).returncode != 0

@@ -98,7 +98,7 @@ def _remove(ctx: Context, args: argparse.Namespace) -> int:
                 continue
             results.append(backends.get(name, ctx.state_dir).remove().as_dict())
         if not args.dry_run and state.canaries():
-            n = canary.remove_all(state)
+            n = canary.remove_all(state, time.time())
             results.append({"backend": "canary", "action": "removed", "removed": n,
                             "message": f"canaries: {n} addresses removed"})
     if args.json:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import time
 from collections import Counter
 from typing import Any, Optional
 
-from ntpguard import __version__
+from ntpguard import __version__, canary, hostinfo
 from ntpguard.cli import Context, Subparsers
 from ntpguard.cli._fmt import iso
 from ntpguard.cli.servers import server_rows
 from ntpguard.estimate import chao2
 from ntpguard.state import State
+
+# The exposure status reports: a week of logs (README, "NTP canaries").
+EXPOSURE_WINDOW = 7 * 86400.0
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -34,6 +39,22 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
                           "last_answer": iso(last), "observed": est.observed,
                           "estimated": round(est.estimated, 1)})
         last_resolve = last_resolved(state)
+        now = time.time()
+        made = state.canaries()
+        host = hostinfo.gather()
+        prefixes = [ipaddress.IPv6Network(f"{a.split('%')[0]}/64", strict=False)
+                    for a in host.addresses if ":" in a]
+        trusted = ctx.config.servers.trusted if ctx.config.canary.exempt_trusted else ()
+        real, scanned = canary.exposure(
+            state.contacts().runs, state.probe_addresses(), made, now - EXPOSURE_WINDOW,
+            lambda server: canary.exempt(server, prefixes, trusted))
+        live = [c for c in made if c.expires > now]
+        canaries_seen = {
+            "mode": ctx.config.canary.mode,
+            "in_use": sum(1 for c in live if c.active and c.server),
+            "retiring": sum(1 for c in live if not c.active),
+            "why_not": canary.why_not(ctx.config),
+        }
         by_family = Counter(r["family"] for r in rows)
         by_status = Counter(r["status"] for r in rows)
         data: dict[str, Any] = {
@@ -45,6 +66,12 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             "by_status": dict(sorted(by_status.items())),
             "zones": zones,
             "last_resolve": iso(last_resolve),
+            # From the logs, the last 7 days: who saw a real address of this host or its LAN.
+            "exposure": {"days": EXPOSURE_WINDOW / 86400,
+                         "servers_that_saw_a_real_address": len(real),
+                         "of_them_ipv6": sum(1 for s in real if ":" in s),
+                         "canaries_scanned": scanned},
+            "canaries": canaries_seen,
         }
     if args.json:
         from ntpguard.cli import print_json
@@ -59,6 +86,14 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         print(f"zone {z['name']} {z['rdtype']}: {z['observed']} seen of about "
               f"{z['estimated']:.0f}, {z['answers']} answers, last {z['last_answer']}")
     print(f"last resolve: {data['last_resolve'] or 'never'}")
+    if canaries_seen["why_not"]:
+        print(f"canaries: off ({canaries_seen['why_not']})")
+    else:
+        print(f"canaries: {canaries_seen['in_use']} servers have their own, "
+              f"{canaries_seen['retiring']} retiring")
+    v6 = sum(1 for s in real if ":" in s)
+    print(f"exposure, last 7 days: {len(real)} servers ({v6} IPv6, {len(real) - v6} IPv4) saw "
+          f"a real address of this host or its LAN; {scanned} canaries scanned")
     return 0
 
 
