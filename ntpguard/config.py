@@ -450,6 +450,45 @@ class Canary:
     exempt_trusted: bool = True
 
 
+def _publish_statuses(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values or any(v not in ("harvester", "suspect") for v in values) \
+            or len(set(values)) != len(values):
+        raise ValueError('must be ["harvester"] or ["harvester", "suspect"]')
+    return values
+
+
+@dataclass(frozen=True)
+class Publish:
+    """[publish]: `sync` writes this host's own findings as a signed list for others."""
+
+    # Where the list goes: a file a web server serves (PATH.minisig beside it). Empty: off.
+    path: str = field(default="", metadata=_check(_absolute_path(True)))
+    # The minisign secret key, unencrypted (`ntpguard list keygen`, `minisign -G -W`).
+    key: str = field(default="", metadata=_check(_absolute_path(True)))
+    # json carries each entry's evidence and first/last seen; text is one line per entry.
+    format: str = field(default="json", metadata=_check(_one_of("json", "text")))
+    # Which effective statuses (from local evidence only) are published, as kind harvester.
+    statuses: tuple[str, ...] = field(default=("harvester",),
+                                      metadata=_check(_publish_statuses))
+    # Also the scanner prefixes seen scanning after a harvester.
+    scanners: bool = True
+
+
+def _textfile(value: str) -> str:
+    if value and (not value.startswith("/") or not value.endswith(".prom")):
+        raise ValueError("must be empty or an absolute path ending in .prom (node-exporter's "
+                         "textfile collector reads only those)")
+    return value
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """[metrics]: Prometheus metrics from every `sync`."""
+
+    # A node-exporter textfile, replaced at the end of each sync. Empty: none written.
+    textfile: str = field(default="", metadata=_check(_textfile))
+
+
 @dataclass(frozen=True)
 class Config:
     path: Optional[str] = None
@@ -463,11 +502,14 @@ class Config:
     sync: Sync = field(default_factory=Sync)
     probe: Probe = field(default_factory=Probe)
     canary: Canary = field(default_factory=Canary)
+    publish: Publish = field(default_factory=Publish)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 SECTIONS: dict[str, type] = {
     "general": General, "servers": Servers, "pool": Pool, "rules": Rules, "lists": Lists,
     "timeconf": Timeconf, "detect": Detect, "sync": Sync, "probe": Probe, "canary": Canary,
+    "publish": Publish, "metrics": Metrics,
 }
 
 

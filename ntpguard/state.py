@@ -737,6 +737,33 @@ class State:
                         "summary": data if isinstance(data, dict) else {}})
         return out
 
+    def last_ok_run(self, command: str) -> Optional[dict[str, Any]]:
+        """The newest run of a command in which nothing failed (started, finished)."""
+        row = self.conn.execute(
+            "SELECT started, finished FROM runs WHERE command = ? AND ok = 1"
+            " ORDER BY id DESC LIMIT 1", (command,)).fetchone()
+        return {"started": row[0], "finished": row[1]} if row else None
+
+    def step_failures(self, command: str) -> dict[str, int]:
+        """How often each step of a command failed, over every recorded run (the summaries'
+        "failed" lists, counted by SQLite's JSON functions: no run is loaded into Python)."""
+        try:
+            rows = self.conn.execute(
+                "SELECT f.value, count(*) FROM runs, json_each(runs.summary, '$.failed') AS f"
+                " WHERE runs.command = ? AND json_valid(runs.summary) GROUP BY f.value",
+                (command,)).fetchall()
+        except sqlite3.OperationalError:  # a summary whose "failed" is not an array
+            return {}
+        return {str(name): int(n) for name, n in rows if isinstance(name, str)}
+
+    def counts(self) -> dict[str, int]:
+        """Totals for metrics: scans stored, canary convictions recorded."""
+        scans = self.conn.execute("SELECT count(*) FROM detect_scans").fetchone()[0]
+        convictions = self.conn.execute(
+            "SELECT count(*) FROM verdicts WHERE source = 'canary' AND status = 'harvester'"
+        ).fetchone()[0]
+        return {"scans": int(scans), "canary_convictions": int(convictions)}
+
     def last_run(self, command: str) -> Optional[dict[str, Any]]:
         runs = self.runs(command, 1)
         return runs[0] if runs else None

@@ -53,8 +53,9 @@ class SyncReport:
 
     @property
     def exit_code(self) -> int:
-        """0 all good; 4 some steps failed (the others ran); 1 every step that ran failed."""
-        ran = [s for s in self.steps if not s.skipped]
+        """0 all good; 4 some steps failed (the others ran); 1 every step that ran failed
+        (writing the metrics about that does not count as work done)."""
+        ran = [s for s in self.steps if not s.skipped and s.name != "metrics"]
         if ran and all(not s.ok for s in ran):
             return 1
         return 4 if self.failed else 0
@@ -241,6 +242,29 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         if not rep.available:
             step.skipped = True
 
+    def do_publish(step: Step) -> None:
+        # After the canaries (their convictions are verdicts of this run) and before the
+        # rules: a firewall that refuses must not keep the fleet from learning.
+        if dry_run:
+            step.skipped, step.message = True, "dry run: nothing published"
+            return
+        from ntpguard import publish
+
+        out = publish.run(config, state, now())
+        step.data = {"path": out.path, "entries": out.entries, "changed": out.changed,
+                     "generated": out.generated}
+        step.message = out.describe()
+
+    def do_metrics(step: Step) -> None:
+        from ntpguard import metrics
+
+        facts = metrics.gather(config, state, report, started, now())
+        if dry_run:
+            step.message = "dry run: not written"
+            return
+        metrics.write(config.metrics.textfile, metrics.render(metrics.metrics(facts)))
+        step.message = f"{config.metrics.textfile} written"
+
     def do_rules(step: Step) -> None:
         notes = []
         try:
@@ -277,6 +301,8 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
             doing="choosing the suspects")
     attempt("canaries", do_canaries, settings.apply_rules, "sync.apply_rules = false",
             doing="keeping one source address per NTP server")
+    attempt("publish", do_publish, bool(config.publish.path), "no [publish] path",
+            doing="writing the signed list")
     attempt("rules", do_rules, settings.apply_rules, "sync.apply_rules = false",
             doing="applying the firewall plan")
     attempt("timeconf", do_timeconf, settings.configure_time_daemon,
@@ -288,5 +314,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
     except NtpguardError:  # a broken stored list: reported by its step already
         counts = Counter()
     report.servers = {"known": sum(counts.values()), **counts}
+    attempt("metrics", do_metrics, bool(config.metrics.textfile), "no [metrics] textfile",
+            doing="writing the node-exporter textfile")
     state.record_run("sync", started, now(), not report.failed, report.as_dict())
     return report
