@@ -182,9 +182,8 @@ def gather(config: Any, state: Any, report: Any, started: float, finished: float
                                 "checked": lst.meta.get("checked")})
     except NtpguardError:  # a broken stored list: its step reports it, the rest still counts
         pass
-    hosts = report.steps and next((s for s in report.steps if s.name == "logs"), None)
-    if hosts is not None:
-        facts.collector_hosts = list(hosts.data.get("hosts", []))
+    facts.collector_hosts = [{"host": h, "last_time": t}
+                             for h, t in sorted(state.hosts_coverage().items())]
     published = next((s for s in report.steps if s.name == "publish"), None)
     if published is not None and published.ok and "entries" in published.data:
         facts.published = {"entries": published.data["entries"],

@@ -180,17 +180,39 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         step.message = step.message or f"{rep.answers} answers, {len(rep.new_servers)} new"
 
     def do_logs(step: Step) -> None:
-        sources = list(settings.log_sources or default_log_sources())
-        if not sources:
+        hosts_from = config.collector.hosts_from
+        # A collector reads its own log only when told (sync.log_sources): its kernel log
+        # may well be one of the hosts' files already, and must not count twice.
+        sources = list(settings.log_sources or (() if hosts_from else default_log_sources()))
+        if not sources and not hosts_from:
             step.skipped, step.message = True, "no firewall log found (set sync.log_sources)"
             return
-        summary = evidence.ingest(state, order_sources(sources), config.detect,
-                                  now=now())
-        d = summary.as_dict()
-        step.data = {"scans": d["scans"], "lines": d["lines"], "events": d["events"],
-                     "skipped_lines": d["skipped"], "sources": sources}
-        step.message = (f"{d['lines']} lines, {d['events']} firewall events, "
-                        f"{d['scans']} scans, {d['skipped']} lines skipped")
+        parts = []
+        if sources:
+            summary = evidence.ingest(state, order_sources(sources), config.detect,
+                                      now=now())
+            d = summary.as_dict()
+            step.data = {"scans": d["scans"], "lines": d["lines"], "events": d["events"],
+                         "skipped_lines": d["skipped"], "sources": sources}
+            parts.append(f"{d['lines']} lines, {d['events']} firewall events, "
+                         f"{d['scans']} scans, {d['skipped']} lines skipped")
+        if hosts_from:
+            from ntpguard import collector
+
+            show("logs: reading the hosts' forwarded logs")
+            reads = collector.ingest(state, config, now())
+            failed = [r for r in reads if r.error]
+            for key, value in (("scans", sum(len(r.scans) for r in reads)),
+                               ("lines", sum(r.stats.lines for r in reads)),
+                               ("events", sum(r.stats.events for r in reads))):
+                step.data[key] = step.data.get(key, 0) + value
+            step.data["hosts"] = [r.as_dict() for r in reads]
+            parts.append(f"{len(reads)} hosts: {sum(r.stats.lines for r in reads)} lines, "
+                         f"{sum(len(r.scans) for r in reads)} scans"
+                         + "".join(f"; {r.host}: {r.error}" for r in failed))
+            # One host's unreadable log is that host's loss; none readable is the step's.
+            step.ok = not reads or len(failed) < len(reads)
+        step.message = "; ".join(parts)
 
     def do_lists(step: Step) -> None:
         if not config.lists.subscriptions:
