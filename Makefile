@@ -13,7 +13,13 @@ APT_PACKAGES := python3 python3-venv python3-pip python3-dnspython \
 	nftables iptables ipset iproute2 iputils-ping procps kmod \
 	pdns-server pdns-backend-bind chrony nmap ulogd2 ulogd2-json dnsutils ntpsec-ntpdate \
 	python3-cryptography minisign openssl systemd-container systemd-journal-remote \
+	rsyslog nginx-light prometheus \
 	$(DEB_BUILD_PACKAGES)
+# Services of those packages that the fleet lab (lab/fleet.py) starts itself, in namespaces with
+# configurations of its own. Debian starts and enables a service when its package is installed;
+# `make deps` stops and disables those it installed, so none runs in the root namespace (one
+# that was there before is left as it was). promtool comes with prometheus.
+LAB_SERVICES := rsyslog nginx prometheus
 PYTEST_ARGS ?=
 
 .PHONY: test deps lint unit demo clean deb
@@ -25,7 +31,13 @@ test: deps lint
 deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make test: run as root (it installs packages and builds network namespaces)" >&2; exit 1; fi
 	DEBIAN_FRONTEND=noninteractive apt-get update -q
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
+	had=$$(for s in $(LAB_SERVICES); do [ -e /lib/systemd/system/$$s.service ] && echo $$s; done); \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES) && \
+	for s in $(LAB_SERVICES); do \
+		case " $$had " in *" $$s "*) continue;; esac; \
+		if [ -d /run/systemd/system ]; then systemctl disable --now -q $$s.service || true; \
+		else service $$s stop >/dev/null 2>&1 || true; systemctl disable -q $$s.service 2>/dev/null || true; fi; \
+	done
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(VENV)/bin/pip install -q ruff mypy
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .

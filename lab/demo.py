@@ -194,7 +194,64 @@ def proof(world: World) -> None:
     detail(world.chronyc("sources"))
 
 
+def run_fleet(args: argparse.Namespace) -> int:
+    """`--topology fleet`: three hosts, one collector (lab/fleet.py). One harvester is met by
+    h1 alone; the collector convicts it from h1's forwarded log and every host blocks it
+    after its next sync. Then a tampered list is refused and the last good one stays."""
+    from lab import fleet
+
+    spec = WorldSpec(seed=args.seed, prefix="ntpg-demo-", topology="fleet", operators=8,
+                     harvesters=2, lag_min=0.5, lag_max=2.0, chrony_client=False)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ntpguard-demo-"))
+    say(f"building the fleet lab (seed {args.seed}) in {workdir} ...")
+    with World(spec, workdir) as world:
+        pubkey = fleet.setup_ntpguard(world)
+        names = ", ".join(c.ns.name for c in world.clients)
+        say(f"hosts {names} forward their firewall logs with rsyslog to {world.guard.name} "
+            f"({fleet.COLL_ADDR}:{fleet.SYSLOG_PORT}); the collector publishes "
+            f"{fleet.list_url()} (nginx, lab CA) signed with {pubkey}")
+        only_h1, shared = world.harvesters
+        v6 = [s.address for s in world.servers if ":" in s.address]
+        others = [a for a in v6 if a != only_h1]
+        say(f"the hosts meet the pool ({max(args.passes, 2)} passes); {only_h1} is met by "
+            f"{world.clients[0].ns.name} only, {shared} by all (ground truth)")
+        used = fleet.meet(world, {0: v6, 1: others, 2: others}, max(args.passes, 2), 2)
+        fleet.forwarded(world, used)
+        for f in sorted((world.guard_dir / "remote").glob("*/kern.log")):
+            detail(f"{f.relative_to(world.guard_dir)}: {len(f.read_text().splitlines())} "
+                   "lines forwarded")
+        say("$ ntpguard sync --no-resolve   (on the collector)")
+        detail(run_ntpguard(world, "sync", "--no-resolve").stdout)
+        detail((world.guard_dir / "www" / fleet.LIST_NAME).read_text()[:1500])
+        for c in world.clients:
+            say(f"$ ntpguard resolve; ntpguard sync   (on {c.ns.name})")
+            run_ntpguard(world, "resolve", client=c)
+            detail(run_ntpguard(world, "sync", "--no-resolve", client=c).stdout)
+        for c in world.clients:
+            out = c.ns.run("ntpdate", "-q", "-t", "1", only_h1, check=False)
+            detail(f"{c.ns.name}: NTP to {only_h1}: "
+                   f"{'refused' if out.returncode else 'answered (not blocked!)'}")
+        www = world.guard_dir / "www" / fleet.LIST_NAME
+        good = www.read_bytes()
+        say("tampering: the published list loses a harvester, its signature stays")
+        www.write_bytes(good.replace(only_h1.encode(), b"2001:db8:ffff::1"))
+        h2 = world.clients[1]
+        detail(run_ntpguard(world, "list", "fetch", client=h2).stdout)
+        out = h2.ns.run("ntpdate", "-q", "-t", "1", only_h1, check=False)
+        detail(f"{h2.ns.name}: NTP to {only_h1} still "
+               f"{'refused' if out.returncode else 'answered'} (the last good list)")
+        www.write_bytes(good)
+        say(f"metrics ({world.guard_dir / 'ntpguard.prom'}):")
+        detail("\n".join(line for line in (world.guard_dir / "ntpguard.prom").read_text()
+                         .splitlines() if not line.startswith("#"))[:2000])
+        say("tearing the lab down")
+    say("done: no lab namespace or process is left")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.topology == "fleet":
+        return run_fleet(args)
     # Short rotation and cooldown: several harvested addresses within the demo's half minute.
     spec = WorldSpec(seed=args.seed, prefix="ntpg-demo-", lag_min=1.0, lag_max=4.0,
                      cooldown=15.0, temp_prefered_lft=12, temp_valid_lft=60,
@@ -275,8 +332,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--passes", type=int, default=3,
                    help="compressed pool life: times each server is met from fresh addresses "
                    "before ntpguard runs (default 3; 0: only --observe)")
-    p.add_argument("--topology", choices=("host", "gateway"), default="host",
-                   help="a protected host, or a router with LAN clients (default host)")
+    p.add_argument("--topology", choices=("host", "gateway", "fleet"), default="host",
+                   help="a protected host, a router with LAN clients, or three hosts and a "
+                   "collector whose signed list they follow (default host)")
     p.add_argument("--workdir", help="keep the lab's files here (default: a new temp dir)")
     args = p.parse_args(argv)
     # SIGTERM tears down like Ctrl-C: the World context manager's exit runs either way.

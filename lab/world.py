@@ -29,6 +29,7 @@ every daemon's own log, all printed by `World.dump_logs()` when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -87,8 +88,9 @@ class WorldSpec:
     chrony_client: bool = True     # start the protected host's time daemon
     chrony_minpoll: int = 1        # lab-fast polling (2 s .. 8 s); a real host polls 64 s+
     chrony_maxpoll: int = 3
-    topology: str = "host"         # "host" or "gateway"
+    topology: str = "host"         # "host", "gateway" or "fleet"
     lan_clients: int = 2           # gateway topology only
+    fleet_hosts: int = 3           # fleet topology only
 
 
 @dataclass
@@ -250,7 +252,7 @@ class World:
     """
 
     def __init__(self, spec: WorldSpec, workdir: Path) -> None:
-        if spec.topology not in ("host", "gateway"):
+        if spec.topology not in ("host", "gateway", "fleet"):
             raise WorldError(f"unknown topology {spec.topology!r}")
         self.spec = spec
         self.workdir = Path(workdir)
@@ -262,6 +264,8 @@ class World:
         rng.shuffle(self.scanners)
         self.clients: list[Client] = []
         self.guard_client: Optional[Client] = None  # the gateway's own chronyd
+        self.ca_file: Optional[Path] = None  # fleet: the lab CA the collector's cert is from
+        self._nginx: Optional[subprocess.Popen] = None
         self._rng = random.Random(spec.seed + 2)
         self.inet: Namespace
         self.scan: Namespace
@@ -271,6 +275,10 @@ class World:
     @property
     def gateway(self) -> bool:
         return self.spec.topology == "gateway"
+
+    @property
+    def fleet(self) -> bool:
+        return self.spec.topology == "fleet"
 
     @property
     def harvesters(self) -> list[str]:
@@ -292,7 +300,7 @@ class World:
 
     @property
     def guard_dir(self) -> Path:
-        return self.workdir / ("gw" if self.gateway else "host")
+        return self.workdir / ("gw" if self.gateway else "coll" if self.fleet else "host")
 
     @property
     def truth_path(self) -> Path:
@@ -336,10 +344,17 @@ class World:
         self._core_network()
         if self.gateway:
             self._gateway_network()
+        elif self.fleet:
+            self._fleet_network()
         else:
             self._host_network()
         self._internet()
-        self._guard_logging()
+        if self.fleet:
+            for c in self.clients:
+                self._logging(c.ns, c.dir, False)
+            self._fleet_services()
+        else:
+            self._logging(self.guard, self.guard_dir, self.gateway)
         for c in self.clients:
             self._wait(lambda c=c: bool(self.temp_addresses(c)), f"{c.ns.name} temporary address")
         if spec.chrony_client:
@@ -461,15 +476,70 @@ class World:
         self._wait(lambda: any(e["event"] == "ready" for e in self.truth()), "harvester")
         self._wait(lambda: self._ntp_answers(self.clean[0]), "chronyd server")
 
-    def _guard_logging(self) -> None:
-        w = self.guard_dir
+    def _logging(self, ns: Namespace, w: Path, gateway: bool) -> None:
+        """ulogd2 and the observer's nft log rules where ntpguard runs (the guard, or each
+        host of a fleet)."""
         (w / "state").mkdir(parents=True, exist_ok=True)
         (w / "ulogd.conf").write_text(ulogd_conf(w))
         with open(w / "ulogd.stderr", "ab") as log:
-            self.guard.popen(["ulogd", "-c", str(w / "ulogd.conf")], stdout=log,
-                             stderr=subprocess.STDOUT)
-        self.guard.run("nft", "-f", "-", input=nft_observer(gateway=self.gateway))
-        self._wait(lambda: self.firewall_log.exists() and self.firewall_json.exists(), "ulogd")
+            ns.popen(["ulogd", "-c", str(w / "ulogd.conf")], stdout=log,
+                     stderr=subprocess.STDOUT)
+        ns.run("nft", "-f", "-", input=nft_observer(gateway=gateway))
+        self._wait(lambda: (w / "firewall.log").exists() and (w / "firewall.json").exists(),
+                   f"ulogd in {ns.name}")
+
+    def _fleet_network(self) -> None:
+        """Hosts h1..hN, each on a link of its own to the router, and the collector."""
+        from lab import fleet
+
+        lab, inet = self.lab, self.inet
+        assert lab is not None
+        for i in range(1, self.spec.fleet_hosts + 1):
+            h = lab.ns(f"h{i}")
+            self._temp_sysctls(h)
+            lab.link(inet, f"f{i}", h, "eth0")
+            net, gw, v4, v4_gw = fleet.host_net(i)
+            inet.addr(f"f{i}", gw + "/64")
+            inet.addr(f"f{i}", v4_gw + "/24")
+            self._client(h, f"h{i}", net, gw, v4, v4_gw)
+        coll = lab.ns("coll")
+        self.guard = coll
+        lab.link(inet, "c0", coll, "eth0")
+        inet.addr("c0", fleet.COLL_GW + "/64")
+        coll.addr("eth0", fleet.COLL_ADDR + "/64")
+        coll.run("ip", "-6", "route", "add", "default", "via", fleet.COLL_GW)
+        (self.guard_dir / "run").mkdir(parents=True)
+        self._etc(coll, self.guard_dir)
+
+    def _fleet_services(self) -> None:
+        """The collector's rsyslogd and nginx (HTTPS with the lab CA), each host's rsyslogd."""
+        from lab import fleet
+
+        d = self.guard_dir
+        for sub in ("rsyslog", "remote", "www", "nginx-tmp", "state"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        ca, cert, key = fleet.make_certs(d / "tls")
+        (d / "rsyslog.conf").write_text(fleet.rsyslog_collector_conf(d))
+        with open(d / "rsyslog.log", "ab") as log:
+            self.guard.popen(["rsyslogd", "-n", "-f", str(d / "rsyslog.conf"), "-i",
+                              str(d / "rsyslog.pid")], stdout=log, stderr=subprocess.STDOUT)
+        (d / "nginx.conf").write_text(fleet.nginx_conf(d, cert, key))
+        with open(d / "nginx.log", "ab") as log:
+            self._nginx = self.guard.popen(
+                ["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e",
+                 str(d / "nginx-error.log"), "-g", "daemon off;"],
+                stdout=log, stderr=subprocess.STDOUT)
+        for c in self.clients:
+            (c.dir / "rsyslog").mkdir(exist_ok=True)
+            (c.dir / "rsyslog.conf").write_text(
+                fleet.rsyslog_host_conf(c.dir, c.ns.name[len(self.spec.prefix):],
+                                        c.dir / "firewall.log"))
+            with open(c.dir / "rsyslog.log", "ab") as log:
+                c.ns.popen(["rsyslogd", "-n", "-f", str(c.dir / "rsyslog.conf"), "-i",
+                            str(c.dir / "rsyslog.pid")], stdout=log, stderr=subprocess.STDOUT)
+        self._wait(lambda: (d / "nginx.pid").exists() and (d / "rsyslog.pid").exists(),
+                   "collector's nginx and rsyslogd")
+        self.ca_file = ca
 
     def start_chrony_client(self, client: Optional[Client] = None) -> None:
         c = client or self.clients[0]
@@ -613,6 +683,13 @@ class World:
         return "\n".join(parts)
 
     def stop(self) -> None:
+        if self._nginx is not None:
+            # SIGTERM, so the master reaps its worker: a worker SIGKILLed after its master
+            # is left a zombie wherever PID 1 does not reap orphans (containers).
+            self._nginx.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._nginx.wait(timeout=10)
+            self._nginx = None
         if self.dns is not None:
             self.dns.stop()
             self.dns = None
@@ -679,24 +756,26 @@ def ntpguard_config(world: Optional[World] = None, extra: str = "",
 
 
 def run_ntpguard(world: World, *args: str, config: Optional[Path] = None,
-                 timeout: float = 300) -> subprocess.CompletedProcess:
-    """HOOK: `ntpguard ARGS` on the guard (the host, or the gateway), as cron would run it.
+                 timeout: float = 300, client: Optional[Client] = None
+                 ) -> subprocess.CompletedProcess:
+    """HOOK: `ntpguard ARGS` on the guard (the host, or the gateway), as cron would run it;
+    with `client`, on that machine instead (a fleet's hosts).
 
     Runs `python3 -m ntpguard` from this tree inside the guard's namespace, with its own /run
     (so `chronyc reload sources` reaches the lab host's chronyd), /etc/chrony (bind-mounted
     from /etc/netns), a state dir and a config of its own.
     """
-    w = world.guard_dir
-    if not Path(f"/etc/netns/{world.guard.name}/chrony").is_dir():
+    ns, w = (client.ns, client.dir) if client is not None else (world.guard, world.guard_dir)
+    if not Path(f"/etc/netns/{ns.name}/chrony").is_dir():
         # Without the bind mount, timeconf --write would edit the real /etc/chrony.
-        raise WorldError(f"{world.guard.name} has no /etc/netns chrony dir: refusing to run")
+        raise WorldError(f"{ns.name} has no /etc/netns chrony dir: refusing to run")
     if config is None:
         config = w / "ntpguard.toml"
         if not config.exists():
             config.write_text(ntpguard_config(world))
     env = dict(os.environ, PYTHONPATH=str(ROOT), NTPGUARD_STATE_DIR=str(w / "state"),
                NTPGUARD_CONFIG=str(config))
-    cmd = run_in(world.guard, ["/usr/bin/python3", "-m", "ntpguard", *args], world.guard_run)
+    cmd = run_in(ns, ["/usr/bin/python3", "-m", "ntpguard", *args], w / "run")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ else:  # pragma: no cover - exercised on Debian 11 / Python 3.9 only
 
 DEFAULT_PATH = "/etc/ntpguard/ntpguard.toml"
 DEFAULT_STATE_DIR = "/var/lib/ntpguard"
+# A host name as a collector takes it from a log's path (rsyslog's %HOSTNAME%): no path
+# separators or glob characters, nothing a shell or a metrics label would trip over.
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 # The commented sample is 14 KB; a file 70 times that is not a configuration (and a FIFO or
 # /dev/zero given as --config is refused, not read for ever).
 MAX_CONFIG_BYTES = 1 << 20
@@ -450,6 +454,90 @@ class Canary:
     exempt_trusted: bool = True
 
 
+def _host_name(value: str) -> str:
+    if not HOST_NAME.match(value):
+        raise ValueError("must be a host name: letters, digits, '.', '_', '-' (up to 253)")
+    return value
+
+
+def _host_patterns(values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        path = v[len("journal:"):] if v.startswith("journal:") else v
+        if not path.startswith("/") or path.count("*") != 1 or any(c in path for c in "?["):
+            raise ValueError(f"{v!r}: an absolute path with one '*' for the host's name "
+                             "(optionally after journal:), no other wildcards")
+    return values
+
+
+@dataclass(frozen=True)
+class CollectorHost:
+    """[[collector.hosts]]: what a collector knows of one host's network (direction)."""
+
+    name: str = field(metadata=_check(_host_name))
+    # As [detect] lan_interfaces and local_prefixes, for this host's log only (a gateway's
+    # LAN bridge, its site's prefixes). Empty: [detect]'s, else learned from its log.
+    lan_interfaces: tuple[str, ...] = field(default=(), metadata=_check(_ifnames))
+    local_prefixes: tuple[str, ...] = field(default=(), metadata=_check(_networks))
+
+
+def _unique_hosts(values: tuple[CollectorHost, ...]) -> tuple[CollectorHost, ...]:
+    names = [h.name for h in values]
+    if len(set(names)) != len(names):
+        raise ValueError("names a host twice")
+    return values
+
+
+@dataclass(frozen=True)
+class Collector:
+    """[collector]: judge on the pooled firewall logs other hosts forward here."""
+
+    # One pattern per way logs arrive; its one "*" stands for the host's name: rsyslog files
+    # per host (a dynaFile template with %HOSTNAME%), e.g. "/var/log/ntpguard/*/kern.log",
+    # or "journal:" and systemd-journal-remote's per-host files (--split-mode=host), e.g.
+    # "journal:/var/log/journal/remote/remote-*.journal". Empty: not a collector.
+    hosts_from: tuple[str, ...] = field(default=(), metadata=_check(_host_patterns))
+    hosts: tuple[CollectorHost, ...] = field(default=(), metadata=_check(_unique_hosts))
+
+
+def _publish_statuses(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values or any(v not in ("harvester", "suspect") for v in values) \
+            or len(set(values)) != len(values):
+        raise ValueError('must be ["harvester"] or ["harvester", "suspect"]')
+    return values
+
+
+@dataclass(frozen=True)
+class Publish:
+    """[publish]: `sync` writes this host's own findings as a signed list for others."""
+
+    # Where the list goes: a file a web server serves (PATH.minisig beside it). Empty: off.
+    path: str = field(default="", metadata=_check(_absolute_path(True)))
+    # The minisign secret key, unencrypted (`ntpguard list keygen`, `minisign -G -W`).
+    key: str = field(default="", metadata=_check(_absolute_path(True)))
+    # json carries each entry's evidence and first/last seen; text is one line per entry.
+    format: str = field(default="json", metadata=_check(_one_of("json", "text")))
+    # Which effective statuses (from local evidence only) are published, as kind harvester.
+    statuses: tuple[str, ...] = field(default=("harvester",),
+                                      metadata=_check(_publish_statuses))
+    # Also the scanner prefixes seen scanning after a harvester.
+    scanners: bool = True
+
+
+def _textfile(value: str) -> str:
+    if value and (not value.startswith("/") or not value.endswith(".prom")):
+        raise ValueError("must be empty or an absolute path ending in .prom (node-exporter's "
+                         "textfile collector reads only those)")
+    return value
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """[metrics]: Prometheus metrics from every `sync`."""
+
+    # A node-exporter textfile, replaced at the end of each sync. Empty: none written.
+    textfile: str = field(default="", metadata=_check(_textfile))
+
+
 @dataclass(frozen=True)
 class Config:
     path: Optional[str] = None
@@ -463,11 +551,15 @@ class Config:
     sync: Sync = field(default_factory=Sync)
     probe: Probe = field(default_factory=Probe)
     canary: Canary = field(default_factory=Canary)
+    collector: Collector = field(default_factory=Collector)
+    publish: Publish = field(default_factory=Publish)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 SECTIONS: dict[str, type] = {
     "general": General, "servers": Servers, "pool": Pool, "rules": Rules, "lists": Lists,
     "timeconf": Timeconf, "detect": Detect, "sync": Sync, "probe": Probe, "canary": Canary,
+    "collector": Collector, "publish": Publish, "metrics": Metrics,
 }
 
 

@@ -168,7 +168,8 @@ def compute_verdicts(state: State, settings: Detect, record: bool = True,
     server whose status changed since its last one (the history stays small)."""
     contacts = state.contacts()
     findings, estimates = attribute(contacts.runs, state.scans(), contacts.end, settings,
-                                    state.probe_addresses())
+                                    state.probe_addresses(),
+                                    covered=state.address_coverage())
     if record:
         now = time.time() if now is None else now
         latest = state.latest_verdicts()

@@ -3,16 +3,13 @@
 A subscription is fetched with ETag / If-Modified-Since, so an hourly cron job costs the
 publisher a 304; the whole fetch has one deadline, the body is parsed as it arrives and cut off
 at its byte and entry caps, optionally pinned by SHA-256 and optionally signed with minisign
-(Ed25519, verified with python3-cryptography, which Debian 12 ships as 38.x). Whatever goes
-wrong, the stored copy is only replaced by a list that passed every check.
+(Ed25519, ntpguard.minisign). Whatever goes wrong, the stored copy is only replaced by a list
+that passed every check.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import hashlib
 import http.client
 import os
 import socket
@@ -25,7 +22,7 @@ from dataclasses import dataclass, field
 from http.client import HTTPMessage
 from typing import IO, Any, Callable, Optional
 
-from ntpguard import files, lists
+from ntpguard import files, lists, minisign
 from ntpguard.errors import NtpguardError, UsageError
 from ntpguard.progress import Show, quiet
 
@@ -43,7 +40,7 @@ class FetchError(NtpguardError):
     """A list could not be fetched or failed its pin/signature; the last good copy stays."""
 
 
-class SignatureError(FetchError):
+class SignatureError(FetchError, minisign.SignatureError):
     """A minisign signature is missing, malformed or does not match the key."""
 
 
@@ -253,76 +250,6 @@ def _read_file(path: str, max_bytes: int, sink: Optional[Callable[[bytes], None]
     return Response(200, b"".join(pieces))
 
 
-# -- minisign ------------------------------------------------------------------------------------
-
-
-def _b64(text: str, what: str, length: int) -> bytes:
-    try:
-        raw = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise SignatureError(f"{what} is not base64") from None
-    if len(raw) != length:
-        raise SignatureError(f"{what} has {len(raw)} bytes, expected {length}")
-    return raw
-
-
-def parse_pubkey(text: str) -> tuple[bytes, bytes]:
-    """A minisign public key (the .pub file or its base64 line) → (key id, Ed25519 key)."""
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()
-             and not ln.startswith("untrusted comment:")]
-    if len(lines) != 1:
-        raise SignatureError("public key: expected one base64 line (RW...)")
-    raw = _b64(lines[0], "public key", 42)
-    if raw[:2] != b"Ed":
-        raise SignatureError("public key: not an Ed25519 minisign key")
-    return raw[2:10], raw[10:]
-
-
-def verify_minisign(data: bytes, signature: bytes, pubkey: str) -> str:
-    """Check a minisign signature (legacy `Ed` or prehashed `ED`); return the trusted comment.
-
-    Format (minisign's SIGNATURE_FORMAT): `untrusted comment: ...`, base64(alg[2] keyid[8]
-    sig[64]), `trusted comment: ...`, base64(global sig[64] over sig + trusted comment).
-    """
-    try:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    except ImportError:
-        raise SignatureError("a pubkey is configured but python3-cryptography is not "
-                             "installed (apt-get install python3-cryptography)") from None
-    key_id, key = parse_pubkey(pubkey)
-    try:
-        lines = signature.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise SignatureError("signature file is not UTF-8 text") from None
-    if len(lines) < 4 or not lines[0].startswith("untrusted comment:") \
-            or not lines[2].startswith("trusted comment: "):
-        raise SignatureError("signature file is not in minisign format")
-    sig = _b64(lines[1], "signature", 74)
-    global_sig = _b64(lines[3], "global signature", 64)
-    alg, sig_key_id, sig_bytes = sig[:2], sig[2:10], sig[10:]
-    if sig_key_id != key_id:
-        raise SignatureError(f"signed with key {sig_key_id[::-1].hex().upper()}, "
-                             f"expected {key_id[::-1].hex().upper()}")
-    if alg == b"ED":
-        message = hashlib.blake2b(data, digest_size=64).digest()
-    elif alg == b"Ed":
-        message = bytes(data)  # cryptography 38 takes bytes only, a list arrives in a bytearray
-    else:
-        raise SignatureError(f"unknown signature algorithm {alg!r}")
-    trusted = lines[2][len("trusted comment: "):]
-    public = Ed25519PublicKey.from_public_bytes(key)
-    try:
-        public.verify(sig_bytes, message)
-    except InvalidSignature:
-        raise SignatureError("signature does not match the list") from None
-    try:
-        public.verify(global_sig, sig_bytes + trusted.encode("utf-8"))
-    except InvalidSignature:
-        raise SignatureError("trusted comment was altered (global signature invalid)") from None
-    return trusted
-
-
 # -- subscriptions -------------------------------------------------------------------------------
 
 
@@ -363,19 +290,32 @@ def get_checked(url: str, *, limits: lists.Limits, timeout: float, max_bytes: in
     304, trusted comment). Raises on any failure, so nothing unchecked gets past it.
 
     The body is parsed while it arrives, so a list with more than max_entries entries stops
-    the transfer there; `timeout` bounds the list and its signature together.
+    the transfer there; `timeout` bounds the list and its signature together. A list and its
+    signature are two requests, and a publisher replaces both between two of them now and
+    then (`sync` publishes every 15 minutes): a signature that does not match is fetched
+    again, list and all, once, within the same deadline.
     """
     end = time.monotonic() + timeout
-    reader = lists.Reader(url, limits, fmt)
-    resp = fetch_url(url, timeout=timeout, max_bytes=max_bytes, ca_file=ca_file, etag=etag,
-                     last_modified=last_modified, sink=reader.feed)
-    if resp.status == 304:
-        return resp, None, ""
-    reader.end()
-    trusted = _check_pins(url, reader.raw, reader.sha256, sha256, pubkey,
-                          lambda: fetch_url(url + ".minisig", timeout=_left(url, end, timeout),
-                                            max_bytes=SIGNATURE_MAX_BYTES, ca_file=ca_file).body)
-    return resp, reader.result(), trusted
+    for attempt in (1, 2):
+        reader = lists.Reader(url, limits, fmt)
+        left = timeout if attempt == 1 else _left(url, end, timeout)
+        resp = fetch_url(url, timeout=left, max_bytes=max_bytes,
+                         ca_file=ca_file, etag=etag, last_modified=last_modified,
+                         sink=reader.feed)
+        if resp.status == 304:
+            return resp, None, ""
+        reader.end()
+        try:
+            trusted = _check_pins(
+                url, reader.raw, reader.sha256, sha256, pubkey,
+                lambda: fetch_url(url + ".minisig", timeout=_left(url, end, timeout),
+                                  max_bytes=SIGNATURE_MAX_BYTES, ca_file=ca_file).body)
+        except SignatureError as exc:
+            if attempt == 2 or "does not match" not in str(exc):
+                raise
+            continue
+        return resp, reader.result(), trusted
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _left(url: str, end: float, timeout: float) -> float:
@@ -395,8 +335,8 @@ def _check_pins(source: str, raw: bytes, digest: str, sha256: str, pubkey: str,
         return ""
     sig = signature()
     try:
-        return verify_minisign(raw, sig, pubkey)
-    except SignatureError as exc:
+        return minisign.verify(raw, sig, pubkey)
+    except minisign.SignatureError as exc:
         raise SignatureError(f"{source}: {exc}") from None
 
 

@@ -164,26 +164,62 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     (mkstemp, O_EXCL, so nothing planted under its name is followed) and gets `mode` through
     its descriptor just before the rename: nobody reads half-written content.
     """
-    if os.path.islink(path):
-        raise OSError(errno.ELOOP, "is a symbolic link; refused (ntpguard does not write "
-                      "through links)", path)
+    atomic_write_all([(path, data, mode)])
+
+
+def atomic_write_all(items: list[tuple[str, bytes, int]]) -> None:
+    """atomic_write for files that belong together (a list and its signature): every one is
+    written and synced to a temporary file first, then all are renamed in order, so a failure
+    (a full disk) before the renames changes none of them, and after them a reader sees one
+    pair or the other, but for the instant between two renames."""
+    for path, _, _ in items:
+        if os.path.islink(path):
+            raise OSError(errno.ELOOP, "is a symbolic link; refused (ntpguard does not write "
+                          "through links)", path)
+        # Checked for all before any rename: a directory in the way of the second file must
+        # not leave the first one replaced alone.
+        if os.path.isdir(path):
+            raise OSError(errno.EISDIR, "is a directory; refused", path)
+    temps: list[str] = []
+    try:
+        for path, data, mode in items:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".ntpguard-")
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+                os.fchmod(fh.fileno(), mode)
+        for (path, _, _), tmp in zip(items, temps):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    # The renames themselves are only durable once the directory is on disk.
+    for directory in dict.fromkeys(os.path.dirname(p) or "." for p, _, _ in items):
+        with contextlib.suppress(OSError):
+            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+
+def create_exclusive(path: str, data: bytes, mode: int) -> None:
+    """Write a new file that must not exist yet (a secret key): written and synced under a
+    temporary name, then linked to `path`, which fails with FileExistsError if anything is
+    there, a link included; nothing is ever overwritten and nobody reads half of it."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ntpguard-")
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-            os.fchmod(fh.fileno(), mode)
-        os.replace(tmp, path)
-    except BaseException:
+        os.link(tmp, path)
+    finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
-    # The rename itself is only durable once the directory is on disk.
-    with contextlib.suppress(OSError):
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)

@@ -24,7 +24,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Optional
 
 from ntpguard.addr import IPNetwork, nonglobal_reason, parse_prefix
 from ntpguard.errors import UsageError
@@ -808,39 +808,59 @@ def load_all(config: Any, state_dir: str) -> list[LoadedList]:
 # -- export from local verdicts ------------------------------------------------------------------
 
 
-def entries_from_verdicts(history: Iterable[Verdict]) -> list[Entry]:
-    """This host's own findings as list entries: what `list export` publishes.
+PUBLISHABLE = ("harvester", "suspect")
 
-    Only local sources (manual marks, detection, probes) count: re-publishing other people's
-    lists would launder them into "evidence" on every host that subscribes. A server is
-    exported when its effective status from local sources alone (ntpguard.status) is
-    `harvester`; evidence counts are the integer fields of the deciding verdict's evidence;
-    scanner addresses or prefixes a detection names under evidence "scanners" are exported as
-    `scanner` entries.
+
+def entries_from_verdicts(history: Iterable[Verdict], statuses: Iterable[str] = ("harvester",),
+                          seen: Optional[Mapping[str, tuple[float, float]]] = None,
+                          scanners: bool = True) -> list[Entry]:
+    """This host's own findings as list entries: what `list export` and `[publish]` publish.
+
+    Only local sources (manual marks, canaries, detection, probes) count: re-publishing other
+    people's lists would launder them into "evidence" on every host that subscribes. A server
+    is exported when its effective status from local sources alone (ntpguard.status) is one of
+    `statuses` (harvester, and suspect if asked: a list knows only the kind `harvester`, so a
+    suspect's comment says what it is). Its evidence is the integer fields of the deciding
+    verdict (detection: positive, negative, sole) and `canary`, how many of its canaries were
+    scanned; first and last seen are the first and last scan it may have triggered (`seen`,
+    from the stored scans), else the times of its verdicts. With `scanners`, scanner addresses
+    or prefixes a harvester verdict names under "scanners" are exported as `scanner` entries.
     """
     from ntpguard.status import Status, effective, local_only
 
+    wanted = {Status(s) for s in statuses}
     latest: dict[str, dict[str, Verdict]] = {}
     local: dict[str, list[Verdict]] = {}
     for v in sorted(history, key=lambda v: v.time):
         if v.source.local:
             latest.setdefault(v.address, {})[str(v.source)] = v
             local.setdefault(v.address, []).append(v)
-    harvesters: dict[IPNetwork, Entry] = {}
-    scanners: dict[IPNetwork, Entry] = {}
+    convicted: list[str] = []
+    found: dict[IPNetwork, Entry] = {}
     for address, s in effective(local_only(latest)).items():
         decided = s.verdict
-        if decided is None or s.status != Status.HARVESTER:
+        if decided is None or s.status not in wanted:
             continue
         net = parse_prefix(address, 0, 0)
-        times = [v.time for v in local[address] if v.status == Status.HARVESTER]
-        counts = tuple(sorted((k, n) for k, n in decided.evidence.items()
-                              if isinstance(n, int) and not isinstance(n, bool) and n >= 0))
+        times = [v.time for v in local[address] if v.status == s.status] or [decided.time]
+        counts = {k: n for k, n in decided.evidence.items()
+                  if isinstance(n, int) and not isinstance(n, bool) and n >= 0}
+        canaries = {v.evidence.get("canary") for v in local[address]
+                    if v.source.kind == "canary" and v.status == Status.HARVESTER}
+        if canaries:
+            counts["canary"] = len(canaries)
         note = decided.evidence.get("note")
         comment = f"{decided.source}: {note}" if isinstance(note, str) and note else \
             str(decided.source)
-        harvesters[net] = Entry(net, "harvester", comment.replace("\n", " "), 0, counts,
-                                min(times), max(times))
+        if s.status != Status.HARVESTER:
+            comment = f"{s.status}, {comment}"
+        first, last = (seen or {}).get(address, (min(times), max(times)))
+        found[net] = Entry(net, "harvester", comment.replace("\n", " "), 0,
+                           tuple(sorted(counts.items())), first, last)
+        if s.status == Status.HARVESTER:
+            convicted.append(address)
+    listed: dict[IPNetwork, Entry] = {}
+    for address in convicted if scanners else ():
         for v in local[address]:
             named = v.evidence.get("scanners") if v.status == Status.HARVESTER else None
             for text in named if isinstance(named, list) else []:
@@ -848,9 +868,21 @@ def entries_from_verdicts(history: Iterable[Verdict]) -> list[Entry]:
                     snet = parse_prefix(str(text), 0, 0)
                 except UsageError:
                     continue
-                old = scanners.get(snet)
+                old = listed.get(snet)
                 first = v.time if old is None else min(old.first_seen or v.time, v.time)
                 last = v.time if old is None else max(old.last_seen or v.time, v.time)
-                scanners[snet] = Entry(snet, "scanner", f"scanned after {address}", 0, (),
-                                       first, last)
-    return list(harvesters.values()) + [s for n, s in scanners.items() if n not in harvesters]
+                listed[snet] = Entry(snet, "scanner", f"scanned after {address}", 0, (),
+                                     first, last)
+    return list(found.values()) + [s for n, s in listed.items() if n not in found]
+
+
+def scan_times(scans: Iterable[Any]) -> dict[str, tuple[float, float]]:
+    """Server → (first, last) start of a scan that followed a packet to it (its triggers):
+    when a harvester was last seen at work, for the `first_seen`/`last_seen` of an export."""
+    out: dict[str, tuple[float, float]] = {}
+    for scan in scans:
+        for server in {t.server for t in scan.triggers}:
+            old = out.get(server)
+            out[server] = (scan.start, scan.start) if old is None else \
+                (min(old[0], scan.start), max(old[1], scan.start))
+    return out

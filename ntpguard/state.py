@@ -180,6 +180,10 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE detect_contacts ADD COLUMN last_time REAL;     -- NULL: first_time
     ALTER TABLE detect_contacts ADD COLUMN packets INTEGER NOT NULL DEFAULT 1;
     """,
+    # 7: a collector pools many hosts' logs (ntpguard.collector): which host each contact
+    # came from, so each address's evidence is covered by its own host's log ('': this
+    # host's own logs).
+    "ALTER TABLE detect_contacts ADD COLUMN host TEXT NOT NULL DEFAULT ''",
 ]
 
 
@@ -578,8 +582,10 @@ class State:
             "SELECT source, inode, offset, cursor FROM detect_positions")}
 
     def save_detection(self, positions: Iterable[Position], contacts: Contacts,
-                       scans: Iterable[Scan], coverage_key: str, now: float) -> None:
-        """One read's facts and where it stopped, in one transaction."""
+                       scans: Iterable[Scan], coverage_key: str, now: float,
+                       host: str = "") -> None:
+        """One read's facts and where it stopped, in one transaction; `host`: whose log it
+        was, on a collector."""
         scans = list(scans)
         with self.transaction() as db:
             db.executemany(
@@ -591,13 +597,13 @@ class State:
             # Runs merge: a read of later packets adds its count; a read of the same packets
             # again (a lost position) takes the larger count, so re-reading never inflates it.
             db.executemany(
-                "INSERT INTO detect_contacts (address, server, first_time, last_time, packets)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (address, server) DO UPDATE SET"
+                "INSERT INTO detect_contacts (address, server, first_time, last_time, packets,"
+                " host) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (address, server) DO UPDATE SET"
                 " packets = CASE WHEN excluded.first_time > coalesce(last_time, first_time)"
                 " THEN packets + excluded.packets ELSE max(packets, excluded.packets) END,"
                 " last_time = max(coalesce(last_time, first_time), excluded.last_time),"
-                " first_time = min(first_time, excluded.first_time)",
-                [(a, s, r[0], r[1], r[2]) for (a, s), r in contacts.runs.items()])
+                " first_time = min(first_time, excluded.first_time), host = excluded.host",
+                [(a, s, r[0], r[1], r[2], host) for (a, s), r in contacts.runs.items()])
             fresh = []
             for s in scans:
                 cur = db.execute(
@@ -706,11 +712,37 @@ class State:
             if _all(str, address, server) and _all(_NUMBER, t, last) and isinstance(n, int):
                 contacts.runs[(address, server)] = [float(t), max(float(last), float(t)),
                                                     max(n, 1)]
+        # This host's own logs; a collector's hosts' logs cover their own addresses
+        # (address_coverage), and only speak here when it reads no log of its own.
         row = self.conn.execute(
-            "SELECT min(first_time), max(last_time) FROM detect_coverage").fetchone()
+            "SELECT min(first_time), max(last_time) FROM detect_coverage"
+            " WHERE source NOT LIKE 'host:%'").fetchone()
+        if not (row and _all(_NUMBER, *row)):
+            row = self.conn.execute(
+                "SELECT min(first_time), max(last_time) FROM detect_coverage").fetchone()
         if row and _all(_NUMBER, *row):
             contacts.start, contacts.end = float(row[0]), float(row[1])
         return contacts
+
+    def address_coverage(self) -> dict[str, float]:
+        """Local address → the end of the log that covers it: on a collector, its own host's
+        (a host whose log lags must not turn its contacts into "no scan followed"). Only
+        addresses a host's log named are listed; the others are covered by this host's own
+        logs (Contacts.end)."""
+        out: dict[str, float] = {}
+        for address, end in self.conn.execute(
+                "SELECT c.address, max(v.last_time) FROM detect_contacts c"
+                " JOIN detect_coverage v ON v.source = 'host:' || c.host"
+                " WHERE c.host != '' GROUP BY c.address"):
+            if isinstance(address, str) and isinstance(end, _NUMBER):
+                out[address] = float(end)
+        return out
+
+    def hosts_coverage(self) -> dict[str, float]:
+        """Collector host → time of the newest line read from its log."""
+        return {str(src)[5:]: float(end) for src, end in self.conn.execute(
+            "SELECT source, last_time FROM detect_coverage WHERE source LIKE 'host:%'")
+            if isinstance(end, _NUMBER)}
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -736,6 +768,33 @@ class State:
             out.append({"started": started, "finished": finished, "ok": bool(ok),
                         "summary": data if isinstance(data, dict) else {}})
         return out
+
+    def last_ok_run(self, command: str) -> Optional[dict[str, Any]]:
+        """The newest run of a command in which nothing failed (started, finished)."""
+        row = self.conn.execute(
+            "SELECT started, finished FROM runs WHERE command = ? AND ok = 1"
+            " ORDER BY id DESC LIMIT 1", (command,)).fetchone()
+        return {"started": row[0], "finished": row[1]} if row else None
+
+    def step_failures(self, command: str) -> dict[str, int]:
+        """How often each step of a command failed, over every recorded run (the summaries'
+        "failed" lists, counted by SQLite's JSON functions: no run is loaded into Python)."""
+        try:
+            rows = self.conn.execute(
+                "SELECT f.value, count(*) FROM runs, json_each(runs.summary, '$.failed') AS f"
+                " WHERE runs.command = ? AND json_valid(runs.summary) GROUP BY f.value",
+                (command,)).fetchall()
+        except sqlite3.OperationalError:  # a summary whose "failed" is not an array
+            return {}
+        return {str(name): int(n) for name, n in rows if isinstance(name, str)}
+
+    def counts(self) -> dict[str, int]:
+        """Totals for metrics: scans stored, canary convictions recorded."""
+        scans = self.conn.execute("SELECT count(*) FROM detect_scans").fetchone()[0]
+        convictions = self.conn.execute(
+            "SELECT count(*) FROM verdicts WHERE source = 'canary' AND status = 'harvester'"
+        ).fetchone()[0]
+        return {"scans": int(scans), "canary_convictions": int(convictions)}
 
     def last_run(self, command: str) -> Optional[dict[str, Any]]:
         runs = self.runs(command, 1)

@@ -53,8 +53,9 @@ class SyncReport:
 
     @property
     def exit_code(self) -> int:
-        """0 all good; 4 some steps failed (the others ran); 1 every step that ran failed."""
-        ran = [s for s in self.steps if not s.skipped]
+        """0 all good; 4 some steps failed (the others ran); 1 every step that ran failed
+        (writing the metrics about that does not count as work done)."""
+        ran = [s for s in self.steps if not s.skipped and s.name != "metrics"]
         if ran and all(not s.ok for s in ran):
             return 1
         return 4 if self.failed else 0
@@ -179,17 +180,39 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         step.message = step.message or f"{rep.answers} answers, {len(rep.new_servers)} new"
 
     def do_logs(step: Step) -> None:
-        sources = list(settings.log_sources or default_log_sources())
-        if not sources:
+        hosts_from = config.collector.hosts_from
+        # A collector reads its own log only when told (sync.log_sources): its kernel log
+        # may well be one of the hosts' files already, and must not count twice.
+        sources = list(settings.log_sources or (() if hosts_from else default_log_sources()))
+        if not sources and not hosts_from:
             step.skipped, step.message = True, "no firewall log found (set sync.log_sources)"
             return
-        summary = evidence.ingest(state, order_sources(sources), config.detect,
-                                  now=now())
-        d = summary.as_dict()
-        step.data = {"scans": d["scans"], "lines": d["lines"], "events": d["events"],
-                     "skipped_lines": d["skipped"], "sources": sources}
-        step.message = (f"{d['lines']} lines, {d['events']} firewall events, "
-                        f"{d['scans']} scans, {d['skipped']} lines skipped")
+        parts = []
+        if sources:
+            summary = evidence.ingest(state, order_sources(sources), config.detect,
+                                      now=now())
+            d = summary.as_dict()
+            step.data = {"scans": d["scans"], "lines": d["lines"], "events": d["events"],
+                         "skipped_lines": d["skipped"], "sources": sources}
+            parts.append(f"{d['lines']} lines, {d['events']} firewall events, "
+                         f"{d['scans']} scans, {d['skipped']} lines skipped")
+        if hosts_from:
+            from ntpguard import collector
+
+            show("logs: reading the hosts' forwarded logs")
+            reads = collector.ingest(state, config, now())
+            failed = [r for r in reads if r.error]
+            for key, value in (("scans", sum(len(r.scans) for r in reads)),
+                               ("lines", sum(r.stats.lines for r in reads)),
+                               ("events", sum(r.stats.events for r in reads))):
+                step.data[key] = step.data.get(key, 0) + value
+            step.data["hosts"] = [r.as_dict() for r in reads]
+            parts.append(f"{len(reads)} hosts: {sum(r.stats.lines for r in reads)} lines, "
+                         f"{sum(len(r.scans) for r in reads)} scans"
+                         + "".join(f"; {r.host}: {r.error}" for r in failed))
+            # One host's unreadable log is that host's loss; none readable is the step's.
+            step.ok = not reads or len(failed) < len(reads)
+        step.message = "; ".join(parts)
 
     def do_lists(step: Step) -> None:
         if not config.lists.subscriptions:
@@ -241,6 +264,29 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         if not rep.available:
             step.skipped = True
 
+    def do_publish(step: Step) -> None:
+        # After the canaries (their convictions are verdicts of this run) and before the
+        # rules: a firewall that refuses must not keep the fleet from learning.
+        if dry_run:
+            step.skipped, step.message = True, "dry run: nothing published"
+            return
+        from ntpguard import publish
+
+        out = publish.run(config, state, now())
+        step.data = {"path": out.path, "entries": out.entries, "changed": out.changed,
+                     "generated": out.generated}
+        step.message = out.describe()
+
+    def do_metrics(step: Step) -> None:
+        from ntpguard import metrics
+
+        facts = metrics.gather(config, state, report, started, now())
+        if dry_run:
+            step.message = "dry run: not written"
+            return
+        metrics.write(config.metrics.textfile, metrics.render(metrics.metrics(facts)))
+        step.message = f"{config.metrics.textfile} written"
+
     def do_rules(step: Step) -> None:
         notes = []
         try:
@@ -277,6 +323,8 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
             doing="choosing the suspects")
     attempt("canaries", do_canaries, settings.apply_rules, "sync.apply_rules = false",
             doing="keeping one source address per NTP server")
+    attempt("publish", do_publish, bool(config.publish.path), "no [publish] path",
+            doing="writing the signed list")
     attempt("rules", do_rules, settings.apply_rules, "sync.apply_rules = false",
             doing="applying the firewall plan")
     attempt("timeconf", do_timeconf, settings.configure_time_daemon,
@@ -288,5 +336,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
     except NtpguardError:  # a broken stored list: reported by its step already
         counts = Counter()
     report.servers = {"known": sum(counts.values()), **counts}
+    attempt("metrics", do_metrics, bool(config.metrics.textfile), "no [metrics] textfile",
+            doing="writing the node-exporter textfile")
     state.record_run("sync", started, now(), not report.failed, report.as_dict())
     return report

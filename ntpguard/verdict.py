@@ -154,12 +154,15 @@ def _sigmoid(x: float) -> float:
 
 def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[Scan],
               covered_until: Optional[float], settings: Detect, probes: Iterable[str] = (),
-              rounds: int = 100) -> tuple[dict[str, Finding], Estimates]:
+              rounds: int = 100, covered: Optional[Mapping[str, float]] = None
+              ) -> tuple[dict[str, Finding], Estimates]:
     """Per-server verdicts and the estimates behind them.
 
     runs: (local address, server) → (first packet, last packet, packets); scans: every scan
     (their triggers give the exact packet times in the lookback, where known); covered_until:
-    the end of the log (contacts later than a lag before it are weaker negatives)."""
+    the end of the log (contacts later than a lag before it are weaker negatives); covered:
+    local address → the end of the log of the host it belongs to, where that is another one
+    (a collector's hosts, each forwarding its own log)."""
     lookback = settings.lookback
     probes = set(probes)
     scans = sorted(scans, key=lambda s: s.start)
@@ -188,6 +191,8 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
             add((s.dst, server), min(times), max(times), len(times))
     end = covered_until if covered_until is not None else max(
         [*last, *(s.start for s in scans)], default=0.0)
+    covered = covered or {}
+    ends = [covered.get(a, end) for a, _ in keys]  # each pair's own end of the log
     by_address: dict[str, list[int]] = defaultdict(list)
     for i, (a, _) in enumerate(keys):
         by_address[a].append(i)
@@ -199,7 +204,8 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
     # after its last (a scan later than that has no candidate and says nothing of rates).
     exposure: dict[str, tuple[float, float]] = {}
     for a, idx in by_address.items():
-        lo, hi = min(first[i] for i in idx), min(max(last[i] for i in idx) + lookback, end)
+        lo = min(first[i] for i in idx)
+        hi = min(max(last[i] for i in idx) + lookback, covered.get(a, end))
         exposure[a] = (lo, max(hi, lo))
     edges = lag_edges(lookback)
     lags = _Lags(edges, [(edges[b + 1] - edges[b]) / lookback for b in range(len(edges) - 1)])
@@ -261,7 +267,7 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
              and first[i] > scanned_at.get(keys[i][0], math.inf)}
     # Pairs whose coverage G may be below 1 (the log ends within a lookback of their last
     # packet): only these need the CDF each round.
-    tail = [i for i in range(len(keys)) if end - last[i] < lookback and i not in quiet]
+    tail = [i for i in range(len(keys)) if ends[i] - last[i] < lookback and i not in quiet]
     explained: dict[str, float] = defaultdict(float)
     coverage = [0.0 if i in quiet else 1.0 for i in range(len(keys))]
     cands_of: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -301,10 +307,10 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         shared = lags.density
         background = [probe_beta if pr else beta for pr in is_probe]
         for i in tail:
-            g_first = lags.cdf(end - first[i])
+            g_first = lags.cdf(ends[i] - first[i])
             if count[i] > 1:
                 stretch = last[i] - first[i]
-                later = sum(lags.cdf(end - (first[i] + stretch * (j + 0.5) / 8))
+                later = sum(lags.cdf(ends[i] - (first[i] + stretch * (j + 0.5) / 8))
                             for j in range(8)) / 8
                 coverage[i] = u * g_first + (1 - u) * later
             else:

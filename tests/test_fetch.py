@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ntpguard import config, fetch, lists
+from ntpguard import config, fetch, lists, minisign
 from ntpguard.errors import UsageError
 from ntpguard.status import Verdict
 
@@ -348,21 +348,21 @@ def test_minisign_real_signatures(keys, tmp_path, legacy):
     sig = sign(keys, "a", f, legacy, trusted="ntpguard list 1")
     # Both algorithms are really exercised: "ED" (prehashed, minisign's default), legacy "Ed".
     assert base64.b64decode(sig.splitlines()[1])[:2] == (b"Ed" if legacy else b"ED")
-    assert fetch.verify_minisign(GOOD, sig, pub(keys, "a")) == "ntpguard list 1"
+    assert minisign.verify(GOOD, sig, pub(keys, "a")) == "ntpguard list 1"
     # The whole .pub file works too.
-    assert fetch.verify_minisign(GOOD, sig, (keys / "a.pub").read_text())
-    with pytest.raises(fetch.SignatureError, match="does not match the list"):
-        fetch.verify_minisign(GOOD + b"2604:a880:1:20::1 harvester\n", sig, pub(keys, "a"))
-    with pytest.raises(fetch.SignatureError, match="signed with key"):
-        fetch.verify_minisign(GOOD, sig, pub(keys, "b"))
+    assert minisign.verify(GOOD, sig, (keys / "a.pub").read_text())
+    with pytest.raises(minisign.SignatureError, match="does not match the list"):
+        minisign.verify(GOOD + b"2604:a880:1:20::1 harvester\n", sig, pub(keys, "a"))
+    with pytest.raises(minisign.SignatureError, match="signed with key"):
+        minisign.verify(GOOD, sig, pub(keys, "b"))
     lines = sig.decode().splitlines()
     lines[2] = "trusted comment: altered"
-    with pytest.raises(fetch.SignatureError, match="trusted comment was altered"):
-        fetch.verify_minisign(GOOD, "\n".join(lines).encode(), pub(keys, "a"))
-    with pytest.raises(fetch.SignatureError, match="not in minisign format"):
-        fetch.verify_minisign(GOOD, b"garbage", pub(keys, "a"))
-    with pytest.raises(fetch.SignatureError, match="public key"):
-        fetch.verify_minisign(GOOD, sig, "RWQnotakey")
+    with pytest.raises(minisign.SignatureError, match="trusted comment was altered"):
+        minisign.verify(GOOD, "\n".join(lines).encode(), pub(keys, "a"))
+    with pytest.raises(minisign.SignatureError, match="not in minisign format"):
+        minisign.verify(GOOD, b"garbage", pub(keys, "a"))
+    with pytest.raises(minisign.SignatureError, match="public key"):
+        minisign.verify(GOOD, sig, "RWQnotakey")
 
 
 @needs_minisign

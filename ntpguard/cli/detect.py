@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import logging
 import os
 import time
 from typing import Any, Optional
@@ -12,13 +13,15 @@ from typing import Any, Optional
 from ntpguard.cli import Context, Subparsers, print_json
 from ntpguard.cli._fmt import table
 from ntpguard.config import Detect
-from ntpguard.detect import Scan
+from ntpguard.detect import Contacts, Scan
 from ntpguard.errors import UsageError
 from ntpguard.logs import ReadStats
 from ntpguard.logs.parse import FORMATS, boot_time_now, parse_when
 from ntpguard.logs.read import JOURNAL, order_sources
 from ntpguard.status import Status
 from ntpguard.verdict import Estimates, Finding, attribute
+
+log = logging.getLogger("ntpguard")
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -35,6 +38,9 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--journal-file", action="append", default=[], metavar="FILE",
                    help="read kernel messages from a journal file (journalctl --file), e.g. "
                    "one copied from another machine")
+    p.add_argument("--hosts", action="store_true",
+                   help="on a collector: every host's forwarded log ([collector] hosts_from), "
+                   "each read on its own, judged together")
     p.add_argument("--format", choices=FORMATS, default="auto",
                    help="force the line format instead of recognising it per line")
     p.add_argument("--boot-time", metavar="TIME",
@@ -76,6 +82,10 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if args.journal:
         sources.append(JOURNAL)
     sources += [f"{JOURNAL}:{os.path.abspath(f)}" for f in args.journal_file]
+    if args.hosts:
+        if sources:
+            raise UsageError("detect: --hosts reads the hosts' logs only (no FILE or --journal)")
+        return _run_hosts(ctx, args, settings)
     if not sources:
         raise UsageError("detect: give log files (- for stdin), --journal or --journal-file")
     if sources.count("-") > 1:
@@ -106,6 +116,57 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     else:
         print(report(scans, verdicts, estimates, stats, sides))
     return 0
+
+
+def _run_hosts(ctx: Context, args: argparse.Namespace, settings: Detect) -> int:
+    """`detect --hosts`: the collector's view, each host's log through its own detector."""
+    from ntpguard import collector, evidence
+
+    config = dataclasses.replace(ctx.config, detect=settings)
+    patterns = config.collector.hosts_from
+    if not patterns:
+        raise UsageError("detect --hosts: no [collector] hosts_from in the configuration")
+    started = time.time()
+    stats = ReadStats()
+    if args.record:
+        with ctx.open_state(write=True) as state:
+            reads = collector.ingest(state, config, started)
+            verdicts, estimates = evidence.compute_verdicts(state, settings)
+            scans = [s for r in reads for s in r.scans]
+            state.record_run("detect", started, time.time(), True,
+                             {"hosts": [r.as_dict() for r in reads]})
+    else:
+        reads = [collector.read_host(h, collector.settings_for(config, h.host), None)
+                 for h in collector.discover(patterns)]
+        contacts = Contacts()
+        covered: dict[str, float] = {}
+        for r in reads:
+            contacts.merge(r.contacts)
+            if r.contacts.end is not None:
+                covered.update((a, r.contacts.end) for a, _ in r.contacts.runs)
+        scans = sorted((s for r in reads for s in r.scans), key=lambda s: s.start)
+        verdicts, estimates = attribute(contacts.runs, scans, contacts.end, settings,
+                                        covered=covered)
+    for r in reads:
+        stats.add(r.stats)
+        if r.error:
+            log.warning("detect: %s: %s", r.host, r.error)
+    if not reads:
+        log.warning("detect: no host's log matches [collector] hosts_from")
+    if args.json:
+        for s in scans:
+            print_json(scan_json(s))
+        for v in sorted(verdicts.values(), key=_rank):
+            print_json({"type": "server", "address": v.address, "status": v.status.value,
+                        "positive": v.positive, "negative": v.negative, "sole": v.sole,
+                        "probability": v.probability, "harvest_rate": v.harvest_rate,
+                        "explained": v.explained})
+        print_json({"type": "model", **dataclasses.asdict(estimates),
+                    "hosts": [r.as_dict() for r in reads]})
+    else:
+        print(report(scans, verdicts, estimates, stats))
+        print(f"Hosts: {len(reads)} ({', '.join(r.host for r in reads) or 'none'}).")
+    return 0 if not any(r.error for r in reads) else 4
 
 
 def _iso(t: float) -> str:

@@ -11,7 +11,6 @@ from ntpguard import fetch, lists
 from ntpguard.cli import Context, Subparsers
 from ntpguard.cli._fmt import iso, table
 from ntpguard.errors import NtpguardError, UsageError
-from ntpguard.files import atomic_write
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -51,10 +50,29 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     fet.add_argument("--json", action="store_true", help="print JSON")
     fet.set_defaults(func=run_fetch)
 
-    exp = lsub.add_parser("export", parents=[common], help="this host's findings as a list")
+    exp = lsub.add_parser("export", parents=[common], help="this host's findings as a list",
+                          description="Write this host's own findings (manual marks, canaries, "
+                          "detection, probes; never other lists) as a list, each entry with "
+                          "its evidence in the JSON format.")
     exp.add_argument("--format", choices=("text", "json"), default="text")
     exp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    exp.add_argument("--sign", metavar="KEYFILE",
+                     help="also write FILE.minisig, signed with this minisign secret key "
+                     "(unencrypted: list keygen or minisign -G -W); needs -o")
+    exp.add_argument("--suspects", action="store_true",
+                     help="export suspects too (as kind harvester, the comment says suspect)")
     exp.set_defaults(func=run_export)
+
+    key = lsub.add_parser("keygen", parents=[common], help="make a key pair to sign lists",
+                          description="Make a minisign key pair (Ed25519): the secret key "
+                          "unencrypted and mode 0600, for `list export --sign` and [publish] "
+                          "key; subscribers put the public key's base64 line in pubkey.")
+    key.add_argument("-s", "--secret", metavar="FILE", default="/etc/ntpguard/publish.key",
+                     help="secret key file to create (default: %(default)s)")
+    key.add_argument("-p", "--public", metavar="FILE", default="/etc/ntpguard/publish.pub",
+                     help="public key file to create (default: %(default)s)")
+    key.add_argument("--json", action="store_true", help="print JSON")
+    key.set_defaults(func=run_keygen)
 
     rm = lsub.add_parser("remove", parents=[common], help="forget an imported list")
     rm.add_argument("name")
@@ -153,21 +171,38 @@ def run_fetch(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def run_export(ctx: Context, args: argparse.Namespace) -> int:
+    from ntpguard import publish
+
+    if args.sign and not args.output:
+        raise UsageError("--sign needs -o FILE (the signature goes to FILE.minisig)")
+    key = publish.read_secret_key(args.sign) if args.sign else None
+    statuses = ("harvester", "suspect") if args.suspects else ("harvester",)
     with ctx.open_state(write=False) as state:
-        entries = lists.entries_from_verdicts(state.verdict_history())
+        entries = lists.entries_from_verdicts(state.verdict_history(), statuses,
+                                              lists.scan_times(state.scans()))
     now = time.time()
-    if args.format == "json":
-        text = lists.export_json(entries, now)
-    else:
-        text = lists.export_text(entries, f"ntpguard {lists.iso(now)}: harvesters found on this "
-                                 "host (manual marks, detection, probes)")
     if args.output:
-        try:
-            atomic_write(args.output, text.encode("utf-8"))
-        except OSError as exc:
-            raise UsageError(f"{args.output}: cannot write: {exc.strerror}") from None
+        out = publish.write(args.output, entries, args.format, now, key)
+        if key is not None:
+            print(f"{out.path}: {out.entries} entries, signed ({out.path}.minisig, key "
+                  f"{key.public().id_hex})")
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(publish.render(entries, args.format, now).decode())
+    return 0
+
+
+def run_keygen(ctx: Context, args: argparse.Namespace) -> int:
+    from ntpguard import publish
+
+    key = publish.keygen(args.secret, args.public)
+    line = key.public().line()
+    if args.json:
+        from ntpguard.cli import print_json
+        print_json({"secret": args.secret, "public": args.public, "key_id": key.public().id_hex,
+                    "pubkey": line})
+        return 0
+    print(f"secret key {args.secret} (keep it; mode 0600), public key {args.public}")
+    print(f"subscribers: pubkey = \"{line}\"")
     return 0
 
 
