@@ -91,7 +91,7 @@ def test_man_page_covers_every_command_exit_code_and_variable():
     for name in [*COMMANDS, "sync"]:
         assert re.search(rf"^\.B {name}\b", page, re.M), f"ntpguard.8 lacks command {name!r}"
     exit_codes = re.search(r"^\.SH EXIT STATUS\n(.*?)^\.SH", page, re.M | re.S)
-    assert exit_codes and re.findall(r"^\.B (\d)$", exit_codes.group(1), re.M) == list("01234")
+    assert exit_codes and re.findall(r"^\.B (\d)$", exit_codes.group(1), re.M) == list("012345")
     for word in ("NTPGUARD_CONFIG", "NTPGUARD_STATE_DIR", "/etc/ntpguard/ntpguard.toml",
                  "/var/lib/ntpguard"):
         assert word in page
