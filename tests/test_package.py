@@ -34,6 +34,8 @@ EXPECTED_FILES = (
     "./etc/cron.d/ntpguard",
     "./lib/systemd/system/ntpguard.service",
     "./lib/systemd/system/ntpguard.timer",
+    "./lib/systemd/system/ntpguard-boot.service",
+    "./lib/systemd/system/ntpguard-watch.service",
     "./usr/share/man/man8/ntpguard.8.gz",
     "./usr/share/ntpguard/rules/harvesters.txt",
     "./usr/share/ntpguard/rules/scanners.txt",
@@ -44,6 +46,8 @@ EXPECTED_FILES = (
 # The installed parser must load the C fast path (one abi3 build for Debian 12's 3.11 and 13's
 # 3.13): without it detect still works, at a quarter of the speed.
 NATIVE_CHECK = "import ntpguard.logs.parse as p; assert p._native_cut is not None"
+UNITS = ("ntpguard.service", "ntpguard.timer", "ntpguard-boot.service",
+         "ntpguard-watch.service")
 GENERATED = ("/etc/chrony/sources.d/ntpguard.sources",
              "/etc/systemd/timesyncd.conf.d/ntpguard.conf")
 
@@ -134,24 +138,53 @@ def test_units_oneshot_hardened_and_timer_installable():
     assert timer["Timer"]["RandomizedDelaySec"]
 
 
-def cron_command(text: str) -> str:
-    """The command of the one job line in a cron.d file, `\\%` unescaped as cron does."""
+def test_boot_unit_runs_before_every_time_daemon_and_the_watcher_restarts():
+    boot = _unit("ntpguard-boot.service")
+    unit = boot["Unit"]
+    assert unit["DefaultDependencies"] == ["no"] and "shutdown.target" in unit["Conflicts"]
+    before = " ".join(unit["Before"]).split()
+    for daemon in ("chrony.service", "systemd-timesyncd.service", "ntpsec.service",
+                   "openntpd.service", "time-sync.target", "network-pre.target"):
+        assert daemon in before, daemon
+    assert "nftables.service" in " ".join(unit["After"]).split()
+    assert unit["PartOf"] == ["nftables.service"]
+    assert boot["Service"]["ExecStart"] == ["/usr/bin/ntpguard rules restore"]
+    assert boot["Service"]["RemainAfterExit"] == ["yes"]
+    assert boot["Install"]["WantedBy"] == ["sysinit.target"]
+    watcher = _unit("ntpguard-watch.service")["Service"]
+    assert watcher["ExecStart"] == ["/usr/bin/ntpguard watch"]
+    assert watcher["Restart"] == ["always"] and watcher["Type"] == ["notify"]
+    for name in ("ntpguard-boot.service", "ntpguard-watch.service"):
+        s = _unit(name)["Service"]
+        assert s["ProtectSystem"] == ["strict"] and s["NoNewPrivileges"] == ["yes"]
+        assert s["CapabilityBoundingSet"][0].split() == ["CAP_NET_ADMIN", "CAP_NET_RAW"]
+
+
+def cron_commands(text: str) -> dict[str, str]:
+    """The commands of a cron.d file's job lines by schedule (`@reboot`, `*/15 * * * *`),
+    `\\%` unescaped as cron does."""
     jobs = [ln for ln in text.splitlines()
             if ln.strip() and not ln.startswith("#") and not re.match(r"^\w+=", ln)]
-    assert len(jobs) == 1, jobs
-    fields = jobs[0].split(None, 6)
-    assert len(fields) == 7 and fields[5] == "root", jobs[0]
-    command = fields[6]
-    # cron turns an unescaped % into a newline: there must be none.
-    assert not re.search(r"(?<!\\)%", command), command
-    return command.replace("\\%", "%")
+    out = {}
+    for job in jobs:
+        fields = job.split(None, 2 if job.startswith("@") else 6)
+        schedule, user, command = " ".join(fields[:-2]), fields[-2], fields[-1]
+        assert user == "root" and schedule not in out, job
+        # cron turns an unescaped % into a newline: there must be none.
+        assert not re.search(r"(?<!\\)%", command), command
+        out[schedule] = command.replace("\\%", "%")
+    return out
 
 
-def test_cron_job_is_guarded_and_valid_shell():
-    command = cron_command((PACKAGING / "ntpguard.cron").read_text())
-    assert command.startswith("test -x /usr/bin/ntpguard && [ ! -d /run/systemd/system ] && ")
-    assert command.endswith("/usr/bin/ntpguard sync >/dev/null")
-    assert run(["sh", "-n", "-c", command]).returncode == 0
+def test_cron_jobs_are_guarded_and_valid_shell():
+    commands = cron_commands((PACKAGING / "ntpguard.cron").read_text())
+    assert set(commands) == {"@reboot", "*/15 * * * *"}
+    for command in commands.values():
+        assert command.startswith("test -x /usr/bin/ntpguard && [ ! -d /run/systemd/system ] && ")
+        assert run(["sh", "-n", "-c", command]).returncode == 0
+    assert commands["*/15 * * * *"].endswith("/usr/bin/ntpguard sync >/dev/null")
+    assert "/usr/bin/ntpguard rules restore" in commands["@reboot"]
+    assert commands["@reboot"].endswith("exec /usr/bin/ntpguard watch >/dev/null; }")
 
 
 def test_build_refuses_a_changelog_that_disagrees_with_the_code(tmp_path):
@@ -293,21 +326,34 @@ def test_install_run_remove_purge(built, tmp_path, dpkg_lock):
         assert os.path.islink("/etc/systemd/system/timers.target.wants/ntpguard.timer")
 
         if shutil.which("systemd-analyze"):
-            units = ["/lib/systemd/system/ntpguard.service", "/lib/systemd/system/ntpguard.timer"]
+            units = [f"/lib/systemd/system/{u}" for u in UNITS]
             p = run(["systemd-analyze", "verify", *units])
             complaints = [ln for ln in p.stderr.splitlines() if "ntpguard" in ln]
             assert p.returncode == 0 and not complaints, p.stderr
         else:
             warnings.warn("systemd-analyze missing: units not verified", stacklevel=1)
 
-        # Where systemd runs, the cron job must stand down at once (the timer is in charge).
+        # Where systemd runs, the cron jobs must stand down at once (the units are in charge).
         # Scratch mount and network namespaces: even a broken guard changes nothing real.
-        command = cron_command(Path("/etc/cron.d/ntpguard").read_text())
-        started = time.monotonic()
+        jobs = cron_commands(Path("/etc/cron.d/ntpguard").read_text())
+        for command in jobs.values():
+            started = time.monotonic()
+            p = run(["unshare", "--mount", "--net", "sh", "-c",
+                     'mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && '
+                     'exec sh -c "$0"', command], timeout=20)
+            assert p.returncode != 0 and time.monotonic() - started < 10
+            assert not os.path.exists("/var/lib/ntpguard")
+        # Without systemd, @reboot puts the shipped lists' rules in place (nothing applied
+        # yet) and the watcher it starts puts them back after a `flush ruleset`.
         p = run(["unshare", "--mount", "--net", "sh", "-c",
-                 'mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && exec sh -c "$0"',
-                 command], timeout=20)
-        assert p.returncode != 0 and time.monotonic() - started < 10
+                 'mount -t tmpfs tmpfs /run && ip link set lo up && '
+                 '(timeout 20 sh -c "$0" & job=$!; sleep 3; nft list tables; nft flush ruleset; '
+                 'sleep 2; nft list tables; nft list set inet ntpguard scan6_64; kill $job)',
+                 jobs["@reboot"]],
+                timeout=30)
+        assert p.stdout.count("table inet ntpguard") == 2, p.stdout + p.stderr
+        assert "2604:a880:800:10::" in p.stdout, p.stdout
+        assert os.path.isfile("/var/lib/ntpguard/applied-plan.json")
         assert not os.path.exists("/var/lib/ntpguard/state.db")
 
         # Drop-ins as `ntpguard timeconf --write` leaves them; purge must delete them.
