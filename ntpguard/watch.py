@@ -5,10 +5,11 @@ a line, then `# new generation N by process PID (NAME)`. A transaction that touc
 ntpguard` is ntpguard's own when it also adds a generation token to the table (every apply,
 update and restore does: backends/nft.py); any other is foreign: nftables.service's `flush
 ruleset` (on restart, reload and stop), `nft delete table`, a rule deleted or added by hand.
-After a foreign one, once the stream has been quiet for IDLE seconds (so the two transactions
-of an nftables restart cost one restore) but never later than MAX_DELAY, the last applied plan
-goes back through the same code path as `ntpguard rules restore`. Between events the process
-sleeps in select(): no polling.
+When a foreign one ends, the last applied plan goes back at once, through the same code path
+as `ntpguard rules restore`: every moment the table is away counts, since a time daemon
+retries a server it cannot reach every few seconds (chrony: every 2 s, measured), and a
+restore of a small plan takes ~10 ms. Between events the process sleeps in select(): no
+polling.
 
 x_tables (the legacy iptables backend) sends no events, so there is nothing to watch there;
 `sync` puts those rules back (it verifies them on every run).
@@ -19,7 +20,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,13 +28,13 @@ from ntpguard.backends.nft import FAMILY, TABLE
 from ntpguard.config import Config
 from ntpguard.errors import FirewallError, NtpguardError
 
-# Seconds of quiet that end a burst of changes, and the longest a restore waits for one. Each
-# 0.1 s the table is away lets packets out (chrony sent one to a blocked server in a 0.3 s gap
-# in the booted-container test); a burst cut short costs one extra restore (~10 ms).
-IDLE, MAX_DELAY = 0.05, 0.5
-# A tool that removes the table as soon as it is back would make us fight it: at most this
-# many restores in WINDOW seconds, then wait (and say so) until the window has room again.
-MAX_RESTORES, WINDOW = 10, 60.0
+# Seconds of quiet after which lines without a closing `# new generation` (nft before 0.9.1
+# prints none) count as one transaction.
+IDLE = 0.05
+# A tool that removes the table as soon as it is back would make us fight it at full speed:
+# BURST restores at once, then at most RATE a second, so the table is never away for longer
+# than 1/RATE seconds and the fight costs a few milliseconds a second.
+BURST, RATE = 10, 1.0
 GENERATION = "# new generation"
 LOST = "# ERROR"  # nft monitor: "# ERROR: We lost some netlink events!"
 
@@ -61,20 +61,25 @@ class Transaction:
 
 
 class Limiter:
-    """At most `count` events in any `window` seconds."""
+    """A token bucket: `burst` events at once, then `rate` a second."""
 
-    def __init__(self, count: int = MAX_RESTORES, window: float = WINDOW) -> None:
-        self.count, self.window = count, window
-        self.times: deque[float] = deque()
+    def __init__(self, burst: int = BURST, rate: float = RATE) -> None:
+        self.burst, self.rate = burst, rate
+        self.tokens, self.last = float(burst), 0.0
+
+    def _fill(self, now: float) -> None:
+        if self.last:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
 
     def wait(self, now: float) -> float:
         """Seconds until one more event is allowed (0: now)."""
-        while self.times and self.times[0] <= now - self.window:
-            self.times.popleft()
-        return 0.0 if len(self.times) < self.count else self.times[0] + self.window - now
+        self._fill(now)
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
 
     def note(self, now: float) -> None:
-        self.times.append(now)
+        self._fill(now)
+        self.tokens -= 1
 
 
 def notify_ready() -> None:
@@ -106,13 +111,15 @@ def run(config: Config, state_dir: str, say: Callable[[str], None],
         say(f"watch: the {name} backend's rules get no change events; nothing to watch "
             "(every sync puts them back)")
         return 0
-    limiter = Limiter()
+    limiter, warned = Limiter(), [0.0]
 
     def put_back() -> None:
         delay = limiter.wait(clock())
         if delay:
-            say(f"watch: {limiter.count} restores within {limiter.window:.0f} s: another "
-                f"tool keeps changing table {FAMILY} {TABLE}; next restore in {delay:.0f} s")
+            if clock() - warned[0] > 60 or not warned[0]:
+                warned[0] = clock()
+                say(f"watch: another tool keeps changing table {FAMILY} {TABLE}: restoring "
+                    f"at most {limiter.rate:g} times a second")
             time.sleep(delay)
         limiter.note(clock())
         try:
@@ -127,18 +134,15 @@ def run(config: Config, state_dir: str, say: Callable[[str], None],
         put_back()  # whatever happened while nothing watched
         say(f"watch: watching table {FAMILY} {TABLE} (nft monitor)")
         ready()
-        current, dirty_since = Transaction(), 0.0
+        current, lost = Transaction(), False
         for line in stream.lines(IDLE):
             if line is None or line.startswith(GENERATION):
-                if current.foreign and not dirty_since:
-                    dirty_since = clock()
-                current = Transaction()
-            elif line.startswith(LOST):
-                dirty_since = dirty_since or clock()
+                if current.foreign or lost:
+                    put_back()
+                current, lost = Transaction(), False
+            elif line.startswith(LOST):  # events lost: whatever they were, check
+                lost = True
             else:
                 current.feed(line)
-            if dirty_since and (line is None or clock() - dirty_since >= MAX_DELAY):
-                dirty_since = 0.0
-                put_back()
         status = stream.close()
     raise FirewallError(f"nft monitor ended (exit {status}): {stream.last or 'no output'}")

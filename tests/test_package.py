@@ -455,17 +455,22 @@ HARVESTER, CLEAN = SERVERS[0], SERVERS[1:]
 HOST_NET = "2a01:4f8:ffff:1::"
 HOST_ADDR = f"{HOST_NET}2"
 # The pool's DNS inside the container, as the system resolver (chrony's `pool` line asks it):
-# every answer holds all four servers, the harvester among them.
-POOL_SCRIPT = f"""import sys, time
+# every answer holds all four servers, the harvester among them. Ready (sd_notify) before
+# chrony starts, so chrony's first query is answered, as at a real boot.
+POOL_SCRIPT = f"""import os, socket, sys, time
 sys.path.insert(0, "/root")
 from dnsfake import FakeDNS
 with FakeDNS(answer={SERVERS!r}, port=53):
+    path = os.environ["NOTIFY_SOCKET"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"READY=1", "\\0" + path[1:] if path.startswith("@") else path)
     time.sleep(86400)
 """
 POOL_UNIT = """[Unit]
 Description=a fake pool.ntp.org nameserver for the test
 Before=chrony.service
 [Service]
+Type=notify
 ExecStart=/usr/bin/python3 /root/pooldns.py
 [Install]
 WantedBy=multi-user.target
@@ -598,6 +603,7 @@ def check_boot(c: Booted, daemon: str, settle: float = 15.0) -> str:
     comes back after an nftables restart and a `flush ruleset`. Returns a report line."""
     time.sleep(max(0.0, c.started + settle - time.monotonic()))
     counted = c.counted()
+    assert counted["harvester"] == 0 and counted["clean"] > 0, counted
     journal = c.inside("journalctl", "-b", "--no-pager", "-o", "cat").stdout
     assert "ordering cycle" not in journal.lower(), journal[-3000:]
     boot_done = c.active_since("ntpguard-boot.service", "ActiveEnterTimestampMonotonic")
@@ -605,7 +611,6 @@ def check_boot(c: Booted, daemon: str, settle: float = 15.0) -> str:
     assert boot_done and daemon_start and boot_done <= daemon_start, (boot_done, daemon_start)
     assert c.inside("systemctl", "is-active", "ntpguard-watch.service").stdout.strip() == \
         "active", c.inside("journalctl", "-u", "ntpguard-watch", "--no-pager").stdout
-    assert counted["harvester"] == 0 and counted["clean"] > 0, counted
     show = c.inside("ntpguard", "rules", "show")
     assert show.returncode == 0, show.stderr
     restart = c.back_after("systemctl", "restart", "nftables.service")

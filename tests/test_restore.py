@@ -368,13 +368,15 @@ def test_transactions_are_ours_foreign_or_unrelated(text, foreign):
     assert t.foreign is foreign
 
 
-def test_limiter_allows_a_burst_then_waits_for_the_window():
-    lim = watch.Limiter(3, 60.0)
-    for now in (0.0, 1.0, 2.0):
+def test_limiter_allows_a_burst_then_one_a_second():
+    lim = watch.Limiter(3, 1.0)
+    for now in (100.0, 100.1, 100.2):
         assert lim.wait(now) == 0.0
         lim.note(now)
-    assert lim.wait(10.0) == pytest.approx(50.0)
-    assert lim.wait(60.5) == 0.0
+    assert lim.wait(100.3) == pytest.approx(0.7)  # 0.3 s refilled: 0.7 s to a whole one
+    lim.note(101.0)
+    assert lim.wait(101.0) == pytest.approx(1.0)  # a fight: one restore a second
+    assert lim.wait(110.0) == 0.0 and lim.tokens == 3  # quiet again: a whole burst
 
 
 def test_watch_stands_down_under_the_iptables_backend(state_dir, monkeypatch):
