@@ -597,7 +597,7 @@ class Booted:
         return int(out or 0)
 
 
-def check_boot(c: Booted, daemon: str, settle: float = 15.0) -> str:
+def check_boot(c: Booted, daemon: str, settle: float = 10.0) -> str:
     """After a boot: the rules were in place before the time daemon started, no NTP reached
     the harvester while the daemon tried it, NTP did reach the clean servers, and the table
     comes back after an nftables restart and a `flush ruleset`. Returns a report line."""
@@ -613,6 +613,9 @@ def check_boot(c: Booted, daemon: str, settle: float = 15.0) -> str:
         "active", c.inside("journalctl", "-u", "ntpguard-watch", "--no-pager").stdout
     show = c.inside("ntpguard", "rules", "show")
     assert show.returncode == 0, show.stderr
+    status = c.inside("ntpguard", "status")
+    assert status.returncode == 0 and "rules:   in place (nft, applied " in status.stdout \
+        and "last resolve: never" not in status.stdout, status.stdout + status.stderr
     restart = c.back_after("systemctl", "restart", "nftables.service")
     flush = c.back_after("nft", "flush", "ruleset")
     assert restart < 5 and flush < 5, (restart, flush)
