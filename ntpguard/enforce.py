@@ -45,13 +45,13 @@ def apply(state_dir: str, backend_name: str, plan: Plan, replace: bool = False,
     with applied.rules_lock(state_dir, "ntpguard rules apply"):
         backend = backends.get(backend_name, state_dir)
         result = backend.apply(plan, replace=replace)
+        _remember(state_dir, backend.name, plan, now())
         if result.action in ("unchanged", "updated"):
             check = backend.verify(plan)
             if not check.ok:
                 again = backend.apply(plan, replace=True)
                 result = dataclasses.replace(
                     again, detail=f"{check.state} rules ({check.detail}): {again.detail}")
-        applied.save(state_dir, backend.name, plan, now())
     return result
 
 
@@ -147,8 +147,17 @@ def restore(config: Config, state_dir: str, from_state: bool = True,
         else:
             result = backend.apply(plan, replace=found.state != MISSING)
         if source == "state":
-            applied.save(state_dir, backend.name, plan, now())
+            _remember(state_dir, backend.name, plan, now())
         return Restored(source, backend.name, found, result)
+
+
+def _remember(state_dir: str, backend: str, plan: Plan, now: float) -> None:
+    """Save the plan the kernel now holds. The kernel changed whatever happens here, so a
+    failure (a full disk) is a warning, not the apply's failure."""
+    try:
+        applied.save(state_dir, backend, plan, now)
+    except StateError as exc:
+        log.warning("%s; a restore would put back the rules applied before", exc)
 
 
 @dataclass(frozen=True)
@@ -171,11 +180,11 @@ def check(state_dir: str) -> RulesStatus:
     may take it, so an apply in progress is not mistaken for drift)."""
     if not os.path.isdir(state_dir):
         return RulesStatus(NOT_APPLIED)
-    with contextlib.ExitStack() as held:
-        with contextlib.suppress(StateError):  # not root: compare without the lock
-            held.enter_context(applied.rules_lock(state_dir, "ntpguard check"))
+    # Who may not write the state directory (not root) compares without the lock.
+    lockable = os.access(state_dir, os.W_OK)
+    with applied.rules_lock(state_dir, "ntpguard check") if lockable else \
+            contextlib.nullcontext():
         return _check(state_dir)
-    raise AssertionError("unreachable")  # mypy: ExitStack may swallow exceptions
 
 
 def _check(state_dir: str) -> RulesStatus:

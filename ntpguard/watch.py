@@ -111,13 +111,14 @@ def run(config: Config, state_dir: str, say: Callable[[str], None],
         say(f"watch: the {name} backend's rules get no change events; nothing to watch "
             "(every sync puts them back)")
         return 0
-    limiter, warned = Limiter(), [0.0]
+    limiter, warned = Limiter(), -1.0
 
     def put_back() -> None:
+        nonlocal warned
         delay = limiter.wait(clock())
         if delay:
-            if clock() - warned[0] > 60 or not warned[0]:
-                warned[0] = clock()
+            if warned < 0 or clock() - warned > 60:  # once a minute at most
+                warned = clock()
                 say(f"watch: another tool keeps changing table {FAMILY} {TABLE}: restoring "
                     f"at most {limiter.rate:g} times a second")
             time.sleep(delay)

@@ -409,3 +409,97 @@ def test_skeleton_shape_counts_rules_per_chain():
                       "input": ("input", -10, "accept", 4),
                       "forward": ("forward", -10, "accept", 5)}
     assert set(shape.sets) == {"generation", "clean4", "clean6", "harv6_128"}
+
+
+# What nft 1.0.6 lists (`nft -j list table inet ntpguard`) after applying VERIFY_PLAN.
+VERIFY_PLAN = Plan(unknown="allow", log=False, clean6=("2001:db8:100::1",),
+                   harvesters=(PrefixSet(6, 48, ("2001:db8:1::",)),),
+                   scanners=(PrefixSet(6, 64, ("2001:db8:666::",)),))
+LISTED = (
+    "{\"nftables\": [{\"metainfo\": {\"version\": \"1.0.6\", \"release_name\": \"Lester Gooch #5"
+    "\", \"json_schema_version\": 1}}, {\"table\": {\"family\": \"inet\", \"name\": \"ntpguard\","
+    " \"handle\": 2}}, {\"set\": {\"family\": \"inet\", \"name\": \"generation\", \"table\": \"nt"
+    "pguard\", \"type\": \"mark\", \"handle\": 5, \"elem\": [4660]}}, {\"set\": {\"family\": \"in"
+    "et\", \"name\": \"clean4\", \"table\": \"ntpguard\", \"type\": \"ipv4_addr\", \"handle\": 6}"
+    "}, {\"set\": {\"family\": \"inet\", \"name\": \"clean6\", \"table\": \"ntpguard\", \"type\":"
+    " \"ipv6_addr\", \"handle\": 7, \"elem\": [\"2001:db8:100::1\"]}}, {\"set\": {\"family\": \"i"
+    "net\", \"name\": \"harv6_48\", \"table\": \"ntpguard\", \"type\": \"ipv6_addr\", \"handle\":"
+    " 8, \"elem\": [\"2001:db8:1::\"]}}, {\"set\": {\"family\": \"inet\", \"name\": \"scan6_64\","
+    " \"table\": \"ntpguard\", \"type\": \"ipv6_addr\", \"handle\": 9, \"elem\": [\"2001:db8:666:"
+    ":\"]}}, {\"chain\": {\"family\": \"inet\", \"table\": \"ntpguard\", \"name\": \"ntp\", \"han"
+    "dle\": 1}}, {\"chain\": {\"family\": \"inet\", \"table\": \"ntpguard\", \"name\": \"scanners"
+    "\", \"handle\": 2}}, {\"chain\": {\"family\": \"inet\", \"table\": \"ntpguard\", \"name\": "
+    "\"output\", \"handle\": 3, \"type\": \"filter\", \"hook\": \"output\", \"prio\": -10, \"poli"
+    "cy\": \"accept\"}}, {\"chain\": {\"family\": \"inet\", \"table\": \"ntpguard\", \"name\": \""
+    "input\", \"handle\": 4, \"type\": \"filter\", \"hook\": \"input\", \"prio\": -10, \"policy\""
+    ": \"accept\"}}, {\"rule\": {\"family\": \"inet\", \"table\": \"ntpguard\", \"chain\": \"ntp"
+    "\", \"handle\": 10, \"expr\": [{\"match\": {\"op\": \"==\", \"left\": {\"payload\": {\"proto"
+    "col\": \"ip\", \"field\": \"daddr\"}}, \"right\": \"@clean4\"}}, {\"return\": null}]}}, {\"r"
+    "ule\": {\"family\": \"inet\", \"table\": \"ntpguard\", \"chain\": \"ntp\", \"handle\": 11, "
+    "\"expr\": [{\"match\": {\"op\": \"==\", \"left\": {\"payload\": {\"protocol\": \"ip6\", \"fi"
+    "eld\": \"daddr\"}}, \"right\": \"@clean6\"}}, {\"return\": null}]}}, {\"rule\": {\"family\":"
+    " \"inet\", \"table\": \"ntpguard\", \"chain\": \"ntp\", \"handle\": 12, \"expr\": [{\"match"
+    "\": {\"op\": \"==\", \"left\": {\"&\": [{\"payload\": {\"protocol\": \"ip6\", \"field\": \"d"
+    "addr\"}}, \"ffff:ffff:ffff::\"]}, \"right\": \"@harv6_48\"}}, {\"counter\": {\"packets\": 0,"
+    " \"bytes\": 0}}, {\"reject\": {\"type\": \"icmpx\", \"expr\": \"admin-prohibited\"}}]}}, {\""
+    "rule\": {\"family\": \"inet\", \"table\": \"ntpguard\", \"chain\": \"scanners\", \"handle\":"
+    " 13, \"expr\": [{\"match\": {\"op\": \"==\", \"left\": {\"&\": [{\"payload\": {\"protocol\":"
+    " \"ip6\", \"field\": \"saddr\"}}, \"ffff:ffff:ffff:ffff::\"]}, \"right\": \"@scan6_64\"}}, {"
+    "\"counter\": {\"packets\": 0, \"bytes\": 0}}, {\"drop\": null}]}}, {\"rule\": {\"family\": "
+    "\"inet\", \"table\": \"ntpguard\", \"chain\": \"output\", \"handle\": 14, \"expr\": [{\"matc"
+    "h\": {\"op\": \"==\", \"left\": {\"meta\": {\"key\": \"oifname\"}}, \"right\": \"lo\"}}, {\""
+    "return\": null}]}}, {\"rule\": {\"family\": \"inet\", \"table\": \"ntpguard\", \"chain\": \""
+    "output\", \"handle\": 15, \"expr\": [{\"match\": {\"op\": \"==\", \"left\": {\"meta\": {\"ke"
+    "y\": \"mark\"}}, \"right\": 1853124711}}, {\"return\": null}]}}, {\"rule\": {\"family\": \"i"
+    "net\", \"table\": \"ntpguard\", \"chain\": \"output\", \"handle\": 16, \"expr\": [{\"match\""
+    ": {\"op\": \"==\", \"left\": {\"payload\": {\"protocol\": \"udp\", \"field\": \"dport\"}}, "
+    "\"right\": 123}}, {\"match\": {\"op\": \"==\", \"left\": {\"ct\": {\"key\": \"direction\"}},"
+    " \"right\": \"original\"}}, {\"jump\": {\"target\": \"ntp\"}}]}}, {\"rule\": {\"family\": \""
+    "inet\", \"table\": \"ntpguard\", \"chain\": \"input\", \"handle\": 17, \"expr\": [{\"match\""
+    ": {\"op\": \"==\", \"left\": {\"meta\": {\"key\": \"iifname\"}}, \"right\": \"lo\"}}, {\"ret"
+    "urn\": null}]}}, {\"rule\": {\"family\": \"inet\", \"table\": \"ntpguard\", \"chain\": \"inp"
+    "ut\", \"handle\": 18, \"expr\": [{\"match\": {\"op\": \"in\", \"left\": {\"ct\": {\"key\": "
+    "\"state\"}}, \"right\": [\"established\", \"related\"]}}, {\"return\": null}]}}, {\"rule\": "
+    "{\"family\": \"inet\", \"table\": \"ntpguard\", \"chain\": \"input\", \"handle\": 19, \"expr"
+    "\": [{\"jump\": {\"target\": \"scanners\"}}]}}]}"
+)
+
+
+def _listed(change=None) -> str:
+    data = json.loads(LISTED)
+    if change:
+        change(data["nftables"])
+    return json.dumps(data)
+
+
+def _drop_rule(items, chain):
+    items.remove(next(i for i in items if i.get("rule", {}).get("chain") == chain))
+
+
+def _item(items, kind, name):
+    return next(i for i in items if i.get(kind, {}).get("name") == name)
+
+
+@pytest.mark.parametrize("change, problem", [
+    (None, ""),
+    (lambda items: _drop_rule(items, "input"), "chain input: 2 rules, not 3"),
+    (lambda items: items.append({"rule": {"chain": "output", "expr": []}}),
+     "chain output: 4 rules, not 3"),
+    (lambda items: _item(items, "chain", "input")["chain"].update(prio=0),
+     "chain input: priority 0, not -10"),
+    (lambda items: items.append({"chain": {"name": "extra"}}), "chain extra is not ntpguard's"),
+    (lambda items: _item(items, "set", "scan6_64")["set"].pop("elem"),
+     "set scan6_64: 0 elements, not 1"),
+    (lambda items: _item(items, "set", "clean6")["set"].update(elem=["2001:db8:100::2"]),
+     "set clean6: other elements than ntpguard's"),
+    (lambda items: items.remove(_item(items, "set", "harv6_48")), "set harv6_48 is missing"),
+    (lambda items: [items.remove(i) for i in list(items) if i.get("chain", {}).get("name")
+                    == "output" or i.get("rule", {}).get("chain") == "output"],
+     "chain output is missing"),
+])
+def test_verify_names_the_first_difference_from_the_plan(change, problem):
+    from ntpguard.backends.nft import rules_for
+    from ntpguard.backends.nft_verify import compare
+
+    rendered = rules_for(VERIFY_PLAN)
+    assert compare(rendered.skeleton, rendered.sets, _listed(change)) == problem
