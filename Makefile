@@ -12,14 +12,15 @@ APT_PACKAGES := python3 python3-venv python3-pip python3-dnspython \
 	python3-pytest python3-hypothesis python3-nftables python3-iptables \
 	nftables iptables ipset iproute2 iputils-ping procps kmod \
 	pdns-server pdns-backend-bind chrony nmap ulogd2 ulogd2-json dnsutils ntpsec-ntpdate \
-	python3-cryptography minisign openssl systemd-container systemd-journal-remote \
+	python3-cryptography minisign openssl systemd-container systemd-journal-remote ufw \
 	rsyslog nginx-light prometheus \
 	$(DEB_BUILD_PACKAGES)
-# Services of those packages that the fleet lab (lab/fleet.py) starts itself, in namespaces with
-# configurations of its own. Debian starts and enables a service when its package is installed;
-# `make deps` stops and disables those it installed, so none runs in the root namespace (one
-# that was there before is left as it was). promtool comes with prometheus.
-LAB_SERVICES := rsyslog nginx prometheus
+# Services of those packages that the tests start themselves, in namespaces with configurations
+# of their own: the fleet lab (lab/fleet.py) rsyslog, nginx and prometheus, the ufw test ufw
+# (enabled only inside a namespace). Debian starts and enables a service when its package is
+# installed; `make deps` stops and disables those it installed, so none runs in the root
+# namespace (one that was there before is left as it was). promtool comes with prometheus.
+LAB_SERVICES := rsyslog nginx prometheus ufw
 PYTEST_ARGS ?=
 
 .PHONY: test deps lint unit demo clean deb

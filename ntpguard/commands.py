@@ -1,14 +1,16 @@
 """External commands (nft, ipset, iptables-save/restore, ip, chronyc, systemctl), each with a
 deadline: they run while the state lock is held, so a hung one must end in a clear error and
-release the lock, never keep every later run waiting.
+release the lock, never keep every later run waiting. `Stream` is the one exception: a
+command that runs until stopped (`nft monitor`), read line by line.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
-from typing import Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from ntpguard.errors import NtpguardError
 
@@ -60,8 +62,65 @@ def run(argv: Sequence[str], *, input: Optional[str] = None, check: bool = True,
 
 
 def _kill(child: subprocess.Popen[str]) -> None:
+    _kill_group(child)
+    child.communicate()
+
+
+class Stream:
+    """A command that runs until stopped, its output (stdout and stderr) read line by line;
+    closing it kills its process group. Use as a context manager."""
+
+    def __init__(self, argv: Sequence[str], error: type[NtpguardError] = NtpguardError) -> None:
+        try:
+            self.child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+        except OSError as exc:
+            raise error(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        self.last = ""  # the last line read, for an error message when the command ends
+
+    def lines(self, idle: float) -> Iterator[Optional[str]]:
+        """Each line, without its newline; one None once output has paused for `idle`
+        seconds (then it blocks until the next line: no wake-ups while nothing happens);
+        ends when the command closes its output."""
+        assert self.child.stdout is not None
+        fd = self.child.stdout.fileno()
+        buffer, quiet = b"", True
+        while True:
+            ready, _, _ = select.select([fd], [], [], None if quiet else idle)
+            if not ready:
+                quiet = True
+                yield None
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                if buffer:
+                    yield buffer.decode("utf-8", "replace")
+                return
+            *complete, buffer = (buffer + chunk).split(b"\n")
+            for raw in complete:
+                self.last = raw.decode("utf-8", "replace")
+                yield self.last
+            quiet = False
+
+    def close(self) -> int:
+        """Stop the command (if it still runs) and return its exit status."""
+        if self.child.poll() is None:
+            _kill_group(self.child)
+        self.child.wait()
+        if self.child.stdout:
+            self.child.stdout.close()
+        return self.child.returncode
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _kill_group(child: subprocess.Popen[Any]) -> None:
     try:
         os.killpg(child.pid, signal.SIGKILL)
     except OSError:
         child.kill()
-    child.communicate()

@@ -2,7 +2,8 @@
 this host's facts, read at one moment (the actor in front of ntpguard.status and plan).
 
 `take` gives the status snapshot every command reads; `statuses` the effective status of every
-server from it; `firewall_plan` the plan `rules apply` and `sync` enforce. Nothing here decides
+server from it; `firewall_plan` the plan `rules apply` enforces, `enforceable_plan` the one
+`sync` (and a restore with no plan applied yet) enforces. Nothing here decides
 anything: precedence lives in status.py, the rules in plan.py.
 """
 
@@ -14,7 +15,15 @@ from typing import Optional
 
 from ntpguard import canary, hostinfo, lists
 from ntpguard.config import Config
-from ntpguard.plan import HostFacts, Plan, PrefixEntry, build, canaries, scanner_prefixes
+from ntpguard.plan import (
+    HostFacts,
+    Plan,
+    PrefixEntry,
+    UnsafePlan,
+    build,
+    canaries,
+    scanner_prefixes,
+)
 from ntpguard.state import State
 from ntpguard.status import ServerStatus, Snapshot, effective
 
@@ -73,3 +82,19 @@ def firewall_plan(config: Config, state: State, force: bool = False,
             canary_part = canaries(mapping, spare, live, host, trusted)
     return build(status.values(), scanners, harvesters, rules, host, force=force,
                  canaries=canary_part)
+
+
+def enforceable_plan(config: Config, state: State, host: Optional[HostFacts] = None
+                     ) -> tuple[Plan, list[str]]:
+    """The plan to enforce unattended, and notes on it.
+
+    When no server is usable yet (a new host), blocking all NTP would stop time sync, and
+    doing nothing would leave scanners and known harvesters in and log nothing (and without
+    logs no server is ever cleared). So: enforce what is known to be bad, let NTP reach
+    unknown servers for now, and log, until some server is known.
+    """
+    try:
+        return firewall_plan(config, state, force=config.sync.force_rules, host=host), []
+    except UnsafePlan:
+        return (firewall_plan(config, state, host=host, unknown="allow"),
+                ["no usable server known yet: NTP to unknown servers allowed for now"])

@@ -283,6 +283,10 @@ class _Lock:
             self.fd = -1
 
 
+# The same flock() guards STATE/rules.lock (ntpguard.applied).
+FileLock = _Lock
+
+
 def _take_lock(path: str, holder: str, wait: bool,
                waiting: Optional[Callable[[str], None]]) -> _Lock:
     """_Lock, first without waiting when `waiting` should hear who holds it before a wait."""
@@ -364,10 +368,7 @@ class State:
             files.check_dir(directory)
         st = _check_db_files(path)
         if st is None or st.st_size == 0:
-            conn = sqlite3.connect(":memory:", isolation_level=None)
-            state = cls(conn, directory, None)
-            state._migrate()
-            return state
+            return cls.empty(directory)
         try:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30,
                                    isolation_level=None)
@@ -380,6 +381,14 @@ class State:
         if version < len(MIGRATIONS):
             raise StateError(f"{path}: schema version {version} is older than this ntpguard's "
                              f"{len(MIGRATIONS)}; run a command that writes (e.g. resolve) first")
+        return state
+
+    @classmethod
+    def empty(cls, directory: str) -> State:
+        """A state that knows nothing (in memory); files beside it, such as stored lists, are
+        still read from `directory`."""
+        state = cls(sqlite3.connect(":memory:", isolation_level=None), directory, None)
+        state._migrate()
         return state
 
     @staticmethod

@@ -22,11 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ntpguard import backends, canary, evidence, fetch, pool, snapshot, timeconf
+from ntpguard import backends, canary, enforce, evidence, fetch, pool, snapshot, timeconf
 from ntpguard.config import Config
 from ntpguard.errors import NtpguardError
 from ntpguard.logs.read import order_sources
-from ntpguard.plan import UnsafePlan
 from ntpguard.progress import Show, lock_wait, prefixed, quiet
 from ntpguard.state import DB_NAME, State
 
@@ -288,16 +287,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         step.message = f"{config.metrics.textfile} written"
 
     def do_rules(step: Step) -> None:
-        notes = []
-        try:
-            plan = snapshot.firewall_plan(config, state, force=settings.force_rules)
-        except UnsafePlan:
-            # No server is usable yet (a new host). Blocking all NTP would stop time sync, but
-            # doing nothing would leave scanners and known harvesters in and log nothing, and
-            # without logs no server is ever cleared. So: enforce what is known to be bad, let
-            # NTP reach unknown servers for now, and log, until some server is known.
-            plan = snapshot.firewall_plan(config, state, unknown="allow")
-            notes.append("no usable server known yet: NTP to unknown servers allowed for now")
+        plan, notes = snapshot.enforceable_plan(config, state)
         step.data = dict(plan.counts())
         step.data["unknown"] = plan.unknown
         if dry_run:
@@ -305,7 +295,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
             step.data["action"] = "planned"
             step.message = "; ".join([*notes, "dry run: not applied"])
             return
-        result = backends.get(config.rules.backend, state_dir).apply(plan)
+        result = enforce.apply(state_dir, config.rules.backend, plan, now=now)
         step.message = "; ".join([*notes, result.describe()])
         step.data["action"] = result.action
 

@@ -82,6 +82,11 @@ rm -rf "$src/debian"
 cp -r "$src/packaging/debian" "$src/debian"
 cp "$src/packaging/ntpguard.service" "$src/debian/ntpguard.service"
 cp "$src/packaging/ntpguard.timer" "$src/debian/ntpguard.timer"
+# Units not named after the package: dh_installsystemd --name=NAME installs
+# debian/ntpguard.NAME.service as NAME.service.
+for unit in ntpguard-boot ntpguard-watch; do
+    cp "$src/packaging/$unit.service" "$src/debian/ntpguard.$unit.service"
+done
 cp "$src/packaging/ntpguard.cron" "$src/debian/ntpguard.cron.d"
 
 (cd "$src" && dpkg-buildpackage -us -uc $what)

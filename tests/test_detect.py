@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -319,6 +320,23 @@ def test_journal_file_on_the_fast_path_with_its_cursor(tmp_path, run_cli):
     assert scans(first) == scans(want) and scans(again) == []
     missing = run_cli("detect", "--journal-file", tmp_path / "none.journal")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+
+
+@pytest.mark.skipif(not Path(JOURNAL_REMOTE).exists(), reason="systemd-journal-remote missing")
+def test_a_journal_without_kernel_messages_is_nothing_new(tmp_path, run_cli):
+    """journalctl --show-cursor exits 1, silently, with no entry to show (a container's
+    journal has no kernel messages): no scans, no failure; a real failure still is one."""
+    journal = tmp_path / "user.journal"
+    entry = ("__CURSOR=s=0;i=1\n__REALTIME_TIMESTAMP=1700000000000000\n"
+             "__MONOTONIC_TIMESTAMP=1\n_BOOT_ID=" + "0" * 31 + "1\n_TRANSPORT=syslog\n"
+             "SYSLOG_IDENTIFIER=cron\nMESSAGE=not a kernel message\n\n")
+    subprocess.run([JOURNAL_REMOTE, "-o", str(journal), "-"], input=entry.encode(),
+                   capture_output=True, check=True)
+    out = run_cli("detect", "--json", "--record", "--journal-file", journal)
+    assert out.returncode == 0 and '"type": "scan"' not in out.stdout, out.stderr
+    (tmp_path / "bad.journal").write_bytes(b"not a journal file")
+    bad = run_cli("detect", "--journal-file", tmp_path / "bad.journal")
+    assert bad.returncode == 2 and "journalctl failed" in bad.stderr, bad.stderr
 
 
 def test_explain_reports_the_fitted_lags_and_rates(tmp_path, run_cli):

@@ -2,8 +2,9 @@
 
 Every backend has the same shape (`Backend`): `is_supported()` says whether it can work on
 this host, `render(plan)` the exact ruleset without touching netfilter, `apply(plan)` makes
-the kernel match the plan all or nothing, `show()` what is in place, `remove()` takes it all
-away; apply and remove answer with one `Result`. `get()` picks one the way sshuttle's
+the kernel match the plan all or nothing, `verify(plan)` whether the kernel still holds it
+(`Check`), `show()` what is in place, `remove()` takes it all away; apply and remove answer
+with one `Result`. `get()` picks one the way sshuttle's
 `get_auto_method()` does: by probing what this host runs. A new backend is one module here
 and one line in `REGISTRY`.
 """
@@ -57,6 +58,22 @@ class Result:
                 "deleted": self.deleted, "message": self.describe()}
 
 
+# What verify() finds: the plan's rules as applied, none of ntpguard's rules, or some that differ.
+IN_PLACE, MISSING, DRIFTED = "in place", "missing", "drifted"
+
+
+@dataclass(frozen=True)
+class Check:
+    """Whether the kernel holds a plan's rules; `detail` says what differs, in one line."""
+
+    state: str  # IN_PLACE | MISSING | DRIFTED
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == IN_PLACE
+
+
 class Backend(Protocol):
     name: str
 
@@ -68,7 +85,11 @@ class Backend(Protocol):
     @staticmethod
     def render(plan: Plan) -> str: ...
 
-    def apply(self, plan: Plan) -> Result: ...
+    def apply(self, plan: Plan, replace: bool = False) -> Result:
+        """replace=True: rewrite everything, even where a cache says the kernel holds it."""
+        ...
+
+    def verify(self, plan: Plan) -> Check: ...
 
     def show(self, full: bool = False) -> str: ...
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ntpguard import commands
-from ntpguard.backends import Result
+from ntpguard.backends import DRIFTED, IN_PLACE, MISSING, Check, Result
 from ntpguard.errors import FirewallError
 from ntpguard.plan import PROBE_MARK, Plan
 
@@ -382,8 +382,9 @@ class IptablesBackend:
         for name in rendered.sets:
             _cmd("ipset", "swap", _temp(name), name)
 
-    def apply(self, plan: Plan) -> Result:
-        """Make the kernel match the plan; on any failure restore what was there."""
+    def apply(self, plan: Plan, replace: bool = False) -> Result:
+        """Make the kernel match the plan; on any failure restore what was there. (replace
+        changes nothing here: the kernel itself, not a cache, is compared with the plan.)"""
         rendered = rules_for(plan)
         if self._in_place(rendered):
             return Result(self.name, "unchanged")
@@ -412,6 +413,20 @@ class IptablesBackend:
         self._destroy_quietly(sorted(stale))
         return Result(self.name, "replaced", time.perf_counter() - start,
                       detail="chains and sets")
+
+    def verify(self, plan: Plan) -> Check:
+        """In place: exactly the plan's chains, jumps (first in their hooks) and set members;
+        missing: none of ntpguard's chains, jumps or sets; else drifted."""
+        if self._in_place(rules_for(plan)):
+            return Check(IN_PLACE)
+        ours = any(chain in lines or any(ln.split()[-1] == chain for ln in lines.get(hook, []))
+                   for fam in (6, 4) for lines in [_our_lines(_save(fam))]
+                   for hook, chain in CHAINS.items())
+        sets = [n for n in _cmd("ipset", "list", "-n").split() if n.startswith("ntpguard-")]
+        if not ours and not sets:
+            return Check(MISSING, "no NTPGUARD chains or ntpguard ipsets in the kernel")
+        return Check(DRIFTED, "the NTPGUARD chains, their jumps or the ntpguard ipsets differ "
+                              "from the plan")
 
     def show(self, full: bool = False) -> str:
         """Our jumps, chains and set sizes (full: every set member too)."""

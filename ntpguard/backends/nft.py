@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ntpguard import commands
-from ntpguard.backends import Result
+from ntpguard.backends import DRIFTED, IN_PLACE, MISSING, Check, Result, nft_verify
 from ntpguard.errors import FirewallError, UnsafePathError
 from ntpguard.files import atomic_write, read_regular
 from ntpguard.plan import PROBE_MARK, Plan, PrefixSet
@@ -38,8 +38,11 @@ LOG_NTP_FWD = "ntpguard-ntp-fwd: "
 LOG_IN = "ntpguard-in: "
 LOG_FWD_IN = "ntpguard-fwd-in: "
 LOG_CANARY_IN = "ntpguard-canary-in: "
-# The priority of ntpguard's filter base chains.
-FILTER_PRIORITY = "filter"
+# The priority of ntpguard's filter base chains: before the chains other firewalls put at
+# `filter` (ufw, 0) or `filter + 10` (firewalld), so their drops cannot hide a packet from
+# ntpguard's log (a drop in any chain is final, and chains of equal priority run newest
+# first); still after conntrack (-200), which the `ct state` matches need.
+FILTER_PRIORITY = "filter - 10"
 
 
 @dataclass
@@ -361,13 +364,15 @@ class NftBackend:
         """The exact transaction a full apply would run (token shown as 0x0)."""
         return rules_for(plan).full_text(0)
 
-    def apply(self, plan: Plan) -> Result:
-        """Make the kernel's table match the plan: no-op, element update, or full replace."""
+    def apply(self, plan: Plan, replace: bool = False) -> Result:
+        """Make the kernel's table match the plan: no-op, element update, or full replace
+        (always the latter with replace=True: the cache cannot see a drifted table)."""
         rendered = rules_for(plan)
         cached = _load_cache(self.cache_path)
         kernel_token = self.nft.token()
         start = time.perf_counter()
-        if (cached and kernel_token is not None and cached["token"] == kernel_token
+        if (not replace and cached and kernel_token is not None
+                and cached["token"] == kernel_token
                 and cached["skeleton"] == rendered.skeleton):
             token = _new_token(kernel_token)
             text, added, deleted = diff_text(cached, rendered, token)
@@ -386,6 +391,23 @@ class NftBackend:
         _save_cache(self.cache_path, token, rendered)
         return Result(self.name, "replaced" if kernel_token is not None else "created",
                       time.perf_counter() - start, detail=f"table {FAMILY} {TABLE}")
+
+    def verify(self, plan: Plan) -> Check:
+        """Whether the kernel's table is this plan's: its chains (hooks, priorities, policies,
+        rule counts) and its sets' elements, read in one listing (~1.5 s with 100k elements;
+        a missing table costs one tiny lookup)."""
+        if self.nft.token() is None:
+            try:
+                self.nft.run(f"list table {FAMILY} {TABLE}", json_out=True, reading=True)
+            except FirewallError as exc:
+                if "No such file or directory" in str(exc):
+                    return Check(MISSING, f"table {FAMILY} {TABLE} is not in the kernel")
+                raise
+            return Check(DRIFTED, f"table {FAMILY} {TABLE} has no ntpguard generation token")
+        listing = self.nft.run(f"list table {FAMILY} {TABLE}", json_out=True, reading=True)
+        rendered = rules_for(plan)
+        problem = nft_verify.compare(rendered.skeleton, rendered.sets, listing)
+        return Check(DRIFTED, problem) if problem else Check(IN_PLACE)
 
     def show(self, full: bool = False) -> str:
         """The table as the kernel has it (without set elements, which can be 100k, unless

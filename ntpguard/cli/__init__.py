@@ -25,8 +25,8 @@ from ntpguard.state import State
 
 # Sub-command modules, in the order `--help` lists them.
 COMMANDS = [
-    "sync", "resolve", "detect", "probe", "rules", "timeconf", "list", "servers", "status",
-    "mark", "explain",
+    "sync", "resolve", "detect", "probe", "rules", "watch", "timeconf", "list", "servers",
+    "status", "mark", "explain",
 ]
 
 EXIT_CODES = """exit status:
@@ -35,7 +35,10 @@ EXIT_CODES = """exit status:
   2  bad usage, configuration or input
   3  another ntpguard run holds the state lock
   4  partly done: some steps or names failed, the rest succeeded
+  5  ntpguard's rules are missing or differ from the last applied plan (rules show, status)
 """
+# `rules show` and `status` when the kernel lacks the last applied rules or holds others.
+RULES_NOT_IN_PLACE = 5
 
 log = logging.getLogger("ntpguard")
 # What each command module's register() gets: `add_parser` on it makes the command's parser.

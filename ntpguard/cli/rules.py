@@ -1,12 +1,15 @@
-"""`ntpguard rules apply|show|remove`: statuses + lists + [rules] → firewall, through a backend."""
+"""`ntpguard rules apply|show|remove|restore`: statuses + lists + [rules] → firewall, through
+a backend; the last applied plan back (restore); missing or drifted rules are exit 5."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-from ntpguard import backends, canary, snapshot
-from ntpguard.cli import Context, Subparsers
+from ntpguard import backends, canary, enforce, snapshot
+from ntpguard.cli import RULES_NOT_IN_PLACE, Context, Subparsers
+from ntpguard.cli._fmt import iso
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -14,9 +17,11 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "rules", parents=[common], help="write, show or remove the firewall rules",
         description="Let NTP reach usable servers only and drop unsolicited packets from "
         "scanner prefixes. The rules live in `table inet ntpguard` (nft) or in NTPGUARD-* "
-        "chains and ntpguard-* ipsets (iptables-legacy); nothing else is touched.",
+        "chains and ntpguard-* ipsets (iptables-legacy); nothing else is touched. `restore` "
+        "puts the last applied plan back (no DNS, no logs: what the boot unit and the "
+        "watcher run); `show` exits 5 when the rules are missing or differ from it.",
     )
-    p.add_argument("action", choices=("apply", "show", "remove"))
+    p.add_argument("action", choices=("apply", "show", "remove", "restore"))
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and the exact ruleset; change nothing")
     p.add_argument("--force", action="store_true",
@@ -37,8 +42,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         return _show(ctx, name, args)
     if args.action == "remove":
         return _remove(ctx, args)
+    if args.action == "restore":
+        return _restore(ctx, args)
     started = time.time()
-    # The writer lock also serialises applies, which share the nft element cache.
+    # The state lock for what writes the state (canaries, the run record); enforce.apply
+    # takes the rules lock, which serialises the kernel and the nft element cache.
     with ctx.open_state(write=not args.dry_run) as state:
         if not args.dry_run:
             # Canaries are part of the firewall: give new servers theirs before the plan maps
@@ -55,8 +63,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             print("\n".join(f"# {line}" for line in plan.describe().splitlines()))
             print(text, end="")
             return 0
-        backend = backends.get(name, ctx.state_dir)
-        result = backend.apply(plan)
+        result = enforce.apply(ctx.state_dir, name, plan)
         state.record_run("rules apply", started, time.time(), True,
                          {**result.as_dict(), **plan.counts()})
     if args.json:
@@ -68,16 +75,36 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _show(ctx: Context, name: str, args: argparse.Namespace) -> int:
-    backend = backends.get(name, ctx.state_dir)
+    """The rules as the kernel has them, checked against the last applied plan."""
+    status = enforce.check(ctx.state_dir)
+    backend = backends.get(args.backend or status.backend or name, ctx.state_dir)
     text = backend.show(full=args.full)
+    code = 0 if status.ok else RULES_NOT_IN_PLACE
     if args.json:
         from ntpguard.cli import print_json
-        print_json({"backend": backend.name, "in_place": bool(text), "ruleset": text})
-        return 0
-    if not text:
+        print_json({"backend": backend.name, "in_place": bool(text), "state": status.state,
+                    "detail": status.detail, "applied": iso(status.applied),
+                    "ruleset": text})
+        return code
+    if text:
+        print(text, end="" if text.endswith("\n") else "\n")
+    else:
         print(f"{backend.name}: no ntpguard rules in place")
-        return 0
-    print(text, end="" if text.endswith("\n") else "\n")
+    if not status.ok:
+        print(f"ntpguard: the rules applied {iso(status.applied)} are {status.state}: "
+              f"{status.detail}; `ntpguard rules restore` puts them back", file=sys.stderr)
+    return code
+
+
+def _restore(ctx: Context, args: argparse.Namespace) -> int:
+    """The last applied plan back in the kernel, under the rules lock only (never waits for
+    a sync's state lock: see ntpguard.applied)."""
+    done = enforce.restore(ctx.config, ctx.state_dir)
+    if args.json:
+        from ntpguard.cli import print_json
+        print_json(done.as_dict())
+    else:
+        print(done.describe())
     return 0
 
 
@@ -91,12 +118,11 @@ def _remove(ctx: Context, args: argparse.Namespace) -> int:
         names = [n for n in backends.NAMES if backends.backend_class(n).is_supported()]
     results: list[dict[str, object]] = []
     with ctx.open_state() as state:
-        for name in names:
-            if args.dry_run:
-                results.append({"backend": name, "action": "would remove",
-                                "message": f"{name}: would remove ntpguard's rules"})
-                continue
-            results.append(backends.get(name, ctx.state_dir).remove().as_dict())
+        if args.dry_run:
+            results = [{"backend": name, "action": "would remove",
+                        "message": f"{name}: would remove ntpguard's rules"} for name in names]
+        else:
+            results = [r.as_dict() for r in enforce.remove(ctx.state_dir, names)]
         if not args.dry_run and state.canaries():
             n = canary.remove_all(state, time.time())
             results.append({"backend": "canary", "action": "removed", "removed": n,

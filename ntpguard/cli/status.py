@@ -1,4 +1,5 @@
-"""`ntpguard status`: what ntpguard knows and when it last ran."""
+"""`ntpguard status`: what ntpguard knows, when it last ran, and whether its rules are in
+place (exit 5 when they are missing or drifted from the last applied plan)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import time
 from collections import Counter
 from typing import Any, Optional
 
-from ntpguard import __version__, canary, hostinfo
-from ntpguard.cli import Context, Subparsers
+from ntpguard import __version__, canary, enforce, hostinfo
+from ntpguard.cli import RULES_NOT_IN_PLACE, Context, Subparsers
 from ntpguard.cli._fmt import iso
 from ntpguard.cli.servers import server_rows
+from ntpguard.errors import NtpguardError
 from ntpguard.estimate import chao2
 from ntpguard.state import State
 
@@ -22,7 +24,9 @@ EXPOSURE_WINDOW = 7 * 86400.0
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("status", parents=[common], help="summary of the state",
                        description="Summarise the known servers by family and status, how "
-                       "complete each pool zone is, and the last run of each command.")
+                       "complete each pool zone is, the last resolve, the canaries and the "
+                       "exposure of the last 7 days, and whether the rules last applied are "
+                       "in place (exit 5 when they are missing or drifted).")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -72,11 +76,14 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
                          "of_them_ipv6": sum(1 for s in real if ":" in s),
                          "canaries_scanned": scanned},
             "canaries": canaries_seen,
+            "rules": rules_status(ctx.state_dir),
         }
+    rules = data["rules"]
+    code = RULES_NOT_IN_PLACE if rules["state"] in ("missing", "drifted") else 0
     if args.json:
         from ntpguard.cli import print_json
         print_json(data)
-        return 0
+        return code
     print(f"ntpguard {data['version']}, state {data['state_dir']} (schema {data['schema']})")
     fam = ", ".join(f"{n} ipv{k}" for k, n in sorted(by_family.items())) or "none"
     print(f"servers: {data['servers']} known ({fam})")
@@ -94,7 +101,21 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     v6 = sum(1 for s in real if ":" in s)
     print(f"exposure, last 7 days: {len(real)} servers ({v6} IPv6, {len(real) - v6} IPv4) saw "
           f"a real address of this host or its LAN; {scanned} canaries scanned")
-    return 0
+    where = f" ({rules['backend']}, applied {rules['applied']})" if rules["applied"] else ""
+    detail = f": {rules['detail']}" if rules["detail"] else ""
+    print(f"rules:   {rules['state']}{where}{detail}")
+    return code
+
+
+def rules_status(state_dir: str) -> dict[str, Any]:
+    """The kernel's rules against the last applied plan; "unknown" when they cannot be read
+    (not root: listing netfilter needs CAP_NET_ADMIN)."""
+    try:
+        s = enforce.check(state_dir)
+    except NtpguardError as exc:
+        return {"state": "unknown", "detail": str(exc), "backend": None, "applied": None}
+    return {"state": s.state, "detail": s.detail, "backend": s.backend or None,
+            "applied": iso(s.applied)}
 
 
 def last_resolved(state: State) -> Optional[float]:

@@ -191,14 +191,17 @@ def journal_blocks(position: Position, journalctl: str = "journalctl",
     stderr = proc.stderr
     reader = threading.Thread(target=lambda: err.append(stderr.read()), daemon=True)
     reader.start()
-    cursor = ""
+    cursor, shown = "", False
     for lines in _raw_blocks(proc.stdout, [0]):
         if lines and lines[-1].startswith(b"-- cursor: "):  # only ever the last line
             cursor = lines.pop().decode("ascii", "replace")[11:].strip()
+        shown = shown or bool(lines)
         yield lines
     reader.join()
     text = b"".join(err).decode("utf-8", "replace").strip()
-    if proc.wait() != 0:
+    # systemd 252's journalctl exits 1 without a word when --show-cursor has no entry to show
+    # (a journal without kernel messages, as in a container): nothing new, not a failure.
+    if proc.wait() != 0 and (text or shown or cursor):
         raise UsageError(f"journalctl failed: {text.splitlines()[-1] if text else proc.returncode}")
     if cursor:
         position.cursor = cursor

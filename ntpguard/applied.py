@@ -1,0 +1,156 @@
+"""The last applied plan, kept beside the state so the rules can be put back without DNS, logs
+or verdicts: at boot, before any time daemon sends a packet, and whenever something removes or
+changes them (nftables reloads start with `flush ruleset`).
+
+`STATE/applied-plan.json` (written atomically) names the backend and holds the plan as it was
+last applied, or says that `rules remove` took the rules down. `STATE/rules.lock` guards it,
+the backend's element cache and the kernel's rules together: every apply, remove and restore
+holds it for one transaction (a fraction of a second; `[general] command_timeout` at worst).
+The state lock (`STATE/lock`) guards the database and is held by `sync` for minutes (its DNS
+rounds sleep); a restore writes nothing to the database, so it needs only the rules lock and
+never waits for a sleeping sync. Commands that hold both take the state lock first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Union
+
+from ntpguard import files
+from ntpguard.errors import StateError, UnsafePathError
+from ntpguard.files import atomic_write
+from ntpguard.plan import Plan
+from ntpguard.state import FileLock
+
+PLAN_NAME = "applied-plan.json"
+RULES_LOCK_NAME = "rules.lock"
+FORMAT, VERSION = "ntpguard-applied-plan", 1
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What the rules were last made to be: a plan on a backend, or removed (plan None)."""
+
+    backend: str
+    time: float
+    plan: Optional[Plan]
+
+    @property
+    def removed(self) -> bool:
+        return self.plan is None
+
+
+@contextlib.contextmanager
+def rules_lock(state_dir: str, holder: str) -> Iterator[None]:
+    """Hold STATE/rules.lock (waiting for it) for one change of the rules."""
+    try:
+        files.ensure_dir(state_dir, 0o755)  # as State.open: no link, nobody else may write
+    except OSError as exc:
+        raise StateError(f"{state_dir}: cannot create state directory: {exc.strerror}") from None
+    lock = FileLock(os.path.join(state_dir, RULES_LOCK_NAME), holder, wait=True)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def save(state_dir: str, backend: str, plan: Optional[Plan], now: float) -> None:
+    """Remember the plan just applied (None: the rules were removed). An unchanged record is
+    left alone: a sync that changed nothing writes nothing."""
+    old = load_or_none(state_dir)
+    if old is not None and old.backend == backend and old.plan == plan:
+        return
+    body = {"format": FORMAT, "version": VERSION, "backend": backend, "time": now,
+            "removed": plan is None,
+            "plan": None if plan is None else dataclasses.asdict(plan)}
+    try:
+        atomic_write(os.path.join(state_dir, PLAN_NAME),
+                     json.dumps(body, sort_keys=True).encode("utf-8"), mode=0o640)
+    except OSError as exc:
+        raise StateError(f"{os.path.join(state_dir, PLAN_NAME)}: cannot write: "
+                         f"{exc.strerror or exc}") from None
+
+
+def load(state_dir: str) -> Optional[Applied]:
+    """The last applied plan; None when nothing was ever applied here; StateError for a file
+    that cannot be read or was not written by this version's rules."""
+    path = os.path.join(state_dir, PLAN_NAME)
+    try:
+        # No link followed, no FIFO waited on; as big as the plan (100k prefixes: ~2.2 MB).
+        body = json.loads(files.read_regular(path, 256 << 20))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnsafePathError) as exc:
+        raise StateError(f"{path}: unreadable: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+    try:
+        if body.get("format") != FORMAT or body.get("version") != VERSION:
+            raise ValueError(f"not a version {VERSION} {FORMAT} file")
+        backend, when = body["backend"], body["time"]
+        if not isinstance(backend, str) or not isinstance(when, (int, float)):
+            raise ValueError("bad backend or time")
+        plan = None if body.get("removed") else decode(Plan, body["plan"])
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise StateError(f"{path}: {exc}") from None
+    return Applied(backend, float(when), plan)
+
+
+def load_or_none(state_dir: str) -> Optional[Applied]:
+    """load(), with a damaged file read as none."""
+    try:
+        return load(state_dir)
+    except StateError:
+        return None
+
+
+# -- plan <-> JSON ---------------------------------------------------------------------------
+# Generic over the Plan's fields and their type hints, so a field added to Plan (with a
+# default) is saved and loaded without a change here, and an older file loads with the
+# defaults of the fields it lacks.
+
+
+def decode(hint: Any, value: Any) -> Any:
+    """`value` (parsed JSON) as the type `hint` names; ValueError when it is not one."""
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        if not isinstance(value, dict):
+            raise ValueError(f"{hint.__name__}: not an object")
+        hints = typing.get_type_hints(hint)
+        names = {f.name for f in dataclasses.fields(hint)}
+        unknown = set(value) - names
+        if unknown:
+            raise ValueError(f"{hint.__name__}: unknown field(s) {', '.join(sorted(unknown))}")
+        return hint(**{k: decode(hints[k], v) for k, v in value.items()})
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return decode(inner[0], value)
+        raise ValueError(f"unsupported type {hint}")
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ValueError(f"{hint}: not a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(decode(args[0], v) for v in value)
+        if len(args) != len(value):
+            raise ValueError(f"{hint}: {len(value)} items")
+        return tuple(decode(a, v) for a, v in zip(args, value))
+    if hint is bool or hint is str:
+        if type(value) is not hint:
+            raise ValueError(f"{value!r} is not a {hint.__name__}")
+        return value
+    if hint is int:
+        if type(value) is not int:
+            raise ValueError(f"{value!r} is not an integer")
+        return value
+    if hint is float:
+        if type(value) not in (int, float):
+            raise ValueError(f"{value!r} is not a number")
+        return float(value)
+    raise ValueError(f"unsupported type {hint}")
