@@ -21,7 +21,7 @@ APT_PACKAGES := python3 python3-venv python3-pip python3-dnspython \
 # installed; `make deps` stops and disables those it installed, so none runs in the root
 # namespace (one that was there before is left as it was). promtool comes with prometheus.
 LAB_SERVICES := rsyslog nginx prometheus ufw
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=20
 
 .PHONY: test deps lint unit demo clean deb
 
