@@ -334,12 +334,3 @@ def exposure(runs: Mapping[tuple[str, str], Sequence[float]], not_real: set[str]
             and not rewritten(server, max(run[0], since), run[1])}
     scanned = sum(1 for c in canaries if c.scanned is not None and c.scanned >= since)
     return real, scanned
-
-
-def restore_addresses(state: State, now: float) -> int:
-    """Put every live canary of the state back on its interface (after a reboot): the rules
-    restored from the last plan rewrite NTP to them. Returns how many."""
-    live = [c for c in state.canaries() if c.expires > now]
-    for c in live:
-        add_address(c, now)
-    return len(live)
