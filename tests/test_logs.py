@@ -274,6 +274,19 @@ def test_fast_paths_print_addresses_as_ipaddress_does(addresses, quad):
     _both([line.encode() for line in lines])
 
 
+@settings(max_examples=int(os.environ.get("NTPGUARD_EXAMPLES", "500")), deadline=None)
+@given(st.lists(st.one_of(
+    st.text("0123456789abcdefABCDEF:", max_size=46),
+    st.lists(st.text("0f:", min_size=1, max_size=5), min_size=1, max_size=10).map(":".join)),
+    min_size=1, max_size=8))
+def test_fast_paths_take_odd_ipv6_texts_as_the_full_parser_does(texts):
+    """Texts of hex digits and colons that are no address, or an unusual one (5-digit groups,
+    ":::", a colon at one end, nine groups, "::" with eight): the C path's own IPv6 reader
+    hands them on, and all paths agree."""
+    _both([f"Jan  1 00:00:01 host kernel: x: IN=eth0 OUT= SRC={t} DST={t or '::1'} LEN=80 "
+           "PROTO=UDP SPT=123 DPT=123 LEN=56".encode() for t in texts])
+
+
 _PIECES = [b"Jan  1 00:00:01 ", b"2026-01-02T03:04:05.25+01:00 ", b"host kernel: ", b"x: ",
            b"IN=eth0 OUT= ", b" SRC=", b"2001:0db8:0000:0000:0000:0000:0000:0001", b"192.0.2.1",
            b" DST=", b"::ffff:1.2.3.4", b"fe80::1%eth0", b" LEN=80 ", b" PROTO=", b"UDP ",
