@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ntpguard.logs.parse import LineParser, parse_when
-from ntpguard.logs.sources import Position, file_lines
+from ntpguard.logs.sources import Position, _raw_chunks, file_lines
 
 # shared/ lies beside the checkout (CI clones elsewhere, with a copy of shared/ beside it).
 CORPUS = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "corpus",
@@ -171,17 +171,31 @@ def test_gzip_file(tmp_path):
 
 # -- the fast path (LineParser.packets) agrees with the full parser on every line -------------
 
+class _Reads:
+    """A file whose reads return at most `size` bytes."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self.data, self.size = data, size
+
+    def read(self, n: int) -> bytes:
+        out, self.data = self.data[:min(n, self.size)], self.data[min(n, self.size):]
+        return out
+
+
 def _both(raw: list[bytes], fmt: str = "auto", ref: float = 1.7e9) -> None:
     """The full parser, the fast path in Python and its C copy give the same packets, the
     same counts and the same detected format."""
     slow = LineParser(fmt, reference_time=ref, boot_time=1.7e9)
     want = [tuple(ev[:8]) for ev in slow.parse_lines(r.decode("utf-8", "replace") for r in raw)]
     a = slow.stats
-    for native in (False, True):
+    for native, chunked in ((False, False), (True, False), (False, True), (True, True)):
         fast = LineParser(fmt, reference_time=ref, boot_time=1.7e9, native=native)
-        got = [tuple(p[:8]) for p in fast.packets([raw[i:i + 97]
-                                                   for i in range(0, len(raw), 97)])]
-        assert got == want, f"native={native}"
+        if chunked:  # as files are read: reads of 1000 bytes cut lines anywhere
+            blocks = list(_raw_chunks(_Reads(b"".join(r + b"\n" for r in raw), 1000), [0]))
+        else:
+            blocks = [raw[i:i + 97] for i in range(0, len(raw), 97)]
+        got = [tuple(p[:8]) for p in fast.packets(blocks)]
+        assert got == want, f"native={native}, chunked={chunked}"
         assert [type(x) for p in got for x in p] == [type(x) for p in want for x in p]
         b = fast.stats
         assert (a.lines, a.events, a.not_netfilter, a.garbled, a.untimed) == \

@@ -418,7 +418,7 @@ static PyObject *packet(Ctx *x, double t, PyObject *src, PyObject *dst, PyObject
     return tup;
 }
 
-static int cut_line(Ctx *x, PyObject *line, PyObject *out);
+static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out);
 
 /* The sieve's memory: (destination, source or its /64) → when it was last heard and the line
  * held for it, in an open-addressing table of C structs (a Python dict of bytes keys and
@@ -428,7 +428,8 @@ typedef struct {
     unsigned char key[33]; /* address family length, destination, source */
     unsigned char klen;    /* 0: empty */
     double last;
-    PyObject *line; /* owned: the held line, NULL once released */
+    char *line; /* a copy of the held line (PyMem), NULL once released */
+    Py_ssize_t len;
 } HoldEntry;
 
 typedef struct Hold {
@@ -442,7 +443,7 @@ static const char HOLD_NAME[] = "ntpguard.logs._cut.hold";
 static void hold_free(PyObject *capsule) {
     Hold *h = PyCapsule_GetPointer(capsule, HOLD_NAME);
     if (h == NULL) return;
-    for (size_t i = 0; i < h->cap; i++) Py_XDECREF(h->e[i].line);
+    for (size_t i = 0; i < h->cap; i++) PyMem_Free(h->e[i].line);
     PyMem_Free(h->e);
     PyMem_Free(h);
 }
@@ -489,7 +490,7 @@ static int hold_room(Hold *h, double window) {
             *hold_slot(h, o->key, o->klen) = *o;
             h->used++;
         } else {
-            Py_XDECREF(o->line);
+            PyMem_Free(o->line);
         }
     }
     PyMem_Free(old);
@@ -529,7 +530,7 @@ static PyObject *hold_new(PyObject *self, PyObject *unused) {
  * out of the window. The detector sees every packet that could matter to it, so its results
  * are the same (tests/test_detect.py checks it); the parser's equality tests run without it.
  * 1 = held, 0 = not held (a released line was appended first), -1 = error. */
-static int sieve(Ctx *x, PyObject *line, const char *src, Py_ssize_t slen, const char *dst,
+static int sieve(Ctx *x, const char *line, Py_ssize_t len, const char *src, Py_ssize_t slen, const char *dst,
                  Py_ssize_t dlen, double t, PyObject *out) {
     unsigned char a[16], b[16], key[33];
     int na = parse_plain(dst, dlen, a), nb = parse_plain(src, slen, b);
@@ -544,14 +545,15 @@ static int sieve(Ctx *x, PyObject *line, const char *src, Py_ssize_t slen, const
     HoldEntry *e = hold_slot(h, key, n);
     if (e->klen != 0 && t - e->last <= x->window) {
         /* A second packet in the window: this and all later ones pass. */
-        PyObject *held = e->line;
+        char *held = e->line;
+        Py_ssize_t n_held = e->len;
         e->line = NULL;
         e->last = t;
         if (held == NULL) return 0;
         x->releasing = 1;
-        int rc = cut_line(x, held, out);
+        int rc = cut_line(x, held, n_held, out);
         x->releasing = 0;
-        Py_DECREF(held);
+        PyMem_Free(held);
         return rc < 0 ? -1 : 0;
     }
     if (e->klen == 0) {
@@ -561,19 +563,23 @@ static int sieve(Ctx *x, PyObject *line, const char *src, Py_ssize_t slen, const
         e->klen = (unsigned char)n;
         h->used++;
     }
-    Py_INCREF(line);
-    Py_XDECREF(e->line);
-    e->line = line;
+    /* A copy: the line may be part of a 4 MiB block that is gone when the source comes
+     * back (malloc and copy cost ~50 ns; a Python bytes per line as much, before the split). */
+    char *copy = e->line != NULL && e->len >= len ? e->line : PyMem_Realloc(e->line, (size_t)len + 1);
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(copy, line, (size_t)len);
+    e->line = copy;
+    e->len = len;
     e->last = t;
     return 1;
 }
 
 /* One line: 1 = a packet appended (syslog), 2 = (RFC 3339), 3 = not netfilter, 0 = for the
  * full parser, -1 = error. A line the sieve holds counts as appended. */
-static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
-    char *c;
-    Py_ssize_t len;
-    if (PyBytes_AsStringAndSize(line, &c, &len) < 0 || c == NULL) return -1;
+static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out) {
     Py_ssize_t s = find(c, len, " SRC=", 5, 0, len);
     if (s < 0) {
         /* Not a LOG line in any envelope; only JSON (ulogd2) needs a closer look. */
@@ -685,7 +691,7 @@ static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
         int in = o - i - 3 > 0, received = oe - o - 5 == 0;
         int ntp = pr->len == 3 && memcmp(pr->name, "UDP", 3) == 0 && dport == x->trigger_port;
         if (x->hold != NULL && !x->releasing && in && (received || (!x->any_port && !ntp))) {
-            int held = sieve(x, line, c + s + 5, e - s - 5, c + e + 5, e2 - e - 5, t, out);
+            int held = sieve(x, c, len, c + s + 5, e - s - 5, c + e + 5, e2 - e - 5, t, out);
             if (held != 0) return held < 0 ? -1 : kind;
         }
     }
@@ -739,8 +745,9 @@ PyDoc_STRVAR(cut_doc,
 "cut(block, protos, canonical, sys_time, iso_time, slow, syslog_ok, iso_ok[, hold, window,\n"
 "    trigger_port, any_port, aggregate])\n"
 "-> (packets, n_syslog, n_rfc3339, n_not_netfilter)\n\n"
-"Packets (t, src, dst, proto, sport, dport, iface_in, iface_out) of a list of raw lines,\n"
-"in order. protos:\n"
+"Packets (t, src, dst, proto, sport, dport, iface_in, iface_out) of a block of raw lines,\n"
+"in order: a list of bytes, or a chunk (head, data, end): the lines of head + data[:end]\n"
+"(sources.Chunk; no bytes object per line). protos:\n"
 "PROTO= bytes -> (name, has ports); canonical(raw) -> str ('' if not an address), for the\n"
 "address forms not done here; sys_time(b'Mmm dd HH:MM:SS') and\n"
 "iso_time(b'YYYY-MM-DDTHH:MM:SS<offset>') -> epoch seconds or None; slow(line) -> packet or\n"
@@ -748,13 +755,65 @@ PyDoc_STRVAR(cut_doc,
 "sieve (packets that came in from a source that has sent nothing else in `window` s are\n"
 "held back, see sieve()), None for every packet.");
 
+/* A line as a bytes object, for the full parser (most lines never need one). */
+static int slow_text(Ctx *x, PyObject *out, const char *c, Py_ssize_t len) {
+    PyObject *line = PyBytes_FromStringAndSize(c, len);
+    if (line == NULL) return -1;
+    int rc = slow_line(x, out, line);
+    Py_DECREF(line);
+    return rc;
+}
+
+/* The lines of a chunk (head, data, end): head + data[:end] split at newlines, as
+ * bytes.split(b"\n") makes them (head is the end of the line the previous read cut). */
+static int chunk_lines(Ctx *x, PyObject *block, PyObject *out, long counts[4]) {
+    PyObject *head, *data;
+    Py_ssize_t end;
+    char *d, *h;
+    Py_ssize_t dlen, hlen;
+    if (!PyTuple_Check(block) || !PyArg_ParseTuple(block, "SSn:cut chunk", &head, &data, &end)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "cut: a block is a list of bytes or a chunk");
+        return -1;
+    }
+    if (PyBytes_AsStringAndSize(data, &d, &dlen) < 0 || PyBytes_AsStringAndSize(head, &h, &hlen) < 0)
+        return -1;
+    if (end < 0 || end > dlen) {
+        PyErr_SetString(PyExc_ValueError, "cut: chunk end out of range");
+        return -1;
+    }
+    for (Py_ssize_t p = 0; p <= end;) {
+        const char *nl = memchr(d + p, '\n', (size_t)(end - p));
+        Py_ssize_t q = nl != NULL ? nl - d : end;
+        int rc;
+        if (p == 0 && hlen > 0) { /* the line the previous read cut: one join a block */
+            PyObject *tail = PyBytes_FromStringAndSize(d, q);
+            PyObject *line = tail == NULL ? NULL : PyNumber_Add(head, tail);
+            Py_XDECREF(tail);
+            if (line == NULL) return -1;
+            char *c;
+            Py_ssize_t len;
+            rc = PyBytes_AsStringAndSize(line, &c, &len) < 0 ? -1 : cut_line(x, c, len, out);
+            if (rc == 0) rc = slow_line(x, out, line);
+            Py_DECREF(line);
+        } else {
+            rc = cut_line(x, d + p, q - p, out);
+            if (rc == 0) rc = slow_text(x, out, d + p, q - p);
+        }
+        if (rc < 0) return -1;
+        counts[rc]++;
+        p = q + 1;
+    }
+    return 0;
+}
+
 static PyObject *cut(PyObject *self, PyObject *argv) {
     PyObject *block, *protos;
     Ctx x;
     (void)self;
     memset(&x, 0, sizeof x);
     PyObject *hold = Py_None;
-    if (!PyArg_ParseTuple(argv, "O!O!OOOOpp|Odlpp:cut", &PyList_Type, &block, &PyDict_Type,
+    if (!PyArg_ParseTuple(argv, "OO!OOOOpp|Odlpp:cut", &block, &PyDict_Type,
                           &protos, &x.canonical, &x.sys_time, &x.iso_time, &x.slow,
                           &x.syslog_ok, &x.iso_ok, &hold, &x.window, &x.trigger_port,
                           &x.any_port, &x.aggregate))
@@ -767,25 +826,30 @@ static PyObject *cut(PyObject *self, PyObject *argv) {
     x.slots = PyMem_Malloc(ADDR_SLOTS * sizeof *x.slots); /* (no PyMem_Calloc in 3.9's abi3) */
     if (x.slots == NULL) return PyErr_NoMemory();
     memset(x.slots, 0, ADDR_SLOTS * sizeof *x.slots);
-    Py_ssize_t n = PyList_Size(block);
     PyObject *out = PyList_New(0);
     long counts[4] = {0, 0, 0, 0};
     int failed = out == NULL;
-    for (Py_ssize_t i = 0; i < n && !failed; i++) {
-        PyObject *line = PyList_GetItem(block, i);
-        if (line == NULL || !PyBytes_Check(line)) {
-            if (line != NULL) PyErr_SetString(PyExc_TypeError, "cut: lines must be bytes");
-            failed = 1;
-            break;
+    if (!failed && PyList_Check(block)) {
+        Py_ssize_t n = PyList_Size(block);
+        for (Py_ssize_t i = 0; i < n && !failed; i++) {
+            PyObject *line = PyList_GetItem(block, i);
+            char *c;
+            Py_ssize_t len;
+            if (line == NULL || PyBytes_AsStringAndSize(line, &c, &len) < 0) {
+                failed = 1;
+                break;
+            }
+            Py_INCREF(line);
+            int rc = cut_line(&x, c, len, out);
+            if (rc == 0) rc = slow_line(&x, out, line);
+            Py_DECREF(line);
+            if (rc < 0)
+                failed = 1;
+            else
+                counts[rc]++;
         }
-        Py_INCREF(line);
-        int rc = cut_line(&x, line, out);
-        if (rc == 0) rc = slow_line(&x, out, line);
-        Py_DECREF(line);
-        if (rc < 0)
-            failed = 1;
-        else
-            counts[rc]++;
+    } else if (!failed) {
+        failed = chunk_lines(&x, block, out, counts) < 0;
     }
     for (int i = 0; i < ADDR_SLOTS; i++) Py_XDECREF(x.slots[i].value);
     PyMem_Free(x.slots);

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ntpguard.errors import UsageError
 from ntpguard.logs import Event, Logged, Packet, ReadStats, Sieve
+from ntpguard.logs.sources import Block, lines_of
 
 try:  # the C copy of packet_blocks()'s fast path (setup.py); optional, same results
     from ntpguard.logs._cut import cut as _native_cut
@@ -224,12 +225,12 @@ class LineParser:
             return ev
         return None
 
-    def packets(self, blocks: Iterable[list[bytes]]) -> Iterator[Logged]:
+    def packets(self, blocks: Iterable[Block]) -> Iterator[Logged]:
         """Packets from blocks of raw lines (bytes, no newline)."""
         for out in self.packet_blocks(blocks):
             yield from out
 
-    def packet_blocks(self, blocks: Iterable[list[bytes]]) -> Iterator[list[Logged]]:
+    def packet_blocks(self, blocks: Iterable[Block]) -> Iterator[list[Logged]]:
         """A list of packets per block of raw lines (bytes, no newline): the detector's fast
         path (Detector.feed_blocks).
 
@@ -242,7 +243,8 @@ class LineParser:
         """
         if self.format not in ("auto", "syslog", "rfc3339"):
             for block in blocks:
-                yield list(self.parse_lines([b.decode("utf-8", "replace") for b in block]))
+                yield list(self.parse_lines([b.decode("utf-8", "replace")
+                                             for b in lines_of(block)]))
             return
         if self._cut is not None:
             yield from self._native_blocks(blocks)
@@ -264,7 +266,7 @@ class LineParser:
             n_sys = n_iso = 0
             out: list[Logged] = []
             app = out.append
-            for line in block:
+            for line in lines_of(block):
                 s = line.find(b" SRC=")
                 if s < 0:
                     # No " SRC=": not a LOG line in any envelope (the full parser agrees);
@@ -384,7 +386,7 @@ class LineParser:
             self._count(n_sys, n_iso)
             yield out
 
-    def _native_blocks(self, blocks: Iterable[list[bytes]]) -> Iterator[list[Logged]]:
+    def _native_blocks(self, blocks: Iterable[Block]) -> Iterator[list[Logged]]:
         """packet_blocks() through the C cutter: it takes the lines the loop above takes,
         asks the same caches (through the callables) and hands the rest to _slow_packet."""
         cut = self._cut
