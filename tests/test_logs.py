@@ -364,3 +364,40 @@ def test_stamps_with_their_own_year_and_shipper_timestamps(monkeypatch, line, wh
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_the_sieve_hands_on_packets_as_they_are_logged():
+    """Through the C sieve, what passes (held lines released later among them) is packet for
+    packet what the parser makes without it, with more interface pairs than the C side
+    remembers (8) and released lines between; a quarter of the lines come from sources seen
+    once, which stay held."""
+    from collections import Counter
+
+    from ntpguard.logs import Sieve
+    from ntpguard.logs.parse import _native_cut
+
+    if _native_cut is None:
+        pytest.skip("the sieve is the C path's")
+    raw = [f"Jan  1 00:{k // 60:02d}:{k % 60:02d} host kernel: x: IN=wan{k % 12} "
+           f"OUT={'lan' if k % 3 else ''}{k % 12} "
+           f"SRC={f'203.0.113.{k % 7}' if k % 4 else f'198.51.100.{k // 4}'} DST=192.0.2.{k % 2} "
+           f"LEN=60 PROTO=TCP SPT=4000 DPT={k} WINDOW=1 RES=0x00 SYN URGP=0".encode()
+           for k in range(300)]
+    plain = LineParser(reference_time=1.7e9)
+    sieved = LineParser(reference_time=1.7e9, sieve=Sieve(30.0, 123, False, True))
+    want = Counter(tuple(p) for p in plain.packets([raw]))
+    got = Counter(tuple(p) for p in sieved.packets([raw[i:i + 50]
+                                                    for i in range(0, len(raw), 50)]))
+    assert len(want) == 300 and 0 < sum(got.values()) < 300
+    assert not got - want
+    # The line that releases a held one keeps its own interfaces when the held line's take
+    # the place of the ones it had (eight remembered: seven, a held line, the eighth).
+    head = "Jan  1 00:00:01 host kernel: x: IN={} SRC={} DST=192.0.2.1 LEN=60 PROTO={} SPT=9"
+    ntp = [head.format(f"wan{j} OUT=lan{j}", "203.0.113.1", "UDP") + " DPT=123 LEN=56"
+           for j in range(1, 9)]
+    probe = [head.format(ifc, "198.51.100.1", "TCP") + f" DPT={port} WINDOW=1 SYN URGP=0"
+             for ifc, port in (("wanZ OUT=", 22), ("wan1 OUT=lan1", 80))]
+    raw = [line.encode() for line in [*ntp[:7], probe[0], ntp[7], probe[1]]]
+    got = Counter(tuple(p) for p in LineParser(
+        reference_time=1.7e9, sieve=Sieve(30.0, 123, False, True)).packets([raw]))
+    assert got == Counter(tuple(p) for p in LineParser(reference_time=1.7e9).packets([raw]))

@@ -115,6 +115,13 @@ typedef struct {
     double t;       /* seconds at hh:mm:00 of that minute */
 } Minute;
 
+#define IFACE_PAIRS 8
+typedef struct {
+    char text[64];
+    Py_ssize_t len;
+    PyObject *in, *out; /* owned */
+} IfacePair;
+
 #define MAX_PROTOS 32
 typedef struct {
     char name[16];
@@ -132,11 +139,11 @@ typedef struct {
     int n_protos;
     double last_t;
     PyObject *last_time; /* owned */
-    /* The last interface text ("eth1 OUT=eth0") and its (iface_in, iface_out) strs: a log
-     * has a handful of these, mostly one after another. */
-    char iface_text[64];
-    Py_ssize_t iface_len;
-    PyObject *iface_in, *iface_out; /* owned */
+    /* Interface texts ("eth1 OUT=eth0") seen in this block and their (iface_in, iface_out)
+     * strs: a log has a handful, and a gateway's alternate line by line (out to the
+     * internet, in from it), so one remembered text made two strs a line. */
+    IfacePair pairs[IFACE_PAIRS];
+    int n_pairs, next_pair;
     /* The sieve (see sieve()); hold is NULL when it is off. */
     struct Hold *hold;
     double window;
@@ -438,8 +445,8 @@ static PyObject *time_object(Ctx *x, double t) {
     return x->last_time;
 }
 
-static PyObject *packet(Ctx *x, double t, PyObject *src, PyObject *dst, PyObject *proto,
-                        long sport, long dport) {
+static PyObject *packet(Ctx *x, const IfacePair *pair, double t, PyObject *src,
+                        PyObject *dst, PyObject *proto, long sport, long dport) {
     PyObject *tup = PyTuple_New(8);
     if (tup == NULL) return NULL;
     PyObject *ft = time_object(x, t);
@@ -461,10 +468,10 @@ static PyObject *packet(Ctx *x, double t, PyObject *src, PyObject *dst, PyObject
     PyTuple_SetItem(tup, 3, proto);
     PyTuple_SetItem(tup, 4, sp);
     PyTuple_SetItem(tup, 5, dp);
-    Py_INCREF(x->iface_in);
-    Py_INCREF(x->iface_out);
-    PyTuple_SetItem(tup, 6, x->iface_in);
-    PyTuple_SetItem(tup, 7, x->iface_out);
+    Py_INCREF(pair->in);
+    Py_INCREF(pair->out);
+    PyTuple_SetItem(tup, 6, pair->in);
+    PyTuple_SetItem(tup, 7, pair->out);
     return tup;
 }
 
@@ -621,6 +628,41 @@ static int sieve(Ctx *x, const char *line, Py_ssize_t len, const char *src, Py_s
     return 1;
 }
 
+static IfacePair *find_pair(Ctx *x, const char *text, Py_ssize_t len) {
+    for (int k = 0; k < x->n_pairs; k++) {
+        IfacePair *pair = &x->pairs[k];
+        if (pair->len == len && memcmp(pair->text, text, (size_t)len) == 0) return pair;
+    }
+    return NULL;
+}
+
+/* Remembers an interface text (ASCII, at most 64 bytes) and its strs: the IN= value is its
+ * first split bytes, the OUT= value what follows " OUT=". The pair is the block's (NULL with
+ * an exception set). */
+static IfacePair *new_pair(Ctx *x, const char *text, Py_ssize_t len, Py_ssize_t split) {
+    PyObject *in = PyUnicode_FromStringAndSize(text, split);
+    PyObject *out = in == NULL ? NULL : PyUnicode_FromStringAndSize(text + split + 5,
+                                                                    len - split - 5);
+    if (out == NULL) {
+        Py_XDECREF(in);
+        return NULL;
+    }
+    IfacePair *pair;
+    if (x->n_pairs < IFACE_PAIRS) {
+        pair = &x->pairs[x->n_pairs++];
+    } else { /* a log with more than 8: the oldest goes */
+        pair = &x->pairs[x->next_pair];
+        x->next_pair = (x->next_pair + 1) % IFACE_PAIRS;
+        Py_DECREF(pair->in);
+        Py_DECREF(pair->out);
+    }
+    memcpy(pair->text, text, (size_t)len);
+    pair->len = len;
+    pair->in = in;
+    pair->out = out;
+    return pair;
+}
+
 /* One line: 1 = a packet appended (syslog), 2 = (RFC 3339), 3 = not netfilter, 0 = for the
  * full parser, -1 = error. A line the sieve holds counts as appended. */
 static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out) {
@@ -684,22 +726,12 @@ static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out) {
     Py_ssize_t oe = find(c, len, " ", 1, o + 5, s + 1);
     if (oe < 0) return 0;
     Py_ssize_t ilen = oe - i - 3;
-    if (ilen != x->iface_len || memcmp(x->iface_text, c + i + 3, (size_t)ilen) != 0) {
-        if (ilen > (Py_ssize_t)sizeof x->iface_text) return 0;
+    /* The strs are made only for a packet the sieve lets through. */
+    IfacePair *pair = find_pair(x, c + i + 3, ilen);
+    if (pair == NULL) {
+        if (ilen > (Py_ssize_t)sizeof pair->text) return 0;
         for (Py_ssize_t k = i + 3; k < oe; k++)
             if ((unsigned char)c[k] >= 128) return 0;
-        PyObject *in = PyUnicode_FromStringAndSize(c + i + 3, o - i - 3);
-        PyObject *out = in == NULL ? NULL : PyUnicode_FromStringAndSize(c + o + 5, oe - o - 5);
-        if (out == NULL) {
-            Py_XDECREF(in);
-            return -1;
-        }
-        Py_XDECREF(x->iface_in);
-        Py_XDECREF(x->iface_out);
-        x->iface_in = in;
-        x->iface_out = out;
-        memcpy(x->iface_text, c + i + 3, (size_t)ilen);
-        x->iface_len = ilen;
     }
     /* The body: " SRC=a DST=b ... PROTO=p [SPT=n DPT=m ...]". */
     Py_ssize_t e = find(c, len, " ", 1, s + 5, len);
@@ -737,6 +769,7 @@ static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out) {
         if (x->hold != NULL && !x->releasing && in && (received || (!x->any_port && !ntp))) {
             int held = sieve(x, c, len, c + s + 5, e - s - 5, c + e + 5, e2 - e - 5, t, out);
             if (held != 0) return held < 0 ? -1 : kind;
+            pair = find_pair(x, c + i + 3, ilen); /* a released line may have replaced it */
         }
     }
     PyObject *src = address(x, c + s + 5, e - s - 5);
@@ -749,8 +782,10 @@ static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out) {
     int rc;
     if (src == Py_None || dst == Py_None) {
         rc = 0;
+    } else if (pair == NULL && (pair = new_pair(x, c + i + 3, ilen, o - i - 3)) == NULL) {
+        rc = -1;
     } else {
-        PyObject *pk = packet(x, t, src, dst, pr->value, sport, dport);
+        PyObject *pk = packet(x, pair, t, src, dst, pr->value, sport, dport);
         rc = pk == NULL ? -1 : PyList_Append(out, pk);
         Py_XDECREF(pk);
         rc = rc < 0 ? -1 : kind;
@@ -898,8 +933,10 @@ static PyObject *cut(PyObject *self, PyObject *argv) {
     for (int i = 0; i < ADDR_SLOTS; i++) Py_XDECREF(x.slots[i].value);
     PyMem_Free(x.slots);
     Py_XDECREF(x.last_time);
-    Py_XDECREF(x.iface_in);
-    Py_XDECREF(x.iface_out);
+    for (int i = 0; i < x.n_pairs; i++) {
+        Py_DECREF(x.pairs[i].in);
+        Py_DECREF(x.pairs[i].out);
+    }
     if (failed) {
         Py_XDECREF(out);
         return NULL;
