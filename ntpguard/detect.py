@@ -332,11 +332,14 @@ class Detector:
         codes, code_of, note_sender = sides.codes, sides.code, sides.note_sender
         runs = self.contacts.runs
         count_from, count_until = self._count
-        keep = self._keep
         contacts = self.contacts
         now = self._now
         swept = self._swept
         deque = collections.deque
+        # The last settled interface pair and its code: the parser hands the same two strs
+        # for a pair (within a block), so `is` spares a tuple and a lookup most packets.
+        last_in = last_out = None
+        last_code = 0
         for ev in itertools.chain.from_iterable(blocks):
             t = ev[0]
             if t > now:
@@ -349,18 +352,24 @@ class Detector:
             dport = ev[5]
             if dport is None:
                 continue
-            code = codes.get((ev[6], ev[7]))
-            if code is None:
-                code = code_of(ev)
+            iface_in, iface_out = ev[6], ev[7]
+            if iface_in is last_in and iface_out is last_out:
+                code = last_code
+            else:
+                settled = codes.get((iface_in, iface_out))
+                if settled is None:
+                    code = code_of(ev)
+                else:  # settled codes never change
+                    code = last_code = settled
+                    last_in, last_out = iface_in, iface_out
             if code & SENT and (any_port or (dport == trigger_port and ev[3] == "UDP")):
-                # A possible trigger: kept for `keep` seconds, and its contact for good.
+                # A possible trigger: kept for `keep` seconds (_sweep drops older ones: only
+                # those in a scan's lookback are read), and its contact for good.
                 src = ev[1]
                 q = recent.get(src)
                 if q is None:
                     q = recent[src] = deque()
                 q.append(ev)
-                while q[0][0] < t - keep:
-                    q.popleft()
                 if count_from <= t < count_until:
                     pair = (src, ev[2])
                     run = runs.get(pair)
@@ -508,8 +517,14 @@ class Detector:
             hot.clear()
             hot.update(kept)
         keep = self._keep
-        for a in [a for a, q in self._recent.items() if q[-1][0] < now - keep]:
-            del self._recent[a]
+        recent = self._recent
+        for a in [a for a, q in recent.items() if q[-1][0] < now - keep]:
+            del recent[a]
+        # Older packets of the addresses still sending, with a window to spare for packets
+        # logged out of order (a scan's lookback reaches `keep` back from its last probe).
+        for q in recent.values():
+            while q[0][0] < now - keep - window:
+                q.popleft()
 
 
 def sieve_for(settings: Detect) -> Sieve:

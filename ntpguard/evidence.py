@@ -13,7 +13,7 @@ import gc
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from ntpguard.config import Detect
 from ntpguard.detect import Contacts, Detector, Scan, detect_blocks, sieve_for
@@ -22,9 +22,11 @@ from ntpguard.logs.parse import LineParser
 from ntpguard.logs.read import read_blocks
 from ntpguard.logs.sources import Position, range_blocks
 from ntpguard.logs.split import Share, plan_shares
-from ntpguard.state import State
 from ntpguard.status import DETECT, Status, Verdict
 from ntpguard.verdict import Estimates, Finding, attribute
+
+if TYPE_CHECKING:  # only the ingest needs it, and it pulls in most of ntpguard
+    from ntpguard.state import State
 
 
 @dataclass

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ntpguard.logs.parse import LineParser, parse_when
-from ntpguard.logs.sources import Position, file_lines
+from ntpguard.logs.sources import Position, _raw_chunks, file_lines
 
 # shared/ lies beside the checkout (CI clones elsewhere, with a copy of shared/ beside it).
 CORPUS = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "corpus",
@@ -171,17 +171,31 @@ def test_gzip_file(tmp_path):
 
 # -- the fast path (LineParser.packets) agrees with the full parser on every line -------------
 
+class _Reads:
+    """A file whose reads return at most `size` bytes."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self.data, self.size = data, size
+
+    def read(self, n: int) -> bytes:
+        out, self.data = self.data[:min(n, self.size)], self.data[min(n, self.size):]
+        return out
+
+
 def _both(raw: list[bytes], fmt: str = "auto", ref: float = 1.7e9) -> None:
     """The full parser, the fast path in Python and its C copy give the same packets, the
     same counts and the same detected format."""
     slow = LineParser(fmt, reference_time=ref, boot_time=1.7e9)
     want = [tuple(ev[:8]) for ev in slow.parse_lines(r.decode("utf-8", "replace") for r in raw)]
     a = slow.stats
-    for native in (False, True):
+    for native, chunked in ((False, False), (True, False), (False, True), (True, True)):
         fast = LineParser(fmt, reference_time=ref, boot_time=1.7e9, native=native)
-        got = [tuple(p[:8]) for p in fast.packets([raw[i:i + 97]
-                                                   for i in range(0, len(raw), 97)])]
-        assert got == want, f"native={native}"
+        if chunked:  # as files are read: reads of 1000 bytes cut lines anywhere
+            blocks = list(_raw_chunks(_Reads(b"".join(r + b"\n" for r in raw), 1000), [0]))
+        else:
+            blocks = [raw[i:i + 97] for i in range(0, len(raw), 97)]
+        got = [tuple(p[:8]) for p in fast.packets(blocks)]
+        assert got == want, f"native={native}, chunked={chunked}"
         assert [type(x) for p in got for x in p] == [type(x) for p in want for x in p]
         b = fast.stats
         assert (a.lines, a.events, a.not_netfilter, a.garbled, a.untimed) == \
@@ -274,6 +288,19 @@ def test_fast_paths_print_addresses_as_ipaddress_does(addresses, quad):
     _both([line.encode() for line in lines])
 
 
+@settings(max_examples=int(os.environ.get("NTPGUARD_EXAMPLES", "500")), deadline=None)
+@given(st.lists(st.one_of(
+    st.text("0123456789abcdefABCDEF:", max_size=46),
+    st.lists(st.text("0f:", min_size=1, max_size=5), min_size=1, max_size=10).map(":".join)),
+    min_size=1, max_size=8))
+def test_fast_paths_take_odd_ipv6_texts_as_the_full_parser_does(texts):
+    """Texts of hex digits and colons that are no address, or an unusual one (5-digit groups,
+    ":::", a colon at one end, nine groups, "::" with eight): the C path's own IPv6 reader
+    hands them on, and all paths agree."""
+    _both([f"Jan  1 00:00:01 host kernel: x: IN=eth0 OUT= SRC={t} DST={t or '::1'} LEN=80 "
+           "PROTO=UDP SPT=123 DPT=123 LEN=56".encode() for t in texts])
+
+
 _PIECES = [b"Jan  1 00:00:01 ", b"2026-01-02T03:04:05.25+01:00 ", b"host kernel: ", b"x: ",
            b"IN=eth0 OUT= ", b" SRC=", b"2001:0db8:0000:0000:0000:0000:0000:0001", b"192.0.2.1",
            b" DST=", b"::ffff:1.2.3.4", b"fe80::1%eth0", b" LEN=80 ", b" PROTO=", b"UDP ",
@@ -337,3 +364,40 @@ def test_stamps_with_their_own_year_and_shipper_timestamps(monkeypatch, line, wh
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_the_sieve_hands_on_packets_as_they_are_logged():
+    """Through the C sieve, what passes (held lines released later among them) is packet for
+    packet what the parser makes without it, with more interface pairs than the C side
+    remembers (8) and released lines between; a quarter of the lines come from sources seen
+    once, which stay held."""
+    from collections import Counter
+
+    from ntpguard.logs import Sieve
+    from ntpguard.logs.parse import _native_cut
+
+    if _native_cut is None:
+        pytest.skip("the sieve is the C path's")
+    raw = [f"Jan  1 00:{k // 60:02d}:{k % 60:02d} host kernel: x: IN=wan{k % 12} "
+           f"OUT={'lan' if k % 3 else ''}{k % 12} "
+           f"SRC={f'203.0.113.{k % 7}' if k % 4 else f'198.51.100.{k // 4}'} DST=192.0.2.{k % 2} "
+           f"LEN=60 PROTO=TCP SPT=4000 DPT={k} WINDOW=1 RES=0x00 SYN URGP=0".encode()
+           for k in range(300)]
+    plain = LineParser(reference_time=1.7e9)
+    sieved = LineParser(reference_time=1.7e9, sieve=Sieve(30.0, 123, False, True))
+    want = Counter(tuple(p) for p in plain.packets([raw]))
+    got = Counter(tuple(p) for p in sieved.packets([raw[i:i + 50]
+                                                    for i in range(0, len(raw), 50)]))
+    assert len(want) == 300 and 0 < sum(got.values()) < 300
+    assert not got - want
+    # The line that releases a held one keeps its own interfaces when the held line's take
+    # the place of the ones it had (eight remembered: seven, a held line, the eighth).
+    head = "Jan  1 00:00:01 host kernel: x: IN={} SRC={} DST=192.0.2.1 LEN=60 PROTO={} SPT=9"
+    ntp = [head.format(f"wan{j} OUT=lan{j}", "203.0.113.1", "UDP") + " DPT=123 LEN=56"
+           for j in range(1, 9)]
+    probe = [head.format(ifc, "198.51.100.1", "TCP") + f" DPT={port} WINDOW=1 SYN URGP=0"
+             for ifc, port in (("wanZ OUT=", 22), ("wan1 OUT=lan1", 80))]
+    raw = [line.encode() for line in [*ntp[:7], probe[0], ntp[7], probe[1]]]
+    got = Counter(tuple(p) for p in LineParser(
+        reference_time=1.7e9, sieve=Sieve(30.0, 123, False, True)).packets([raw]))
+    assert got == Counter(tuple(p) for p in LineParser(reference_time=1.7e9).packets([raw]))

@@ -18,6 +18,7 @@
 #define _GNU_SOURCE
 #include <Python.h>
 #include <arpa/inet.h>
+#include <stdint.h>
 #include <string.h>
 
 static const double POW10[16] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8,
@@ -33,14 +34,53 @@ static Py_ssize_t find(const char *line, Py_ssize_t len, const char *needle, Py_
     return hit ? (Py_ssize_t)(hit - line) : -1;
 }
 
-/* Index of the last needle in line[from:to), or -1 (bytes.rfind with bounds). */
-static Py_ssize_t rfind(const char *line, Py_ssize_t len, const char *needle, Py_ssize_t nlen,
-                        Py_ssize_t from, Py_ssize_t to) {
+/* bytes.find() and bytes.rfind() with bounds, for a needle whose only '=' is its last byte (" SRC=", " OUT=", "IN="):
+ * every occurrence ends at an '=', and a netfilter line has one every ~25 bytes, so hopping
+ * from '=' to '=' with memchr costs a fifth of memmem's or a byte loop's scan. */
+static inline __attribute__((always_inline)) Py_ssize_t
+find_eq(const char *line, Py_ssize_t len, const char *needle, Py_ssize_t nlen, Py_ssize_t from,
+        Py_ssize_t to) { /* inlined: with nlen a constant, the memcmp is one compare */
     if (to > len) to = len;
     if (from < 0) from = 0;
-    for (Py_ssize_t i = to - nlen; i >= from; i--)
-        if (line[i] == needle[0] && memcmp(line + i, needle, (size_t)nlen) == 0) return i;
+    for (Py_ssize_t q = from + nlen - 1; q < to;) {
+        const char *hit = memchr(line + q, '=', (size_t)(to - q));
+        if (hit == NULL) return -1;
+        q = hit - line;
+        if (memcmp(line + q - (nlen - 1), needle, (size_t)(nlen - 1)) == 0) return q - (nlen - 1);
+        q++;
+    }
     return -1;
+}
+
+static inline __attribute__((always_inline)) Py_ssize_t
+rfind_eq(const char *line, Py_ssize_t len, const char *needle, Py_ssize_t nlen, Py_ssize_t from,
+         Py_ssize_t to) {
+    Py_ssize_t last = -1;
+    for (;;) {
+        Py_ssize_t i = find_eq(line, len, needle, nlen, from, to);
+        if (i < 0) return last;
+        last = i;
+        from = i + 1;
+    }
+}
+
+/* A hash of a short key, 8 bytes a step (a byte-at-a-time FNV over a 39-character IPv6
+ * address is a chain of 39 multiplies: ~150 cycles, twice a line). */
+static uint64_t hash_bytes(const void *key, size_t n) {
+    const unsigned char *p = key;
+    uint64_t h = (uint64_t)n * 0x9e3779b97f4a7c15u;
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdu;
+        h ^= h >> 32;
+    }
+    if (n) {
+        uint64_t w = 0;
+        memcpy(&w, p, n);
+        h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
+    }
+    return h ^ (h >> 29);
 }
 
 /* "SPT=123" exactly as f"SPT={n}" prints a port 0..65535 (no sign, no leading zero). */
@@ -75,6 +115,13 @@ typedef struct {
     double t;       /* seconds at hh:mm:00 of that minute */
 } Minute;
 
+#define IFACE_PAIRS 8
+typedef struct {
+    char text[64];
+    Py_ssize_t len;
+    PyObject *in, *out; /* owned */
+} IfacePair;
+
 #define MAX_PROTOS 32
 typedef struct {
     char name[16];
@@ -92,13 +139,13 @@ typedef struct {
     int n_protos;
     double last_t;
     PyObject *last_time; /* owned */
-    /* The last interface text ("eth1 OUT=eth0") and its (iface_in, iface_out) strs: a log
-     * has a handful of these, mostly one after another. */
-    char iface_text[64];
-    Py_ssize_t iface_len;
-    PyObject *iface_in, *iface_out; /* owned */
+    /* Interface texts ("eth1 OUT=eth0") seen in this block and their (iface_in, iface_out)
+     * strs: a log has a handful, and a gateway's alternate line by line (out to the
+     * internet, in from it), so one remembered text made two strs a line. */
+    IfacePair pairs[IFACE_PAIRS];
+    int n_pairs, next_pair;
     /* The sieve (see sieve()); hold is NULL when it is off. */
-    PyObject *hold;
+    struct Hold *hold;
     double window;
     long trigger_port;
     int any_port, aggregate, releasing;
@@ -112,29 +159,103 @@ static PyObject *port_object(long v) {
     return PORTS[v];
 }
 
-/* What ipaddress prints for an address text: RFC 5952 (the longest run of two or more zero
- * groups, the first of equals, as "::"; lowercase hex without leading zeros) or the dotted quad.
- * Only the plain cases are done here: IPv6 of hex digits and colons, and strict dotted quads.
- * Returns the length written to out, 0 if it is not an address (what Python finds too: its
- * inet_pton is this same libc call), or -1 for "ask Python" (IPv4-mapped and -compatible
- * forms, scope ids, embedded dots, anything else). */
-static int canonical(const char *text, Py_ssize_t len, char out[48]) {
-    int colon = 0, dot = 0;
-    if (len <= 0 || len > 45) return -1;
-    for (Py_ssize_t i = 0; i < len; i++) {
-        char ch = text[i];
-        if (ch == ':') colon = 1;
-        else if (ch == '.') dot = 1;
-        else if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F')))
-            return -1;
+/* Character classes of address text: 0-15 a hex digit's value, COLON, DOT, else OTHER. A
+ * table, not comparisons: random hex digits make "is it <= '9'" a coin flip for the branch
+ * predictor (that alone cost ~0.3 us per IPv6 address). */
+enum { COLON = 16, DOT = 17, OTHER = 18 };
+static unsigned char CLASS[256];
+
+static void init_classes(void) {
+    memset(CLASS, OTHER, sizeof CLASS);
+    for (int i = 0; i < 10; i++) CLASS['0' + i] = (unsigned char)i;
+    for (int i = 0; i < 6; i++) CLASS['a' + i] = CLASS['A' + i] = (unsigned char)(10 + i);
+    CLASS[':'] = COLON;
+    CLASS['.'] = DOT;
+}
+
+/* IPv6 text of hex groups and at most one "::" → 16 bytes, by hand: 1 done, 0 for inet_pton
+ * (anything unusual: 5-digit groups, ":::", a lone ':' at an end, eight groups and a "::"),
+ * -1 if a character is neither a hex digit nor a colon. inet_pton costs ~4x this, and a
+ * radiation log has two new addresses a line. */
+static int ipv6_groups(const char *text, Py_ssize_t len, unsigned char out[16]) {
+    if (len == 39) { /* as the kernel prints it: eight groups of four digits */
+        unsigned bad = 0;
+        for (int g = 0; g < 8; g++) {
+            const unsigned char *t = (const unsigned char *)text + 5 * g;
+            unsigned a = CLASS[t[0]], b = CLASS[t[1]], c = CLASS[t[2]], d = CLASS[t[3]];
+            bad |= a | b | c | d;
+            if (g < 7) bad |= (unsigned)(t[4] != ':') << 4;
+            out[2 * g] = (unsigned char)(a << 4 | b);
+            out[2 * g + 1] = (unsigned char)(c << 4 | d);
+        }
+        if (bad < 16) return 1;
     }
-    if (!colon) {
-        /* a.b.c.d: 1-3 digits each, no leading zero, at most 255 (ipaddress's rules). */
+    unsigned w[8];
+    int n = 0, gap = -1, unusual = 0;
+    Py_ssize_t i = 0;
+    if (len >= 2 && text[0] == ':' && text[1] == ':') {
+        gap = 0;
+        i = 2;
+    }
+    while (i < len) {
+        unsigned v = 0, c;
+        int digits = 0;
+        for (; i < len && (c = CLASS[(unsigned char)text[i]]) < COLON; i++) {
+            v = v << 4 | c;
+            digits++;
+        }
+        if (i < len && c != COLON) return -1;
+        if (digits == 0 || digits > 4 || n == 8) {
+            unusual = 1;
+            break;
+        }
+        w[n++] = v;
+        if (i == len) break;
+        i++; /* the ':' */
+        if (i < len && text[i] == ':') {
+            if (gap >= 0) {
+                unusual = 1;
+                break;
+            }
+            gap = n;
+            i++;
+        } else if (i == len) {
+            unusual = 1;
+            break;
+        }
+    }
+    if (unusual) { /* the rest must still be hex digits and colons only */
+        for (; i < len; i++)
+            if (CLASS[(unsigned char)text[i]] > COLON) return -1;
+        return 0;
+    }
+    if (gap < 0 ? n != 8 : n > 7) return 0;
+    int fill = 8 - n, k = 0;
+    for (int g = 0; g < 8; g++) {
+        unsigned v;
+        if (gap >= 0 && g >= gap && g < gap + fill)
+            v = 0;
+        else
+            v = w[k++];
+        out[2 * g] = (unsigned char)(v >> 8);
+        out[2 * g + 1] = (unsigned char)v;
+    }
+    return 1;
+}
+
+/* An address text in binary, where canonical() prints it here: 4 (a strict dotted quad: 1-3
+ * digits each, no leading zero, at most 255, ipaddress's rules) or 16 (IPv6 of hex digits and
+ * colons); 0 if it is not an address (what Python finds too: its inet_pton is this same libc
+ * call); -1 for "ask Python" (IPv4-mapped and -compatible forms, scope ids, embedded dots,
+ * anything else). */
+static int parse_plain(const char *text, Py_ssize_t len, unsigned char a[16]) {
+    if (len <= 0 || len > 45) return -1;
+    if (memchr(text, ':', (size_t)len) == NULL) {
         int parts = 0, digits = 0, value = 0;
         for (Py_ssize_t i = 0; i <= len; i++) {
             if (i == len || text[i] == '.') {
-                if (digits == 0 || value > 255) return -1;
-                parts++;
+                if (digits == 0 || value > 255 || parts == 4) return -1;
+                a[parts++] = (unsigned char)value;
                 digits = value = 0;
             } else if (text[i] >= '0' && text[i] <= '9') {
                 if (digits == 1 && value == 0) return -1;
@@ -144,20 +265,35 @@ static int canonical(const char *text, Py_ssize_t len, char out[48]) {
                 return -1;
             }
         }
-        if (parts != 4) return -1;
+        return parts == 4 ? 4 : -1;
+    }
+    int got = ipv6_groups(text, len, a);
+    if (got < 0) return -1; /* a dot (embedded IPv4) or anything else: Python's */
+    if (got == 0) {
+        char z[48];
+        memcpy(z, text, (size_t)len);
+        z[len] = 0;
+        if (inet_pton(AF_INET6, z, a) != 1) return 0;
+    }
+    int zero = 1;
+    for (int i = 0; i < 10; i++) zero &= a[i] == 0;
+    if (zero && ((a[10] == 0 && a[11] == 0) || (a[10] == 0xff && a[11] == 0xff)))
+        return -1; /* printed in dotted form by some libcs and Pythons */
+    return 16;
+}
+
+/* What ipaddress prints for an address parse_plain() took: the dotted quad as it was written
+ * (parse_plain takes only the form ipaddress prints), or RFC 5952 (the longest run of two or
+ * more zero groups, the first of equals, as "::"; lowercase hex without leading zeros).
+ * Returns the length written to out. */
+static int format_plain(const char *text, Py_ssize_t len, const unsigned char a[16], int na,
+                        char out[48]) {
+    if (na == 4) {
         memcpy(out, text, (size_t)len);
         return (int)len;
     }
-    if (dot) return -1;
-    char z[48];
-    unsigned char a[16];
-    memcpy(z, text, (size_t)len);
-    z[len] = 0;
-    if (inet_pton(AF_INET6, z, a) != 1) return 0;
     unsigned w[8];
     for (int i = 0; i < 8; i++) w[i] = (unsigned)a[2 * i] << 8 | a[2 * i + 1];
-    if (!w[0] && !w[1] && !w[2] && !w[3] && !w[4] && (w[5] == 0 || w[5] == 0xffff))
-        return -1; /* printed in dotted form by some libcs and Pythons */
     int best = -1, best_len = 0;
     for (int i = 0; i < 8;) {
         if (w[i] != 0) {
@@ -195,15 +331,21 @@ static int canonical(const char *text, Py_ssize_t len, char out[48]) {
     return n;
 }
 
+/* The canonical text of an address (format_plain of parse_plain): its length, 0 if it is not
+ * an address, -1 for "ask Python". */
+static int canonical(const char *text, Py_ssize_t len, char out[48]) {
+    unsigned char a[16];
+    int na = parse_plain(text, len, a);
+    return na <= 0 ? na : format_plain(text, len, a, na, out);
+}
+
 /* An address text → its canonical str: this call's cache, then canonical() here, then the
  * Python one. A new reference, NULL with an exception set, or
  * Py_None if it is not an address. */
 static PyObject *address(Ctx *x, const char *text, Py_ssize_t len) {
     AddrSlot *slot = NULL;
     if (len > 0 && len <= (Py_ssize_t)sizeof x->slots[0].text) {
-        unsigned h = 2166136261u; /* FNV-1a */
-        for (Py_ssize_t i = 0; i < len; i++) h = (h ^ (unsigned char)text[i]) * 16777619u;
-        slot = &x->slots[h % ADDR_SLOTS];
+        slot = &x->slots[hash_bytes(text, (size_t)len) % ADDR_SLOTS];
         if (slot->len == len && memcmp(slot->text, text, (size_t)len) == 0) {
             Py_INCREF(slot->value);
             return slot->value;
@@ -303,8 +445,8 @@ static PyObject *time_object(Ctx *x, double t) {
     return x->last_time;
 }
 
-static PyObject *packet(Ctx *x, double t, PyObject *src, PyObject *dst, PyObject *proto,
-                        long sport, long dport) {
+static PyObject *packet(Ctx *x, const IfacePair *pair, double t, PyObject *src,
+                        PyObject *dst, PyObject *proto, long sport, long dport) {
     PyObject *tup = PyTuple_New(8);
     if (tup == NULL) return NULL;
     PyObject *ft = time_object(x, t);
@@ -326,87 +468,205 @@ static PyObject *packet(Ctx *x, double t, PyObject *src, PyObject *dst, PyObject
     PyTuple_SetItem(tup, 3, proto);
     PyTuple_SetItem(tup, 4, sp);
     PyTuple_SetItem(tup, 5, dp);
-    Py_INCREF(x->iface_in);
-    Py_INCREF(x->iface_out);
-    PyTuple_SetItem(tup, 6, x->iface_in);
-    PyTuple_SetItem(tup, 7, x->iface_out);
+    Py_INCREF(pair->in);
+    Py_INCREF(pair->out);
+    PyTuple_SetItem(tup, 6, pair->in);
+    PyTuple_SetItem(tup, 7, pair->out);
     return tup;
 }
 
-static int cut_line(Ctx *x, PyObject *line, PyObject *out);
+static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out);
 
-/* An address text in binary (16 bytes IPv6, 4 IPv4): its length, 0 if not an address. */
-static int binary(const char *text, Py_ssize_t len, unsigned char out[16]) {
-    char z[48];
-    if (len <= 0 || len > 45) return 0;
-    memcpy(z, text, (size_t)len);
-    z[len] = 0;
-    if (memchr(z, ':', (size_t)len) != NULL) return inet_pton(AF_INET6, z, out) == 1 ? 16 : 0;
-    return inet_pton(AF_INET, z, out) == 1 ? 4 : 0;
+/* The sieve's memory: (destination, source or its /64) → when it was last heard and the line
+ * held for it, in an open-addressing table of C structs (a Python dict of bytes keys and
+ * tuples cost ~0.5 us a line: as much as the rest of the cut). It lives in a capsule that
+ * the parser keeps from one block to the next (hold()). */
+typedef struct {
+    unsigned char key[33]; /* address family length, destination, source */
+    unsigned char klen;    /* 0: empty */
+    double last;
+    char *line; /* a copy of the held line (PyMem), NULL once released */
+    Py_ssize_t len;
+} HoldEntry;
+
+typedef struct Hold {
+    HoldEntry *e;
+    size_t cap, used; /* cap: a power of two, at least twice used */
+    double newest;
+} Hold;
+
+static const char HOLD_NAME[] = "ntpguard.logs._cut.hold";
+
+static void hold_free(PyObject *capsule) {
+    Hold *h = PyCapsule_GetPointer(capsule, HOLD_NAME);
+    if (h == NULL) return;
+    for (size_t i = 0; i < h->cap; i++) PyMem_Free(h->e[i].line);
+    PyMem_Free(h->e);
+    PyMem_Free(h);
+}
+
+/* The entry of key, or the empty slot where it goes. */
+static HoldEntry *hold_slot(Hold *h, const unsigned char *key, int n) {
+    size_t mask = h->cap - 1;
+    for (size_t i = (size_t)hash_bytes(key, (size_t)n) & mask;; i = (i + 1) & mask) {
+        HoldEntry *e = &h->e[i];
+        if (e->klen == 0 || (e->klen == n && memcmp(e->key, key, (size_t)n) == 0)) return e;
+    }
+}
+
+/* Room for one more: drop what is older than the window (a later packet from its source
+ * could not release it: it counts as new), and grow if the rest still fills half. A hostile
+ * log of new sources keeps it at a window's worth of them. */
+static int hold_room(Hold *h, double window) {
+    if (2 * (h->used + 1) <= h->cap) return 0;
+    size_t kept = 0;
+    for (size_t i = 0; i < h->cap; i++)
+        kept += h->e[i].klen && h->e[i].last >= h->newest - window;
+    size_t cap = 1024;
+    while (cap < 4 * kept) cap *= 2;
+    HoldEntry *old = h->e, *e = PyMem_Malloc(cap * sizeof *e);
+    if (e == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(e, 0, cap * sizeof *e);
+    size_t oldcap = h->cap;
+    h->e = e;
+    h->cap = cap;
+    h->used = 0;
+    for (size_t i = 0; i < oldcap; i++) {
+        HoldEntry *o = &old[i];
+        if (o->klen == 0) continue;
+        if (o->last >= h->newest - window) {
+            *hold_slot(h, o->key, o->klen) = *o;
+            h->used++;
+        } else {
+            PyMem_Free(o->line);
+        }
+    }
+    PyMem_Free(old);
+    return 0;
+}
+
+PyDoc_STRVAR(hold_doc, "hold() -> the sieve's memory, for cut()'s hold argument");
+
+static PyObject *hold_new(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    Hold *h = PyMem_Malloc(sizeof *h);
+    if (h == NULL) return PyErr_NoMemory();
+    h->cap = 1024;
+    h->used = 0;
+    h->newest = 0.0;
+    h->e = PyMem_Malloc(h->cap * sizeof *h->e);
+    if (h->e == NULL) {
+        PyMem_Free(h);
+        return PyErr_NoMemory();
+    }
+    memset(h->e, 0, h->cap * sizeof *h->e);
+    PyObject *capsule = PyCapsule_New(h, HOLD_NAME, hold_free);
+    if (capsule == NULL) {
+        PyMem_Free(h->e);
+        PyMem_Free(h);
+    }
+    return capsule;
 }
 
 /* The sieve: most of an internet-facing log is background radiation, one packet from each
  * of hundreds of thousands of sources; the detector keeps nothing for a source until it
  * probes a second port. Here such a packet is not even made: a packet that came in (and so
- * can be no trigger) is held as its line in hold[(dst, source /64)] until its source sends
+ * can be no trigger) is held as its line under (dst, source /64) until its source sends
  * another packet to that address within `window` seconds; then the held line and every later
- * one pass. A held line nobody follows is dropped when a newer one takes its key; the caller
- * prunes the stale rest. The detector sees every packet that could matter to it, so its
- * results are the same; the parser's equality tests run without the sieve.
+ * one pass. A held line nobody follows is dropped when a newer one takes its key or falls
+ * out of the window. The detector sees every packet that could matter to it, so its results
+ * are the same (tests/test_detect.py checks it); the parser's equality tests run without it.
  * 1 = held, 0 = not held (a released line was appended first), -1 = error. */
-static int sieve(Ctx *x, PyObject *line, const char *src, Py_ssize_t slen, const char *dst,
-                 Py_ssize_t dlen, int proto, long dport, double t, PyObject *out) {
-    char canon[48];
+static int sieve(Ctx *x, const char *line, Py_ssize_t len, const char *src, Py_ssize_t slen, const char *dst,
+                 Py_ssize_t dlen, double t, PyObject *out) {
     unsigned char a[16], b[16], key[33];
-    if (canonical(src, slen, canon) <= 0 || canonical(dst, dlen, canon) <= 0) return 0;
-    int na = binary(dst, dlen, a), nb = binary(src, slen, b);
-    if (na == 0 || nb == 0) return 0;
+    int na = parse_plain(dst, dlen, a), nb = parse_plain(src, slen, b);
+    if (na <= 0 || nb <= 0) return 0;
     if (x->aggregate && nb == 16) nb = 8; /* the scanner's /64, as detect.source_key */
     key[0] = (unsigned char)na;
     memcpy(key + 1, a, (size_t)na);
     memcpy(key + 1 + na, b, (size_t)nb);
-    PyObject *k = PyBytes_FromStringAndSize((const char *)key, 1 + na + nb);
-    if (k == NULL) return -1;
-    long pk = (long)proto << 16 | dport;
-    PyObject *entry = PyDict_GetItemWithError(x->hold, k); /* borrowed */
-    if (entry == NULL && PyErr_Occurred()) {
-        Py_DECREF(k);
+    int n = 1 + na + nb;
+    Hold *h = x->hold;
+    if (t > h->newest) h->newest = t;
+    HoldEntry *e = hold_slot(h, key, n);
+    if (e->klen != 0 && t - e->last <= x->window) {
+        /* A second packet in the window: this and all later ones pass. */
+        char *held = e->line;
+        Py_ssize_t n_held = e->len;
+        e->line = NULL;
+        e->last = t;
+        if (held == NULL) return 0;
+        x->releasing = 1;
+        int rc = cut_line(x, held, n_held, out);
+        x->releasing = 0;
+        PyMem_Free(held);
+        return rc < 0 ? -1 : 0;
+    }
+    if (e->klen == 0) {
+        if (hold_room(h, x->window) < 0) return -1;
+        e = hold_slot(h, key, n);
+        memcpy(e->key, key, (size_t)n);
+        e->klen = (unsigned char)n;
+        h->used++;
+    }
+    /* A copy: the line may be part of a 4 MiB block that is gone when the source comes
+     * back (malloc and copy cost ~50 ns; a Python bytes per line as much, before the split). */
+    char *copy = e->line != NULL && e->len >= len ? e->line : PyMem_Realloc(e->line, (size_t)len + 1);
+    if (copy == NULL) {
+        PyErr_NoMemory();
         return -1;
     }
-    PyObject *held = NULL;
-    int rc = 1;
-    if (entry != NULL && PyTuple_Check(entry) && PyTuple_Size(entry) == 3) {
-        double last = PyFloat_AsDouble(PyTuple_GetItem(entry, 2));
-        if (last == -1.0 && PyErr_Occurred()) {
-            Py_DECREF(k);
-            return -1;
-        }
-        if (t - last <= x->window) {
-            held = PyTuple_GetItem(entry, 0);
-            Py_INCREF(held);
-            rc = 0; /* a second packet in the window: this and all later ones pass */
-        }
+    memcpy(copy, line, (size_t)len);
+    e->line = copy;
+    e->len = len;
+    e->last = t;
+    return 1;
+}
+
+static IfacePair *find_pair(Ctx *x, const char *text, Py_ssize_t len) {
+    for (int k = 0; k < x->n_pairs; k++) {
+        IfacePair *pair = &x->pairs[k];
+        if (pair->len == len && memcmp(pair->text, text, (size_t)len) == 0) return pair;
     }
-    PyObject *value = Py_BuildValue("(Old)", rc ? line : Py_None, pk, t);
-    int failed = value == NULL || PyDict_SetItem(x->hold, k, value) < 0;
-    Py_XDECREF(value);
-    Py_DECREF(k);
-    if (!failed && held != NULL && held != Py_None) {
-        x->releasing = 1;
-        failed = cut_line(x, held, out) < 0;
-        x->releasing = 0;
+    return NULL;
+}
+
+/* Remembers an interface text (ASCII, at most 64 bytes) and its strs: the IN= value is its
+ * first split bytes, the OUT= value what follows " OUT=". The pair is the block's (NULL with
+ * an exception set). */
+static IfacePair *new_pair(Ctx *x, const char *text, Py_ssize_t len, Py_ssize_t split) {
+    PyObject *in = PyUnicode_FromStringAndSize(text, split);
+    PyObject *out = in == NULL ? NULL : PyUnicode_FromStringAndSize(text + split + 5,
+                                                                    len - split - 5);
+    if (out == NULL) {
+        Py_XDECREF(in);
+        return NULL;
     }
-    Py_XDECREF(held);
-    return failed ? -1 : rc;
+    IfacePair *pair;
+    if (x->n_pairs < IFACE_PAIRS) {
+        pair = &x->pairs[x->n_pairs++];
+    } else { /* a log with more than 8: the oldest goes */
+        pair = &x->pairs[x->next_pair];
+        x->next_pair = (x->next_pair + 1) % IFACE_PAIRS;
+        Py_DECREF(pair->in);
+        Py_DECREF(pair->out);
+    }
+    memcpy(pair->text, text, (size_t)len);
+    pair->len = len;
+    pair->in = in;
+    pair->out = out;
+    return pair;
 }
 
 /* One line: 1 = a packet appended (syslog), 2 = (RFC 3339), 3 = not netfilter, 0 = for the
  * full parser, -1 = error. A line the sieve holds counts as appended. */
-static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
-    char *c;
-    Py_ssize_t len;
-    if (PyBytes_AsStringAndSize(line, &c, &len) < 0 || c == NULL) return -1;
-    Py_ssize_t s = find(c, len, " SRC=", 5, 0, len);
+static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out) {
+    Py_ssize_t s = find_eq(c, len, " SRC=", 5, 0, len);
     if (s < 0) {
         /* Not a LOG line in any envelope; only JSON (ulogd2) needs a closer look. */
         if (memchr(c, '{', (size_t)len) != NULL) return 0;
@@ -460,35 +720,25 @@ static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
     /* The interfaces, as the full parser finds them: IN= is the last one before the last
      * " OUT=" (prefixes may hold either text); lines without both, or with non-ASCII names,
      * are the full parser's. */
-    Py_ssize_t o = rfind(c, len, " OUT=", 5, b0, s);
-    Py_ssize_t i = o < 0 ? -1 : rfind(c, len, "IN=", 3, b0, o);
+    Py_ssize_t o = rfind_eq(c, len, " OUT=", 5, b0, s);
+    Py_ssize_t i = o < 0 ? -1 : rfind_eq(c, len, "IN=", 3, b0, o);
     if (i < 0) return 0;
     Py_ssize_t oe = find(c, len, " ", 1, o + 5, s + 1);
     if (oe < 0) return 0;
     Py_ssize_t ilen = oe - i - 3;
-    if (ilen != x->iface_len || memcmp(x->iface_text, c + i + 3, (size_t)ilen) != 0) {
-        if (ilen > (Py_ssize_t)sizeof x->iface_text) return 0;
+    /* The strs are made only for a packet the sieve lets through. */
+    IfacePair *pair = find_pair(x, c + i + 3, ilen);
+    if (pair == NULL) {
+        if (ilen > (Py_ssize_t)sizeof pair->text) return 0;
         for (Py_ssize_t k = i + 3; k < oe; k++)
             if ((unsigned char)c[k] >= 128) return 0;
-        PyObject *in = PyUnicode_FromStringAndSize(c + i + 3, o - i - 3);
-        PyObject *out = in == NULL ? NULL : PyUnicode_FromStringAndSize(c + o + 5, oe - o - 5);
-        if (out == NULL) {
-            Py_XDECREF(in);
-            return -1;
-        }
-        Py_XDECREF(x->iface_in);
-        Py_XDECREF(x->iface_out);
-        x->iface_in = in;
-        x->iface_out = out;
-        memcpy(x->iface_text, c + i + 3, (size_t)ilen);
-        x->iface_len = ilen;
     }
     /* The body: " SRC=a DST=b ... PROTO=p [SPT=n DPT=m ...]". */
     Py_ssize_t e = find(c, len, " ", 1, s + 5, len);
     if (e < 0) return 0;
     Py_ssize_t e2 = find(c, len, " ", 1, e + 5, len);
     if (e2 < 0 || e + 5 > len || memcmp(c + e + 1, "DST=", 4) != 0) return 0;
-    Py_ssize_t p = find(c, len, " PROTO=", 7, e2, len);
+    Py_ssize_t p = find_eq(c, len, " PROTO=", 7, e2, len);
     if (p < 0) return 0;
     /* Python's line[p+7:p+36].split(b" ", 3): the protocol and, at most 29 bytes on, the
      * two port fields and something after them. */
@@ -517,9 +767,9 @@ static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
         int in = o - i - 3 > 0, received = oe - o - 5 == 0;
         int ntp = pr->len == 3 && memcmp(pr->name, "UDP", 3) == 0 && dport == x->trigger_port;
         if (x->hold != NULL && !x->releasing && in && (received || (!x->any_port && !ntp))) {
-            int held = sieve(x, line, c + s + 5, e - s - 5, c + e + 5, e2 - e - 5, proto,
-                             dport, t, out);
+            int held = sieve(x, c, len, c + s + 5, e - s - 5, c + e + 5, e2 - e - 5, t, out);
             if (held != 0) return held < 0 ? -1 : kind;
+            pair = find_pair(x, c + i + 3, ilen); /* a released line may have replaced it */
         }
     }
     PyObject *src = address(x, c + s + 5, e - s - 5);
@@ -532,8 +782,10 @@ static int cut_line(Ctx *x, PyObject *line, PyObject *out) {
     int rc;
     if (src == Py_None || dst == Py_None) {
         rc = 0;
+    } else if (pair == NULL && (pair = new_pair(x, c + i + 3, ilen, o - i - 3)) == NULL) {
+        rc = -1;
     } else {
-        PyObject *pk = packet(x, t, src, dst, pr->value, sport, dport);
+        PyObject *pk = packet(x, pair, t, src, dst, pr->value, sport, dport);
         rc = pk == NULL ? -1 : PyList_Append(out, pk);
         Py_XDECREF(pk);
         rc = rc < 0 ? -1 : kind;
@@ -572,14 +824,67 @@ PyDoc_STRVAR(cut_doc,
 "cut(block, protos, canonical, sys_time, iso_time, slow, syslog_ok, iso_ok[, hold, window,\n"
 "    trigger_port, any_port, aggregate])\n"
 "-> (packets, n_syslog, n_rfc3339, n_not_netfilter)\n\n"
-"Packets (t, src, dst, proto, sport, dport, iface_in, iface_out) of a list of raw lines,\n"
-"in order. protos:\n"
+"Packets (t, src, dst, proto, sport, dport, iface_in, iface_out) of a block of raw lines,\n"
+"in order: a list of bytes, or a chunk (head, data, end): the lines of head + data[:end]\n"
+"(sources.Chunk; no bytes object per line). protos:\n"
 "PROTO= bytes -> (name, has ports); canonical(raw) -> str ('' if not an address), for the\n"
 "address forms not done here; sys_time(b'Mmm dd HH:MM:SS') and\n"
 "iso_time(b'YYYY-MM-DDTHH:MM:SS<offset>') -> epoch seconds or None; slow(line) -> packet or\n"
-"None for every line not taken here (it counts that line itself). hold: a dict for the\n"
+"None for every line not taken here (it counts that line itself). hold: hold() for the\n"
 "sieve (packets that came in from a source that has sent nothing else in `window` s are\n"
 "held back, see sieve()), None for every packet.");
+
+/* A line as a bytes object, for the full parser (most lines never need one). */
+static int slow_text(Ctx *x, PyObject *out, const char *c, Py_ssize_t len) {
+    PyObject *line = PyBytes_FromStringAndSize(c, len);
+    if (line == NULL) return -1;
+    int rc = slow_line(x, out, line);
+    Py_DECREF(line);
+    return rc;
+}
+
+/* The lines of a chunk (head, data, end): head + data[:end] split at newlines, as
+ * bytes.split(b"\n") makes them (head is the end of the line the previous read cut). */
+static int chunk_lines(Ctx *x, PyObject *block, PyObject *out, long counts[4]) {
+    PyObject *head, *data;
+    Py_ssize_t end;
+    char *d, *h;
+    Py_ssize_t dlen, hlen;
+    if (!PyTuple_Check(block) || !PyArg_ParseTuple(block, "SSn:cut chunk", &head, &data, &end)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "cut: a block is a list of bytes or a chunk");
+        return -1;
+    }
+    if (PyBytes_AsStringAndSize(data, &d, &dlen) < 0 || PyBytes_AsStringAndSize(head, &h, &hlen) < 0)
+        return -1;
+    if (end < 0 || end > dlen) {
+        PyErr_SetString(PyExc_ValueError, "cut: chunk end out of range");
+        return -1;
+    }
+    for (Py_ssize_t p = 0; p <= end;) {
+        const char *nl = memchr(d + p, '\n', (size_t)(end - p));
+        Py_ssize_t q = nl != NULL ? nl - d : end;
+        int rc;
+        if (p == 0 && hlen > 0) { /* the line the previous read cut: one join a block */
+            PyObject *tail = PyBytes_FromStringAndSize(d, q);
+            PyObject *line = tail == NULL ? NULL : PyNumber_Add(head, tail);
+            Py_XDECREF(tail);
+            if (line == NULL) return -1;
+            char *c;
+            Py_ssize_t len;
+            rc = PyBytes_AsStringAndSize(line, &c, &len) < 0 ? -1 : cut_line(x, c, len, out);
+            if (rc == 0) rc = slow_line(x, out, line);
+            Py_DECREF(line);
+        } else {
+            rc = cut_line(x, d + p, q - p, out);
+            if (rc == 0) rc = slow_text(x, out, d + p, q - p);
+        }
+        if (rc < 0) return -1;
+        counts[rc]++;
+        p = q + 1;
+    }
+    return 0;
+}
 
 static PyObject *cut(PyObject *self, PyObject *argv) {
     PyObject *block, *protos;
@@ -587,47 +892,51 @@ static PyObject *cut(PyObject *self, PyObject *argv) {
     (void)self;
     memset(&x, 0, sizeof x);
     PyObject *hold = Py_None;
-    if (!PyArg_ParseTuple(argv, "O!O!OOOOpp|Odlpp:cut", &PyList_Type, &block, &PyDict_Type,
+    if (!PyArg_ParseTuple(argv, "OO!OOOOpp|Odlpp:cut", &block, &PyDict_Type,
                           &protos, &x.canonical, &x.sys_time, &x.iso_time, &x.slow,
                           &x.syslog_ok, &x.iso_ok, &hold, &x.window, &x.trigger_port,
                           &x.any_port, &x.aggregate))
         return NULL;
     if (hold != Py_None) {
-        if (!PyDict_Check(hold)) {
-            PyErr_SetString(PyExc_TypeError, "cut: hold must be a dict or None");
-            return NULL;
-        }
-        x.hold = hold;
+        x.hold = PyCapsule_GetPointer(hold, HOLD_NAME);
+        if (x.hold == NULL) return NULL; /* not hold()'s: TypeError or ValueError set */
     }
     if (load_protos(&x, protos) < 0) return NULL;
     x.slots = PyMem_Malloc(ADDR_SLOTS * sizeof *x.slots); /* (no PyMem_Calloc in 3.9's abi3) */
     if (x.slots == NULL) return PyErr_NoMemory();
     memset(x.slots, 0, ADDR_SLOTS * sizeof *x.slots);
-    Py_ssize_t n = PyList_Size(block);
     PyObject *out = PyList_New(0);
     long counts[4] = {0, 0, 0, 0};
     int failed = out == NULL;
-    for (Py_ssize_t i = 0; i < n && !failed; i++) {
-        PyObject *line = PyList_GetItem(block, i);
-        if (line == NULL || !PyBytes_Check(line)) {
-            if (line != NULL) PyErr_SetString(PyExc_TypeError, "cut: lines must be bytes");
-            failed = 1;
-            break;
+    if (!failed && PyList_Check(block)) {
+        Py_ssize_t n = PyList_Size(block);
+        for (Py_ssize_t i = 0; i < n && !failed; i++) {
+            PyObject *line = PyList_GetItem(block, i);
+            char *c;
+            Py_ssize_t len;
+            if (line == NULL || PyBytes_AsStringAndSize(line, &c, &len) < 0) {
+                failed = 1;
+                break;
+            }
+            Py_INCREF(line);
+            int rc = cut_line(&x, c, len, out);
+            if (rc == 0) rc = slow_line(&x, out, line);
+            Py_DECREF(line);
+            if (rc < 0)
+                failed = 1;
+            else
+                counts[rc]++;
         }
-        Py_INCREF(line);
-        int rc = cut_line(&x, line, out);
-        if (rc == 0) rc = slow_line(&x, out, line);
-        Py_DECREF(line);
-        if (rc < 0)
-            failed = 1;
-        else
-            counts[rc]++;
+    } else if (!failed) {
+        failed = chunk_lines(&x, block, out, counts) < 0;
     }
     for (int i = 0; i < ADDR_SLOTS; i++) Py_XDECREF(x.slots[i].value);
     PyMem_Free(x.slots);
     Py_XDECREF(x.last_time);
-    Py_XDECREF(x.iface_in);
-    Py_XDECREF(x.iface_out);
+    for (int i = 0; i < x.n_pairs; i++) {
+        Py_DECREF(x.pairs[i].in);
+        Py_DECREF(x.pairs[i].out);
+    }
     if (failed) {
         Py_XDECREF(out);
         return NULL;
@@ -637,6 +946,7 @@ static PyObject *cut(PyObject *self, PyObject *argv) {
 
 static PyMethodDef methods[] = {
     {"cut", cut, METH_VARARGS, cut_doc},
+    {"hold", hold_new, METH_NOARGS, hold_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -645,4 +955,7 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__cut(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__cut(void) {
+    init_classes();
+    return PyModule_Create(&module);
+}

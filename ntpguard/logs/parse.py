@@ -23,11 +23,13 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ntpguard.errors import UsageError
 from ntpguard.logs import Event, Logged, Packet, ReadStats, Sieve
+from ntpguard.logs.sources import Block, lines_of
 
 try:  # the C copy of packet_blocks()'s fast path (setup.py); optional, same results
     from ntpguard.logs._cut import cut as _native_cut
+    from ntpguard.logs._cut import hold as _native_hold
 except ImportError:  # not built (no compiler) or not loadable here: the Python path below
-    _native_cut = None
+    _native_cut = _native_hold = None
 
 FORMATS = ("auto", "syslog", "rfc3339", "dmesg", "json", "pvefw")
 
@@ -39,10 +41,22 @@ _PORTED = frozenset(("TCP", "UDP", "UDPLITE", "SCTP", "DCCP"))
 _PROTO_NAMES = _PORTED | frozenset(("ICMP", "ICMPv6", "AH", "ESP", "GRE", "IGMP"))
 # ulogd2 JSON gives ip.protocol as a number; name it the way the kernel's text does.
 _PROTO_B = {p.encode(): p for p in _PROTO_NAMES}
-_PROTO_INFO = {p.encode(): (p, p in _PORTED) for p in _PROTO_NAMES}  # for _native_cut
-# Every valid port field, so the fast path parses and range-checks a port with one lookup.
-_SPT = {f"SPT={n}".encode(): n for n in range(65536)}
-_DPT = {f"DPT={n}".encode(): n for n in range(65536)}
+# For _native_cut, which tries them in this order: the commonest first (a set's order would
+# change with each run's string hashes, and with it the speed).
+_PROTO_INFO = {p.encode(): (p, p in _PORTED) for p in sorted(
+    _PROTO_NAMES, key=lambda p: (p not in ("TCP", "UDP"), p))}
+# Every valid port field, so the pure-Python fast path parses and range-checks a port with
+# one lookup. Built on first use (_port_fields): the two tables cost ~60 ms, a third of the
+# start of `ntpguard detect`, and the C path never needs them.
+_PORT_FIELDS: list[dict[bytes, int]] = []
+
+
+def _port_fields() -> list[dict[bytes, int]]:
+    """[SPT= table, DPT= table], built once."""
+    if not _PORT_FIELDS:
+        _PORT_FIELDS.extend({f"{tag}={n}".encode(): n for n in range(65536)}
+                            for tag in ("SPT", "DPT"))
+    return _PORT_FIELDS
 _PROTO_BY_NUMBER = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP", 33: "DCCP",
                     136: "UDPLITE", 50: "ESP", 51: "AH", 47: "GRE", 2: "IGMP"}
 
@@ -154,8 +168,7 @@ class LineParser:
         # The C path's sieve (only there: the Python path hands over every packet, which
         # gives the detector the same results more slowly).
         self._sieve = sieve
-        self._hold: dict[bytes, tuple] = {}
-        self._hold_limit = 65536
+        self._hold = _native_hold() if sieve is not None and self._cut is not None else None
         self.stats = ReadStats()
         self.format_counts: dict[str, int] = {}
         self.boot_time = boot_time
@@ -215,12 +228,12 @@ class LineParser:
             return ev
         return None
 
-    def packets(self, blocks: Iterable[list[bytes]]) -> Iterator[Logged]:
+    def packets(self, blocks: Iterable[Block]) -> Iterator[Logged]:
         """Packets from blocks of raw lines (bytes, no newline)."""
         for out in self.packet_blocks(blocks):
             yield from out
 
-    def packet_blocks(self, blocks: Iterable[list[bytes]]) -> Iterator[list[Logged]]:
+    def packet_blocks(self, blocks: Iterable[Block]) -> Iterator[list[Logged]]:
         """A list of packets per block of raw lines (bytes, no newline): the detector's fast
         path (Detector.feed_blocks).
 
@@ -233,7 +246,8 @@ class LineParser:
         """
         if self.format not in ("auto", "syslog", "rfc3339"):
             for block in blocks:
-                yield list(self.parse_lines([b.decode("utf-8", "replace") for b in block]))
+                yield list(self.parse_lines([b.decode("utf-8", "replace")
+                                             for b in lines_of(block)]))
             return
         if self._cut is not None:
             yield from self._native_blocks(blocks)
@@ -246,7 +260,7 @@ class LineParser:
         iso6 = self._iso6
         protos = _PROTO_B
         ported = _PORTED
-        spt, dpt = _SPT, _DPT
+        spt, dpt = _port_fields()
         new = _new_tuple
         ifaces = self._ifc
         syslog_ok = self.format != "rfc3339"
@@ -255,7 +269,7 @@ class LineParser:
             n_sys = n_iso = 0
             out: list[Logged] = []
             app = out.append
-            for line in block:
+            for line in lines_of(block):
                 s = line.find(b" SRC=")
                 if s < 0:
                     # No " SRC=": not a LOG line in any envelope (the full parser agrees);
@@ -375,7 +389,7 @@ class LineParser:
             self._count(n_sys, n_iso)
             yield out
 
-    def _native_blocks(self, blocks: Iterable[list[bytes]]) -> Iterator[list[Logged]]:
+    def _native_blocks(self, blocks: Iterable[Block]) -> Iterator[list[Logged]]:
         """packet_blocks() through the C cutter: it takes the lines the loop above takes,
         asks the same caches (through the callables) and hands the rest to _slow_packet."""
         cut = self._cut
@@ -388,17 +402,7 @@ class LineParser:
                                              self._sys_stamp_b, self._iso_stamp_b,
                                              self._slow_packet, syslog_ok, iso_ok, *extra)
             self._count(n_sys, n_iso, n_other)
-            if sieve is not None and len(self._hold) > self._hold_limit:
-                self._prune(sieve.window)
             yield out
-
-    def _prune(self, window: float) -> None:
-        """Forget held lines older than the window (their sources sent nothing more)."""
-        hold = self._hold
-        newest = max(v[2] for v in hold.values())
-        for k in [k for k, v in hold.items() if v[2] < newest - window]:
-            del hold[k]
-        self._hold_limit = max(65536, 2 * len(hold))
 
     def _count(self, n_sys: int, n_iso: int, n_other: int = 0) -> None:
         """Counts a block's lines a fast path took whole (the full parser counts its own):

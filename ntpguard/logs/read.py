@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, Optional
 
 from ntpguard.logs import Logged, ReadStats, Sieve
 from ntpguard.logs.parse import LineParser
-from ntpguard.logs.sources import Position, file_blocks, journal_blocks, stdin_blocks
+from ntpguard.logs.sources import Block, Position, file_blocks, journal_blocks, stdin_blocks
 
 JOURNAL = "journal"  # the system journal; "journal:PATH" a journal file (journalctl --file)
 STDIN = "-"
@@ -41,6 +41,7 @@ def read_blocks(sources: Iterable[str], fmt: str = "auto", boot_time: Optional[f
             yield from parser.packet_blocks(journal_blocks(pos or Position(source),
                                                            files=files))
         else:
+            blocks: Iterator[Block]
             if source == STDIN:
                 ref, blocks = time.time(), stdin_blocks()
             else:

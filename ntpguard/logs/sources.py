@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Optional, Protocol, Sequence
+from typing import BinaryIO, Iterator, NamedTuple, Optional, Protocol, Sequence, Union
 
 from ntpguard.errors import UsageError
 
@@ -43,28 +43,57 @@ class _Reader(Protocol):
     def read(self, size: int, /) -> bytes: ...
 
 
+class Chunk(NamedTuple):
+    """Complete lines as one read left them: the lines of head + data[:end] (newlines
+    between them, none after the last). The C parser walks them in place; a bytes object per
+    line (bytes.split) costs ~0.2 µs a line, a fifth of what parsing a line costs there."""
+
+    head: bytes  # the start of the first line, cut off by the previous read
+    data: bytes
+    end: int
+
+
+# A block of raw lines: a list, or a Chunk (lines_of() makes it a list).
+Block = Union[list[bytes], Chunk]
+
+
+def lines_of(block: Block) -> list[bytes]:
+    """The lines of a block, as bytes without newlines."""
+    if isinstance(block, list):
+        return block
+    lines = block.data[:block.end].split(b"\n")
+    if block.head:
+        lines[0] = block.head + lines[0]
+    return lines
+
+
 def _raw_blocks(fh: _Reader, pos: list[int]) -> Iterator[list[bytes]]:
     """Complete lines of fh, a block at a time, as bytes without newlines; pos[0] advances
-    past each block handed out. Splitting 4 MiB at once costs ~0.2 µs a line."""
+    past each block handed out."""
+    for block in _raw_chunks(fh, pos):
+        yield lines_of(block)
+
+
+def _raw_chunks(fh: _Reader, pos: list[int]) -> Iterator[Block]:
+    """Complete lines of fh, a block (Chunk) at a time; pos[0] advances past each block
+    handed out."""
     rest = b""
     while True:
         block = fh.read(BLOCK)
         if not block:
             break
-        lines = block.split(b"\n")  # no copy of the block: the line before joins rest
-        if len(lines) == 1:
+        end = block.rfind(b"\n")
+        if end < 0:
             rest += block
             continue
-        cut = len(block) - len(lines[-1]) + len(rest)
-        lines[0] = rest + lines[0]
-        rest = lines.pop()  # after the last newline
-        yield lines
-        pos[0] += cut
+        yield Chunk(rest, block, end)
+        pos[0] += end + 1 + len(rest)
+        rest = block[end + 1:]  # after the last newline
     if rest:  # a last line without newline: read it, but resume before it (it may grow)
         yield [rest]
 
 
-def file_blocks(path: str, position: Optional[Position] = None) -> Iterator[list[bytes]]:
+def file_blocks(path: str, position: Optional[Position] = None) -> Iterator[Block]:
     """Blocks of raw lines of a file from a saved position (updated in place as blocks are
     handed out)."""
     try:
@@ -100,7 +129,7 @@ def file_blocks(path: str, position: Optional[Position] = None) -> Iterator[list
             if start:
                 fh.seek(start)
             pos = [start]
-            for lines in _raw_blocks(fh, pos):
+            for lines in _raw_chunks(fh, pos):
                 yield lines
                 if position is not None:
                     position.offset = pos[0]
@@ -111,7 +140,7 @@ def file_blocks(path: str, position: Optional[Position] = None) -> Iterator[list
 
 
 def range_blocks(path: str, start: int, stop: Optional[int] = None,
-                 end: Optional[list[int]] = None) -> Iterator[list[bytes]]:
+                 end: Optional[list[int]] = None) -> Iterator[Block]:
     """Blocks of the lines in bytes [start, stop) of a plain file; start and stop are line
     boundaries (stop None: to the end, a last line without newline included). end[0], if
     given, ends up past the last complete line read (where a later read resumes)."""
@@ -123,9 +152,9 @@ def range_blocks(path: str, start: int, stop: Optional[int] = None,
         fh.seek(start)
         pos = [start]
         if stop is None:
-            yield from _raw_blocks(fh, pos)
+            yield from _raw_chunks(fh, pos)
         else:
-            yield from _raw_blocks(_Limited(fh, stop - start), pos)
+            yield from _raw_chunks(_Limited(fh, stop - start), pos)
         if end is not None:
             end[0] = pos[0]
 
@@ -159,8 +188,8 @@ def line_start(path: str, offset: int) -> int:
 
 def file_lines(path: str, position: Optional[Position] = None) -> Iterator[str]:
     """Lines of a file (str) from a saved position (updated in place as blocks are read)."""
-    for lines in file_blocks(path, position):
-        for line in lines:
+    for block in file_blocks(path, position):
+        for line in lines_of(block):
             yield line.decode("utf-8", "replace")
 
 
