@@ -46,7 +46,7 @@ def apply(state_dir: str, backend_name: str, plan: Plan, replace: bool = False,
         backend = backends.get(backend_name, state_dir)
         result = backend.apply(plan, replace=replace)
         _remember(state_dir, backend.name, plan, now())
-        if result.action in ("unchanged", "updated"):
+        if result.action in ("unchanged", "updated") and not result.exact:
             check = backend.verify(plan)
             if not check.ok:
                 again = backend.apply(plan, replace=True)
