@@ -151,7 +151,17 @@ _NOT_BLANK = re.compile(rb"[^\xef\xbb\xbf \t\r\n]")  # the first byte after BOM 
 # path, which enforces MAX_LINE); and the line breaks str.splitlines() knows besides LF/CRLF.
 _TRIVIAL_LINES = re.compile(rb"(?:\n+|[ \t]{0,64}#[^\n]{0,200}\n|[ \t]{1,64}\n)+")
 _OTHER_BREAK = re.compile("\r(?!\n)|[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
-_JSON = json.JSONDecoder()
+_MAX_DIGITS = 4300  # Python 3.11's default int_max_str_digits; 3.9 has no such limit
+
+
+def _parse_int(digits: str) -> int:
+    """An integer of at most _MAX_DIGITS digits: a longer one costs quadratic time to convert."""
+    if len(digits) > _MAX_DIGITS:
+        raise ValueError("too many digits")
+    return int(digits)
+
+
+_JSON = json.JSONDecoder(parse_int=_parse_int)
 _MORE = object()  # "the value goes on past the bytes received so far"
 
 
@@ -590,7 +600,7 @@ class Reader:
             except json.JSONDecodeError as exc:
                 if not (cut and _value_end(window) is None):
                     self._bad_json(start, exc.msg, exc.lineno - 1)
-            except ValueError:  # Python >= 3.11 refuses integers of over 4,300 digits
+            except ValueError:  # _parse_int's limit
                 self._bad_json(start, "a number with too many digits")
             else:
                 # A value ending right at a cut may go on (`1` of `10`): only a delimiter after

@@ -604,6 +604,8 @@ def check_boot(c: Booted, daemon: str, settle: float = 10.0) -> str:
     time.sleep(max(0.0, c.started + settle - time.monotonic()))
     counted = c.counted()
     assert counted["harvester"] == 0 and counted["clean"] > 0, counted
+    # Canaries came back with the rules: not one NTP packet left from the host's own address.
+    assert counted["real"] == 0, counted
     journal = c.inside("journalctl", "-b", "--no-pager", "-o", "cat").stdout
     assert "ordering cycle" not in journal.lower(), journal[-3000:]
     boot_done = c.active_since("ntpguard-boot.service", "ActiveEnterTimestampMonotonic")

@@ -3,8 +3,8 @@ unit suite there, with the C fast path built by that Python from its own headers
 
 A Debian 11 chroot made with mmdebstrap (its python3 is 3.9.2); the libraries come as wheels
 downloaded here for Python 3.9 (bullseye's own dnspython 2.0 is older than ntpguard needs) and
-installed there offline. The chroot gets its own /proc and /dev/shm in a private mount namespace
-(multiprocessing needs them), so nothing is left mounted.
+installed there offline. The chroot gets its own /proc, /dev/shm and /dev/pts in a private mount
+namespace (multiprocessing and the terminal tests need them), so nothing is left mounted.
 """
 
 from __future__ import annotations
@@ -86,7 +86,11 @@ def _make_and_run(root: Path, wheels: Path, mirror: str, started: float) -> None
     (root / "run.sh").write_text(SCRIPT)
     p = run(["unshare", "--mount", "--fork", "sh", "-c",
              'mount -t proc proc "$0/proc" && mkdir -p "$0/dev/shm" && '
-             'mount -t tmpfs shm "$0/dev/shm" && exec chroot "$0" sh /run.sh', root],
+             'mount -t tmpfs shm "$0/dev/shm" && mkdir -p "$0/dev/pts" && '
+             # The terminal tests need ptys: a devpts of the chroot's own, its ptmx in /dev.
+             'mount -t devpts -o newinstance,ptmxmode=0666 devpts "$0/dev/pts" && '
+             '{ [ -e "$0/dev/ptmx" ] || touch "$0/dev/ptmx"; } && '
+             'mount --bind "$0/dev/pts/ptmx" "$0/dev/ptmx" && exec chroot "$0" sh /run.sh', root],
             timeout=1200)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-6000:]
