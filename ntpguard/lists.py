@@ -28,8 +28,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Optional
 
-from ntpguard.addr import IPNetwork, nonglobal_reason_int, parse_prefix, parse_prefix_int
 from ntpguard import compiled as compiled_mod
+from ntpguard.addr import IPNetwork, nonglobal_reason_int, parse_prefix, parse_prefix_int
 from ntpguard.compiled import Compiled, Part
 from ntpguard.errors import UnsafePathError, UsageError
 from ntpguard.files import (
