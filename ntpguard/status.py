@@ -19,11 +19,10 @@ host's own evidence judged it; an address only a list names is blocked, never kn
 from __future__ import annotations
 
 import enum
-import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
-from ntpguard.prefixes import Key, text_prefix
+from ntpguard.prefixes import Key, address_value, text_prefix
 
 if TYPE_CHECKING:  # records only; at run time nothing here imports the actors
     from ntpguard.lists import LoadedList
@@ -167,8 +166,11 @@ class _ListIndex:
     def verdict(self, address: str) -> Optional[Verdict]:
         if not self.groups:
             return None
-        ip = ipaddress.ip_address(address)
-        fam, bits, value = ip.version, ip.max_prefixlen, int(ip)
+        parsed = address_value(address)
+        if parsed is None:
+            return None
+        fam, value = parsed
+        bits = 128 if fam == 6 else 32
         for (gfam, length), lst in self.groups:
             if gfam != fam:
                 continue
@@ -230,11 +232,7 @@ def _is_known(address: str, snapshot: Snapshot) -> bool:
 
 
 def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+    return address_value(text) is not None
 
 
 def effective(snapshot: Snapshot) -> dict[str, ServerStatus]:
