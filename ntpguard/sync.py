@@ -223,8 +223,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         step.ok = rep.ok
 
     def do_verdicts(step: Step) -> None:
-        verdicts, _ = evidence.compute_verdicts(state, config.detect, record=True, now=now())
-        step.data = dict(Counter(v.status for v in verdicts.values()))
+        step.data = evidence.record_verdicts(state, config.detect, now=now())
         step.message = ", ".join(f"{n} {k}" for k, n in sorted(step.data.items())) or \
             "no evidence yet"
 

@@ -226,3 +226,42 @@ def test_contact_runs_merge_and_a_reread_never_inflates_them(state_dir):
         runs = st.contacts().runs
     assert runs[pair] == [100.0, 720.0, 9]
     assert runs[("2001:db8:a::2", "2001:db8:5::9")] == [50.0, 50.0, 1]
+
+
+def test_verdicts_are_weighed_again_only_when_the_evidence_changed(state_dir, monkeypatch):
+    from ntpguard import evidence
+    from ntpguard.config import Detect
+    from ntpguard.detect import Contacts, Scan, Trigger
+
+    calls = []
+    real = evidence.compute_verdicts
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evidence, "compute_verdicts", counted)
+    server, address = "2001:db8:100::1", "2001:db8:1::10"
+    with State.open(str(state_dir)) as st:
+        st.save_detection([], Contacts({(address, server): [100.0, 400.0, 5]}, 100.0, 9000.0),
+                          [], "k", 1.0)
+        first = evidence.record_verdicts(st, Detect(), now=2.0)
+        assert evidence.record_verdicts(st, Detect(), now=3.0) == first and len(calls) == 1
+        # Each kind of new fact makes it weigh again: a longer run, a scan, other settings.
+        st.save_detection([], Contacts({(address, server): [100.0, 500.0, 6]}, 100.0, 9000.0),
+                          [], "k", 4.0)
+        evidence.record_verdicts(st, Detect(), now=5.0)
+        assert len(calls) == 2
+        scan = Scan(130.0, 131.0, "2604:a880:800:10::/64", address, 50, 50, ("tcp",),
+                    (Trigger(server, "udp", 123, 123, 100.0, 30.0),))
+        st.save_detection([], Contacts({}, 100.0, 9000.0), [scan], "k", 6.0)
+        evidence.record_verdicts(st, Detect(), now=7.0)
+        evidence.record_verdicts(st, Detect(), now=8.0)
+        assert len(calls) == 3
+        evidence.record_verdicts(st, Detect(lookback=7200.0), now=9.0)
+        assert len(calls) == 4
+    # A damaged memo is no memo.
+    (Path(state_dir) / evidence.MEMO_NAME).write_text("{not json")
+    with State.open(str(state_dir)) as st:
+        evidence.record_verdicts(st, Detect(), now=10.0)
+    assert len(calls) == 5
