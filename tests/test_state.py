@@ -265,3 +265,22 @@ def test_verdicts_are_weighed_again_only_when_the_evidence_changed(state_dir, mo
     with State.open(str(state_dir)) as st:
         evidence.record_verdicts(st, Detect(), now=10.0)
     assert len(calls) == 5
+
+
+def test_a_canary_changes_the_evidence_key_only_where_it_met_evidence(state_dir):
+    from ntpguard.canary import Canary, Change
+    from ntpguard.detect import Contacts
+
+    with State.open(str(state_dir)) as st:
+        st.save_detection([], Contacts({("2001:db8:1::c1", "2001:db8:100::1"): [5.0, 6.0, 1]},
+                                       5.0, 6.0), [], "k", 7.0)
+        before = st.evidence_key()
+        idle = Canary("2001:db8:1::c2", "2001:db8:100::2", "eth0", 1.0, 9e9)
+        st.save_canaries(Change(add=(idle,)))
+        assert st.evidence_key() == before  # no contact, no scan: weighs nothing
+        met = Canary("2001:db8:1::c1", "2001:db8:100::1", "eth0", 1.0, 9e9)
+        st.save_canaries(Change(add=(met,)))
+        after = st.evidence_key()
+        assert after != before  # its contact is now a probe's
+        st.save_canaries(Change(retire=(met,)))
+        assert st.evidence_key() == after
