@@ -223,9 +223,13 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         step.ok = rep.ok
 
     def do_verdicts(step: Step) -> None:
+        contacts, scans = evidence.age_out(state, config.detect)
         step.data = evidence.record_verdicts(state, config.detect, now=now())
         step.message = ", ".join(f"{n} {k}" for k, n in sorted(step.data.items())) or \
             "no evidence yet"
+        if contacts or scans:
+            step.message += (f"; {contacts} contacts and {scans} scans older than "
+                             f"{config.detect.retention_days:g} days aged out")
 
     def do_probe(step: Step) -> None:
         # After the verdicts, so the suspects are this run's; the results come with a later

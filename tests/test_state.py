@@ -284,3 +284,39 @@ def test_a_canary_changes_the_evidence_key_only_where_it_met_evidence(state_dir)
         assert after != before  # its contact is now a probe's
         st.save_canaries(Change(retire=(met,)))
         assert st.evidence_key() == after
+
+
+def test_evidence_ages_out_but_a_blocked_servers_stays(state_dir):
+    """retention_days counts back from the newest covered log line; the contacts with and
+    the scans triggered by a server judged harvester are kept however old; verdicts stay."""
+    from ntpguard import evidence
+    from ntpguard.config import Detect
+    from ntpguard.detect import Contacts, Scan, Trigger
+    from ntpguard.status import DETECT, Status
+
+    day = 86400.0
+    harvester, clean, addr = "2001:db8:100::1", "2001:db8:100::2", "2001:db8:1::10"
+
+    def scan(t, server):
+        return Scan(t + 30, t + 31, f"2604:a880:{server[-1]}::/64", addr, 50, 50, ("tcp",),
+                    (Trigger(server, "udp", 123, 123, t, 30.0),))
+
+    with State.open(str(state_dir)) as st:
+        old, new = 10 * day, 200 * day
+        st.save_detection([], Contacts({(addr, harvester): [old, old + 60, 2],
+                                        (addr, clean): [old, old + 60, 2],
+                                        ("2001:db8:1::11", clean): [new, new + 60, 2]},
+                                       old, new + day), [scan(old, harvester), scan(old, clean),
+                                                         scan(new, clean)], "k", 1.0)
+        st.add_verdict(Verdict(harvester, Status.HARVESTER, DETECT, {}, old + day))
+        assert evidence.age_out(st, Detect(retention_days=0)) == (0, 0)
+        assert evidence.age_out(st, Detect(retention_days=365)) == (0, 0)
+        assert evidence.age_out(st, Detect(retention_days=90)) == (1, 1)
+        runs = st.contacts().runs
+        assert set(runs) == {(addr, harvester), ("2001:db8:1::11", clean)}
+        scans = st.scans()
+        assert [(s.start, s.triggers[0].server) for s in scans] == [
+            (old + 30, harvester), (new + 30, clean)]
+        assert st.conn.execute("SELECT count(*) FROM detect_triggers").fetchone()[0] == 2
+        assert st.latest_verdicts()[harvester]
+        assert evidence.age_out(st, Detect(retention_days=90)) == (0, 0)
