@@ -6,8 +6,10 @@ the test suite's ntpg-, which the suite removes when it starts).
 Every figure is a whole `python3 -m ntpguard ...` process as an admin or the timer runs it:
 Python's start and imports included. Wall time is measured around the child, its peak resident
 memory (and that of what it ran: nft, ip) comes from /usr/bin/time. Each figure is the median of
-RUNS runs, beside a baseline measured in the same run (a bare `python3 -c pass`, and
-`ntpguard --version`: the cost of starting ntpguard at all). Prints:
+RUNS runs, beside baselines measured in the same run: a bare `python3 -c pass`, `ntpguard
+--version` (the cost of starting ntpguard at all), and with --baseline REV every figure again
+for that git revision's code (e.g. main), in a state of its own. Bytecode is compiled first,
+as an installed package has it. Prints:
 
   list import of the generated list (80% IPv6 /32-/128, 20% IPv4 /16-/32), and of a copy with
   100 entries changed; rules apply: first (no table), nothing changed, after one verdict change
@@ -17,7 +19,7 @@ RUNS runs, beside a baseline measured in the same run (a bare `python3 -c pass`,
 Targets (issue 15): rules apply unchanged <= 0.1 s, after one change <= 0.15 s, first <= 1 s;
 sync with nothing new <= 0.5 s; list import <= 1 s; peak RSS <= 60 MB for every command.
 
-Usage: benchmarks/scale.py [--runs N] [--entries N] [--days N] [--keep DIR]
+Usage: benchmarks/scale.py [--runs N] [--entries N] [--days N] [--baseline REV] [--keep]
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def populate(state_dir: str, servers: list[str], days: int, now: float) -> dict[
     return rows
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int, str]:
+def timed(cmd: list[str], env: dict[str, str], cwd: str
+          ) -> tuple[float, float, float, int, str]:
     """(wall seconds, CPU seconds, peak RSS MiB, exit status, stderr) of one whole process.
 
     The child is started by /usr/bin/time, which reports its peak RSS: a child forked from
@@ -148,7 +151,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int
     with tempfile.NamedTemporaryFile("r", prefix="sclb-time") as out:
         start = time.perf_counter()
         proc = subprocess.run(["/usr/bin/time", "-q", "-o", out.name, "-f", "%U %S %M", *cmd],
-                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              env=env, cwd=cwd, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, check=False)
         wall = time.perf_counter() - start
         user, system, rss = out.read().split()[-3:]
@@ -157,11 +160,13 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int
 
 
 class Bench:
-    def __init__(self, tmp: str, runs: int) -> None:
-        self.tmp, self.runs = tmp, runs
+    """One code tree's whole-process figures, in a work directory of its own."""
+
+    def __init__(self, tmp: str, runs: int, tree: str, label: str) -> None:
+        self.tmp, self.runs, self.tree, self.label = tmp, runs, tree, label
         self.state = os.path.join(tmp, "state")
         self.config = os.path.join(tmp, "ntpguard.toml")
-        self.env = {**os.environ, "PYTHONPATH": ROOT, "NTPGUARD_CONFIG": self.config,
+        self.env = {**os.environ, "PYTHONPATH": tree, "NTPGUARD_CONFIG": self.config,
                     "NTPGUARD_STATE_DIR": self.state}
         self.rows: list[tuple[str, list[tuple[float, float, float]], str]] = []
 
@@ -169,21 +174,16 @@ class Bench:
         return [sys.executable, "-m", "ntpguard", *args]
 
     def run(self, *args: str, ok: tuple[int, ...] = (0,)) -> tuple[float, float, float]:
-        wall, cpu, rss, code, err = timed(self.cli(*args), self.env)
+        wall, cpu, rss, code, err = timed(self.cli(*args), self.env, self.tree)
         if code not in ok:
-            raise SystemExit(f"ntpguard {' '.join(args)}: exit {code}: {err.strip()}")
+            raise SystemExit(f"{self.label}: ntpguard {' '.join(args)}: exit {code}: "
+                             f"{err.strip()}")
         return wall, cpu, rss
 
     def record(self, name: str, samples: list[tuple[float, float, float]], target: str = "",
                ) -> None:
         self.rows.append((name, samples, target))
-        print(f"  {name}: {_fmt(samples)}", file=sys.stderr, flush=True)
-
-    def baseline(self) -> None:
-        py = [timed([sys.executable, "-c", "pass"], self.env)[:3] for _ in range(self.runs)]
-        self.record("baseline: python3 -c pass", py)
-        ver = [self.run("--version") for _ in range(self.runs)]
-        self.record("baseline: ntpguard --version (start and imports)", ver)
+        print(f"  {self.label}: {name}: {_fmt(samples)}", file=sys.stderr, flush=True)
 
 
 def _fmt(samples: list[tuple[float, float, float]]) -> str:
@@ -201,10 +201,33 @@ def du(path: str) -> int:
     return total
 
 
-def inner(args: argparse.Namespace) -> int:
-    tmp = args.keep or tempfile.mkdtemp(prefix="sclb-bench")
-    os.makedirs(tmp, exist_ok=True)
-    b = Bench(tmp, args.runs)
+def live_bytes(db: str) -> int:
+    """Bytes of state.db in use (pages less the free list): what the data takes."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0]
+                             for p in ("page_count", "freelist_count", "page_size"))
+    finally:
+        conn.close()
+    return (pages - free) * size
+
+
+def prepare_tree(tree: str) -> None:
+    """Bytecode compiled once, as an installed package has it (Debian's python3 packaging
+    compiles at install): otherwise every run compiles every module it imports, ~0.15 s."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(tree, "ntpguard")],
+                   check=True, stdout=subprocess.DEVNULL,
+                   env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+
+
+def phase(args: argparse.Namespace, tree: str, label: str, entries: list[str],
+          servers: list[str], now: float
+          ) -> tuple[Bench, dict[str, int], tuple[int, int, int, int]]:
+    """Every figure for the code in `tree`: a state of its own, populated the same way."""
+    tmp = tempfile.mkdtemp(prefix=f"sclb-{label}-")
+    b = Bench(tmp, args.runs, tree, label)
     with open(os.path.join(tmp, "kern.log"), "w"):
         pass
     with open(b.config, "w") as fh:
@@ -217,31 +240,35 @@ daemon = "chrony"
 chrony_sources = "{tmp}/ntpguard.sources"
 reload = false
 """)
-    now = time.time()
-    servers = server_addresses()
-    print(f"load average {os.getloadavg()[0]:.2f}; generating a {args.entries}-entry list, "
-          f"{SERVERS} servers and {args.days} days of evidence in {tmp}", file=sys.stderr)
-    entries = make_list(args.entries, 11)
     big = os.path.join(tmp, "big.txt")
     write_list(big, entries)
     t = time.perf_counter()
-    rows = populate(b.state, servers, args.days, now)
-    print(f"  evidence stored in {time.perf_counter() - t:.1f} s: {rows}", file=sys.stderr)
-    db_before = os.path.getsize(os.path.join(b.state, "state.db"))
+    sys.path.insert(0, tree)
+    try:
+        rows = populate(b.state, servers, args.days, now)
+    finally:
+        sys.path.remove(tree)
+        for name in [m for m in sys.modules if m == "ntpguard" or m.startswith("ntpguard.")]:
+            del sys.modules[name]
+    print(f"  {label}: evidence stored in {time.perf_counter() - t:.1f} s: {rows}",
+          file=sys.stderr)
+    db = os.path.join(b.state, "state.db")
+    db_before = os.path.getsize(db)
 
-    b.baseline()
+    b.record("ntpguard --version (start and imports)",
+             [b.run("--version") for _ in range(b.runs)])
     samples = []
     for i in range(b.runs):
         if i:
             b.run("list", "remove", "big")
         samples.append(b.run("list", "import", big, "--name", "big", "--kind", "scanner"))
-    b.record("list import, 100k entries (new)", samples, "<= 1 s")
+    b.record(f"list import, {len(entries)} entries (new)", samples, "<= 1 s")
 
     samples = []
     for _ in range(b.runs):
         b.run("rules", "remove")
         samples.append(b.run("rules", "apply"))
-    b.record("rules apply, first (no table)", samples, "<= 1 s")
+    b.record("rules apply, first (no table, canaries made)", samples, "<= 1 s")
     b.record("rules apply, nothing changed", [b.run("rules", "apply") for _ in range(b.runs)],
              "<= 0.1 s")
 
@@ -270,22 +297,53 @@ reload = false
     b.record("list import, 100 entries changed", imports, "<= 1 s")
     b.record("rules apply, after 100 list changes", applies)
 
-    b.record("sync --no-resolve, a year of evidence new", [b.run("sync", "--no-resolve")])
+    b.record(f"sync --no-resolve, {args.days} days of evidence new",
+             [b.run("sync", "--no-resolve")])
     b.record("sync --no-resolve, nothing new",
              [b.run("sync", "--no-resolve") for _ in range(b.runs)], "<= 0.5 s")
-
-    db_after = os.path.getsize(os.path.join(b.state, "state.db"))
-    print(f"\n{args.entries}-entry list, {SERVERS} servers, {args.days} days of {HOSTS} hosts' "
-          f"evidence ({rows['contacts']} contacts, {rows['scans']} scans, {rows['triggers']} "
-          f"triggers); {b.runs} runs each; load average {os.getloadavg()[0]:.2f}")
-    width = max(len(r[0]) for r in b.rows)
-    for name, samples, target in b.rows:
-        print(f"{name:<{width}}  {_fmt(samples)}" + (f"   target {target}" if target else ""))
-    print(f"state: state.db {db_before / 2**20:.1f} MiB after the year's evidence, "
-          f"{db_after / 2**20:.1f} MiB after the syncs; whole state directory "
-          f"{du(b.state) / 2**20:.1f} MiB")
+    db_after = os.path.getsize(db)
+    sizes = (db_before, db_after, live_bytes(db), du(b.state))
+    b.run("rules", "remove")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
+    return b, rows, sizes
+
+
+def inner(args: argparse.Namespace) -> int:
+    now = time.time()
+    servers = server_addresses()
+    print(f"load average {os.getloadavg()[0]:.2f}; generating a {args.entries}-entry list, "
+          f"{SERVERS} servers and {args.days} days of evidence", file=sys.stderr)
+    entries = make_list(args.entries, 11)
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    py = [timed([sys.executable, "-c", "pass"], env, ROOT)[:3] for _ in range(args.runs)]
+    print(f"  python3 -c pass: {_fmt(py)}", file=sys.stderr)
+    trees = [("this", ROOT)]
+    if args.baseline:
+        base = tempfile.mkdtemp(prefix="sclb-tree-")
+        archive = subprocess.run(["git", "-C", ROOT, "archive", args.baseline], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", base], input=archive, check=True)
+        trees.append((args.baseline, base))
+    results = []
+    for label, tree in trees:
+        prepare_tree(tree)
+        results.append(phase(args, tree, label, entries, servers, now))
+    print(f"\n{args.entries}-entry list, {SERVERS} servers, {args.days} days of {HOSTS} hosts' "
+          f"evidence; {args.runs} runs each (one for the year's sync); load average "
+          f"{os.getloadavg()[0]:.2f} at the end")
+    print(f"{'baseline: python3 -c pass':<52}  {_fmt(py)}")
+    for b, rows, sizes in results:
+        print(f"\n[{b.label}] evidence: {rows['contacts']} contacts, {rows['scans']} scans, "
+              f"{rows['triggers']} triggers")
+        for name, samples, target in b.rows:
+            print(f"{name:<52}  {_fmt(samples)}" + (f"   target {target}" if target else ""))
+        before, after, live, whole = sizes
+        print(f"state: state.db {before / 2**20:.1f} MiB after the year's evidence, "
+              f"{after / 2**20:.1f} MiB after the syncs ({live / 2**20:.1f} MiB in use); "
+              f"whole state directory {whole / 2**20:.1f} MiB")
+    if args.baseline:
+        shutil.rmtree(trees[1][1], ignore_errors=True)
     return 0
 
 
@@ -301,9 +359,10 @@ def outer(args: argparse.Namespace) -> int:
         host.run("ip", "-6", "route", "add", "default", "via", GW_V6)
         env = {**os.environ, "PYTHONPATH": ROOT}
         argv = [sys.executable, os.path.abspath(__file__), "--inner", "--runs", str(args.runs),
-                "--entries", str(args.entries), "--days", str(args.days)]
+                "--entries", str(args.entries), "--days", str(args.days),
+                "--baseline", args.baseline]
         if args.keep:
-            argv += ["--keep", args.keep]
+            argv.append("--keep")
         proc = subprocess.run(["ip", "netns", "exec", host.name, *argv], env=env,
                               timeout=7200, check=False)
         return proc.returncode
@@ -314,7 +373,9 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--entries", type=int, default=100_000)
     p.add_argument("--days", type=int, default=365)
-    p.add_argument("--keep", default="", help="work in this directory and keep it")
+    p.add_argument("--keep", action="store_true", help="keep the work directories")
+    p.add_argument("--baseline", default="", metavar="REV",
+                   help="measure this git revision's code the same way too (e.g. main)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.inner:

@@ -201,6 +201,22 @@ def add_address(c: Canary, now: float) -> None:
                           f"{proc.stderr.strip() or 'ip failed'}")
 
 
+def add_addresses(canaries: Sequence[Canary], now: float) -> None:
+    """add_address for many in one `ip -batch` (a first `rules apply` makes ~257: one
+    process each took ~0.5 s). If the batch fails, they are added one by one, so the error
+    names the canary (a replace that already happened is done again, harmlessly)."""
+    if len(canaries) < 2:
+        for c in canaries:
+            add_address(c, now)
+        return
+    lines = "".join(f"addr replace {c.address}/128 dev {c.interface} nodad valid_lft "
+                    f"{max(1, int(c.expires - now))} preferred_lft 0\n" for c in canaries)
+    proc = commands.run(["ip", "-batch", "-"], input=lines, check=False, error=CanaryError)
+    if proc.returncode != 0:
+        for c in canaries:
+            add_address(c, now)
+
+
 def remove_address(c: Canary) -> None:
     commands.run(["ip", "-6", "addr", "del", f"{c.address}/128", "dev", c.interface],
                  check=False, error=CanaryError)
@@ -285,8 +301,7 @@ def maintain(config: Config, state: State, statuses: Mapping[str, ServerStatus],
                     servers=len([a for a in wanted[: config.canary.max]]))
     if dry_run:
         return report
-    for c in (*change.add, *change.retire):
-        add_address(c, now)
+    add_addresses((*change.add, *change.retire), now)
     for v in verdicts:
         state.add_verdict(v)
     state.save_canaries(change, scanned)
@@ -342,6 +357,5 @@ def restore_addresses(state: State, now: float) -> int:
     """Put every live canary of the state back on its interface (after a reboot): the rules
     restored from the last plan rewrite NTP to them. Returns how many."""
     live = [c for c in state.canaries() if c.expires > now]
-    for c in live:
-        add_address(c, now)
+    add_addresses(live, now)
     return len(live)

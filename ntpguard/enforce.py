@@ -222,8 +222,7 @@ def readd_canaries(config: Config, state_dir: str, plan: Plan) -> Plan:
     now = time.time()
     with State.open(state_dir, lock=False) as state:
         missing = [c for c in state.canaries() if c.expires > now and c.address not in present]
-    for c in missing:
-        canary.add_address(c, now)
+    canary.add_addresses(missing, now)
     if missing:
         log.info("canaries: %d addresses put back", len(missing))
     return plan
