@@ -340,6 +340,9 @@ def _load_cache(path: Optional[str]) -> Optional[dict[str, Any]]:
                 data.get("version") != CACHE_VERSION:
             return None
         genid = data.get("genid")
+        here = nft_gen.scope()
+        if here is None or data.get("scope") != here:
+            genid = None  # another boot's or namespace's number: it says nothing here
         return {"token": int(data["token"]), "genid": None if genid is None else int(genid),
                 "skeleton": str(data["skeleton"]), "digest": str(data["digest"]),
                 "sets": {str(k): _decode(v) for k, v in data["sets"].items()}}
@@ -356,7 +359,7 @@ def _save_cache(path: Optional[str], token: int, genid: Optional[int],
     if not path:
         return
     data = json.dumps({"format": CACHE_FORMAT, "version": CACHE_VERSION, "token": token,
-                       "genid": genid, "skeleton": rendered.skeleton,
+                       "genid": genid, "scope": nft_gen.scope(), "skeleton": rendered.skeleton,
                        "digest": rendered.digest(),
                        "sets": {k: _encode(v) for k, v in rendered.sets.items()}})
     with contextlib.suppress(OSError):

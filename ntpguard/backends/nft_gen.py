@@ -12,6 +12,7 @@ each of its own batches.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from typing import Optional
@@ -25,6 +26,20 @@ _NFTA_GEN_ID = 1
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 _NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, resource id
 _ATTR = struct.Struct("=HH")  # nlattr: length, type
+
+
+def scope() -> Optional[str]:
+    """Where a generation number means something: this boot and this network namespace (a
+    number remembered from another boot, or read in another namespace with the same state
+    directory, may well come round again). None if either cannot be read: then no remembered
+    generation is trusted."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            boot = fh.read().strip()
+        net = os.stat("/proc/self/ns/net").st_ino
+    except (OSError, UnicodeError):
+        return None
+    return f"{boot}:{net}" if boot else None
 
 
 def genid() -> Optional[int]:
