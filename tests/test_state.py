@@ -320,3 +320,23 @@ def test_evidence_ages_out_but_a_blocked_servers_stays(state_dir):
         assert st.conn.execute("SELECT count(*) FROM detect_triggers").fetchone()[0] == 2
         assert st.latest_verdicts()[harvester]
         assert evidence.age_out(st, Detect(retention_days=90)) == (0, 0)
+
+
+def test_scans_read_again_whenever_the_tables_changed(state_dir):
+    from ntpguard.detect import Contacts, Scan, Trigger
+
+    def scan(t, src):
+        return Scan(t, t + 1, src, "2001:db8:1::10", 50, 50, ("tcp",),
+                    (Trigger("2001:db8:100::1", "udp", 123, 123, t - 30, 30.0),))
+
+    with State.open(str(state_dir)) as st:
+        assert st.scans() == []
+        st.save_detection([], Contacts({}, 0.0, 100.0), [scan(10.0, "2604::/64")], "k", 1.0)
+        first = st.scans()
+        assert [s.src for s in first] == ["2604::/64"] and st.scans() == first
+        first.clear()  # the caller's list, not the remembered one
+        assert len(st.scans()) == 1
+        st.save_detection([], Contacts({}, 0.0, 100.0), [scan(20.0, "2605::/64")], "k", 2.0)
+        assert [s.src for s in st.scans()] == ["2604::/64", "2605::/64"]
+        st.conn.execute("DELETE FROM detect_triggers")
+        assert [s.triggers for s in st.scans()] == [(), ()]
