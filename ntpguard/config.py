@@ -361,6 +361,12 @@ class Detect:
     suspect_probability: float = field(default=0.5, metadata=_check(_probability))
     clean_probability: float = field(default=0.05, metadata=_check(_probability))
     clean_min_negative: int = field(default=2, metadata=_check(_range(0, 10_000, above=True)))
+    # Days of contacts and scans kept, counted back from the newest line the logs covered
+    # (`sync` ages out older ones): a 50-host gateway records ~300 contacts a day, ~110k rows
+    # and ~17 MB a year. Verdicts are kept forever, and so is every contact with and every
+    # scan triggered by a server judged harvester or suspect: blocked, it gets no new
+    # evidence. 0: keep everything.
+    retention_days: float = field(default=90.0, metadata=_check(_range(0, 36500)))
 
 
 def _log_sources(values: tuple[str, ...]) -> tuple[str, ...]:

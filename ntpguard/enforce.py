@@ -46,7 +46,7 @@ def apply(state_dir: str, backend_name: str, plan: Plan, replace: bool = False,
         backend = backends.get(backend_name, state_dir)
         result = backend.apply(plan, replace=replace)
         _remember(state_dir, backend.name, plan, now())
-        if result.action in ("unchanged", "updated"):
+        if result.action in ("unchanged", "updated") and not result.exact:
             check = backend.verify(plan)
             if not check.ok:
                 again = backend.apply(plan, replace=True)
@@ -222,8 +222,7 @@ def readd_canaries(config: Config, state_dir: str, plan: Plan) -> Plan:
     now = time.time()
     with State.open(state_dir, lock=False) as state:
         missing = [c for c in state.canaries() if c.expires > now and c.address not in present]
-    for c in missing:
-        canary.add_address(c, now)
+    canary.add_addresses(missing, now)
     if missing:
         log.info("canaries: %d addresses put back", len(missing))
     return plan

@@ -379,7 +379,7 @@ def refresh_subscriptions(config: Any, state_dir: str, now: Optional[float] = No
                 "fetched": now, "checked": now, "signed": bool(sub.pubkey),
                 "trusted_comment": trusted, "kind": sub.kind, "trust": sub.trust,
             })
-            results.append(ListResult(sub.name, status, len(parsed.entries)))
+            results.append(ListResult(sub.name, status, parsed.count))
         except NtpguardError as exc:
             kept = " (last good copy kept)" if have_copy else ""
             results.append(ListResult(sub.name, "failed", int(meta.get("entries", 0)),

@@ -18,17 +18,30 @@ functions here that touch files.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import os
 import re
+from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Optional
 
-from ntpguard.addr import IPNetwork, nonglobal_reason, parse_prefix
-from ntpguard.errors import UsageError
-from ntpguard.files import atomic_write, check_dir, ensure_dir, read_regular
+from ntpguard import compiled as compiled_mod
+from ntpguard.addr import IPNetwork, nonglobal_reason_int, parse_prefix, parse_prefix_int
+from ntpguard.compiled import Compiled, Part
+from ntpguard.errors import UnsafePathError, UsageError
+from ntpguard.files import (
+    atomic_write,
+    check_dir,
+    check_file,
+    ensure_dir,
+    open_regular,
+    read_chunks,
+    read_regular,
+)
+from ntpguard.prefixes import BITS, Key, Networks, as_network, text_prefix
 
 if TYPE_CHECKING:
     from ntpguard.status import Verdict
@@ -85,13 +98,39 @@ class Limits:
     allow_nonglobal: bool = False
     default_kind: str = ""  # kind for text lines that carry none; "" = a kind is required
 
+    def key(self) -> str:
+        """These limits as a string: a compiled list is valid only under the same ones."""
+        return repr(self)
+
 
 @dataclass(frozen=True)
 class ParsedList:
+    """A list that passed validation: its raw bytes (what is stored) and its compiled form.
+
+    `entries` (one Entry object each, with comments and JSON evidence) is made on demand by
+    parsing the bytes again: for showing and exporting a list, never for the rules."""
+
     format: str  # "text" or "json"
-    entries: tuple[Entry, ...]
     sha256: str  # of the raw bytes as received
     raw: bytes = field(repr=False, default=b"")
+    compiled: Compiled = field(repr=False, default_factory=lambda: Compiled("", "", ""),
+                               compare=False)
+    source: str = ""
+    limits: Limits = field(default_factory=Limits)
+    _entries: Optional[tuple[Entry, ...]] = field(default=None, repr=False, compare=False)
+
+    @property
+    def count(self) -> int:
+        return self.compiled.count
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        if self._entries is None:
+            reader = Reader(self.source, self.limits, self.format, keep_entries=True)
+            reader.feed(self.raw)
+            object.__setattr__(self, "_entries", reader.result()._entries)
+        assert self._entries is not None
+        return self._entries
 
 
 # -- parsing -------------------------------------------------------------------------------------
@@ -134,9 +173,15 @@ def detect_format(raw: bytes) -> str:
 
 def parse(raw: bytes, source: str, limits: Limits = Limits(), fmt: str = "auto") -> ParsedList:
     """Parse and validate a whole list; raise ListError naming every bad line."""
-    reader = Reader(source, limits, fmt)
+    reader = Reader(source, limits, fmt, keep_entries=True)
     reader.feed(raw)
     return reader.result()
+
+
+# Text lines are taken a block of up to this many bytes at a time, decoded and split at C
+# speed, wherever nothing in the block needs the line-by-line path's care.
+_BLOCK = 1 << 20
+_KIND_CODE = {"harvester": 0, "scanner": 1}
 
 
 class Reader:
@@ -150,19 +195,28 @@ class Reader:
     result() raises them together with their line (or entry) numbers.
     """
 
-    def __init__(self, source: str, limits: Limits = Limits(), fmt: str = "auto") -> None:
+    def __init__(self, source: str, limits: Limits = Limits(), fmt: str = "auto",
+                 keep_entries: bool = False) -> None:
         if fmt not in ("auto", "text", "json"):
             raise UsageError(f"unknown list format {fmt!r} (text or json)")
         self.source, self.limits, self.format = source, limits, fmt
+        self._asked_format = fmt
         self._raw: Any = b""  # bytes, or a bytearray once a second chunk came
         self._hash = hashlib.sha256()
         self._pos = -1  # first byte not parsed yet; -1 until a BOM and the format are known
         self._bom = 0
         self._blank_to = 0  # auto format: bytes known to be BOM or blanks
         self._ended = False
+        # Entry objects (with comments and JSON evidence) only when asked: 100k of them are
+        # ~60 MB. Otherwise each valid entry is a key in _seen (one int: network, length,
+        # family), its kind, number and (harvesters) comment by index.
+        self.keep_entries = keep_entries
         self.entries: list[Entry] = []
         self.problems: list[str] = []
-        self._seen: dict[IPNetwork, Entry] = {}
+        self._seen: dict[int, int] = {}
+        self._kinds = bytearray()
+        self._numbers = array("I")
+        self._comments: dict[int, str] = {}
         self._count = 0  # entries met, valid or not: what max_entries limits
         self._line = 0  # text: lines as str.splitlines() numbers them (LF, CRLF, CR, ...)
         self._lf_lines = 0  # text: LF-terminated lines, for encoding errors
@@ -202,7 +256,58 @@ class Reader:
         self.end()
         if self.problems:
             raise ListError(self.source, self.problems)
-        return ParsedList(self.format, tuple(self.entries), self.sha256, self._raw)
+        if not isinstance(self._raw, bytes):
+            self._raw = bytes(self._raw)  # one copy of the list, not two (64 MiB at most)
+        return ParsedList(self.format, self.sha256, self._raw, self.compiled(),
+                          self.source, self.limits,
+                          tuple(self.entries) if self.keep_entries else None)
+
+    @property
+    def count(self) -> int:
+        """Valid entries so far."""
+        return len(self._numbers)
+
+    def compiled(self) -> Compiled:
+        """The valid entries so far, packed and sorted by kind, IP version and length, and
+        which lie inside another entry of their kind (one pass in sorted order). Written
+        straight into bytes and arrays: lists of ints per group cost a 100k-entry import
+        ~10 MB more at its peak."""
+        kinds, numbers, comments, seen = self._kinds, self._numbers, self._comments, self._seen
+        parts = []
+        for code in (0, 1):
+            groups: dict[Key, bytearray] = {}
+            lines: dict[Key, array] = {}
+            notes: dict[Key, list[str]] = {}
+            inside: dict[Key, list[int]] = {}
+            # A family at a time: IPv6 values below 2^32 (::/96) would sort among IPv4 ones.
+            for fam_bit, fam in ((0, 4), (1, 6)):
+                bits, width = BITS[fam], 16 if fam == 6 else 4
+                last_net, last_len = -1, 0
+                for key in sorted(k for k, i in seen.items()
+                                  if k & 1 == fam_bit and kinds[i] == code):
+                    index = seen[key]
+                    length = key >> 1 & 0xFF
+                    net = key >> 9
+                    group = (fam, length)
+                    packed = groups.get(group)
+                    if packed is None:
+                        packed = groups[group] = bytearray()
+                        lines[group] = array("I")
+                        notes[group] = []
+                    if last_net >= 0 and net >> (bits - last_len) == \
+                            last_net >> (bits - last_len):
+                        inside.setdefault(group, []).append(len(packed) // width)
+                    else:
+                        last_net, last_len = net, length
+                    packed += net.to_bytes(width, "big")
+                    lines[group].append(numbers[index])
+                    if code == 0:
+                        notes[group].append(comments.get(index, ""))
+            part = Part.of({}, {}, {}, notes if code == 0 else None)
+            parts.append(Part({k: Networks(k[0], bytes(v)) for k, v in groups.items()}, lines,
+                              {k: tuple(v) for k, v in inside.items()}, part.comments))
+        return Compiled(self.sha256, self.limits.key(),
+                        self.format if self.format != "auto" else "text", parts[0], parts[1])
 
     # -- common ----------------------------------------------------------------------------------
 
@@ -237,30 +342,67 @@ class Reader:
         return True
 
     def _counted(self, where: str) -> None:
-        self._count += 1
+        """Count one entry met (valid or not); fatal past max_entries. (The text path counts
+        inline and calls this only once past the limit.)"""
+        if self._count <= self.limits.max_entries:
+            self._count += 1
         if self._count > self.limits.max_entries:
             self._fatal(f"{where}: more than max_entries {self.limits.max_entries} entries "
                         "(the rest was not read)")
 
-    def _keep(self, e: Entry, unit: str) -> None:
-        """Keep a valid entry unless an earlier one has the same network."""
-        first = self._seen.get(e.network)
+    def _add(self, address: str, kind: str, comment: str, number: int, unit: str,
+             extra: tuple[tuple[tuple[str, int], ...], Optional[float], Optional[float]]
+             = ((), None, None)) -> None:
+        """Validate one entry; keep it unless an earlier one has the same network."""
+        code = _KIND_CODE.get(kind)
+        if code is None:
+            self.problems.append(f"{unit} {number}: unknown kind {kind!r} (harvester or "
+                                 "scanner)")
+            return
+        limits = self.limits
+        try:
+            fam, value, length = parse_prefix_int(address, limits.min_prefixlen_v6,
+                                                  limits.min_prefixlen_v4)
+        except UsageError as exc:
+            self.problems.append(f"{unit} {number}: {exc}")
+            return
+        if not limits.allow_nonglobal:
+            # Both ends: a prefix may start in global space and reach into a reserved block.
+            last = value | ((1 << (BITS[fam] - length)) - 1)
+            why = nonglobal_reason_int(fam, value) or nonglobal_reason_int(fam, last)
+            if why:
+                self.problems.append(f"{unit} {number}: {address} is not a global address "
+                                     f"({why})")
+                return
+        # Sorts by family, then network, then length: the order a collapse walks.
+        key = ((value << 8 | length) << 1 | 1) if fam == 6 else (value << 8 | length) << 1
+        first = self._seen.get(key)
         if first is None:
-            self._seen[e.network] = e
-            self.entries.append(e)
-        elif first.kind == e.kind:
-            self.problems.append(f"{unit} {e.line}: duplicate of {unit} {first.line} "
-                                 f"({e.address})")
+            index = len(self._numbers)
+            self._seen[key] = index
+            self._kinds.append(code)
+            self._numbers.append(number)
+            if code == 0 or self.keep_entries:
+                self._comments[index] = comment
+            if self.keep_entries:
+                self.entries.append(Entry(as_network(fam, value, length), kind, comment,
+                                          number, *extra))
+            return
+        shown = text_prefix(fam, value, length)
+        if self._kinds[first] == code:
+            self.problems.append(f"{unit} {number}: duplicate of {unit} "
+                                 f"{self._numbers[first]} ({shown})")
         else:
-            self.problems.append(f"{unit} {e.line}: {e.address} is listed as {e.kind} here "
-                                 f"and as {first.kind} on {unit} {first.line}")
+            self.problems.append(f"{unit} {number}: {shown} is listed as {kind} here and as "
+                                 f"{KINDS[self._kinds[first]]} on {unit} "
+                                 f"{self._numbers[first]}")
 
     # -- text ------------------------------------------------------------------------------------
 
     def _text(self, final: bool) -> None:
         buf = self._raw
         while self._pos < len(buf):
-            if self._skip_trivial_lines():
+            if self._skip_trivial_lines() or self._text_block():
                 continue
             end = buf.find(b"\n", self._pos)
             if end < 0:
@@ -296,6 +438,36 @@ class Reader:
         self._pos = run.end()
         return True
 
+    def _text_block(self) -> bool:
+        """The whole lines of up to _BLOCK bytes at once (a list's bulk: ~1 µs a line less
+        than one by one), where nothing in them needs the line-by-line path, which words the
+        problems: bytes that are not UTF-8, a NUL, another line break than LF or CRLF, a line
+        that may be past MAX_LINE. False: take the line-by-line path here."""
+        buf, start = self._raw, self._pos
+        end = buf.rfind(b"\n", start, min(len(buf), start + _BLOCK))
+        if end < 0:
+            return False
+        try:
+            text = bytes(buf[start:end + 1]).decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        if "\x00" in text or _OTHER_BREAK.search(text):
+            return False
+        lines = text.split("\n")
+        lines.pop()  # the empty rest after the last LF
+        if max(map(len, lines)) > MAX_LINE // 4:  # 4 bytes at most per character
+            return False
+        number = self._line
+        entry = self._text_entry
+        for line in lines:
+            number += 1
+            if line and line[0] != "#":
+                entry(line, number)
+        self._line = number
+        self._lf_lines += len(lines)
+        self._pos = end + 1
+        return True
+
     def _text_line(self, data: bytes, offset: int) -> None:
         self._lf_lines += 1
         try:
@@ -315,20 +487,19 @@ class Reader:
         fields = body.split()
         if not fields:
             return
-        where = f"line {number}"
-        self._counted(where)
+        self._count += 1
+        if self._count > self.limits.max_entries:
+            self._counted(f"line {number}")
         if len(fields) > 2:
-            self.problems.append(f"{where}: expected ADDRESS KIND [# comment], "
+            self.problems.append(f"line {number}: expected ADDRESS KIND [# comment], "
                                  f"got {line.strip()!r}")
             return
         kind = fields[1] if len(fields) == 2 else self.limits.default_kind
         if not kind:
-            self.problems.append(f"{where}: no kind (harvester or scanner) after {fields[0]!r}")
+            self.problems.append(f"line {number}: no kind (harvester or scanner) after "
+                                 f"{fields[0]!r}")
             return
-        entry = _entry(fields[0], kind, comment.strip(), number, self.limits, self.problems,
-                       where)
-        if entry is not None:
-            self._keep(entry, "line")
+        self._add(fields[0], kind, comment.strip(), number, "line")
 
     # -- json ------------------------------------------------------------------------------------
 
@@ -487,9 +658,7 @@ class Reader:
         except ValueError as exc:
             self.problems.append(f"{where}: {exc}")
             return
-        e = _entry(address, kind, comment, index, self.limits, self.problems, where)
-        if e is not None:
-            self._keep(Entry(e.network, e.kind, e.comment, index, evidence, first, last), "entry")
+        self._add(address, kind, comment, index, "entry", (evidence, first, last))
 
 
 _JSON_TOKEN = re.compile(rb'["\[\]{},]')
@@ -518,25 +687,6 @@ def _value_end(window: bytes) -> Optional[int]:
         elif char in b"]}":
             depth -= 1
         i = m.end()
-
-
-def _entry(address: str, kind: str, comment: str, number: int, limits: Limits,
-           problems: list[str], where: str) -> Optional[Entry]:
-    if kind not in KINDS:
-        problems.append(f"{where}: unknown kind {kind!r} (harvester or scanner)")
-        return None
-    try:
-        net = parse_prefix(address, limits.min_prefixlen_v6, limits.min_prefixlen_v4)
-    except UsageError as exc:
-        problems.append(f"{where}: {exc}")
-        return None
-    if not limits.allow_nonglobal:
-        # Both ends: a prefix may start in global space and reach into a reserved block.
-        why = nonglobal_reason(net.network_address) or nonglobal_reason(net.broadcast_address)
-        if why:
-            problems.append(f"{where}: {address} is not a global address ({why})")
-            return None
-    return Entry(net, kind, comment, number)
 
 
 def _evidence(value: Any) -> tuple[tuple[str, int], ...]:
@@ -644,11 +794,14 @@ def _checked_dir(state_dir: str, create: bool = False) -> Optional[str]:
 
 
 def store(state_dir: str, name: str, parsed: ParsedList, meta: dict[str, Any]) -> str:
-    """Keep a validated list as STATE/lists/NAME.{txt,json} with NAME.meta.json beside it.
+    """Keep a validated list as STATE/lists/NAME.{txt,json} with NAME.compiled and
+    NAME.meta.json beside it.
 
     Only call with a list that `parse` accepted: this is what makes it the "last good copy".
-    The list is written before its metadata, so a crash between them leaves metadata that
-    describes an older copy (a refetch without ETag fixes it), never a list without validation.
+    The list is written before its compiled form and its metadata, so a crash between them
+    leaves a compiled form or metadata that describe an older copy (the compiled form says
+    which copy it was built from, and is built again; a refetch without ETag fixes the
+    metadata), never a list without validation.
     """
     check_name(name)
     directory = _checked_dir(state_dir, create=True)
@@ -657,8 +810,10 @@ def store(state_dir: str, name: str, parsed: ParsedList, meta: dict[str, Any]) -
         ext = "json" if parsed.format == "json" else "txt"
         path = os.path.join(directory, f"{name}.{ext}")
         atomic_write(path, parsed.raw)
+        _write_compiled(os.path.join(directory, f"{name}{COMPILED_EXT}"),
+                        parsed.compiled.with_source(compiled_mod.identity(os.lstat(path))))
         other = os.path.join(directory, f"{name}.{'txt' if ext == 'json' else 'json'}")
-        full = dict(meta, format=parsed.format, sha256=parsed.sha256, entries=len(parsed.entries))
+        full = dict(meta, format=parsed.format, sha256=parsed.sha256, entries=parsed.count)
         atomic_write(os.path.join(directory, f"{name}.meta.json"),
                       (json.dumps(full, indent=1, sort_keys=True) + "\n").encode())
         if os.path.lexists(other):
@@ -666,6 +821,38 @@ def store(state_dir: str, name: str, parsed: ParsedList, meta: dict[str, Any]) -
     except OSError as exc:
         raise UsageError(f"{directory}: cannot store list {name}: {exc.strerror}") from None
     return path
+
+
+COMPILED_EXT = ".compiled"
+
+
+def _write_compiled(path: str, c: Compiled) -> None:
+    """Best effort: a compiled form that is not written is built again when next needed."""
+    with contextlib.suppress(OSError):
+        atomic_write(path, compiled_mod.dumps(c))
+
+
+# Compiled forms read in this process, by path, with the identity of the file they came from:
+# a sync loads the lists in force four times (statuses, canaries, rules, the summary), ~25 ms
+# each for a 100k-entry list.
+_READ: dict[str, tuple[tuple[int, ...], Compiled]] = {}
+
+
+def _read_compiled(path: str) -> Optional[Compiled]:
+    """The compiled form in `path`, None if there is none or it is damaged (or not a regular
+    file: nothing is followed or trusted there)."""
+    try:
+        st = os.lstat(path)
+        seen = _READ.get(path)
+        if seen is not None and seen[0] == compiled_mod.identity(st):
+            return seen[1]
+        c = compiled_mod.loads(read_regular(path, compiled_mod.MAX_BYTES))
+    except (OSError, UnsafePathError, compiled_mod.Damaged):
+        return None
+    # Remembered under the identity seen before the read: a file replaced meanwhile has
+    # another one, and is read again next time.
+    _READ[path] = (compiled_mod.identity(st), c)
+    return c
 
 
 def store_meta(state_dir: str, name: str, meta: dict[str, Any]) -> None:
@@ -705,21 +892,75 @@ def stored_names(state_dir: str) -> list[str]:
     return sorted(names)
 
 
-def load_stored(state_dir: str, name: str, limits: Limits) -> Optional[ParsedList]:
-    """The last good copy of list NAME, re-validated, or None if there is none."""
+def stored_path(state_dir: str, name: str) -> Optional[tuple[str, str]]:
+    """(path, format) of the stored copy of list NAME, None if there is none."""
     directory = _checked_dir(state_dir)
     if directory is None:
         return None
-    for ext in ("txt", "json"):
+    for ext, fmt in (("txt", "text"), ("json", "json")):
         path = os.path.join(directory, f"{name}.{ext}")
-        try:
-            raw = read_regular(path, MAX_STORED_BYTES)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-        return parse(raw, path, limits, ext if ext == "json" else "text")
+        if os.path.lexists(path):
+            return path, fmt
     return None
+
+
+def _read_copy(path: str) -> tuple[bytes, os.stat_result]:
+    """A stored copy's bytes and the identity of the very file they came from."""
+    try:
+        with open_regular(path, MAX_STORED_BYTES) as fh:
+            st = os.fstat(fh.fileno())
+            return b"".join(read_chunks(fh, path, MAX_STORED_BYTES)), st
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load_stored(state_dir: str, name: str, limits: Limits) -> Optional[ParsedList]:
+    """The last good copy of list NAME, re-validated, or None if there is none."""
+    found = stored_path(state_dir, name)
+    if found is None:
+        return None
+    path, fmt = found
+    return parse(_read_copy(path)[0], path, limits, fmt)
+
+
+def load_compiled(state_dir: str, name: str, limits: Limits, write: bool = True
+                  ) -> Optional[Compiled]:
+    """The compiled form of stored list NAME under `limits`, None if there is no copy.
+
+    The NAME.compiled file is used when it provably describes the stored copy: built under
+    the same limits, from a copy with this file identity (or, if the identity changed, the
+    same SHA-256: the copy is hashed again), whole (its CRC). Otherwise the copy is validated
+    again (ListError if it no longer passes, e.g. under stricter limits) and the compiled form
+    written back when `write` (a reader that may not write just uses it).
+    """
+    found = stored_path(state_dir, name)
+    if found is None:
+        return None
+    path, fmt = found
+    directory = os.path.dirname(path)
+    cpath = os.path.join(directory, f"{name}{COMPILED_EXT}")
+    st = check_file(path)
+    if st is None:
+        return None
+    key = limits.key()
+    have = _read_compiled(cpath)
+    if have is not None and have.limits == key:
+        if have.source == compiled_mod.identity(st):
+            return have
+        raw, st = _read_copy(path)
+        if hashlib.sha256(raw).hexdigest() == have.sha256:
+            fresh = have.with_source(compiled_mod.identity(st))
+            if write:
+                _write_compiled(cpath, fresh)
+            return fresh
+    else:
+        raw, st = _read_copy(path)
+    reader = Reader(path, limits, fmt)
+    reader.feed(raw)
+    fresh = reader.result().compiled.with_source(compiled_mod.identity(st))
+    if write:
+        _write_compiled(cpath, fresh)
+    return fresh
 
 
 def remove_stored(state_dir: str, name: str) -> bool:
@@ -727,11 +968,11 @@ def remove_stored(state_dir: str, name: str) -> bool:
     if directory is None:
         return False
     removed = False
-    for suffix in (".txt", ".json", ".meta.json"):
+    for suffix in (".txt", ".json", ".meta.json", COMPILED_EXT):
         path = os.path.join(directory, name + suffix)
         if os.path.lexists(path):
             os.unlink(path)
-            removed = True
+            removed = suffix != COMPILED_EXT or removed
     return removed
 
 
@@ -746,14 +987,27 @@ class LoadedList:
     """A list in force: its name (`builtin-harvesters`, a subscription, an import) and trust.
 
     trust "enforce": entries count as evidence for verdicts and rules (below manual marks and
-    local evidence); "report": shown by `list show`/`explain` only.
+    local evidence); "report": shown by `list show`/`explain` only. Its entries are held
+    compiled (packed, by kind and length); `entries` reads and parses the copy again.
     """
 
     name: str
     trust: str
-    entries: tuple[Entry, ...]
+    compiled: Compiled
     origin: str  # file or URL it came from
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    path: str = ""  # the stored (or shipped) copy
+    limits: Limits = field(default_factory=Limits, compare=False)
+    format: str = "text"
+
+    @property
+    def count(self) -> int:
+        return self.compiled.count
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        """Every entry with its comment and evidence, from the copy (for showing it)."""
+        return parse(_read_copy(self.path)[0], self.path, self.limits, self.format).entries
 
 
 def limits_for(config: Any, max_entries: Optional[int] = None, kind: str = "") -> Limits:
@@ -778,40 +1032,55 @@ def builtin_dir(config: Any) -> str:
     return SYSTEM_RULES_DIR
 
 
-def load_builtin(config: Any) -> list[LoadedList]:
-    """The shipped lists; [lists] builtin = false switches them off."""
+def builtin_paths(config: Any) -> list[str]:
+    """The shipped lists in force ([lists] builtin = false: none)."""
     if not config.lists.builtin:
         return []
     directory = builtin_dir(config)
+    return [os.path.join(directory, fname) for fname in BUILTIN_FILES]
+
+
+def load_builtin(config: Any) -> list[LoadedList]:
+    """The shipped lists; [lists] builtin = false switches them off. They are a few dozen
+    entries: parsed on every use, never compiled to a file (their directory is not ours)."""
     out = []
-    for fname in BUILTIN_FILES:
-        path = os.path.join(directory, fname)
+    limits = limits_for(config)
+    for path in builtin_paths(config):
         try:
             raw = read_regular(path, MAX_STORED_BYTES)
         except OSError as exc:
             raise UsageError(f"{path}: cannot read shipped list: {exc.strerror} "
                              "(set [lists] builtin_dir, or builtin = false)") from None
-        parsed = parse(raw, path, limits_for(config), "text")
-        name = "builtin-" + fname.rsplit(".", 1)[0]
-        out.append(LoadedList(name, config.lists.builtin_trust, parsed.entries, path))
+        reader = Reader(path, limits, "text")
+        reader.feed(raw)
+        parsed = reader.result()
+        name = "builtin-" + os.path.basename(path).rsplit(".", 1)[0]
+        out.append(LoadedList(name, config.lists.builtin_trust, parsed.compiled, path, {},
+                              path, limits, "text"))
     return out
 
 
-def load_all(config: Any, state_dir: str) -> list[LoadedList]:
-    """Every list in force: shipped, subscribed and imported (their last good copies)."""
-    subs = {s.name: s for s in config.lists.subscriptions}
+def stored_settings(config: Any, name: str, meta: Mapping[str, Any]) -> tuple[Limits, str]:
+    """(limits, trust) a stored list is held to: its subscription's, else its import's."""
+    sub = next((s for s in config.lists.subscriptions if s.name == name), None)
+    if sub is not None:
+        return limits_for(config, sub.max_entries, sub.kind), sub.trust
+    trust = meta.get("trust") if meta.get("trust") in TRUSTS else "enforce"
+    return limits_for(config, kind=str(meta.get("kind", ""))), str(trust)
+
+
+def load_all(config: Any, state_dir: str, write: bool = True) -> list[LoadedList]:
+    """Every list in force: shipped, subscribed and imported (their last good copies,
+    compiled; `write`: a compiled form built again may be written back)."""
     out = load_builtin(config)
     for name in stored_names(state_dir):
         meta = read_meta(state_dir, name)
-        sub = subs.get(name)
-        if sub is not None:
-            limits, trust = limits_for(config, sub.max_entries, sub.kind), sub.trust
-        else:
-            limits = limits_for(config, kind=str(meta.get("kind", "")))
-            trust = meta.get("trust") if meta.get("trust") in TRUSTS else "enforce"
-        parsed = load_stored(state_dir, name, limits)
-        if parsed is not None:
-            out.append(LoadedList(name, trust, parsed.entries, str(meta.get("source", "")), meta))
+        limits, trust = stored_settings(config, name, meta)
+        found = stored_path(state_dir, name)
+        compiled = load_compiled(state_dir, name, limits, write)
+        if compiled is not None and found is not None:
+            out.append(LoadedList(name, trust, compiled, str(meta.get("source", "")), meta,
+                                  found[0], limits, found[1]))
     return out
 
 

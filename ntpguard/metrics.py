@@ -177,7 +177,7 @@ def gather(config: Any, state: Any, report: Any, started: float, finished: float
         facts.step_failures[name] = facts.step_failures.get(name, 0) + 1
     try:
         for lst in lists_mod.load_all(config, state.directory):
-            facts.lists.append({"name": lst.name, "entries": len(lst.entries),
+            facts.lists.append({"name": lst.name, "entries": lst.count,
                                 "fetched": lst.meta.get("fetched"),
                                 "checked": lst.meta.get("checked")})
     except NtpguardError:  # a broken stored list: its step reports it, the rest still counts

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ntpguard import backends, canary, enforce, evidence, fetch, pool, snapshot, timeconf
+from ntpguard import backends, canary, enforce, evidence, snapshot, timeconf
 from ntpguard.config import Config
 from ntpguard.errors import NtpguardError
 from ntpguard.logs.read import order_sources
@@ -168,6 +168,8 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
             progress(step)
 
     def do_resolve(step: Step) -> None:
+        from ntpguard import pool  # dnspython: ~25 ms and ~4 MB a sync without DNS saves
+
         rep = pool.resolve(config.pool, state, rounds=settings.resolve_rounds, show=show)
         step.data = {"queries": rep.queries, "answers": rep.answers,
                      "new": len(rep.new_servers)}
@@ -217,16 +219,21 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         if not config.lists.subscriptions:
             step.skipped, step.message = True, "no subscriptions"
             return
+        from ntpguard import fetch  # http.client and ssl: only with subscriptions
+
         rep = fetch.refresh_subscriptions(config, state_dir, now=now(), show=show)
         step.data = rep.as_dict()
         step.message = rep.summary()
         step.ok = rep.ok
 
     def do_verdicts(step: Step) -> None:
-        verdicts, _ = evidence.compute_verdicts(state, config.detect, record=True, now=now())
-        step.data = dict(Counter(v.status for v in verdicts.values()))
+        contacts, scans = evidence.age_out(state, config.detect)
+        step.data = evidence.record_verdicts(state, config.detect, now=now())
         step.message = ", ".join(f"{n} {k}" for k, n in sorted(step.data.items())) or \
             "no evidence yet"
+        if contacts or scans:
+            step.message += (f"; {contacts} contacts and {scans} scans older than "
+                             f"{config.detect.retention_days:g} days aged out")
 
     def do_probe(step: Step) -> None:
         # After the verdicts, so the suspects are this run's; the results come with a later

@@ -91,8 +91,10 @@ def select_servers(cands: Sequence[Candidate], count: int, spread_v6: int = 48,
     chosen: list[str] = []
     used = set()
     for c in pool:  # first pass: one per prefix
+        if len(chosen) >= count:
+            break  # the rest cannot be chosen: 2,000 servers cost 2,000 prefixes made
         g = _group(c.address, spread_v6, spread_v4)
-        if g not in used and len(chosen) < count:
+        if g not in used:
             chosen.append(c.address)
             used.add(g)
     for c in pool:  # then fill up, if there are not enough prefixes

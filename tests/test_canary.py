@@ -173,3 +173,31 @@ def test_exposure_counts_real_addresses_only_where_nothing_rewrote_them():
     assert seen == {S2, "192.0.2.7", "2001:db8:77::1"}
     assert scanned == 1
     assert canary.exposure(runs, set(), [], 50.0)[0] >= {S2, S3}  # no canaries: all real
+
+
+def test_many_canaries_go_in_one_ip_batch_and_one_by_one_if_it_fails(monkeypatch):
+    import subprocess
+
+    from ntpguard import canary as canary_mod
+
+    calls = []
+
+    def fake_run(argv, input=None, check=True, error=None):
+        calls.append((argv, input))
+        failed = argv[:2] == ["ip", "-batch"] and fail_batch
+        return subprocess.CompletedProcess(argv, 1 if failed else 0, "", "")
+
+    monkeypatch.setattr(canary_mod.commands, "run", fake_run)
+    made = [canary_mod.Canary(f"2001:db8:1::c{i}", f"2001:db8:100::{i}", "eth0", 0.0, 100.0)
+            for i in range(3)]
+    fail_batch = False
+    canary_mod.add_addresses(made, 10.0)
+    assert len(calls) == 1 and calls[0][0] == ["ip", "-batch", "-"]
+    assert calls[0][1].splitlines() == [
+        f"addr replace 2001:db8:1::c{i}/128 dev eth0 nodad valid_lft 90 preferred_lft 0"
+        for i in range(3)]
+    calls.clear()
+    fail_batch = True
+    canary_mod.add_addresses(made, 10.0)
+    assert [c[0][:4] for c in calls] == [["ip", "-batch", "-"]] + [
+        ["ip", "-6", "addr", "replace"]] * 3

@@ -26,6 +26,27 @@ def test_every_command_has_help(run_cli, command):
     assert f"ntpguard {command}" in out.stdout
 
 
+@pytest.mark.parametrize("argv, chosen", [
+    (["rules", "apply"], "rules"),
+    (["--config", "sync", "rules", "apply"], "rules"),  # a value is no command
+    (["--state-dir=/x", "-v", "status"], "status"),
+    (["--conf", "list", "mark", "2001:db8::1", "clean"], "mark"),  # abbreviated option
+    (["--wait", "sync"], "sync"),
+    (["--version"], None),
+    (["nosuch", "rules"], None),  # argparse words the error with every command
+    (["--", "rules"], None),
+])
+def test_only_the_named_command_is_imported(argv, chosen):
+    from ntpguard.cli import chosen_command
+
+    assert chosen_command(argv) == chosen
+
+
+def test_unknown_command_still_lists_every_command(run_cli):
+    out = run_cli("nosuch")
+    assert out.returncode == 2 and "rules" in out.stderr and "explain" in out.stderr
+
+
 @pytest.mark.parametrize("text,message", [
     ("[pool]\nrounds = -1\n", "pool.rounds: must be greater than 0"),
     ("[pool]\nnameservers = ['999.1.1.1']\n", "pool.nameservers: not an IP address"),

@@ -196,7 +196,8 @@ def test_store_keeps_last_good_copy(tmp_path):
     # Switching format replaces the other file, no temporary files are left behind.
     j = lists.parse(lists.export_json(good.entries, 0).encode(), "j", LIM)
     lists.store(state, "mine", j, {})
-    assert sorted(os.listdir(tmp_path / "lists")) == ["mine.json", "mine.meta.json"]
+    assert sorted(os.listdir(tmp_path / "lists")) == ["mine.compiled", "mine.json",
+                                                      "mine.meta.json"]
     assert lists.stored_names(state) == ["mine"]
     assert lists.remove_stored(state, "mine") and lists.stored_names(state) == []
     with pytest.raises(UsageError):

@@ -300,3 +300,39 @@ def test_protected_reason_names_what_a_prefix_would_cut_off():
     assert protected_reason("2604:a880:800:10::/64", host) is None
     assert "2001:db8:1::2" in protected_reason("2001:db8:1::/64", host)
     assert protected_reason("fe80::/64", host) == "link-local"
+
+
+# -- compiled lists: the protected-address check without a pass over the entries -----------
+
+
+def _listed(*lines: str):
+    from ntpguard.lists import Limits, parse
+    from ntpguard.plan import Listed
+
+    parsed = parse("\n".join(lines).encode() + b"\n", "big.txt",
+                   Limits(allow_nonglobal=True, default_kind="scanner"))
+    return Listed("big.txt", parsed.compiled.scanner)
+
+
+@pytest.mark.parametrize("entry, covered", [
+    ("2001:db8:1::2", True),  # the very address
+    ("2001:db8:1::/112", True),  # inside the host's /64, longer than /64
+    ("2001:db8:1:0:8000::/65", False),  # the other half of that /64
+    ("2001:db8:1::/64", True),
+    ("2001:db8:1::/48", True),
+    ("2001:db8:2::/64", False),
+    ("2001:db8:1::3", False),  # a neighbour of many host addresses, none of them
+])
+def test_listed_scanners_cover_host_addresses(entry, covered):
+    # Like a host with its canaries: many addresses in one /64, looked up per /64 first.
+    canaries = [f"2001:db8:1::{i:x}" for i in range(0x100, 0x200)]
+    host = HostFacts((*canaries, "2001:db8:1::2"), ("fe80::1",))
+    listed = _listed("2600:1::/48", "203.0.113.0/24", entry, "2001:db8:1::4")
+    if covered:
+        with pytest.raises(PlanInputError, match=r"^big\.txt:3: .*covers this host's address"):
+            build(servers(("2001:db8:100::1", "clean")), [], [], Rules(), host,
+                  listed_scanners=[listed])
+    else:
+        p = build(servers(("2001:db8:100::1", "clean")), [], [], Rules(), host,
+                  listed_scanners=[listed])
+        assert sum(len(s.networks) for s in p.scanners) == 4

@@ -226,3 +226,117 @@ def test_contact_runs_merge_and_a_reread_never_inflates_them(state_dir):
         runs = st.contacts().runs
     assert runs[pair] == [100.0, 720.0, 9]
     assert runs[("2001:db8:a::2", "2001:db8:5::9")] == [50.0, 50.0, 1]
+
+
+def test_verdicts_are_weighed_again_only_when_the_evidence_changed(state_dir, monkeypatch):
+    from ntpguard import evidence
+    from ntpguard.config import Detect
+    from ntpguard.detect import Contacts, Scan, Trigger
+
+    calls = []
+    real = evidence.compute_verdicts
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evidence, "compute_verdicts", counted)
+    server, address = "2001:db8:100::1", "2001:db8:1::10"
+    with State.open(str(state_dir)) as st:
+        st.save_detection([], Contacts({(address, server): [100.0, 400.0, 5]}, 100.0, 9000.0),
+                          [], "k", 1.0)
+        first = evidence.record_verdicts(st, Detect(), now=2.0)
+        assert evidence.record_verdicts(st, Detect(), now=3.0) == first and len(calls) == 1
+        # Each kind of new fact makes it weigh again: a longer run, a scan, other settings.
+        st.save_detection([], Contacts({(address, server): [100.0, 500.0, 6]}, 100.0, 9000.0),
+                          [], "k", 4.0)
+        evidence.record_verdicts(st, Detect(), now=5.0)
+        assert len(calls) == 2
+        scan = Scan(130.0, 131.0, "2604:a880:800:10::/64", address, 50, 50, ("tcp",),
+                    (Trigger(server, "udp", 123, 123, 100.0, 30.0),))
+        st.save_detection([], Contacts({}, 100.0, 9000.0), [scan], "k", 6.0)
+        evidence.record_verdicts(st, Detect(), now=7.0)
+        evidence.record_verdicts(st, Detect(), now=8.0)
+        assert len(calls) == 3
+        evidence.record_verdicts(st, Detect(lookback=7200.0), now=9.0)
+        assert len(calls) == 4
+    # A damaged memo is no memo.
+    (Path(state_dir) / evidence.MEMO_NAME).write_text("{not json")
+    with State.open(str(state_dir)) as st:
+        evidence.record_verdicts(st, Detect(), now=10.0)
+    assert len(calls) == 5
+
+
+def test_a_canary_changes_the_evidence_key_only_where_it_met_evidence(state_dir):
+    from ntpguard.canary import Canary, Change
+    from ntpguard.detect import Contacts
+
+    with State.open(str(state_dir)) as st:
+        st.save_detection([], Contacts({("2001:db8:1::c1", "2001:db8:100::1"): [5.0, 6.0, 1]},
+                                       5.0, 6.0), [], "k", 7.0)
+        before = st.evidence_key()
+        idle = Canary("2001:db8:1::c2", "2001:db8:100::2", "eth0", 1.0, 9e9)
+        st.save_canaries(Change(add=(idle,)))
+        assert st.evidence_key() == before  # no contact, no scan: weighs nothing
+        met = Canary("2001:db8:1::c1", "2001:db8:100::1", "eth0", 1.0, 9e9)
+        st.save_canaries(Change(add=(met,)))
+        after = st.evidence_key()
+        assert after != before  # its contact is now a probe's
+        st.save_canaries(Change(retire=(met,)))
+        assert st.evidence_key() == after
+
+
+def test_evidence_ages_out_but_a_blocked_servers_stays(state_dir):
+    """retention_days counts back from the newest covered log line; the contacts with and
+    the scans triggered by a server judged harvester are kept however old; verdicts stay."""
+    from ntpguard import evidence
+    from ntpguard.config import Detect
+    from ntpguard.detect import Contacts, Scan, Trigger
+    from ntpguard.status import DETECT, Status
+
+    day = 86400.0
+    harvester, clean, addr = "2001:db8:100::1", "2001:db8:100::2", "2001:db8:1::10"
+
+    def scan(t, server):
+        return Scan(t + 30, t + 31, f"2604:a880:{server[-1]}::/64", addr, 50, 50, ("tcp",),
+                    (Trigger(server, "udp", 123, 123, t, 30.0),))
+
+    with State.open(str(state_dir)) as st:
+        old, new = 10 * day, 200 * day
+        st.save_detection([], Contacts({(addr, harvester): [old, old + 60, 2],
+                                        (addr, clean): [old, old + 60, 2],
+                                        ("2001:db8:1::11", clean): [new, new + 60, 2]},
+                                       old, new + day), [scan(old, harvester), scan(old, clean),
+                                                         scan(new, clean)], "k", 1.0)
+        st.add_verdict(Verdict(harvester, Status.HARVESTER, DETECT, {}, old + day))
+        assert evidence.age_out(st, Detect(retention_days=0)) == (0, 0)
+        assert evidence.age_out(st, Detect(retention_days=365)) == (0, 0)
+        assert evidence.age_out(st, Detect(retention_days=90)) == (1, 1)
+        runs = st.contacts().runs
+        assert set(runs) == {(addr, harvester), ("2001:db8:1::11", clean)}
+        scans = st.scans()
+        assert [(s.start, s.triggers[0].server) for s in scans] == [
+            (old + 30, harvester), (new + 30, clean)]
+        assert st.conn.execute("SELECT count(*) FROM detect_triggers").fetchone()[0] == 2
+        assert st.latest_verdicts()[harvester]
+        assert evidence.age_out(st, Detect(retention_days=90)) == (0, 0)
+
+
+def test_scans_read_again_whenever_the_tables_changed(state_dir):
+    from ntpguard.detect import Contacts, Scan, Trigger
+
+    def scan(t, src):
+        return Scan(t, t + 1, src, "2001:db8:1::10", 50, 50, ("tcp",),
+                    (Trigger("2001:db8:100::1", "udp", 123, 123, t - 30, 30.0),))
+
+    with State.open(str(state_dir)) as st:
+        assert st.scans() == []
+        st.save_detection([], Contacts({}, 0.0, 100.0), [scan(10.0, "2604::/64")], "k", 1.0)
+        first = st.scans()
+        assert [s.src for s in first] == ["2604::/64"] and st.scans() == first
+        first.clear()  # the caller's list, not the remembered one
+        assert len(st.scans()) == 1
+        st.save_detection([], Contacts({}, 0.0, 100.0), [scan(20.0, "2605::/64")], "k", 2.0)
+        assert [s.src for s in st.scans()] == ["2604::/64", "2605::/64"]
+        st.conn.execute("DELETE FROM detect_triggers")
+        assert [s.triggers for s in st.scans()] == [(), ()]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
 from ntpguard import commands
@@ -39,6 +39,9 @@ class Result:
     added: int = 0
     deleted: int = 0
     detail: str = ""
+    # The backend knows the kernel holds exactly the plan now (nft: the generation after its
+    # own transaction, or unchanged since it); then nobody needs to verify it.
+    exact: bool = field(default=False, compare=False)
 
     def describe(self) -> str:
         b = self.backend

@@ -12,7 +12,10 @@ cache file next to the state, tied to the kernel by a random token kept in the t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -21,13 +24,14 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from ntpguard import commands
-from ntpguard.backends import DRIFTED, IN_PLACE, MISSING, Check, Result, nft_verify
+from ntpguard.backends import DRIFTED, IN_PLACE, MISSING, Check, Result, nft_gen, nft_verify
 from ntpguard.errors import FirewallError, UnsafePathError
 from ntpguard.files import atomic_write, read_regular
 from ntpguard.plan import PROBE_MARK, Plan, PrefixSet
+from ntpguard.prefixes import Networks, ntop
 
 FAMILY, TABLE = "inet", "ntpguard"
 CACHE_NAME = "rules-nft.json"
@@ -45,12 +49,23 @@ LOG_CANARY_IN = "ntpguard-canary-in: "
 FILTER_PRIORITY = "filter - 10"
 
 
+# A set's elements: text (addresses, map entries, intervals) or, for the prefix sets that may
+# hold 100k, packed networks (ntpguard.prefixes.Networks), made text only when nft needs it.
+Elements = Union[list[str], Networks]
+
+
+def _digest(elements: Elements) -> str:
+    if isinstance(elements, Networks):
+        return elements.digest()
+    return hashlib.sha256("\n".join(elements).encode()).hexdigest()
+
+
 @dataclass
 class Rendered:
     """A plan as nft text: the rule skeleton (no elements) and each set's elements."""
 
     skeleton: str
-    sets: dict[str, list[str]] = field(default_factory=dict)
+    sets: dict[str, Elements] = field(default_factory=dict)
 
     def full_text(self, token: int) -> str:
         """One transaction that replaces (or creates) the table with exactly this content."""
@@ -61,12 +76,19 @@ class Rendered:
                 parts.append(_add(name, elements))
         return "".join(parts)
 
+    def digest(self) -> str:
+        """SHA-256 of the skeleton and every set's elements: equal digests, equal tables."""
+        h = hashlib.sha256(self.skeleton.encode())
+        for name in sorted(self.sets):
+            h.update(f"\0{name}\0{_digest(self.sets[name])}".encode())
+        return h.hexdigest()
 
-def _add(name: str, elements: list[str]) -> str:
+
+def _add(name: str, elements: Iterable[str]) -> str:
     return f"add element {FAMILY} {TABLE} {name} {{ {', '.join(elements)} }}\n"
 
 
-def _delete(name: str, elements: list[str]) -> str:
+def _delete(name: str, elements: Iterable[str]) -> str:
     return f"delete element {FAMILY} {TABLE} {name} {{ {', '.join(elements)} }}\n"
 
 
@@ -83,14 +105,14 @@ def _match(direction: str, kind: str, ps: PrefixSet) -> str:
 
 def rules_for(plan: Plan) -> Rendered:
     """The exact nft ruleset for a plan (pure; equal plans give equal text)."""
-    sets: dict[str, list[str]] = {}
+    sets: dict[str, Elements] = {}
     decl = ["\tset generation {\n\t\ttype mark\n\t}\n"]
 
-    def declare(name: str, family: int, elements: tuple[str, ...], kind: str = "",
-                what: str = "set") -> None:
+    def declare(name: str, family: int, elements: Union[tuple[str, ...], Networks],
+                kind: str = "", what: str = "set") -> None:
         kind = kind or ("ipv6_addr" if family == 6 else "ipv4_addr")
         decl.append(f"\t{what} {name} {{\n\t\ttype {kind}\n\t}}\n")
-        sets[name] = list(elements)
+        sets[name] = elements if isinstance(elements, Networks) else list(elements)
 
     declare("clean4", 4, plan.clean4)
     declare("clean6", 6, plan.clean6)
@@ -284,26 +306,62 @@ class Nft:
         return None
 
 
+# The element cache: what ntpguard's last transaction left in the kernel (format 2: packed
+# prefix sets in base64, the generation that transaction made; format 1 is not read, and the
+# first apply after an upgrade replaces the table whole).
+CACHE_FORMAT, CACHE_VERSION = "ntpguard-nft-cache", 2
+
+
+def _encode(elements: Elements) -> Any:
+    if isinstance(elements, Networks):
+        return {"family": elements.family,
+                "packed": base64.b64encode(elements.packed).decode("ascii")}
+    return list(elements)
+
+
+def _decode(value: Any) -> Elements:
+    if isinstance(value, dict):
+        return Networks(int(value["family"]), base64.b64decode(value["packed"], validate=True))
+    if not isinstance(value, list) or not all(isinstance(e, str) for e in value):
+        raise ValueError("set elements: not a list of strings")
+    return value
+
+
 def _load_cache(path: Optional[str]) -> Optional[dict[str, Any]]:
+    """{"token", "genid", "skeleton", "digest", "sets"} of the cache file; None when there is
+    none, or it is damaged or of another format (then nothing it says is trusted)."""
     if not path:
         return None
     try:
         # A planted link or a FIFO here must not be followed or hang the apply; the cache is
-        # as big as the sets (100k prefixes: ~4 MB).
+        # as big as the sets (100k prefixes: ~2.2 MB).
         data = json.loads(read_regular(path, 256 << 20))
-    except (OSError, ValueError, UnsafePathError):
+        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or \
+                data.get("version") != CACHE_VERSION:
+            return None
+        genid = data.get("genid")
+        here = nft_gen.scope()
+        if here is None or data.get("scope") != here:
+            genid = None  # another boot's or namespace's number: it says nothing here
+        return {"token": int(data["token"]), "genid": None if genid is None else int(genid),
+                "skeleton": str(data["skeleton"]), "digest": str(data["digest"]),
+                "sets": {str(k): _decode(v) for k, v in data["sets"].items()}}
+    except (OSError, ValueError, UnsafePathError, KeyError, TypeError, AttributeError,
+            binascii.Error):
         return None  # no trusted cache: the apply replaces the whole table
-    if not isinstance(data, dict) or not {"token", "skeleton", "sets"} <= data.keys():
-        return None
-    return data
 
 
-def _save_cache(path: Optional[str], token: int, rendered: Rendered) -> None:
-    """Atomic write; a failure only costs the next apply a full replace."""
+def _save_cache(path: Optional[str], token: int, genid: Optional[int],
+                rendered: Rendered) -> None:
+    """Atomic write; a failure only costs the next apply a full replace. `genid`: the
+    kernel's generation right after ntpguard's transaction, if nothing else was committed with
+    it (None: unknown, so the next check lists the table)."""
     if not path:
         return
-    # json.dumps (the C encoder) is ~7x faster than json.dump streaming 100k strings.
-    data = json.dumps({"token": token, "skeleton": rendered.skeleton, "sets": rendered.sets})
+    data = json.dumps({"format": CACHE_FORMAT, "version": CACHE_VERSION, "token": token,
+                       "genid": genid, "scope": nft_gen.scope(), "skeleton": rendered.skeleton,
+                       "digest": rendered.digest(),
+                       "sets": {k: _encode(v) for k, v in rendered.sets.items()}})
     with contextlib.suppress(OSError):
         atomic_write(path, data.encode("utf-8"))
 
@@ -315,7 +373,23 @@ def _new_token(old: Optional[int]) -> int:
             return token
 
 
-def diff_text(cached: dict[str, Any], rendered: Rendered, new_token: int) -> tuple[str, int, int]:
+def _changes(old: Elements, new: Elements) -> tuple[list[str], list[str]]:
+    """(elements to delete, elements to add) from old to new; in text."""
+    if isinstance(old, Networks) and isinstance(new, Networks) and old.family == new.family:
+        if old.packed == new.packed:
+            return [], []
+        before, after = set(old.records()), set(new.records())
+        fam = new.family
+        return ([ntop(fam, r) for r in sorted(before - after)],
+                [ntop(fam, r) for r in sorted(after - before)])
+    old_set = set(old)
+    new_list = list(new)
+    new_set = set(new_list)
+    return sorted(old_set - new_set), [e for e in new_list if e not in old_set]
+
+
+def diff_text(cached: Mapping[str, Any], rendered: Rendered, new_token: int
+              ) -> tuple[str, int, int]:
     """The add/delete transaction from cached contents to rendered ones; ("", 0, 0) if equal.
 
     Deleting an element the kernel lacks aborts the whole transaction (nft checks it), and
@@ -324,10 +398,7 @@ def diff_text(cached: dict[str, Any], rendered: Rendered, new_token: int) -> tup
     """
     parts, added, deleted = [], 0, 0
     for name, elements in rendered.sets.items():
-        old = set(cached["sets"].get(name, ()))
-        new = set(elements)
-        gone = sorted(old - new)
-        fresh = [e for e in elements if e not in old]
+        gone, fresh = _changes(cached["sets"].get(name, []), elements)
         if gone:
             parts.append(_delete(name, gone))
             deleted += len(gone)
@@ -339,6 +410,12 @@ def diff_text(cached: dict[str, Any], rendered: Rendered, new_token: int) -> tup
     parts.append(f"delete element {FAMILY} {TABLE} generation {{ {int(cached['token']):#x} }}\n")
     parts.append(f"add element {FAMILY} {TABLE} generation {{ {new_token:#x} }}\n")
     return "".join(parts), added, deleted
+
+
+def _after(before: Optional[int], after: Optional[int]) -> Optional[int]:
+    """The generation to remember after one transaction of ntpguard's: `after` if it is the
+    very next one (nothing else was committed with it), else None."""
+    return after if before is not None and after == before + 1 else None
 
 
 class NftBackend:
@@ -366,37 +443,47 @@ class NftBackend:
 
     def apply(self, plan: Plan, replace: bool = False) -> Result:
         """Make the kernel's table match the plan: no-op, element update, or full replace
-        (always the latter with replace=True: the cache cannot see a drifted table)."""
+        (always the latter with replace=True: the cache cannot see a drifted table). The
+        Result is `exact` when the generation shows the kernel holds exactly the plan now."""
         rendered = rules_for(plan)
         cached = _load_cache(self.cache_path)
         kernel_token = self.nft.token()
+        before = nft_gen.genid()
         start = time.perf_counter()
         if (not replace and cached and kernel_token is not None
                 and cached["token"] == kernel_token
                 and cached["skeleton"] == rendered.skeleton):
+            # The cache is the kernel's content as ntpguard left it, if nothing was committed
+            # since (same generation); else only as far as the token and the diff can tell.
+            trusted = before is not None and cached["genid"] == before
             token = _new_token(kernel_token)
             text, added, deleted = diff_text(cached, rendered, token)
             if not text:
-                return Result(self.name, "unchanged")
+                return Result(self.name, "unchanged", exact=trusted)
             try:
                 self.nft.run(text)
             except FirewallError:
                 pass  # the kernel drifted from the cache: replace the whole table below
             else:
-                _save_cache(self.cache_path, token, rendered)
+                after = _after(before, nft_gen.genid())
+                _save_cache(self.cache_path, token, after, rendered)
                 return Result(self.name, "updated", time.perf_counter() - start, added,
-                              deleted)
+                              deleted, exact=trusted and after is not None)
         token = _new_token(kernel_token)
         self.nft.run(rendered.full_text(token))
-        _save_cache(self.cache_path, token, rendered)
+        _save_cache(self.cache_path, token, _after(before, nft_gen.genid()), rendered)
         return Result(self.name, "replaced" if kernel_token is not None else "created",
-                      time.perf_counter() - start, detail=f"table {FAMILY} {TABLE}")
+                      time.perf_counter() - start, detail=f"table {FAMILY} {TABLE}",
+                      exact=True)
 
     def verify(self, plan: Plan) -> Check:
         """Whether the kernel's table is this plan's: its chains (hooks, priorities, policies,
-        rule counts) and its sets' elements, read in one listing (~1.5 s with 100k elements;
-        a missing table costs one tiny lookup)."""
-        if self.nft.token() is None:
+        rule counts) and its sets' elements, read in one listing (~0.6 s with 100k elements;
+        a missing table costs one tiny lookup). No listing is needed while the kernel's
+        generation is still the one ntpguard's last transaction made (nothing was committed
+        since) and that transaction left this very plan (the cache's digest)."""
+        token = self.nft.token()
+        if token is None:
             try:
                 self.nft.run(f"list table {FAMILY} {TABLE}", json_out=True, reading=True)
             except FirewallError as exc:
@@ -404,9 +491,20 @@ class NftBackend:
                     return Check(MISSING, f"table {FAMILY} {TABLE} is not in the kernel")
                 raise
             return Check(DRIFTED, f"table {FAMILY} {TABLE} has no ntpguard generation token")
-        listing = self.nft.run(f"list table {FAMILY} {TABLE}", json_out=True, reading=True)
         rendered = rules_for(plan)
+        cached = _load_cache(self.cache_path)
+        ours = cached is not None and cached["token"] == token and \
+            cached["digest"] == rendered.digest()
+        before = nft_gen.genid()
+        if ours and before is not None and cached is not None and cached["genid"] == before:
+            return Check(IN_PLACE)
+        listing = self.nft.run(f"list table {FAMILY} {TABLE}", json_out=True, reading=True)
+        stable = before is not None and nft_gen.genid() == before
         problem = nft_verify.compare(rendered.skeleton, rendered.sets, listing)
+        if not problem and ours and stable and cached is not None:
+            # In place at generation `before`: the next check needs no listing until
+            # something is committed again.
+            _save_cache(self.cache_path, token, before, rendered)
         return Check(DRIFTED, problem) if problem else Check(IN_PLACE)
 
     def show(self, full: bool = False) -> str:

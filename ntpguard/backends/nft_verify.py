@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 # Named base-chain priorities of the ip, ip6 and inet families (nft(8), "CHAINS").
 NAMED_PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50,
@@ -100,7 +100,7 @@ def from_listing(listing: str) -> Shape:
     return shape
 
 
-def compare(skeleton: str, elements: dict[str, list[str]], listing: str) -> str:
+def compare(skeleton: str, elements: Mapping[str, Sequence[str]], listing: str) -> str:
     """'' when the listed table has the rendered shape and the given elements (sets missing
     from `elements`, like the generation token, are only required to exist); else the first
     difference, in one line."""

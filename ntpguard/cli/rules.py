@@ -10,6 +10,7 @@ import time
 from ntpguard import backends, canary, enforce, snapshot
 from ntpguard.cli import RULES_NOT_IN_PLACE, Context, Subparsers
 from ntpguard.cli._fmt import iso
+from ntpguard.status import effective
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -48,12 +49,16 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     # The state lock for what writes the state (canaries, the run record); enforce.apply
     # takes the rules lock, which serialises the kernel and the nft element cache.
     with ctx.open_state(write=not args.dry_run) as state:
+        taken = None
         if not args.dry_run:
             # Canaries are part of the firewall: give new servers theirs before the plan maps
-            # them (a dry run shows the canaries in force as they are).
-            canary.maintain(ctx.config, state, snapshot.statuses(ctx.config, state),
-                            time.time())
-        plan = snapshot.firewall_plan(ctx.config, state, force=args.force)
+            # them (a dry run shows the canaries in force as they are). Their statuses serve
+            # the plan too unless a canary convicted a server meanwhile.
+            snap = snapshot.take(ctx.config, state)
+            statuses = effective(snap)
+            report = canary.maintain(ctx.config, state, statuses, time.time())
+            taken = None if report.convicted else (snap, statuses)
+        plan = snapshot.firewall_plan(ctx.config, state, force=args.force, taken=taken)
         if args.dry_run:
             text = backends.render(name, plan)
             if args.json:
