@@ -9,7 +9,7 @@ PYPI_VENV := .venv-pypi
 DEB_BUILD_PACKAGES := git dpkg-dev build-essential debhelper dh-python pybuild-plugin-pyproject \
 	python3-all-dev python3-setuptools lintian mmdebstrap
 APT_PACKAGES := python3 python3-venv python3-pip python3-dnspython \
-	python3-pytest python3-hypothesis python3-nftables python3-iptables \
+	python3-pytest python3-pytest-xdist python3-hypothesis python3-nftables python3-iptables \
 	nftables iptables ipset iproute2 iputils-ping procps kmod \
 	pdns-server pdns-backend-bind chrony nmap ulogd2 ulogd2-json dnsutils ntpsec-ntpdate \
 	python3-cryptography minisign openssl systemd-container systemd-journal-remote ufw \
@@ -25,9 +25,12 @@ PYTEST_ARGS ?= --durations=20
 
 .PHONY: test deps lint unit demo clean deb
 
+# The unit tests on both CPUs (each in its own temporary directory, nothing shared); the root
+# and lab tests one at a time (their namespaces have fixed names, their timings are real).
 test: deps lint
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) tests
-	$(PYPI_VENV)/bin/python -m pytest -q -m "not root and not lab" -p no:cacheprovider tests
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) -n 2 -m "not root and not lab" tests
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) -m "root or lab" tests
+	$(PYPI_VENV)/bin/python -m pytest -q -n 2 -m "not root and not lab and not scenarios" -p no:cacheprovider tests
 
 deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make test: run as root (it installs packages and builds network namespaces)" >&2; exit 1; fi
@@ -43,7 +46,7 @@ deps:
 	$(VENV)/bin/pip install -q ruff mypy
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	test -x $(PYPI_VENV)/bin/python || $(PYTHON) -m venv $(PYPI_VENV)
-	$(PYPI_VENV)/bin/pip install -q -U dnspython pytest hypothesis cryptography
+	$(PYPI_VENV)/bin/pip install -q -U dnspython pytest pytest-xdist hypothesis cryptography
 	$(PYPI_VENV)/bin/pip install -q --no-deps -e .
 	@# ntpsec and openntpd conflict with chrony: unpack (not install) their .debs so the tests
 	@# can run their config parsers on the files timeconf generates.

@@ -132,6 +132,7 @@ SCENARIOS = {
 }
 
 
+@pytest.mark.scenarios
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_precision_and_recall_over_seeds(name):
     sc = SCENARIOS[name]
@@ -381,6 +382,7 @@ def test_the_sieve_changes_no_result(tmp_path, name):
     assert handed[0] < 0.7 * handed[1]
 
 
+@pytest.mark.scenarios
 @pytest.mark.parametrize("name,seeds", [("site", range(3)), ("journal", range(1)),
                                         ("gateway", range(1))])
 def test_attribution_scenarios(tmp_path, name, seeds):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_logs import CORPUS  # noqa: E402  (where the parser tests find the real log lines)
 
 SYSTEM_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root"}
-WHEELS = ("dnspython", "tomli", "pytest", "hypothesis",
+WHEELS = ("dnspython", "tomli", "pytest", "hypothesis", "pytest-xdist", "execnet",
           # pytest's and hypothesis's backports below 3.11 (pip download does not pick them
           # for another Python's markers)
           "exceptiongroup", "typing_extensions")
@@ -31,10 +31,11 @@ WHEELS = ("dnspython", "tomli", "pytest", "hypothesis",
 SCRIPT = """set -e
 python3 --version
 python3 -m venv /v
-/v/bin/pip install -q --no-index --find-links /wheels dnspython tomli pytest hypothesis
+/v/bin/pip install -q --no-index --find-links /wheels dnspython tomli pytest hypothesis pytest-xdist
 cd /src/main
 /v/bin/python setup.py -q build_ext --inplace
-/v/bin/python -m pytest -q -p no:cacheprovider -m "not root and not lab" tests
+# Both CPUs: nothing else runs while this test does.
+/v/bin/python -m pytest -q -n 2 -p no:cacheprovider -m "not root and not lab and not scenarios" tests
 """
 
 
