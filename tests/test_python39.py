@@ -35,7 +35,8 @@ python3 -m venv /v
 cd /src/main
 /v/bin/python setup.py -q build_ext --inplace
 # Both CPUs: nothing else runs while this test does.
-/v/bin/python -m pytest -q -n 2 -p no:cacheprovider -m "not root and not lab and not scenarios" tests
+/v/bin/python -m pytest -q -n 2 -p no:cacheprovider \
+    -m "not root and not lab and not scenarios" tests
 """
 
 
