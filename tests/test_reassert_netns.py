@@ -26,6 +26,7 @@ from typing import Iterator
 
 import pytest
 from conftest import lock_held
+from labtools import wait_for
 
 from lab.netns import Lab
 from lab.world import start_chrony_server
@@ -181,7 +182,7 @@ def watcher(h: Host) -> Iterator[list[str]]:
                               daemon=True)
     reader.start()
     try:
-        assert wait_for(lambda: any("watching" in ln for ln in lines), 20), lines
+        assert wait_for(lambda: any("watching" in ln for ln in lines), 20, 0.02), lines
         yield lines
     finally:
         proc.terminate()
@@ -189,18 +190,9 @@ def watcher(h: Host) -> Iterator[list[str]]:
         reader.join(timeout=5)
 
 
-def wait_for(pred, timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
-
-
 def back_within(h: Host, seconds: float) -> float:
     started = time.monotonic()
-    assert wait_for(h.in_place, seconds), f"table not back within {seconds} s"
+    assert wait_for(h.in_place, seconds, 0.02), f"table not back within {seconds} s"
     return time.monotonic() - started
 
 
@@ -225,7 +217,7 @@ def test_the_watcher_puts_rules_back_within_a_second(host, capsys):
         assert h.nft("delete", "rule", "inet", "ntpguard", "output", "handle",
                      handle).returncode == 0
         started = time.monotonic()
-        assert wait_for(lambda: h.ntpguard("rules", "show").returncode == 0, 5)
+        assert wait_for(lambda: h.ntpguard("rules", "show").returncode == 0, 5, 0.02)
         times["delete a rule"] = time.monotonic() - started
         # A sync sleeping through its DNS rounds with the state lock held is no obstacle.
         with lock_held(h.state, 10, "ntpguard sync"):

@@ -105,14 +105,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         verdicts, estimates = attribute(contacts.runs, scans, contacts.end, settings)
         sides = contacts.sides
     if args.json:
-        for s in scans:
-            print_json(scan_json(s))
-        for v in sorted(verdicts.values(), key=_rank):
-            print_json({"type": "server", "address": v.address, "status": v.status.value,
-                        "positive": v.positive, "negative": v.negative, "sole": v.sole,
-                        "probability": v.probability, "harvest_rate": v.harvest_rate,
-                        "explained": v.explained})
-        print_json({"type": "model", **dataclasses.asdict(estimates), "sides": sides})
+        _print_json(scans, verdicts, estimates, {"sides": sides})
     else:
         print(report(scans, verdicts, estimates, stats, sides))
     return 0
@@ -154,19 +147,24 @@ def _run_hosts(ctx: Context, args: argparse.Namespace, settings: Detect) -> int:
     if not reads:
         log.warning("detect: no host's log matches [collector] hosts_from")
     if args.json:
-        for s in scans:
-            print_json(scan_json(s))
-        for v in sorted(verdicts.values(), key=_rank):
-            print_json({"type": "server", "address": v.address, "status": v.status.value,
-                        "positive": v.positive, "negative": v.negative, "sole": v.sole,
-                        "probability": v.probability, "harvest_rate": v.harvest_rate,
-                        "explained": v.explained})
-        print_json({"type": "model", **dataclasses.asdict(estimates),
-                    "hosts": [r.as_dict() for r in reads]})
+        _print_json(scans, verdicts, estimates, {"hosts": [r.as_dict() for r in reads]})
     else:
         print(report(scans, verdicts, estimates, stats))
         print(f"Hosts: {len(reads)} ({', '.join(r.host for r in reads) or 'none'}).")
     return 0 if not any(r.error for r in reads) else 4
+
+
+def _print_json(scans: list[Scan], verdicts: dict[str, Finding], est: Estimates,
+                extra: dict[str, Any]) -> None:
+    """`detect --json`, one host or many: a line per scan, per server, then the model's."""
+    for s in scans:
+        print_json(scan_json(s))
+    for v in sorted(verdicts.values(), key=_rank):
+        print_json({"type": "server", "address": v.address, "status": v.status.value,
+                    "positive": v.positive, "negative": v.negative, "sole": v.sole,
+                    "probability": v.probability, "harvest_rate": v.harvest_rate,
+                    "explained": v.explained})
+    print_json({"type": "model", **dataclasses.asdict(est), **extra})
 
 
 def _iso(t: float) -> str:
