@@ -20,6 +20,7 @@ return data; the side effects (iproute2) are in the functions at the end.
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -140,6 +141,21 @@ def plan(current: Sequence[Canary], wanted: Sequence[str], now: float, settings:
         life = (settings.spare_rotate if server == SPARE else settings.rotate) + _GRACE
         add.append(Canary(address, server, target.interface, now, now + life))
     return Change(tuple(add), tuple(retire))
+
+
+def next_change(canaries: Iterable[Canary], now: float, settings: Settings) -> float:
+    """The first time after `now` at which `plan` or `in_force` would answer otherwise with
+    nothing else changed: a live canary expires, or an active one reaches its rotation age
+    (infinity without live canaries). Until then a plan built now stays the plan."""
+    times = [math.inf]
+    for c in canaries:
+        if c.expires <= now:
+            continue
+        times.append(c.expires)
+        if c.active:
+            times.append(c.created + (settings.spare_rotate if c.server == SPARE
+                                      else settings.rotate))
+    return min(times)
 
 
 def in_force(canaries: Iterable[Canary], usable: Iterable[str], now: float

@@ -91,6 +91,10 @@ def firewall_plan(config: Config, state: State, force: bool = False,
                  listed_harvesters=listed_harvesters)
 
 
+# What `sync` says when it had to let NTP reach unknown servers (enforceable_plan).
+FALLBACK_NOTE = "no usable server known yet: NTP to unknown servers allowed for now"
+
+
 def enforceable_plan(config: Config, state: State, host: Optional[HostFacts] = None
                      ) -> tuple[Plan, list[str]]:
     """The plan to enforce unattended, and notes on it.
@@ -104,4 +108,4 @@ def enforceable_plan(config: Config, state: State, host: Optional[HostFacts] = N
         return firewall_plan(config, state, force=config.sync.force_rules, host=host), []
     except UnsafePlan:
         return (firewall_plan(config, state, host=host, unknown="allow"),
-                ["no usable server known yet: NTP to unknown servers allowed for now"])
+                [FALLBACK_NOTE])

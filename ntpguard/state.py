@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
-from ntpguard import files
+from ntpguard import files, revision
 from ntpguard.canary import Canary, Change
 from ntpguard.detect import Contacts, Scan, Trigger
 from ntpguard.errors import LockBusy, StateError, UnsafePathError
@@ -72,6 +72,13 @@ def _triggers_table(db: sqlite3.Connection) -> None:
                " protocols FROM detect_scans")
     db.execute("DROP TABLE detect_scans")
     db.execute("ALTER TABLE detect_scans_new RENAME TO detect_scans")
+
+
+def _revision(db: sqlite3.Connection) -> None:
+    """Migration 8: the revision row and its triggers (statements with `;` inside, so not a
+    string split on it)."""
+    for statement in revision.schema():
+        db.execute(statement)
 
 
 # Each entry moves the schema from version i to i+1. Append, never edit a released entry:
@@ -184,6 +191,9 @@ MIGRATIONS: list[Migration] = [
     # came from, so each address's evidence is covered by its own host's log ('': this
     # host's own logs).
     "ALTER TABLE detect_contacts ADD COLUMN host TEXT NOT NULL DEFAULT ''",
+    # 8: the revision (ntpguard.revision): a value triggers change with every change to what a
+    # plan is made from, so a run with nothing new can tell without reading the rest.
+    _revision,
 ]
 
 

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ntpguard import backends, canary, enforce, evidence, snapshot, timeconf
+from ntpguard import backends, canary, enforce, evidence, inputs, snapshot, timeconf
 from ntpguard.config import Config
 from ntpguard.errors import NtpguardError
 from ntpguard.logs.read import order_sources
@@ -259,9 +259,24 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         step.message = f"{len(sent)} of {len(results)} suspects probed" + "".join(
             f"; {r.server}: {r.detail}" for r in results if not r.sent)
 
+    # The last apply's record when nothing its plan was made from changed since (the
+    # canaries and rules steps then have nothing to do: ntpguard.inputs).
+    unchanged: list[inputs.Record] = []
+    # The digest of the inputs, taken once the canaries are as they will be (the plan is
+    # built from the state as it is then; the lock keeps other writers out meanwhile).
+    digested: list[Optional[str]] = []
+
     def do_canaries(step: Step) -> None:
         # After the verdicts (a harvester gets no canary; a scanned canary convicts) and
         # before the rules, which map each server to its canary.
+        record = None if dry_run else inputs.unchanged(
+            config, state_dir, config.rules.backend, config.sync.force_rules, True, now())
+        if record is not None:
+            unchanged.append(record)
+            step.data = {"unchanged": True}
+            step.message = "as they were: nothing the rules are made from changed since " \
+                "the last apply"
+            return
         rep = canary.maintain(config, state, snapshot.statuses(config, state), now(),
                               dry_run=dry_run)
         step.data = {"available": rep.available, "added": rep.added, "retired": rep.retired,
@@ -269,6 +284,8 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         step.message = rep.message()
         if not rep.available:
             step.skipped = True
+        if not dry_run:
+            digested.append(inputs.digest(config, state_dir))
 
     def do_publish(step: Step) -> None:
         # After the canaries (their convictions are verdicts of this run) and before the
@@ -294,6 +311,14 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         step.message = f"{config.metrics.textfile} written"
 
     def do_rules(step: Step) -> None:
+        if unchanged:
+            record = unchanged[0]
+            step.data = {**record.plan, "action": "unchanged",
+                         "unknown": "allow" if record.fallback else config.rules.unknown}
+            step.message = "; ".join([*([snapshot.FALLBACK_NOTE] if record.fallback else []),
+                                      str(record.result["message"])])
+            return
+        found = digested[0] if digested else inputs.digest(config, state_dir)
         plan, notes = snapshot.enforceable_plan(config, state)
         step.data = dict(plan.counts())
         step.data["unknown"] = plan.unknown
@@ -303,6 +328,10 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
             step.message = "; ".join([*notes, "dry run: not applied"])
             return
         result = enforce.apply(state_dir, config.rules.backend, plan, now=now)
+        at = now()
+        inputs.remember(state_dir, found, config.rules.backend, result, plan,
+                        config.sync.force_rules, bool(notes),
+                        canary.next_change(state.canaries(), at, config.canary), at)
         step.message = "; ".join([*notes, result.describe()])
         step.data["action"] = result.action
 

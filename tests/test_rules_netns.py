@@ -172,12 +172,17 @@ class RulesLab:
         from ntpguard.state import State
 
         with State.open(str(self.state)) as st:
-            st.add_verdict(Verdict.of(address, status, source, {}, time.time() + 30))
+            st.add_verdict(Verdict.of(address, status, source, {}, self._later()))
         try:
             yield
         finally:
             with State.open(str(self.state)) as st:
-                st.add_verdict(Verdict.of(address, then, source, {}, time.time() + 40))
+                st.add_verdict(Verdict.of(address, then, source, {}, self._later()))
+
+    def _later(self) -> float:
+        """A verdict time after every one this lab gave before (tests share the lab)."""
+        self._clock = max(getattr(self, "_clock", 0.0), time.time()) + 10
+        return self._clock
 
     def config(self, mode: str = "host", **extra: str) -> Path:
         path = self.workdir / f"ntpguard-{mode}.toml"
@@ -505,3 +510,66 @@ def test_log_lines_give_the_detector_its_evidence(clean_rules):
         time.sleep(0.2)
     assert out, "no ntpguard-ntp-out: line for the rejected NTP packet"
     assert inb, "no ntpguard-in: line for the scanner's SYN"
+
+
+def rules_applies(r: RulesLab) -> int:
+    """How many `rules apply` runs built a plan (a run that found nothing new records none)."""
+    from ntpguard.state import State
+
+    with State.open(str(r.state), lock=False) as st:
+        return len(st.runs("rules apply", limit=1000))
+
+
+def test_nothing_new_stops_at_the_digest_and_every_change_is_seen(clean_rules):
+    """`rules apply` with nothing new answers from the last apply's record (ntpguard.inputs)
+    without building a plan; a change of the state, a list, the host's addresses, the kernel
+    (someone else's nft command) or the clock (a canary due) each makes it build again."""
+    r = clean_rules
+    if r.backend != "nft":
+        pytest.skip("the kernel generation is nft's")
+    r.ntpguard("rules", "apply")
+    built = rules_applies(r)
+    out = r.ntpguard("rules", "apply")
+    assert "nothing changed" in out.stdout and "usable servers: 1 IPv6, 1 IPv4" in out.stdout
+    assert rules_applies(r) == built
+    # The state: a verdict.
+    with r.verdict(CLEAN4, "suspect", "detect", then="clean"):
+        assert "updated in place" in r.ntpguard("rules", "apply").stdout
+        assert not ntp_ok(r.host, CLEAN4)
+    assert "updated in place" in r.ntpguard("rules", "apply").stdout
+    assert ntp_ok(r.host, CLEAN4)
+    built = rules_applies(r)
+    # The kernel: someone deletes an element; the state is as it was.
+    r.host.run("nft", "delete", "element", "inet", "ntpguard", "clean6", f"{{ {CLEAN6} }}")
+    assert not ntp_ok(r.host, CLEAN6)
+    r.ntpguard("rules", "apply")
+    assert ntp_ok(r.host, CLEAN6) and rules_applies(r) == built + 1
+    # A list: a scanner prefix added by `list import`.
+    assert probe(r.net, "tcp", HOST6, 22, src=OTHER6) == "ok"
+    extra = r.workdir / "more.txt"
+    extra.write_text("2001:db8:777::/48 scanner\n")
+    r.ntpguard("list", "import", str(extra), "--name", "more", "--kind", "scanner")
+    r.ntpguard("rules", "apply")
+    assert probe(r.net, "tcp", HOST6, 22, src=OTHER6) == "timeout"
+    r.ntpguard("list", "remove", "more")
+    r.ntpguard("rules", "apply")
+    assert probe(r.net, "tcp", HOST6, 22, src=OTHER6) == "ok"
+    # The host's addresses.
+    built = rules_applies(r)
+    r.ntpguard("rules", "apply")
+    assert rules_applies(r) == built
+    r.host.run("ip", "addr", "add", "2001:db8:1::77/64", "dev", "eth0", "nodad")
+    try:
+        r.ntpguard("rules", "apply")
+        assert rules_applies(r) == built + 1
+    finally:
+        r.host.run("ip", "addr", "del", "2001:db8:1::77/64", "dev", "eth0")
+    # The clock: the record's deadline (the next canary rotation) passed.
+    r.ntpguard("rules", "apply")
+    built = rules_applies(r)
+    record = r.state / "applied-inputs.json"
+    data = json.loads(record.read_text())
+    data["until"] = time.time() - 1
+    record.write_text(json.dumps(data))
+    r.ntpguard("rules", "apply")
+    assert rules_applies(r) == built + 1

@@ -14,11 +14,13 @@ from __future__ import annotations
 import importlib
 import shutil
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from ntpguard import commands
 from ntpguard.errors import FirewallError, NtpguardError
-from ntpguard.plan import Plan
+
+if TYPE_CHECKING:  # annotations only: a run with nothing to do imports no plan code
+    from ntpguard.plan import Plan
 
 # name -> "module:class", imported only when used (python-iptables runs ldconfig and modprobe
 # on import, ~0.35 s, which an nft host never needs).
@@ -42,6 +44,9 @@ class Result:
     # The backend knows the kernel holds exactly the plan now (nft: the generation after its
     # own transaction, or unchanged since it); then nobody needs to verify it.
     exact: bool = field(default=False, compare=False)
+    # The kernel's nftables generation at which it held exactly the plan (an exact result of
+    # the nft backend), for ntpguard.inputs; None when not known.
+    generation: Optional[int] = field(default=None, compare=False)
 
     def describe(self) -> str:
         b = self.backend

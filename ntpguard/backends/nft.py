@@ -459,7 +459,8 @@ class NftBackend:
             token = _new_token(kernel_token)
             text, added, deleted = diff_text(cached, rendered, token)
             if not text:
-                return Result(self.name, "unchanged", exact=trusted)
+                return Result(self.name, "unchanged", exact=trusted,
+                              generation=before if trusted else None)
             try:
                 self.nft.run(text)
             except FirewallError:
@@ -467,14 +468,16 @@ class NftBackend:
             else:
                 after = _after(before, nft_gen.genid())
                 _save_cache(self.cache_path, token, after, rendered)
+                exact = trusted and after is not None
                 return Result(self.name, "updated", time.perf_counter() - start, added,
-                              deleted, exact=trusted and after is not None)
+                              deleted, exact=exact, generation=after if exact else None)
         token = _new_token(kernel_token)
         self.nft.run(rendered.full_text(token))
-        _save_cache(self.cache_path, token, _after(before, nft_gen.genid()), rendered)
+        after = _after(before, nft_gen.genid())
+        _save_cache(self.cache_path, token, after, rendered)
         return Result(self.name, "replaced" if kernel_token is not None else "created",
                       time.perf_counter() - start, detail=f"table {FAMILY} {TABLE}",
-                      exact=True)
+                      exact=True, generation=after)
 
     def verify(self, plan: Plan) -> Check:
         """Whether the kernel's table is this plan's: its chains (hooks, priorities, policies,

@@ -7,10 +7,9 @@ import argparse
 import sys
 import time
 
-from ntpguard import backends, canary, enforce, snapshot
+from ntpguard import backends
 from ntpguard.cli import RULES_NOT_IN_PLACE, Context, Subparsers
 from ntpguard.cli._fmt import iso
-from ntpguard.status import effective
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -45,11 +44,17 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         return _remove(ctx, args)
     if args.action == "restore":
         return _restore(ctx, args)
+    if not args.dry_run and _unchanged(ctx, name, args):
+        return 0
+    from ntpguard import canary, enforce, inputs, snapshot
+    from ntpguard.status import effective
+
     started = time.time()
     # The state lock for what writes the state (canaries, the run record); enforce.apply
     # takes the rules lock, which serialises the kernel and the nft element cache.
     with ctx.open_state(write=not args.dry_run) as state:
         taken = None
+        found = None
         if not args.dry_run:
             # Canaries are part of the firewall: give new servers theirs before the plan maps
             # them (a dry run shows the canaries in force as they are). Their statuses serve
@@ -58,6 +63,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             statuses = effective(snap)
             report = canary.maintain(ctx.config, state, statuses, time.time())
             taken = None if report.convicted else (snap, statuses)
+            # What the plan is built from, digested under the state lock after the canaries
+            # changed what they will, so the next run with nothing new stops at the digest.
+            found = inputs.digest(ctx.config, ctx.state_dir)
         plan = snapshot.firewall_plan(ctx.config, state, force=args.force, taken=taken)
         if args.dry_run:
             text = backends.render(name, plan)
@@ -69,7 +77,10 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             print(text, end="")
             return 0
         result = enforce.apply(ctx.state_dir, name, plan)
-        state.record_run("rules apply", started, time.time(), True,
+        now = time.time()
+        inputs.remember(ctx.state_dir, found, name, result, plan, args.force, False,
+                        canary.next_change(state.canaries(), now, ctx.config.canary), now)
+        state.record_run("rules apply", started, now, True,
                          {**result.as_dict(), **plan.counts()})
     if args.json:
         print_json({**result.as_dict(), "plan": plan.counts(), "notes": list(plan.notes)})
@@ -79,8 +90,28 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _unchanged(ctx: Context, name: str, args: argparse.Namespace) -> bool:
+    """Print what the last apply did and say True when nothing it was built from changed
+    since (ntpguard.inputs): same state, lists, configuration, host addresses, kernel
+    generation, and no canary due; reads no state, builds no plan (~0.05 s, not ~0.5 s)."""
+    from ntpguard import inputs
+
+    record = inputs.unchanged(ctx.config, ctx.state_dir, name, args.force, False, time.time())
+    if record is None:
+        return False
+    if args.json:
+        from ntpguard.cli import print_json
+        print_json({**record.result, "plan": record.plan, "notes": record.notes})
+    else:
+        print(record.result["message"])
+        print(record.describe)
+    return True
+
+
 def _show(ctx: Context, name: str, args: argparse.Namespace) -> int:
     """The rules as the kernel has them, checked against the last applied plan."""
+    from ntpguard import enforce
+
     status = enforce.check(ctx.state_dir)
     backend = backends.get(args.backend or status.backend or name, ctx.state_dir)
     text = backend.show(full=args.full)
@@ -104,6 +135,8 @@ def _show(ctx: Context, name: str, args: argparse.Namespace) -> int:
 def _restore(ctx: Context, args: argparse.Namespace) -> int:
     """The last applied plan back in the kernel, under the rules lock only (never waits for
     a sync's state lock: see ntpguard.applied)."""
+    from ntpguard import enforce
+
     done = enforce.restore(ctx.config, ctx.state_dir)
     if args.json:
         from ntpguard.cli import print_json
@@ -115,6 +148,7 @@ def _restore(ctx: Context, args: argparse.Namespace) -> int:
 
 def _remove(ctx: Context, args: argparse.Namespace) -> int:
     """Remove ntpguard's rules from the chosen backend, or from every backend that works here."""
+    from ntpguard import canary, enforce
     from ntpguard.cli import print_json
 
     if args.backend and args.backend != "auto":

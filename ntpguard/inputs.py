@@ -1,0 +1,204 @@
+"""What a firewall plan is made from, digested in milliseconds, and what the last apply made of
+it: a `rules apply` (or a `sync`'s canaries and rules steps) whose inputs, kernel and clock are
+as they were then stops before reading the state or building anything.
+
+Reading the state and building the plan takes ~0.4 s of CPU with 2,000 servers, a year of
+scans and a 100k-entry list (benchmarks/scale.py); a run every 15 minutes on a Raspberry Pi
+pays that 5-10 times over. The digest instead reads:
+
+- the code's version and the configuration as loaded (every value; comments do not count);
+- the state's revision (ntpguard.revision: triggers change it with every change to servers,
+  verdicts, scans, canaries or which servers were contacted);
+- the stored and shipped lists' files (name, size, modification time, inode);
+- this host's addresses and default routes, from /proc (what hostinfo asks `ip` for);
+- and what was asked: --force, the backend.
+
+The kernel: the nft generation ntpguard's last transaction (or check) left (nft_gen: any
+commit by anyone since changes it), in the same boot and network namespace. The clock: the
+next time a canary rotates or expires (canary.next_change); nothing else in a plan depends on
+the time. Anything unreadable means "read everything": the digest is None.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from ntpguard import __version__, files, lists, revision
+from ntpguard.backends import nft_gen
+from ntpguard.config import Config
+
+if TYPE_CHECKING:  # records only: the run that finds nothing to do imports neither
+    from ntpguard.backends import Result
+    from ntpguard.plan import Plan
+
+RECORD_NAME = "applied-inputs.json"
+FORMAT = "ntpguard-applied-inputs-1"
+log = logging.getLogger("ntpguard")
+
+
+@dataclass(frozen=True)
+class Record:
+    """The inputs a plan was built from and what became of it: the kernel held that plan at
+    `generation` (in `scope`), valid until `until` (epoch seconds)."""
+
+    digest: str
+    backend: str  # as asked: nft, iptables or auto
+    force: bool
+    fallback: bool  # built with NTP to unknown servers allowed (sync's plan on a new host)
+    scope: str
+    generation: int
+    until: float
+    time: float  # when it was applied
+    result: dict[str, Any]  # Result.as_dict() of an unchanged apply, for printing
+    plan: dict[str, Any]  # Plan.counts()
+    notes: list[str]
+    describe: str  # Plan.describe()
+
+
+def digest(config: Config, state_dir: str) -> Optional[str]:
+    """The digest of everything a plan is made from (see the module docstring); None if any
+    part cannot be read."""
+    rev = revision.read(state_dir)
+    host = _host_facts()
+    if rev is None or host is None:
+        return None
+    h = hashlib.sha256()
+    for part in (__version__, _code_stamp(), repr(config), os.path.abspath(state_dir),
+                 str(rev), host, _list_files(config, state_dir)):
+        h.update(part.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def unchanged(config: Config, state_dir: str, backend: str, force: bool, fallback_ok: bool,
+              now: float) -> Optional[Record]:
+    """The record of the last apply if it still holds: same inputs, same kernel generation,
+    before its deadline, asked the same way. None: build the plan."""
+    record = load(state_dir)
+    if (record is None or record.backend != backend or record.force != force
+            or (record.fallback and not fallback_ok) or now >= record.until):
+        return None
+    scope = nft_gen.scope()
+    if scope is None or scope != record.scope or nft_gen.genid() != record.generation:
+        return None
+    return record if digest(config, state_dir) == record.digest else None
+
+
+def load(state_dir: str) -> Optional[Record]:
+    path = os.path.join(state_dir, RECORD_NAME)
+    try:
+        data = json.loads(files.read_regular(path, 1 << 20))
+        if data.pop("format", None) != FORMAT:
+            return None
+        return Record(**data)
+    except (OSError, ValueError, TypeError):
+        return None  # none yet, damaged or from another version: build the plan
+
+
+def save(state_dir: str, record: Record) -> None:
+    """Remember the record; failing to is a warning (the next run builds the plan)."""
+    try:
+        files.atomic_write(os.path.join(state_dir, RECORD_NAME),
+                           json.dumps({"format": FORMAT, **asdict(record)}).encode())
+    except OSError as exc:
+        log.warning("%s: cannot write: %s", RECORD_NAME, exc.strerror)
+
+
+def remember(state_dir: str, found: Optional[str], backend: str, result: Result, plan: Plan,
+             force: bool, fallback: bool, until: float, now: float) -> None:
+    """After an apply: the record the next run compares with, if the inputs were digested
+    (`found`, before the plan was built from them) and the backend knows the generation at
+    which the kernel holds the plan; else no record (the next run builds the plan)."""
+    scope = nft_gen.scope()
+    if found is None or result.generation is None or scope is None:
+        forget(state_dir)
+        return
+    from ntpguard.backends import Result
+
+    save(state_dir, Record(found, backend, force, fallback, scope, result.generation,
+                           until, now, Result(result.backend, "unchanged").as_dict(),
+                           dict(plan.counts()), list(plan.notes), plan.describe()))
+
+
+def forget(state_dir: str) -> None:
+    """No record: the next apply builds the plan (after anything that changed the rules
+    other than through a recorded apply)."""
+    try:
+        os.unlink(os.path.join(state_dir, RECORD_NAME))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("%s: cannot remove: %s", RECORD_NAME, exc.strerror)
+
+
+def _code_stamp() -> str:
+    """Installed code replaced (a package upgrade renames new files into place) shows in the
+    package directories' modification times; the version alone may not change in between."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    stamps = []
+    for d in (here, os.path.join(here, "backends")):
+        try:
+            stamps.append(str(os.stat(d).st_mtime_ns))
+        except OSError:
+            stamps.append("-")
+    return ",".join(stamps)
+
+
+def _list_files(config: Config, state_dir: str) -> str:
+    """Name, size, mtime and inode of every file of the stored lists and the shipped ones."""
+    out = []
+    directory = lists.list_dir(state_dir)
+    paths = [os.path.join(directory, n) for n in sorted(_listdir(directory))]
+    for path in [*paths, *lists.builtin_paths(config)]:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            out.append(f"{path}:-")
+            continue
+        out.append(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_mode}")
+    return "\n".join(out)
+
+
+def _listdir(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
+# /proc/net/route and /proc/net/ipv6_route: which columns are counters (they change with
+# every packet routed and say nothing about the host's facts).
+_ROUTE_COUNTERS = {"route": (4, 5), "ipv6_route": (6, 7)}
+
+
+def _host_facts() -> Optional[str]:
+    """This host's addresses and routes as the kernel lists them in this network namespace:
+    /proc/net/if_inet6 (IPv6 addresses), fib_trie (IPv4 ones), route and ipv6_route without
+    their use counters. More than hostinfo.gather keeps, so a change it would see always
+    shows here; None when /proc cannot be read."""
+    parts = []
+    for name in ("if_inet6", "fib_trie", "route", "ipv6_route"):
+        try:
+            with open(os.path.join("/proc/net", name), encoding="ascii",
+                      errors="replace") as fh:
+                text = fh.read()
+        except FileNotFoundError:  # no IPv6 (or IPv4) in this kernel: nothing to list
+            text = "-"
+        except OSError:
+            return None
+        parts.append(strip_counters(name, text))
+    return "\n\0".join(parts)
+
+
+def strip_counters(name: str, text: str) -> str:
+    """A /proc/net table without the columns that count packets (route, ipv6_route)."""
+    counters = _ROUTE_COUNTERS.get(name)
+    if not counters:
+        return text
+    return "\n".join(" ".join(w for i, w in enumerate(line.split()) if i not in counters)
+                     for line in text.splitlines())

@@ -1,0 +1,173 @@
+"""The digest a run with nothing new stops at (ntpguard.inputs, ntpguard.revision): every
+change a plan depends on must change it, and what a plan does not depend on must not (else
+every sync with new NTP polls would build the plan again). Without root: the kernel side is in
+tests/test_rules_netns.py."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import os
+import time
+
+from ntpguard import canary, config, inputs, lists, revision
+from ntpguard.canary import SPARE, Canary
+from ntpguard.detect import Contacts, Scan, Trigger
+from ntpguard.logs.sources import Position
+from ntpguard.probe import Target
+from ntpguard.state import State
+from ntpguard.status import Verdict
+
+NOW = 1_800_000_000.0
+
+
+def rev(state_dir) -> int:
+    value = revision.read(str(state_dir))
+    assert value is not None
+    return value
+
+
+def contacts(*pairs: tuple[str, str, float, float, int]) -> Contacts:
+    return Contacts(runs={(a, s): [t0, t1, n] for a, s, t0, t1, n in pairs}, start=NOW,
+                    end=NOW + 600)
+
+
+def test_revision_follows_what_a_plan_reads_and_ignores_the_rest(state_dir):
+    with State.open(str(state_dir)) as st:
+        st.record_answer("2.debian.pool.ntp.org", "AAAA", [("2001:db8::1", 6)], NOW)
+    seen = [rev(state_dir)]
+
+    def changed() -> bool:
+        now = rev(state_dir)
+        seen.append(now)
+        return seen[-1] != seen[-2]
+
+    with State.open(str(state_dir)) as st:
+        # The same server answered again: last_seen and counts only.
+        st.record_answer("2.debian.pool.ntp.org", "AAAA", [("2001:db8::1", 6)], NOW + 60)
+    assert not changed()
+    with State.open(str(state_dir)) as st:
+        st.record_answer("2.debian.pool.ntp.org", "AAAA", [("2001:db8::2", 6)], NOW + 60)
+    assert changed()
+    with State.open(str(state_dir)) as st:
+        st.add_verdict(Verdict.of("2001:db8::2", "harvester", "manual", {}, NOW + 61))
+    assert changed()
+    with State.open(str(state_dir)) as st:
+        st.record_run("rules apply", NOW, NOW + 1, True, {})
+    assert not changed()
+    pos = [Position("kern.log", 1, 100)]
+    with State.open(str(state_dir)) as st:
+        st.save_detection(pos, contacts(("2001:db8:5::9", "2001:db8::1", NOW, NOW + 64, 2)),
+                          [], "kern.log", NOW + 70)
+    assert changed()  # a new pair: the servers contacted changed (canaries go there first)
+    with State.open(str(state_dir)) as st:
+        st.save_detection(pos, contacts(("2001:db8:5::9", "2001:db8::1", NOW + 128,
+                                         NOW + 192, 2)), [], "kern.log", NOW + 200)
+    assert not changed()  # the same pair polled again
+    scan = Scan(NOW + 130, NOW + 140, "2001:db8:666::5", "2001:db8:5::9", 40, 40, ("tcp",),
+                (Trigger("2001:db8::1", "udp", 123, 123, NOW + 128, 2.0),))
+    with State.open(str(state_dir)) as st:
+        st.save_detection(pos, Contacts(), [scan], "kern.log", NOW + 300)
+    assert changed()
+    with State.open(str(state_dir)) as st:
+        st.save_canaries(canary.Change(add=(Canary("2001:db8:5::c", "2001:db8::1", "eth0",
+                                                    NOW, NOW + 3600),)))
+    assert changed()
+    with State.open(str(state_dir)) as st:
+        assert st.age_out(0.001, []) != (0, 0)  # deletes the contacts and the scan
+    assert changed()
+
+
+def test_revision_is_none_without_a_database_or_its_table(tmp_path):
+    assert revision.read(str(tmp_path)) is None
+    (tmp_path / "state.db").write_bytes(b"not a database" * 100)
+    assert revision.read(str(tmp_path)) is None
+
+
+def write_config(tmp_path, text: str) -> config.Config:
+    path = tmp_path / "ntpguard.toml"
+    path.write_text(text)
+    return config.load(str(path))
+
+
+def test_digest_changes_with_every_input_and_only_then(tmp_path, state_dir):
+    with State.open(str(state_dir)) as st:
+        st.record_answer("2.debian.pool.ntp.org", "AAAA", [("2001:db8::1", 6)], NOW)
+    cfg = write_config(tmp_path, "[lists]\nbuiltin = false\n")
+    first = inputs.digest(cfg, str(state_dir))
+    assert first is not None and first == inputs.digest(cfg, str(state_dir))
+    # A configuration value; the same value written differently is the same input.
+    other = write_config(tmp_path, '[lists]\nbuiltin = false\n[rules]\nmode = "gateway"\n')
+    assert inputs.digest(other, str(state_dir)) != first
+    same = write_config(tmp_path, "# a comment\n[lists]\nbuiltin   =   false\n")
+    assert inputs.digest(same, str(state_dir)) == first
+    # A stored list.
+    parsed = lists.parse(b"2001:db8:666::/48 scanner\n", "t", lists.Limits(
+        allow_nonglobal=True), "text")
+    lists.store(str(state_dir), "lab", parsed, {"source": "lab", "trust": "enforce"})
+    with_list = inputs.digest(cfg, str(state_dir))
+    assert with_list not in (None, first)
+    # The state.
+    with State.open(str(state_dir)) as st:
+        st.add_verdict(Verdict.of("2001:db8::1", "clean", "manual", {}, NOW))
+    assert inputs.digest(cfg, str(state_dir)) not in (None, with_list)
+    # The shipped lists are inputs when they are in force.
+    shipped = write_config(tmp_path, "[lists]\nbuiltin = true\n")
+    assert inputs.digest(shipped, str(state_dir)) != inputs.digest(cfg, str(state_dir))
+
+
+def test_digest_is_none_when_the_state_cannot_say(tmp_path):
+    cfg = write_config(tmp_path, "")
+    assert inputs.digest(cfg, str(tmp_path / "nothing-here")) is None
+
+
+def test_route_counters_are_not_host_facts():
+    # /proc/net/ipv6_route: dest plen src plen next-hop metric refcnt use flags device.
+    line = ("00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+            "20010db8000000000000000000000001 00000400 {refcnt} {use} 00000003 eth0")
+    a = inputs.strip_counters("ipv6_route", line.format(refcnt="00000001", use="0000abcd"))
+    b = inputs.strip_counters("ipv6_route", line.format(refcnt="00000005", use="00ffffff"))
+    assert a == b
+    moved = line.replace("0001 0000", "0002 0000").format(refcnt="00000001", use="0000abcd")
+    assert inputs.strip_counters("ipv6_route", moved) != a
+    v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n" \
+         "eth0\t00000000\t010200C0\t0003\t{}\t{}\t0\t00000000"
+    assert inputs.strip_counters("route", v4.format(0, 5)) == \
+        inputs.strip_counters("route", v4.format(2, 999))
+    assert inputs.strip_counters("route", v4.format(0, 5)) != \
+        inputs.strip_counters("route", v4.format(0, 5).replace("010200C0", "020200C0"))
+
+
+def test_next_change_is_the_first_rotation_or_expiry():
+    settings = config.Canary(rotate=3600.0, spare_rotate=600.0)
+    cs = [
+        Canary("2001:db8::c1", "2001:db8::1", "eth0", NOW - 100, NOW + 4000),  # rotates +3500
+        Canary("2001:db8::c2", SPARE, "eth0", NOW - 500, NOW + 800),  # spare: rotates at +100
+        Canary("2001:db8::c3", "2001:db8::2", "eth0", NOW - 9000, NOW + 50,
+               retired=NOW - 10),  # retired: only its expiry counts (+50)
+        Canary("2001:db8::c4", "2001:db8::3", "eth0", NOW - 9000, NOW - 1),  # gone
+    ]
+    assert canary.next_change(cs, NOW, settings) == NOW + 50
+    assert canary.next_change(cs[:2], NOW, settings) == NOW + 100
+    assert canary.next_change(cs[:1], NOW, settings) == NOW + 3500
+    assert canary.next_change(cs[3:], NOW, settings) == math.inf
+    # At the deadline itself plan() already rotates: the record must not hold then.
+    target = Target("eth0", ipaddress.IPv6Network("2001:db8::/64"))
+    change = canary.plan(cs[:2], ["2001:db8::1"], NOW + 100, settings, config.Detect(),
+                         target, [], lambda p, t: "2001:db8::c9")
+    assert [c.server for c in change.retire] == [SPARE]
+
+
+def test_a_damaged_or_foreign_record_is_no_record(state_dir):
+    os.makedirs(state_dir, exist_ok=True)
+    path = os.path.join(state_dir, inputs.RECORD_NAME)
+    for text in ("{", "[]", json.dumps({"format": "other"}),
+                 json.dumps({"format": inputs.FORMAT, "digest": "x"})):
+        with open(path, "w") as fh:
+            fh.write(text)
+        assert inputs.load(str(state_dir)) is None
+    record = inputs.Record("d", "nft", False, False, "s", 7, time.time() + 60, time.time(),
+                           {"message": "m"}, {"clean6": 1}, [], "plan")
+    inputs.save(str(state_dir), record)
+    assert inputs.load(str(state_dir)) == record
