@@ -260,10 +260,15 @@ def protected_reason(network: Union[str, IPNetwork], host: HostFacts) -> Optiona
     return None
 
 
-def _sets(groups: dict[Key, Networks]) -> tuple[PrefixSet, ...]:
-    return tuple(PrefixSet(fam, length, groups[(fam, length)])
-                 for (fam, length) in sorted(groups, key=lambda k: (-k[0], -k[1]))
-                 if len(groups[(fam, length)]))
+def _sets(groups: dict[Key, Networks], always: Iterable[Key] = ()) -> tuple[PrefixSet, ...]:
+    """A set per (family, length) that has prefixes, and one for each of `always` even when
+    empty. The harvesters' /128 and /32 sets are always there: a verdict on one server then
+    adds or deletes one of their elements (an update in place, ~0.02 s), where a set of its
+    own appearing changed the firewall's skeleton, so the whole table was replaced (~0.5 s
+    with a 100k-entry list loaded)."""
+    keys = {k for k, nets in groups.items() if len(nets)} | set(always)
+    return tuple(PrefixSet(fam, length, groups.get((fam, length)) or Networks.of(fam, ()))
+                 for (fam, length) in sorted(keys, key=lambda k: (-k[0], -k[1])))
 
 
 def _check_listed(listed: Listed, protected: dict[int, list[tuple[int, int, str]]]) -> None:
@@ -389,7 +394,7 @@ def build(
         log_group=rules.log_group,
         clean4=tuple(ntop(4, v.to_bytes(4, "big")) for v in sorted(clean[4])),
         clean6=tuple(ntop(6, v.to_bytes(16, "big")) for v in sorted(clean[6])),
-        harvesters=_sets(harvest_groups),
+        harvesters=_sets(harvest_groups, always=((6, 128), (4, 32))),
         scanners=_sets(merge([lst.part.collapsed() for lst in listed_scanners], scan_items)),
         canaries=canaries,
         forced=force,

@@ -72,7 +72,8 @@ def test_the_plan_follows_statuses_inside_prefixes():
     # A known server that is not usable (not known) is neither let through nor blocked.
     unknown_addr = build([ServerStatus.of("2001:db8:300::2", "clean", known=False),
                           ServerStatus.of("2001:db8:300::1", "clean")], [], [], Rules(), HOST)
-    assert unknown_addr.clean6 == ("2001:db8:300::1",) and not unknown_addr.harvesters
+    assert unknown_addr.clean6 == ("2001:db8:300::1",)
+    assert unknown_addr.counts()["harvester_prefixes"] == 0
 
 
 def test_no_clean_server_with_block_is_refused_unless_forced():
@@ -336,3 +337,19 @@ def test_listed_scanners_cover_host_addresses(entry, covered):
         p = build(servers(("2001:db8:100::1", "clean")), [], [], Rules(), host,
                   listed_scanners=[listed])
         assert sum(len(s.networks) for s in p.scanners) == 4
+
+
+def test_one_server_verdict_never_changes_the_sets_only_their_elements():
+    """The /128 and /32 harvester sets are there with no harvester too, so the firewall's
+    skeleton is the same before and after one server is judged (an update in place)."""
+    from ntpguard.backends.nft import rules_for
+
+    statuses = [ServerStatus.of("2001:db8:300::1", "clean"), ServerStatus.of("192.0.2.77",
+                                                                             "clean")]
+    before = build(statuses, [], [], Rules(unknown="allow"), HOST)
+    for bad in ("2001:db8:300::1", "192.0.2.77"):
+        judged = [ServerStatus.of(s.address, "harvester" if s.address == bad else "clean")
+                  for s in statuses]
+        after = build(judged, [], [], Rules(unknown="allow"), HOST)
+        assert rules_for(after).skeleton == rules_for(before).skeleton
+        assert rules_for(after).sets != rules_for(before).sets
