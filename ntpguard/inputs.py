@@ -10,13 +10,14 @@ pays that 5-10 times over. The digest instead reads:
 - the state's revision (ntpguard.revision: triggers change it with every change to servers,
   verdicts, scans, canaries or which servers were contacted);
 - the stored and shipped lists' files (name, size, modification time, inode);
-- this host's addresses and default routes, from /proc (what hostinfo asks `ip` for);
+- this host's addresses and routes, from /proc (hostinfo.kernel_facts);
 - and what was asked: --force, the backend.
 
 The kernel: the nft generation ntpguard's last transaction (or check) left (nft_gen: any
 commit by anyone since changes it), in the same boot and network namespace. The clock: the
-next time a canary rotates or expires (canary.next_change); nothing else in a plan depends on
-the time. Anything unreadable means "read everything": the digest is None.
+next time a canary rotates or expires (canary.next_change; nothing else in a plan depends on
+the time), and at most REBUILD_AFTER. Anything unreadable means "read everything": the
+digest is None.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from ntpguard import __version__, files, lists, revision
+from ntpguard import __version__, files, hostinfo, lists, revision
 from ntpguard.backends import nft_gen
 from ntpguard.config import Config
 
@@ -37,6 +38,10 @@ if TYPE_CHECKING:  # records only: the run that finds nothing to do imports neit
     from ntpguard.plan import Plan
 
 RECORD_NAME = "applied-inputs.json"
+# A record holds at most this long: whatever the digest cannot see (a second next hop of an
+# IPv4 multipath default route, which /proc/net/route does not list) is taken in by a plan
+# built at least this often; a 15-minute sync builds one in four.
+REBUILD_AFTER = 3600.0
 FORMAT = "ntpguard-applied-inputs-1"
 log = logging.getLogger("ntpguard")
 
@@ -64,7 +69,7 @@ def digest(config: Config, state_dir: str) -> Optional[str]:
     """The digest of everything a plan is made from (see the module docstring); None if any
     part cannot be read."""
     rev = revision.read(state_dir)
-    host = _host_facts()
+    host = hostinfo.kernel_facts()
     if rev is None or host is None:
         return None
     h = hashlib.sha256()
@@ -121,7 +126,8 @@ def remember(state_dir: str, found: Optional[str], backend: str, result: Result,
     from ntpguard.backends import Result
 
     save(state_dir, Record(found, backend, force, fallback, scope, result.generation,
-                           until, now, Result(result.backend, "unchanged").as_dict(),
+                           min(until, now + REBUILD_AFTER), now,
+                           Result(result.backend, "unchanged").as_dict(),
                            dict(plan.counts()), list(plan.notes), plan.describe()))
 
 
@@ -169,36 +175,3 @@ def _listdir(directory: str) -> list[str]:
         return os.listdir(directory)
     except FileNotFoundError:
         return []
-
-
-# /proc/net/route and /proc/net/ipv6_route: which columns are counters (they change with
-# every packet routed and say nothing about the host's facts).
-_ROUTE_COUNTERS = {"route": (4, 5), "ipv6_route": (6, 7)}
-
-
-def _host_facts() -> Optional[str]:
-    """This host's addresses and routes as the kernel lists them in this network namespace:
-    /proc/net/if_inet6 (IPv6 addresses), fib_trie (IPv4 ones), route and ipv6_route without
-    their use counters. More than hostinfo.gather keeps, so a change it would see always
-    shows here; None when /proc cannot be read."""
-    parts = []
-    for name in ("if_inet6", "fib_trie", "route", "ipv6_route"):
-        try:
-            with open(os.path.join("/proc/net", name), encoding="ascii",
-                      errors="replace") as fh:
-                text = fh.read()
-        except FileNotFoundError:  # no IPv6 (or IPv4) in this kernel: nothing to list
-            text = "-"
-        except OSError:
-            return None
-        parts.append(strip_counters(name, text))
-    return "\n\0".join(parts)
-
-
-def strip_counters(name: str, text: str) -> str:
-    """A /proc/net table without the columns that count packets (route, ipv6_route)."""
-    counters = _ROUTE_COUNTERS.get(name)
-    if not counters:
-        return text
-    return "\n".join(" ".join(w for i, w in enumerate(line.split()) if i not in counters)
-                     for line in text.splitlines())

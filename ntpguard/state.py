@@ -317,10 +317,10 @@ class State:
         self.directory = directory
         self._lock = lock
         self._released = False  # inside unlocked(): no write allowed
-        # latest_verdicts() with the verdicts table's (count, max id) it was read at: a sync
-        # asks five times (~40 ms each with a few thousand servers); rows are only inserted.
-        self._latest: Optional[tuple[Any, dict[str, dict[str, Verdict]]]] = None
-        self._scans: Optional[tuple[Any, list[Scan]]] = None  # scans(), the same way
+        # What _read_once read, with the revision it was read at (ntpguard.revision): a sync
+        # asks for the latest verdicts five times (~40 ms each with a few thousand servers), a
+        # `rules apply` for the scans (~80 ms with a year's) and the canaries three times.
+        self._read: dict[str, tuple[int, Any]] = {}
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -588,15 +588,36 @@ class State:
                 log.warning("state: verdict row %s (%s) is damaged; ignored", row_id, a)
         return out
 
+    def revision(self) -> Optional[int]:
+        """The state's revision (ntpguard.revision): it changes with every change to the
+        servers, verdicts, scans, canaries or the servers contacted."""
+        try:
+            row = self.conn.execute("SELECT value FROM revision WHERE id = 1").fetchone()
+        except sqlite3.Error:  # a damaged database: nothing is read once, all is read again
+            return None
+        return int(row[0]) if row and isinstance(row[0], int) else None
+
+    def _read_once(self, name: str, read: Callable[[], Any]) -> Any:
+        """read() once per revision of the state (its tables are among those it covers)."""
+        rev = self.revision()
+        hit = self._read.get(name)
+        if rev is not None and hit is not None and hit[0] == rev:
+            return hit[1]
+        value = read()
+        if rev is not None:
+            self._read[name] = (rev, value)
+        return value
+
     def latest_verdicts(self) -> dict[str, dict[str, Verdict]]:
         """address → source → that source's most recent verdict."""
-        key = self.conn.execute("SELECT count(*), max(id) FROM verdicts").fetchone()
-        if self._latest is None or self._latest[0] != key:
+        def read() -> dict[str, dict[str, Verdict]]:
             out: dict[str, dict[str, Verdict]] = {}
             for v in self.verdict_history():
                 out.setdefault(v.address, {})[str(v.source)] = v
-            self._latest = (key, out)
-        return {a: dict(by) for a, by in self._latest[1].items()}  # the caller's to change
+            return out
+
+        latest = self._read_once("latest_verdicts", read)
+        return {a: dict(by) for a, by in latest.items()}  # the caller's to change
 
     # -- evidence from firewall logs -------------------------------------------------------------
     # Facts, not conclusions, so verdicts are recomputed from all runs together; the keys make
@@ -675,6 +696,9 @@ class State:
         """Every canary ever made, oldest first: those in use, retired ones the kernel still
         holds, and expired ones (history: an address that was a canary is never mistaken for
         a real one)."""
+        return list(self._read_once("canaries", self._read_canaries))
+
+    def _read_canaries(self) -> list[Canary]:
         out = []
         for row in self.conn.execute(
                 "SELECT address, server, interface, created, expires, retired, scanned"
@@ -702,15 +726,8 @@ class State:
     def scans(self) -> list[Scan]:
         """Every recorded scan with its triggers, by start. A row with a value of the wrong
         type (a damaged database) is left out with a warning, so one bad row cannot stop the
-        verdicts or the rules that read them. Read once while the tables are unchanged:
-        `rules apply` asks twice (canaries, plan), ~80 ms each for a year of scans."""
-        key = self.conn.execute(
-            "SELECT count(*), max(rowid), total(start), total(end),"
-            " (SELECT count(*) FROM detect_triggers), (SELECT max(rowid) FROM detect_triggers),"
-            " (SELECT total(time) FROM detect_triggers) FROM detect_scans").fetchone()
-        if self._scans is None or self._scans[0] != key:
-            self._scans = (key, self._read_scans())
-        return list(self._scans[1])
+        verdicts or the rules that read them."""
+        return list(self._read_once("scans", self._read_scans))
 
     def _read_scans(self) -> list[Scan]:
         triggers: dict[tuple[str, str, float], list[Trigger]] = {}

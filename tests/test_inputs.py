@@ -11,7 +11,7 @@ import math
 import os
 import time
 
-from ntpguard import canary, config, inputs, lists, revision
+from ntpguard import canary, config, hostinfo, inputs, lists, revision
 from ntpguard.canary import SPARE, Canary
 from ntpguard.detect import Contacts, Scan, Trigger
 from ntpguard.logs.sources import Position
@@ -122,21 +122,26 @@ def test_digest_is_none_when_the_state_cannot_say(tmp_path):
     assert inputs.digest(cfg, str(tmp_path / "nothing-here")) is None
 
 
-def test_route_counters_are_not_host_facts():
+def test_host_facts_are_default_routes_without_their_counters():
     # /proc/net/ipv6_route: dest plen src plen next-hop metric refcnt use flags device.
-    line = ("00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+    line = ("{dest} {plen} 00000000000000000000000000000000 00 "
             "20010db8000000000000000000000001 00000400 {refcnt} {use} 00000003 eth0")
-    a = inputs.strip_counters("ipv6_route", line.format(refcnt="00000001", use="0000abcd"))
-    b = inputs.strip_counters("ipv6_route", line.format(refcnt="00000005", use="00ffffff"))
-    assert a == b
-    moved = line.replace("0001 0000", "0002 0000").format(refcnt="00000001", use="0000abcd")
-    assert inputs.strip_counters("ipv6_route", moved) != a
-    v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n" \
-         "eth0\t00000000\t010200C0\t0003\t{}\t{}\t0\t00000000"
-    assert inputs.strip_counters("route", v4.format(0, 5)) == \
-        inputs.strip_counters("route", v4.format(2, 999))
-    assert inputs.strip_counters("route", v4.format(0, 5)) != \
-        inputs.strip_counters("route", v4.format(0, 5).replace("010200C0", "020200C0"))
+    default = line.format(dest="0" * 32, plen="00", refcnt="00000001", use="0000abcd")
+    other = line.format(dest="20010db8" + "0" * 24, plen="40", refcnt="00000001",
+                        use="0000abcd")
+    a = hostinfo.default_routes("ipv6_route", f"{default}\n{other}\n")
+    assert a and "0000abcd" not in a and "20010db8000000000000000000000000 40" not in a
+    busier = default.replace("00000001 0000abcd", "00000005 00ffffff")
+    assert hostinfo.default_routes("ipv6_route", busier) == a
+    moved = default.replace("0001 00000400", "0002 00000400")
+    assert hostinfo.default_routes("ipv6_route", moved) not in ("", a)
+    v4 = ("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+          "eth0\t00000000\t010200C0\t0003\t{}\t{}\t0\t00000000\t0\t0\t0\n"
+          "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
+    b = hostinfo.default_routes("route", v4.format(0, 5))
+    assert b and "010200C0" in b and "000200C0" not in b
+    assert hostinfo.default_routes("route", v4.format(2, 999)) == b
+    assert hostinfo.default_routes("route", v4.format(0, 5).replace("010200C0", "020200C0")) != b
 
 
 def test_next_change_is_the_first_rotation_or_expiry():
