@@ -53,6 +53,20 @@ def parse_address(text: str) -> IPAddress:
         raise UsageError(f"not an IP address: {text!r}") from None
 
 
+def address_int(text: str) -> tuple[int, int]:
+    """(IP version, value as an integer) of an address as ipaddress.ip_address reads it, in
+    ~1 µs where ip_address takes ~8 (2,000 servers are read this way by every plan and canary
+    run): inet_pton for the forms it reads, anything else (and every error: ValueError)
+    through ipaddress."""
+    family = 6 if ":" in text else 4
+    try:
+        packed = socket.inet_pton(socket.AF_INET6 if family == 6 else socket.AF_INET, text)
+    except (OSError, ValueError, UnicodeError):
+        ip = ipaddress.ip_address(text)
+        return ip.version, int(ip)
+    return family, int.from_bytes(packed, "big")
+
+
 def canonical(text: str) -> str:
     """The RFC 5952 form of an address (lower case, zeros compressed, longest run as ::)."""
     return str(parse_address(text))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional, Sequence
 
 from ntpguard import backends, commands, hostinfo
-from ntpguard.addr import nonglobal_reason
+from ntpguard.addr import address_int, nonglobal_reason_int
 from ntpguard.config import Canary as Settings
 from ntpguard.config import Config, Detect, Probe
 from ntpguard.detect import Scan
@@ -86,13 +86,14 @@ def exempt(server: str, host_prefixes: Iterable[ipaddress.IPv6Network],
            trusted: Iterable[str] = ()) -> bool:
     """Destinations that keep the host's normal source: not a public server (link-local, ULA,
     multicast...), on-link (one of the host's own prefixes), an admin's trusted server."""
-    ip = ipaddress.ip_address(server)
-    if ip.version != 6 or server in set(trusted):
+    family, value = address_int(server)
+    if family != 6 or server in set(trusted):
         return True
-    if nonglobal_reason(ip) in ("unspecified", "loopback", "link-local", "multicast",
-                                "unique local (ULA)", "IPv4-mapped"):
+    if nonglobal_reason_int(6, value) in ("unspecified", "loopback", "link-local", "multicast",
+                                          "unique local (ULA)", "IPv4-mapped"):
         return True
-    return any(ip in net for net in host_prefixes)
+    return any(value >> (128 - net.prefixlen) == int(net.network_address) >> (128 - net.prefixlen)
+               for net in host_prefixes)
 
 
 def after_retirement(detect: Detect) -> float:

@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
-from ntpguard.addr import IPNetwork
+from ntpguard.addr import IPNetwork, address_int
 from ntpguard.compiled import Part
 from ntpguard.errors import FirewallError, UsageError
 from ntpguard.prefixes import (
@@ -245,8 +245,9 @@ def _protected(host: HostFacts) -> dict[int, list[tuple[int, int, str]]]:
     for kind, addrs in (("this host's address", host.addresses),
                         ("this host's default gateway", host.gateways)):
         for text in addrs:
-            addr = ipaddress.ip_address(text.split("%")[0])
-            out[addr.version].append((int(addr), BITS[addr.version], f"{kind} {addr}"))
+            fam, value = address_int(text.split("%")[0])
+            shown = ipaddress.ip_address(value) if fam == 4 else ipaddress.IPv6Address(value)
+            out[fam].append((value, BITS[fam], f"{kind} {shown}"))
     return out
 
 
@@ -346,11 +347,11 @@ def build(
     harvest_items: list[tuple[int, int, int]] = []
     allowed: list[tuple[int, int]] = []
     for s in statuses:
-        addr = ipaddress.ip_address(s.address)
+        fam, value = address_int(s.address)
         if s.status.blocked:
-            harvest_items.append((addr.version, int(addr), BITS[addr.version]))
+            harvest_items.append((fam, value, BITS[fam]))
         elif s.usable:
-            allowed.append((addr.version, int(addr)))
+            allowed.append((fam, value))
     harvest_items += [_parse_network(e, rules) for e in harvesters]
 
     protected = _protected(host)
