@@ -194,6 +194,16 @@ MIGRATIONS: list[Migration] = [
     # 8: the revision (ntpguard.revision): a value triggers change with every change to what a
     # plan is made from, so a run with nothing new can tell without reading the rest.
     _revision,
+    # 9: the failures of runs aged out of `runs` ([detect] retention_days), so the metrics'
+    # failure counters never go down when the runs behind them are deleted.
+    """
+    CREATE TABLE run_failures (
+        command     TEXT NOT NULL,
+        step        TEXT NOT NULL,
+        failures    INTEGER NOT NULL,
+        PRIMARY KEY (command, step)
+    );
+    """,
 ]
 
 
@@ -838,6 +848,35 @@ class State:
                 self.conn.execute("VACUUM")
         return contacts, scans
 
+    def age_out_history(self, days: float, now: float) -> tuple[int, int]:
+        """Delete the records of runs older than `days` (their step failures added to
+        run_failures first) and canaries expired more than `days` ago that no contact or
+        scan names any more (while evidence names an address, it must stay known as a
+        canary's). Returns (runs, canaries) deleted. A sync every 15 minutes records ~35k
+        runs a year (~1.6 KB each), canaries rotating daily ~94k rows a year for 256 servers,
+        every one of them read by each sync."""
+        if days <= 0:
+            return 0, 0
+        cutoff = now - days * 86400.0
+        with self.transaction() as db:
+            try:
+                db.execute(
+                    "INSERT INTO run_failures (command, step, failures)"
+                    " SELECT runs.command, f.value, count(*) FROM runs,"
+                    " json_each(runs.summary, '$.failed') AS f WHERE runs.started < ? AND"
+                    " json_valid(runs.summary) AND json_type(runs.summary, '$.failed') ="
+                    " 'array' AND f.type = 'text' GROUP BY runs.command, f.value"
+                    " ON CONFLICT (command, step) DO UPDATE SET"
+                    " failures = failures + excluded.failures", (cutoff,))
+            except sqlite3.OperationalError:  # a summary whose "failed" is not an array
+                log.warning("state: the failures of runs before %s could not be counted", cutoff)
+            runs = db.execute("DELETE FROM runs WHERE started < ?", (cutoff,)).rowcount
+            canaries = db.execute(
+                "DELETE FROM canaries WHERE expires < ?"
+                " AND address NOT IN (SELECT address FROM detect_contacts)"
+                " AND address NOT IN (SELECT dst FROM detect_scans)", (cutoff,)).rowcount
+        return runs, canaries
+
     def contacted_servers(self) -> set[str]:
         """Every server some local address was seen talking to: what `contacts()` names,
         without making a run per contact (a year of a 50-host gateway: ~100k rows)."""
@@ -897,16 +936,26 @@ class State:
         return {"started": row[0], "finished": row[1]} if row else None
 
     def step_failures(self, command: str) -> dict[str, int]:
-        """How often each step of a command failed, over every recorded run (the summaries'
-        "failed" lists, counted by SQLite's JSON functions: no run is loaded into Python)."""
+        """How often each step of a command failed, over every run ever recorded: those aged
+        out (run_failures) and those kept (the summaries' "failed" lists, counted by SQLite's
+        JSON functions: no run is loaded into Python)."""
+        out: dict[str, int] = {}
+        for name, n in self.conn.execute(
+                "SELECT step, failures FROM run_failures WHERE command = ?", (command,)):
+            if isinstance(name, str) and isinstance(n, int):
+                out[name] = n  # the runs aged out (age_out_history)
         try:
             rows = self.conn.execute(
                 "SELECT f.value, count(*) FROM runs, json_each(runs.summary, '$.failed') AS f"
-                " WHERE runs.command = ? AND json_valid(runs.summary) GROUP BY f.value",
+                " WHERE runs.command = ? AND json_valid(runs.summary)"
+                " AND json_type(runs.summary, '$.failed') = 'array' GROUP BY f.value",
                 (command,)).fetchall()
         except sqlite3.OperationalError:  # a summary whose "failed" is not an array
-            return {}
-        return {str(name): int(n) for name, n in rows if isinstance(name, str)}
+            return out
+        for name, n in rows:
+            if isinstance(name, str):
+                out[name] = out.get(name, 0) + int(n)
+        return out
 
     def counts(self) -> dict[str, int]:
         """Totals for metrics: scans stored, canary convictions recorded."""

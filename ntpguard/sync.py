@@ -228,6 +228,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
 
     def do_verdicts(step: Step) -> None:
         contacts, scans = evidence.age_out(state, config.detect)
+        state.age_out_history(config.detect.retention_days, now())
         step.data = evidence.record_verdicts(state, config.detect, now=now())
         step.message = ", ".join(f"{n} {k}" for k, n in sorted(step.data.items())) or \
             "no evidence yet"

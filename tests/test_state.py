@@ -322,6 +322,36 @@ def test_evidence_ages_out_but_a_blocked_servers_stays(state_dir):
         assert evidence.age_out(st, Detect(retention_days=90)) == (0, 0)
 
 
+def test_old_runs_and_forgotten_canaries_age_out_and_failure_counts_stay(state_dir):
+    """Runs older than retention_days go, their step failures kept as totals (a metrics
+    counter never goes down); an expired canary goes once no contact or scan names it."""
+    from ntpguard.canary import Canary, Change
+    from ntpguard.detect import Contacts, Scan
+
+    day, now = 86400.0, 400 * 86400.0
+    with State.open(str(state_dir)) as st:
+        for i, failed in enumerate([["logs"], ["logs", "lists"], [], ["rules"]]):
+            t = now - (300 - 100 * i) * day  # 300, 200, 100 and 0 days ago
+            st.record_run("sync", t, t + 5, not failed, {"failed": failed})
+        st.record_run("sync", now - 250 * day, now, False, {"failed": "not a list"})
+        before = st.step_failures("sync")
+        assert before == {"logs": 2, "lists": 1, "rules": 1}
+        kept, named, gone = (Canary(f"2001:db8:1::c{i}", "2001:db8:100::1", "eth0",
+                                    now - t * day, now - (t - 1) * day) for i, t in
+                             ((1, 10), (2, 300), (3, 300)))
+        st.save_canaries(Change(add=(kept, named, gone)))
+        st.save_detection([], Contacts(), [Scan(now - 299 * day, now - 299 * day + 1,
+                                                "2001:db8:666::1", named.address, 40, 40,
+                                                ("tcp",))], "k", now)
+        assert st.age_out_history(0, now) == (0, 0)
+        assert st.age_out_history(150, now) == (3, 1)
+        assert [r["summary"]["failed"] for r in st.runs("sync", 10)] == [["rules"], []]
+        assert st.step_failures("sync") == before
+        assert {c.address for c in st.canaries()} == {kept.address, named.address}
+        assert st.age_out_history(150, now) == (0, 0)
+        assert st.step_failures("sync") == before
+
+
 def test_scans_read_again_whenever_the_tables_changed(state_dir):
     from ntpguard.detect import Contacts, Scan, Trigger
 

@@ -154,6 +154,11 @@ def _global_options(parser: argparse.ArgumentParser, text: Any, flag: Any, count
 
 def main(argv: Optional[list[str]] = None) -> int:
     words = sys.argv[1:] if argv is None else argv
+    if words == ["--version"]:
+        # What argparse prints for it, without importing every command to build the whole
+        # parser first (~0.1 s; what package checks and monitoring scripts run).
+        print(f"ntpguard {__version__}")
+        return 0
     parser = build_parser(chosen_command(words))
     args = parser.parse_args(words)
     logging.basicConfig(
