@@ -330,7 +330,7 @@ class State:
         # What _read_once read, with the revision it was read at (ntpguard.revision): a sync
         # asks for the latest verdicts five times (~40 ms each with a few thousand servers), a
         # `rules apply` for the scans (~80 ms with a year's) and the canaries three times.
-        self._read: dict[str, tuple[int, Any]] = {}
+        self._read: dict[str, tuple[str, Any]] = {}
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -598,36 +598,36 @@ class State:
                 log.warning("state: verdict row %s (%s) is damaged; ignored", row_id, a)
         return out
 
-    def revision(self) -> Optional[int]:
-        """The state's revision (ntpguard.revision): it changes with every change to the
-        servers, verdicts, scans, canaries or the servers contacted."""
+    def revision(self, tables: tuple[str, ...] = ()) -> Optional[str]:
+        """The revision of some of the tables ntpguard.revision watches (all if none named):
+        it changes with every change to them."""
         try:
-            row = self.conn.execute("SELECT value FROM revision WHERE id = 1").fetchone()
+            row = self.conn.execute(*revision.query(tables)).fetchone()
         except sqlite3.Error:  # a damaged database: nothing is read once, all is read again
             return None
-        return int(row[0]) if row and isinstance(row[0], int) else None
+        return row[0] if row and isinstance(row[0], str) and row[0] else None
 
-    def _read_once(self, name: str, read: Callable[[], Any]) -> Any:
-        """read() once per revision of the state (its tables are among those it covers)."""
-        rev = self.revision()
-        hit = self._read.get(name)
+    def _read_once(self, tables: tuple[str, ...], read: Callable[[], Any]) -> Any:
+        """read() (of `tables` only) once per revision of those tables."""
+        rev = self.revision(tables)
+        hit = self._read.get(read.__name__)
         if rev is not None and hit is not None and hit[0] == rev:
             return hit[1]
         value = read()
         if rev is not None:
-            self._read[name] = (rev, value)
+            self._read[read.__name__] = (rev, value)
         return value
 
     def latest_verdicts(self) -> dict[str, dict[str, Verdict]]:
         """address → source → that source's most recent verdict."""
-        def read() -> dict[str, dict[str, Verdict]]:
+        def latest() -> dict[str, dict[str, Verdict]]:
             out: dict[str, dict[str, Verdict]] = {}
             for v in self.verdict_history():
                 out.setdefault(v.address, {})[str(v.source)] = v
             return out
 
-        latest = self._read_once("latest_verdicts", read)
-        return {a: dict(by) for a, by in latest.items()}  # the caller's to change
+        read = self._read_once(("verdicts",), latest)
+        return {a: dict(by) for a, by in read.items()}  # the caller's to change
 
     # -- evidence from firewall logs -------------------------------------------------------------
     # Facts, not conclusions, so verdicts are recomputed from all runs together; the keys make
@@ -706,7 +706,7 @@ class State:
         """Every canary ever made, oldest first: those in use, retired ones the kernel still
         holds, and expired ones (history: an address that was a canary is never mistaken for
         a real one)."""
-        return list(self._read_once("canaries", self._read_canaries))
+        return list(self._read_once(("canaries",), self._read_canaries))
 
     def _read_canaries(self) -> list[Canary]:
         out = []
@@ -737,7 +737,7 @@ class State:
         """Every recorded scan with its triggers, by start. A row with a value of the wrong
         type (a damaged database) is left out with a warning, so one bad row cannot stop the
         verdicts or the rules that read them."""
-        return list(self._read_once("scans", self._read_scans))
+        return list(self._read_once(("detect_scans", "detect_triggers"), self._read_scans))
 
     def _read_scans(self) -> list[Scan]:
         triggers: dict[tuple[str, str, float], list[Trigger]] = {}

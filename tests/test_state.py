@@ -353,6 +353,7 @@ def test_old_runs_and_forgotten_canaries_age_out_and_failure_counts_stay(state_d
 
 
 def test_scans_read_again_whenever_the_tables_changed(state_dir):
+    from ntpguard.canary import Canary, Change
     from ntpguard.detect import Contacts, Scan, Trigger
 
     def scan(t, src):
@@ -370,3 +371,20 @@ def test_scans_read_again_whenever_the_tables_changed(state_dir):
         assert [s.src for s in st.scans()] == ["2604::/64", "2605::/64"]
         st.conn.execute("DELETE FROM detect_triggers")
         assert [s.triggers for s in st.scans()] == [(), ()]
+        # Another table's change does not make a read of the scans again (a `rules apply`
+        # changes the canaries between the two reads it makes: ~0.1 s each with a year's).
+        reads = []
+        real = st._read_scans
+
+        def counted() -> list[Scan]:
+            reads.append(1)
+            return real()
+
+        counted.__name__ = real.__name__
+        st._read_scans = counted  # type: ignore[method-assign]
+        st.add_verdict(Verdict.of("2001:db8:100::1", "clean", "manual", {}, 5.0))
+        st.save_canaries(Change(add=(Canary("2001:db8:1::c1", "2001:db8:100::1", "eth0", 1.0,
+                                            2.0),)))
+        assert len(st.scans()) == 2 and reads == []
+        st.conn.execute("UPDATE detect_scans SET ports = 51")
+        assert [s.ports for s in st.scans()] == [51, 51] and reads == [1]
