@@ -179,12 +179,15 @@ def _rivals(p: dict[str, float], h_s: dict[str, float], cands: Sequence[Sequence
     of s's (with fewer, r needs other harvesters for the rest of s's scans, which the mean
     field charges already; two likely servers each stand on their own evidence, else one
     would have been explained away). The half also keeps the cost down: on the journal
-    scenario (~730 scans) 264 rivals sharing two scans cost 0.1 s, a third of the fit. Given that one of the two harvests, the pair's three states (s, r, both) are
-    weighed exactly, every other server held at its fitted p and rate, each rate the best on
-    GRID less PENALTY as in the fit. When r is at least RIVAL_ODDS as likely as s to be the one,
-    the log cannot tell them apart: s keeps its share of its fitted p, r gets its share (never
-    more than s keeps), and both are suspects (sparse's twins: shares 0.4994 and 0.4995, so
-    neither is a harvester, both are blocked). A weaker rival changes nothing: the mean field
+    scenario (~730 scans) 264 rivals sharing two scans cost 0.1 s, a third of the fit; with
+    the half, none (the rivals' step takes ~1 ms there).
+
+    Given that one of the two harvests, the pair's three states (s, r, both) are weighed
+    exactly, every other server held at its fitted p and rate, each rate the best on GRID less
+    PENALTY as in the fit. When r is at least RIVAL_ODDS as likely as s to be the one, the log
+    cannot tell them apart: s keeps its share of its fitted p, r gets its share (never more
+    than s keeps), and both are suspects (sparse's twins: about 0.5 each, so neither is a
+    harvester, both are blocked). A weaker rival changes nothing: the mean field
     already weighed it. Likely servers are few (a handful a log), so this costs little.
     """
     shared: dict[tuple[str, str], int] = defaultdict(int)
