@@ -54,6 +54,10 @@ GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 PENALTY = 0.5
 # How many scans' weight the shared lag distribution has in each server's own.
 OWN_PRIOR = 3.0
+# Two servers the log cannot tell apart (see _rivals) are both suspects when the weaker is at
+# least this likely, relative to the stronger, to be the one that harvests: twins come out 1:1
+# up to the fit's noise; a factor of 2 either side of that is still "cannot tell".
+RIVAL_ODDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,145 @@ def _clamp(x: float, lo: float, hi: float) -> float:
 
 def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-_clamp(x, -50, 50)))
+
+
+def _rivals(p: dict[str, float], h_s: dict[str, float], cands: Sequence[Sequence[_Candidate]],
+            cands_of: Mapping[str, Sequence[tuple[int, int]]], gs: Sequence[Sequence[float]],
+            g_shared: Callable[[int, int], float], background: Sequence[float],
+            pairs_of: Mapping[str, Sequence[int]], with_scan: set[int],
+            coverage: Sequence[float], server_of: Sequence[str], prior_logit: float,
+            likely: float) -> set[str]:
+    """Correct p, in place, where the mean field is overconfident: rivals it cannot tell apart.
+    Returns the servers that are suspects on that account.
+
+    The mean field weighs each server against the others' *average* state, and the servers are
+    updated the likeliest first, so when two servers were both in the groups of the same
+    scanned addresses, whichever is updated first claims the scans and the other is explained
+    away (p near the prior, harvest rate 0.05), however alike their evidence. On the sparse
+    scenario (two hosts polling every 1024 s, the harvester met twice) 3 logs in 30 had a clean
+    server in both groups of the harvester's two scans and in no other: the exact posterior
+    (enumerating every set of harvesters) is 0.47 for each; the mean field said 0.9985 for one
+    of them (a clean server called harvester) and 0.03 for the other.
+
+    So every likely server s (p >= `likely`) is weighed again against each rival r: an
+    unlikely server that was a candidate for at least two of the same scans and at least half
+    of s's (with fewer, r needs other harvesters for the rest of s's scans, which the mean
+    field charges already; two likely servers each stand on their own evidence, else one
+    would have been explained away). The half also keeps the cost down: on the journal
+    scenario (~730 scans) 264 rivals sharing two scans cost 0.1 s, a third of the fit; with
+    the half, none (the rivals' step takes ~1 ms there).
+
+    Given that one of the two harvests, the pair's three states (s, r, both) are weighed
+    exactly, every other server held at its fitted p and rate, each rate the best on GRID less
+    PENALTY as in the fit. When r is at least RIVAL_ODDS as likely as s to be the one, the log
+    cannot tell them apart: s keeps its share of its fitted p, r gets its share (never more
+    than s keeps), and both are suspects (sparse's twins: about 0.5 each, so neither is a
+    harvester, both are blocked). A weaker rival changes nothing: the mean field
+    already weighed it. Likely servers are few (a handful a log), so this costs little.
+    """
+    shared: dict[tuple[str, str], int] = defaultdict(int)
+    # Each scan's candidates by server, and its intensity from all of them.
+    at: list[dict[str, tuple[int, int, float]]] = []  # scan → server → (pair, ci, g)
+    lam: list[float] = []
+    for k, row in enumerate(cands):
+        mine: dict[str, tuple[int, int, float]] = {}
+        total = background[k]
+        for ci, (c, g) in enumerate(zip(row, gs[k])):
+            srv = server_of[c.pair]
+            mine[srv] = (c.pair, ci, g)
+            total += p[srv] * h_s[srv] * g
+        at.append(mine)
+        lam.append(total)
+    centres = sorted((s for s in p if p[s] >= likely), key=lambda s: (-p[s], s))
+    for s in centres:
+        for k, _ in cands_of.get(s, ()):
+            for r in at[k]:
+                if r != s:
+                    shared[(s, r)] += 1
+    split: dict[str, float] = {}   # s → the smallest share of the pair it keeps
+    tied: set[str] = set()
+    keep: dict[str, list[tuple[str, float]]] = defaultdict(list)  # r → (s, r's share)
+    for s in centres:
+        least = max(2, len(cands_of.get(s, ())) / 2)
+        for r in sorted(r for (c, r), n in shared.items()
+                        if c == s and n >= least and p[r] < likely):
+            share_s, share_r = _pair(s, r, p, h_s, at, lam, g_shared, cands_of, pairs_of,
+                                     with_scan, coverage, prior_logit)
+            if share_r >= RIVAL_ODDS * share_s:
+                split[s] = min(split.get(s, 1.0), share_s)
+                tied.update((s, r))
+                keep[r].append((s, share_r))
+    fitted = dict(p)
+    for s, share in split.items():
+        p[s] = fitted[s] * share
+    for r, got in keep.items():
+        p[r] = max(p[r], *(min(fitted[s] * share, p[s]) for s, share in got))
+    return tied
+
+
+def _pair(s: str, r: str, p: Mapping[str, float], h_s: Mapping[str, float],
+          at: Sequence[Mapping[str, tuple[int, int, float]]], lam: Sequence[float],
+          g_shared: Callable[[int, int], float], cands_of: Mapping[str, Sequence[tuple[int, int]]],
+          pairs_of: Mapping[str, Sequence[int]], with_scan: set[int],
+          coverage: Sequence[float], prior_logit: float) -> tuple[float, float]:
+    """The exact probabilities that s, and r, harvest, over the pair's four states (see
+    _rivals), the other servers' intensities fixed."""
+    both = (s, r)
+    # x[q][pair] = sum over the scans after that contact of g / lambda(-s, -r); per scan the
+    # two ratios, for the "both harvest" state (two harvests, so two different scans).
+    x: dict[str, dict[int, float]] = {s: defaultdict(float), r: defaultdict(float)}
+    cross: dict[tuple[int, int], list[tuple[float, float]]] = defaultdict(list)
+    for k in {k for q in both for k, _ in cands_of.get(q, ())}:
+        here = at[k]
+        rest = lam[k] - sum(p[q] * h_s[q] * here[q][2] for q in both if q in here)
+        rest = max(rest, 1e-300)
+        ratio = {q: g_shared(k, here[q][1]) / rest for q in both if q in here}
+        for q, v in ratio.items():
+            x[q][here[q][0]] += v
+        if len(ratio) == 2:
+            cross[(here[s][0], here[r][0])].append((ratio[s], ratio[r]))
+    # A contact of each with the same address: the pair's contacts there are weighed together.
+    joint_s = {i for i, _ in cross}
+    joint_r = {j for _, j in cross}
+
+    def terms(q: str, skip: set[int]) -> tuple[int, list[tuple[float, float]]]:
+        plain, out = 0, []
+        for i in pairs_of.get(q, ()):
+            if i in skip:
+                continue
+            if i in with_scan or coverage[i] < 1.0:
+                out.append((coverage[i], x[q].get(i, 0.0)))
+            else:
+                plain += 1
+        return plain, out
+
+    def value(hv: float, plain: int, out: Sequence[tuple[float, float]]) -> float:
+        return plain * math.log(1 - hv) + sum(
+            math.log(max(1 - hv * g + hv * xv, 1e-300)) for g, xv in out)
+
+    def best(q: str) -> tuple[float, float]:
+        plain, out = terms(q, set())
+        return max((value(hv, plain, out), hv) for hv in GRID)
+
+    (v_s, h1), (v_r, h2) = best(s), best(r)
+    # Both: the contacts at addresses only one of them met as above, the shared ones jointly
+    # (neither harvested, one did and made one of the scans, or both did and made two).
+    plain_s, out_s = terms(s, joint_s)
+    plain_r, out_r = terms(r, joint_r)
+    v_both = value(h1, plain_s, out_s) + value(h2, plain_r, out_r)
+    for (i, j), ratios in cross.items():
+        gi, gj = coverage[i], coverage[j]
+        xi, xj = x[s].get(i, 0.0), x[r].get(j, 0.0)
+        two = xi * xj - sum(a * b for a, b in ratios)
+        v_both += math.log(max((1 - h1 * gi) * (1 - h2 * gj) + h1 * xi * (1 - h2 * gj)
+                               + h2 * xj * (1 - h1 * gi) + h1 * h2 * two, 1e-300))
+    w_s = prior_logit + v_s - PENALTY
+    w_r = prior_logit + v_r - PENALTY
+    w_both = 2 * (prior_logit - PENALTY) + v_both
+    top = max(w_s, w_r, w_both)
+    es, er, eb = (math.exp(w - top) for w in (w_s, w_r, w_both))
+    z = es + er + eb  # given that one of them harvests (a likely server's pair)
+    return (es + eb) / z, (er + eb) / z
 
 
 def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[Scan],
@@ -416,6 +559,29 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
                        GRID[0], GRID[-1])
         if change < 1e-4 and round_ >= 20:
             break
+
+    # A candidate's g for _rivals: under the shared lag distribution (a server's own lags are
+    # those the fit credited it with, so they favour the server that won the scans), each bin
+    # averaged with its neighbours. A client's first packets to its servers leave within
+    # seconds (iburst), so rivals' lags are a bin apart at most, and which side of a 5 s edge
+    # they fell must not decide between them: with the bins as fitted, two scans at lags of
+    # 39 and 46 s leave the bin of a rival's 43 s empty; spread over the neighbouring bins
+    # 0.25/0.5/0.25 (as a server's own lags are), a rival 1 s earlier is still weighed 2:1.
+    mass = lags.mass
+    smooth = [sum(mass[max(b - 1, 0):b + 2]) / 3 / width[b] for b in range(nbins)]
+
+    def g_shared(k: int, ci: int) -> float:
+        c = cands[k][ci]
+        i = c.pair
+        g = u * smooth[c.first_bin] if c.first_bin is not None else 0.0
+        if c.later_bins:
+            g += (1 - u) / (count[i] - 1) * sum(smooth[b] for b in c.later_bins)
+        elif c.span is not None:
+            g += (1 - u) / max(last[i] - first[i], 1e-9) * (
+                lags.cdf(c.span[1]) - lags.cdf(c.span[0]))
+        return g
+    tied = _rivals(p, h_s, cands, cands_of, gs, g_shared, background, pairs_of, with_scan, coverage,
+            [srv for _, srv in keys], prior_logit, settings.suspect_probability)
     sure = [background[k] + sum(
         p[keys[c.pair][1]] * h_s[keys[c.pair][1]] * g for c, g in zip(row, gs[k])
         if p[keys[c.pair][1]] >= settings.harvester_probability) for k, row in enumerate(cands)]
@@ -438,7 +604,7 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         if prob >= settings.harvester_probability and positive[srv] >= \
                 settings.harvester_min_positive:
             status = Status.HARVESTER
-        elif prob >= settings.suspect_probability:
+        elif prob >= settings.suspect_probability or srv in tied:
             status = Status.SUSPECT
         elif (negative >= settings.clean_min_negative and prob <= settings.clean_probability
               and at_common <= settings.clean_probability):

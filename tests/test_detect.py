@@ -100,6 +100,36 @@ def test_attribution_sole_and_explaining_away():
     assert est.harvest_rate >= 0.9 and est.lag_median == pytest.approx(30.0, abs=5.0)
 
 
+
+def _twins(rival_negatives: int) -> dict:
+    """H and T both in the groups of the only two scanned addresses (lags 30 and 29 s); T
+    also in `rival_negatives` groups no scan followed; x, y, z only as noise."""
+    from ntpguard.detect import Scan
+    runs, scans = {}, []
+    for i in range(6):
+        a = f"2001:db8:a::{i + 1:x}"
+        t0 = i * 10_000.0
+        if i < 2:
+            group: tuple[str, ...] = ("H", "T", f"x{i}", f"y{i}")
+            scans.append(Scan(t0 + 30, t0 + 31, SCANNER, a, 100, 100, ("TCP",)))
+        else:
+            group = (f"x{i % 2}", f"y{i % 2}", f"z{i}") + (
+                ("T",) if i - 2 < rival_negatives else ())
+        for k, s in enumerate(group):
+            runs[(a, s)] = [t0 + k, t0 + k, 1]
+    return attribute(runs, scans, 200_000.0, Detect())[0]
+
+
+def test_attribution_rivals_it_cannot_tell_apart():
+    # The same evidence for both: neither is called harvester (the mean field alone called
+    # whichever it weighed first 0.9999 and the other 0.03), both are suspects.
+    v = _twins(0)
+    assert {v["H"].status, v["T"].status} == {"suspect"}
+    assert v["H"].probability == pytest.approx(v["T"].probability, abs=0.05)
+    # Two contacts of T no scan followed tell them apart: H is the harvester, T stays clean.
+    v = _twins(2)
+    assert v["H"].status == "harvester" and v["T"].status == "clean"
+
 def _run(sc: Scenario, seed: int):
     st = Detect()
     truth = Truth()
