@@ -365,7 +365,8 @@ class Detect:
     # (`sync` ages out older ones): a 50-host gateway records ~300 contacts a day, ~110k rows
     # and ~17 MB a year. Verdicts are kept forever, and so is every contact with and every
     # scan triggered by a server judged harvester or suspect: blocked, it gets no new
-    # evidence. 0: keep everything.
+    # evidence. Run records and canaries expired this long ago (and named by no evidence)
+    # age out too: ~35k runs and ~94k canaries a year otherwise. 0: keep everything.
     retention_days: float = field(default=90.0, metadata=_check(_range(0, 36500)))
 
 
