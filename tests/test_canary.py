@@ -194,7 +194,8 @@ def test_many_canaries_go_in_one_ip_batch_and_one_by_one_if_it_fails(monkeypatch
     canary_mod.add_addresses(made, 10.0)
     assert len(calls) == 1 and calls[0][0] == ["ip", "-batch", "-"]
     assert calls[0][1].splitlines() == [
-        f"addr replace 2001:db8:1::c{i}/128 dev eth0 nodad valid_lft 90 preferred_lft 0"
+        f"addr replace 2001:db8:1::c{i}/128 dev eth0 nodad noprefixroute valid_lft 90 "
+        "preferred_lft 0"
         for i in range(3)]
     calls.clear()
     fail_batch = True

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import math
 import os
+import struct
 import time
 
 from ntpguard import canary, config, hostinfo, inputs, lists, revision
@@ -122,26 +123,35 @@ def test_digest_is_none_when_the_state_cannot_say(tmp_path):
     assert inputs.digest(cfg, str(tmp_path / "nothing-here")) is None
 
 
-def test_host_facts_are_default_routes_without_their_counters():
-    # /proc/net/ipv6_route: dest plen src plen next-hop metric refcnt use flags device.
-    line = ("{dest} {plen} 00000000000000000000000000000000 00 "
-            "20010db8000000000000000000000001 00000400 {refcnt} {use} 00000003 eth0")
-    default = line.format(dest="0" * 32, plen="00", refcnt="00000001", use="0000abcd")
-    other = line.format(dest="20010db8" + "0" * 24, plen="40", refcnt="00000001",
-                        use="0000abcd")
-    a = hostinfo.default_routes("ipv6_route", f"{default}\n{other}\n")
-    assert a and "0000abcd" not in a and "20010db8000000000000000000000000 40" not in a
-    busier = default.replace("00000001 0000abcd", "00000005 00ffffff")
-    assert hostinfo.default_routes("ipv6_route", busier) == a
-    moved = default.replace("0001 00000400", "0002 00000400")
-    assert hostinfo.default_routes("ipv6_route", moved) not in ("", a)
-    v4 = ("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
-          "eth0\t00000000\t010200C0\t0003\t{}\t{}\t0\t00000000\t0\t0\t0\n"
-          "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
-    b = hostinfo.default_routes("route", v4.format(0, 5))
-    assert b and "010200C0" in b and "000200C0" not in b
-    assert hostinfo.default_routes("route", v4.format(2, 999)) == b
-    assert hostinfo.default_routes("route", v4.format(0, 5).replace("010200C0", "020200C0")) != b
+def _route(dst_len: int, table: int, *attrs: tuple[int, bytes]) -> bytes:
+    """One RTM_NEWROUTE message as rtnetlink sends it (IPv6, unicast)."""
+    body = struct.pack("=BBBBBBBBI", 10, dst_len, 0, 0, table, 3, 0, 1, 0)
+    for kind, value in attrs:
+        size = 4 + len(value)
+        body += struct.pack("=HH", size, kind) + value + b"\0" * (-size % 4)
+    return struct.pack("=IHHII", 16 + len(body), 24, 2, 1, 0) + body
+
+
+DONE = struct.pack("=IHHII", 20, 3, 2, 1, 0) + b"\0" * 4
+GW1, GW2 = bytes.fromhex("20010db8" + "0" * 23 + "1"), bytes.fromhex("20010db8" + "0" * 23 + "2")
+OIF = (4, struct.pack("=I", 3))
+
+
+def test_host_facts_are_the_main_tables_default_routes_without_their_clocks():
+    cache = (12, struct.pack("=IIIIIIII", 5, 0, 0, 0, 1000, 0, 0, 0))  # RTA_CACHEINFO
+    later = (12, struct.pack("=IIIIIIII", 9, 0, 0, 0, 700, 0, 0, 0))
+    done, routes = hostinfo.parse_routes(
+        _route(0, 254, OIF, (5, GW1), cache) + _route(64, 254, OIF)  # a prefix route
+        + _route(0, 255, OIF, (5, GW2)) + DONE)  # the local table's
+    assert done and routes is not None and len(routes) == 1 and GW1.hex() in routes[0]
+    assert hostinfo.parse_routes(_route(0, 254, OIF, (5, GW1), later) + DONE) == (True, routes)
+    assert hostinfo.parse_routes(_route(0, 254, OIF, (5, GW2)) + DONE)[1] != routes
+    # A table past 255 is named by RTA_TABLE; a dump goes on until NLMSG_DONE.
+    assert hostinfo.parse_routes(_route(0, 252, OIF, (15, struct.pack("=I", 254)))) == (
+        False, [f"10/1/4:{OIF[1].hex()}/15:fe000000"])
+    error = struct.pack("=IHHII", 36, 2, 0, 1, 0) + b"\0" * 20
+    assert hostinfo.parse_routes(error) == (True, None)
+    assert hostinfo.parse_routes(_route(0, 254, OIF)[:30]) == (True, None)  # cut short
 
 
 def test_next_change_is_the_first_rotation_or_expiry():

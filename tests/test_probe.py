@@ -67,7 +67,7 @@ def test_fresh_address_is_inside_the_prefix_and_never_the_hosts(length, base, se
 
 
 def test_fresh_address_default_randomness_varies():
-    got = {probing.fresh_address(NET, ()) for _ in range(50)}
+    got = {probing.fresh_address(NET, frozenset()) for _ in range(50)}
     assert len(got) == 50 and all(ipaddress.IPv6Address(a) in NET for a in got)
 
 
