@@ -38,9 +38,9 @@ if TYPE_CHECKING:  # records only: the run that finds nothing to do imports neit
     from ntpguard.plan import Plan
 
 RECORD_NAME = "applied-inputs.json"
-# A record holds at most this long: whatever the digest cannot see (a second next hop of an
-# IPv4 multipath default route, which /proc/net/route does not list) is taken in by a plan
-# built at least this often; a 15-minute sync builds one in four.
+# A record holds at most this long: whatever the digest should have seen and did not (an
+# input added to the plan and not here, a kernel that reports a change where this does not
+# look) is taken in by a plan built at least this often; a 15-minute sync builds one in four.
 REBUILD_AFTER = 3600.0
 FORMAT = "ntpguard-applied-inputs-1"
 log = logging.getLogger("ntpguard")
