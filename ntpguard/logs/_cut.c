@@ -149,6 +149,8 @@ typedef struct {
     double window;
     long trigger_port;
     int any_port, aggregate, releasing;
+    /* The tap (see tap_take()); NULL when it is off. */
+    struct Tap *tap;
 } Ctx;
 
 static PyObject *PORTS[65536]; /* port numbers as ints, made once */
@@ -423,12 +425,15 @@ static int stamp(Minute *m, const char *key, Py_ssize_t len, Py_ssize_t mlen,
     return 0;
 }
 
+static int tap_handed_object(struct Tap *tp, PyObject *ev);
+
 /* A line for the full parser: its packet (if any) is appended; it counts itself. */
 static int slow_line(Ctx *x, PyObject *out, PyObject *line) {
     x->sys_minute.len = x->iso_minute.len = 0;
     PyObject *ev = PyObject_CallFunctionObjArgs(x->slow, line, NULL);
     if (ev == NULL) return -1;
     int rc = ev == Py_None ? 0 : PyList_Append(out, ev);
+    if (rc == 0 && ev != Py_None && x->tap != NULL) rc = tap_handed_object(x->tap, ev);
     Py_DECREF(ev);
     return rc;
 }
@@ -473,6 +478,519 @@ static PyObject *packet(Ctx *x, const IfacePair *pair, double t, PyObject *src,
     PyTuple_SetItem(tup, 6, pair->in);
     PyTuple_SetItem(tup, 7, pair->out);
     return tup;
+}
+
+/* The tap: what the detector only counts, kept here instead of made into packets. After the
+ * sieve, most packets of a gateway's log are its LAN's NTP polls (~430k of the radiation log's
+ * ~460k), and each cost the detector's Python loop ~0.5 us: a deque append and a run update.
+ * For an interface pair the detector has settled as sent only (detect.Sides.codes == SENT, it
+ * says which: tap_pairs()), a packet that is no trigger means nothing to it but its time, and
+ * a trigger only a run update and an entry in its sender's lookback queue. The tap keeps
+ * those; it hands the packet over whenever the detector would do more with it: the first
+ * packet, one that moves the time past a sweep (so the detector sweeps where it always did),
+ * the first counted packet of an (address, server) pair (the detector makes its run and learns
+ * the sender's prefix). The detector's own triggers (packets handed over) are added to the
+ * same queues (tap_add()). Every entry has its place in the stream as its key: block << 32 |
+ * 2 * (index of the next packet handed over) for one kept here, 2 * index + 1 for one handed
+ * over, so a query or a sweep in the middle of a block sees exactly the entries before the
+ * packet the detector is at, in stream order (tests/test_detect.py compares the results with
+ * a read that hands over every packet). */
+typedef struct {
+    long long key;
+    double t;
+    PyObject *dst, *proto, *sport, *dport; /* owned */
+} Sent;
+
+typedef struct {
+    PyObject *src; /* owned */
+    Py_hash_t hash;
+    Sent *v; /* by key */
+    size_t n, cap;
+} Sender;
+
+typedef struct {
+    char text[96]; /* the source and destination as logged */
+    unsigned char slen, dlen;
+    uint64_t hash;
+    PyObject *src, *dst; /* owned; NULL: an empty slot */
+    double first, last, pfirst, plast;
+    long n, pn; /* packets committed, and kept in the block the detector has not finished */
+} Run;
+
+typedef struct {
+    char text[64];
+    Py_ssize_t len, split;
+} SentPair;
+
+typedef struct Tap {
+    double now, swept, window, count_from, count_until;
+    long trigger_port;
+    int any_port, n_pairs;
+    long long block;
+    SentPair pairs[IFACE_PAIRS];
+    AddrSlot *slots; /* the address cache, kept across blocks: runs are keyed by the strs */
+    Sender *senders;
+    size_t n_senders, cap_senders;
+    size_t *index; /* open addressing: sender index + 1, 0 empty */
+    size_t icap;
+    Run *runs;
+    size_t rcap, rused;
+} Tap;
+
+static const char TAP_NAME[] = "ntpguard.logs._cut.tap";
+
+static void sent_clear(Sent *e) {
+    Py_XDECREF(e->dst);
+    Py_XDECREF(e->proto);
+    Py_XDECREF(e->sport);
+    Py_XDECREF(e->dport);
+}
+
+static void tap_free(PyObject *capsule) {
+    Tap *tp = PyCapsule_GetPointer(capsule, TAP_NAME);
+    if (tp == NULL) return;
+    for (size_t i = 0; i < tp->n_senders; i++) {
+        Sender *s = &tp->senders[i];
+        for (size_t j = 0; j < s->n; j++) sent_clear(&s->v[j]);
+        PyMem_Free(s->v);
+        Py_DECREF(s->src);
+    }
+    for (size_t i = 0; i < tp->rcap; i++) {
+        Py_XDECREF(tp->runs[i].src);
+        Py_XDECREF(tp->runs[i].dst);
+    }
+    for (int i = 0; i < ADDR_SLOTS; i++) Py_XDECREF(tp->slots[i].value);
+    PyMem_Free(tp->slots);
+    PyMem_Free(tp->senders);
+    PyMem_Free(tp->index);
+    PyMem_Free(tp->runs);
+    PyMem_Free(tp);
+}
+
+static Tap *tap_of(PyObject *capsule) { return PyCapsule_GetPointer(capsule, TAP_NAME); }
+
+static void *zalloc(size_t n) {
+    void *p = PyMem_Malloc(n ? n : 1);
+    if (p == NULL) PyErr_NoMemory();
+    else memset(p, 0, n);
+    return p;
+}
+
+/* The index of the senders, rebuilt (a power of two, at least twice their number). */
+static int index_senders(Tap *tp) {
+    size_t cap = 64;
+    while (cap < 2 * tp->n_senders + 2) cap *= 2;
+    size_t *index = zalloc(cap * sizeof *index);
+    if (index == NULL) return -1;
+    for (size_t i = 0; i < tp->n_senders; i++) {
+        size_t k = (size_t)tp->senders[i].hash & (cap - 1);
+        while (index[k]) k = (k + 1) & (cap - 1);
+        index[k] = i + 1;
+    }
+    PyMem_Free(tp->index);
+    tp->index = index;
+    tp->icap = cap;
+    return 0;
+}
+
+/* src's sender: NULL if it has none (create: make one; NULL then means an error is set). */
+static Sender *sender(Tap *tp, PyObject *src, int create) {
+    Py_hash_t h = PyObject_Hash(src);
+    if (h == -1) return NULL;
+    size_t k = (size_t)h & (tp->icap - 1);
+    for (; tp->index[k]; k = (k + 1) & (tp->icap - 1)) {
+        Sender *s = &tp->senders[tp->index[k] - 1];
+        if (s->hash != h) continue;
+        if (s->src == src) return s;
+        int eq = PyObject_RichCompareBool(s->src, src, Py_EQ);
+        if (eq < 0) return NULL;
+        if (eq) return s;
+    }
+    if (!create) return NULL;
+    if (tp->n_senders == tp->cap_senders) {
+        size_t cap = tp->cap_senders ? 2 * tp->cap_senders : 64;
+        Sender *grown = PyMem_Realloc(tp->senders, cap * sizeof *grown);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        tp->senders = grown;
+        tp->cap_senders = cap;
+    }
+    Sender *s = &tp->senders[tp->n_senders++];
+    memset(s, 0, sizeof *s);
+    Py_INCREF(src);
+    s->src = src;
+    s->hash = h;
+    if (2 * tp->n_senders + 2 > tp->icap) {
+        if (index_senders(tp) < 0) return NULL;
+    } else {
+        tp->index[k] = tp->n_senders;
+    }
+    return s;
+}
+
+/* An entry into its sender's queue, in key order (one kept here goes last; one the detector
+ * adds goes before those this block's cut kept after its packet). Takes the references. */
+static int sent_insert(Sender *s, Sent *e) {
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 16;
+        Sent *grown = PyMem_Realloc(s->v, cap * sizeof *grown);
+        if (grown == NULL) {
+            sent_clear(e);
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->v = grown;
+        s->cap = cap;
+    }
+    size_t at = s->n;
+    while (at > 0 && s->v[at - 1].key > e->key) at--;
+    memmove(&s->v[at + 1], &s->v[at], (s->n - at) * sizeof *e);
+    s->v[at] = *e;
+    s->n++;
+    return 0;
+}
+
+/* The addresses of a run as logged (the key of its slot); NULL if they are too long. */
+typedef struct {
+    const char *src, *dst;
+    Py_ssize_t slen, dlen;
+    uint64_t hash;
+} RunKey;
+
+/* The run of a (source, destination) text pair, or the empty slot where it goes (two texts of
+ * one address, like a zero-padded one, make two runs: the detector adds them up). */
+static Run *run_slot(Tap *tp, const RunKey *k) {
+    size_t mask = tp->rcap - 1;
+    for (size_t i = (size_t)k->hash & mask;; i = (i + 1) & mask) {
+        Run *r = &tp->runs[i];
+        if (r->src == NULL || (r->hash == k->hash && r->slen == k->slen && r->dlen == k->dlen &&
+                               memcmp(r->text, k->src, (size_t)k->slen) == 0 &&
+                               memcmp(r->text + k->slen, k->dst, (size_t)k->dlen) == 0))
+            return r;
+    }
+}
+
+static Run *run_new(Tap *tp, const RunKey *k, PyObject *src, PyObject *dst) {
+    if (2 * (tp->rused + 1) > tp->rcap) {
+        size_t cap = tp->rcap * 2, old = tp->rcap;
+        Run *runs = zalloc(cap * sizeof *runs), *prev = tp->runs;
+        if (runs == NULL) return NULL;
+        tp->runs = runs;
+        tp->rcap = cap;
+        for (size_t i = 0; i < old; i++) {
+            if (prev[i].src == NULL) continue;
+            RunKey pk = {prev[i].text, prev[i].text + prev[i].slen, prev[i].slen, prev[i].dlen,
+                         prev[i].hash};
+            *run_slot(tp, &pk) = prev[i];
+        }
+        PyMem_Free(prev);
+    }
+    Run *r = run_slot(tp, k);
+    memcpy(r->text, k->src, (size_t)k->slen);
+    memcpy(r->text + k->slen, k->dst, (size_t)k->dlen);
+    r->slen = (unsigned char)k->slen;
+    r->dlen = (unsigned char)k->dlen;
+    r->hash = k->hash;
+    Py_INCREF(src);
+    Py_INCREF(dst);
+    r->src = src;
+    r->dst = dst;
+    tp->rused++;
+    return r;
+}
+
+/* The detector's time, moved by a packet it is handed (its sweep when it moves `window` on). */
+static void tap_handed(Tap *tp, double t) {
+    if (t > tp->now) {
+        tp->now = t;
+        if (t - tp->swept > tp->window) tp->swept = t;
+    }
+}
+
+static int tap_sent_pair(const Tap *tp, const char *text, Py_ssize_t len, Py_ssize_t split) {
+    for (int k = 0; k < tp->n_pairs; k++) {
+        const SentPair *p = &tp->pairs[k];
+        if (p->len == len && p->split == split && memcmp(p->text, text, (size_t)len) == 0) return 1;
+    }
+    return 0;
+}
+
+/* A packet of a sent-only pair: 1 kept here, 0 to be handed over, -1 error. */
+static int tap_take(Tap *tp, double t, const RunKey *key, PyObject *src, PyObject *dst,
+                    const Proto *pr, long sport, long dport, Py_ssize_t handed) {
+    int trigger = tp->any_port || (dport == tp->trigger_port && pr->len == 3 &&
+                                   memcmp(pr->name, "UDP", 3) == 0);
+    int hand = t > tp->now && (tp->now == 0.0 || t - tp->swept > tp->window);
+    Run *run = NULL;
+    if (trigger && t >= tp->count_from && t < tp->count_until) {
+        if (key->slen + key->dlen > (Py_ssize_t)sizeof run->text) return 0;
+        run = run_slot(tp, key);
+        if (run->src == NULL) {
+            if (run_new(tp, key, src, dst) == NULL) return -1;
+            run = NULL;
+            hand = 1;
+        }
+    }
+    if (hand) return 0;
+    if (trigger) {
+        Sender *s = sender(tp, src, 1);
+        if (s == NULL) return -1;
+        Sent e = {tp->block << 32 | (long long)(2 * handed), t, dst, pr->value,
+                  port_object(sport), port_object(dport)};
+        Py_INCREF(dst);
+        Py_INCREF(pr->value);
+        if (e.sport == NULL || e.dport == NULL) {
+            sent_clear(&e);
+            return -1;
+        }
+        if (sent_insert(s, &e) < 0) return -1;
+    }
+    if (t > tp->now) tp->now = t;
+    if (run != NULL) {
+        if (run->pn == 0) {
+            run->pfirst = run->plast = t;
+        } else if (t > run->plast) {
+            run->plast = t;
+        } else if (t < run->pfirst) {
+            run->pfirst = t;
+        }
+        run->pn++;
+    }
+    return 1;
+}
+
+/* A packet the full parser made, handed over: its time moves the detector's. */
+static int tap_handed_object(Tap *tp, PyObject *ev) {
+    PyObject *t = PyTuple_GetItem(ev, 0);
+    if (t == NULL) return -1;
+    double v = PyFloat_AsDouble(t);
+    if (v == -1.0 && PyErr_Occurred()) return -1;
+    tap_handed(tp, v);
+    return 0;
+}
+
+PyDoc_STRVAR(tap_doc,
+"tap(window, trigger_port, any_port, count_from, count_until) -> what cut() may keep from\n"
+"the detector (its tap argument): see the tap_* functions");
+
+static PyObject *tap_new(PyObject *self, PyObject *args) {
+    (void)self;
+    Tap *tp = zalloc(sizeof *tp);
+    if (tp == NULL) return NULL;
+    if (!PyArg_ParseTuple(args, "dlpdd:tap", &tp->window, &tp->trigger_port, &tp->any_port,
+                          &tp->count_from, &tp->count_until)) {
+        PyMem_Free(tp);
+        return NULL;
+    }
+    tp->rcap = 1024;
+    tp->slots = zalloc(ADDR_SLOTS * sizeof *tp->slots);
+    tp->runs = tp->slots == NULL ? NULL : zalloc(tp->rcap * sizeof *tp->runs);
+    if (tp->runs == NULL || index_senders(tp) < 0) {
+        PyMem_Free(tp->slots);
+        PyMem_Free(tp->runs);
+        PyMem_Free(tp);
+        return NULL;
+    }
+    PyObject *capsule = PyCapsule_New(tp, TAP_NAME, tap_free);
+    if (capsule == NULL) {
+        PyMem_Free(tp->index);
+        PyMem_Free(tp->slots);
+        PyMem_Free(tp->runs);
+        PyMem_Free(tp);
+    }
+    return capsule;
+}
+
+PyDoc_STRVAR(tap_pairs_doc,
+"tap_pairs(tap, pairs): the interface pairs whose packets are sent only, as a list of\n"
+"(b'IN_VALUE OUT=OUT_VALUE', len(IN_VALUE)); at most 8 are used");
+
+static PyObject *tap_pairs(PyObject *self, PyObject *args) {
+    PyObject *capsule, *pairs;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OO!:tap_pairs", &capsule, &PyList_Type, &pairs)) return NULL;
+    Tap *tp = tap_of(capsule);
+    if (tp == NULL) return NULL;
+    tp->n_pairs = 0;
+    for (Py_ssize_t i = 0; i < PyList_Size(pairs) && tp->n_pairs < IFACE_PAIRS; i++) {
+        char *text;
+        Py_ssize_t len, split;
+        PyObject *item = PyList_GetItem(pairs, i);
+        if (item == NULL || !PyArg_ParseTuple(item, "y#n:tap_pairs", &text, &len, &split))
+            return NULL;
+        if (len > (Py_ssize_t)sizeof tp->pairs[0].text) continue;
+        SentPair *p = &tp->pairs[tp->n_pairs++];
+        memcpy(p->text, text, (size_t)len);
+        p->len = len;
+        p->split = split;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(tap_block_doc,
+"tap_block(tap, advance) -> the number of the block cut last (advance: count a block made\n"
+"without cut())");
+
+static PyObject *tap_block(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    int advance;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "Op:tap_block", &capsule, &advance)) return NULL;
+    Tap *tp = tap_of(capsule);
+    if (tp == NULL) return NULL;
+    tp->block += advance;
+    return PyLong_FromLongLong(tp->block);
+}
+
+PyDoc_STRVAR(tap_commit_doc,
+"tap_commit(tap) -> the time of the newest packet so far: the detector has finished the\n"
+"block cut last, so its kept packets count in the runs");
+
+static PyObject *tap_commit(PyObject *self, PyObject *capsule) {
+    (void)self;
+    Tap *tp = tap_of(capsule);
+    if (tp == NULL) return NULL;
+    for (size_t i = 0; i < tp->rcap; i++) {
+        Run *r = &tp->runs[i];
+        if (r->src == NULL || r->pn == 0) continue;
+        if (r->n == 0) {
+            r->first = r->pfirst;
+            r->last = r->plast;
+        } else {
+            if (r->pfirst < r->first) r->first = r->pfirst;
+            if (r->plast > r->last) r->last = r->plast;
+        }
+        r->n += r->pn;
+        r->pn = 0;
+    }
+    return PyFloat_FromDouble(tp->now);
+}
+
+PyDoc_STRVAR(tap_add_doc,
+"tap_add(tap, packet, key): a trigger the detector was handed, into its sender's queue");
+
+static PyObject *tap_add(PyObject *self, PyObject *args) {
+    PyObject *capsule, *ev;
+    long long key;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOL:tap_add", &capsule, &ev, &key)) return NULL;
+    Tap *tp = tap_of(capsule);
+    if (tp == NULL) return NULL;
+    PyObject *t = PyTuple_GetItem(ev, 0), *src = PyTuple_GetItem(ev, 1);
+    PyObject *dst = PyTuple_GetItem(ev, 2), *proto = PyTuple_GetItem(ev, 3);
+    PyObject *sport = PyTuple_GetItem(ev, 4), *dport = PyTuple_GetItem(ev, 5);
+    if (dport == NULL) return NULL;
+    double v = PyFloat_AsDouble(t);
+    if (v == -1.0 && PyErr_Occurred()) return NULL;
+    Sender *s = sender(tp, src, 1);
+    if (s == NULL) return NULL;
+    Sent e = {key, v, dst, proto, sport, dport};
+    Py_INCREF(dst);
+    Py_INCREF(proto);
+    Py_INCREF(sport);
+    Py_INCREF(dport);
+    if (sent_insert(s, &e) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(tap_triggers_doc,
+"tap_triggers(tap, src, lo, start, limit) -> [(time, dst, proto, sport, dport)] of src's\n"
+"queue with a key below limit and lo <= time <= start, in stream order");
+
+static PyObject *tap_triggers(PyObject *self, PyObject *args) {
+    PyObject *capsule, *src;
+    double lo, start;
+    long long limit;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOddL:tap_triggers", &capsule, &src, &lo, &start, &limit))
+        return NULL;
+    Tap *tp = tap_of(capsule);
+    if (tp == NULL) return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    Sender *s = sender(tp, src, 0);
+    if (s == NULL && PyErr_Occurred()) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    for (size_t j = 0; s != NULL && j < s->n && s->v[j].key < limit; j++) {
+        Sent *e = &s->v[j];
+        if (e->t < lo || e->t > start) continue;
+        PyObject *item = Py_BuildValue("(dOOOO)", e->t, e->dst, e->proto, e->sport, e->dport);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return out;
+}
+
+PyDoc_STRVAR(tap_sweep_doc,
+"tap_sweep(tap, older, oldest, limit): what detect's sweep does to its queues, to the\n"
+"entries with a key below limit: a sender's whole queue goes if its newest entry is older\n"
+"than `older`, else its entries from the front while older than `oldest`");
+
+static PyObject *tap_sweep(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    double older, oldest;
+    long long limit;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OddL:tap_sweep", &capsule, &older, &oldest, &limit))
+        return NULL;
+    Tap *tp = tap_of(capsule);
+    if (tp == NULL) return NULL;
+    size_t kept = 0;
+    int gone = 0;
+    for (size_t i = 0; i < tp->n_senders; i++) {
+        Sender *s = &tp->senders[i];
+        size_t m = s->n;
+        while (m > 0 && s->v[m - 1].key >= limit) m--;
+        size_t drop = 0;
+        if (m > 0 && s->v[m - 1].t < older) {
+            drop = m;
+        } else {
+            while (drop < m && s->v[drop].t < oldest) drop++;
+        }
+        for (size_t j = 0; j < drop; j++) sent_clear(&s->v[j]);
+        memmove(s->v, s->v + drop, (s->n - drop) * sizeof *s->v);
+        s->n -= drop;
+        if (s->n == 0) {
+            PyMem_Free(s->v);
+            Py_DECREF(s->src);
+            gone = 1;
+            continue;
+        }
+        tp->senders[kept++] = *s;
+    }
+    tp->n_senders = kept;
+    if (gone && index_senders(tp) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(tap_runs_doc,
+"tap_runs(tap) -> [(src, dst, first, last, packets)]: the packets of runs kept here, in\n"
+"the blocks the detector finished");
+
+static PyObject *tap_runs(PyObject *self, PyObject *capsule) {
+    (void)self;
+    Tap *tp = tap_of(capsule);
+    if (tp == NULL) return NULL;
+    PyObject *out = PyList_New(0);
+    for (size_t i = 0; out != NULL && i < tp->rcap; i++) {
+        Run *r = &tp->runs[i];
+        if (r->src == NULL || r->n == 0) continue;
+        PyObject *item = Py_BuildValue("(OOddl)", r->src, r->dst, r->first, r->last, r->n);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_CLEAR(out);
+        }
+        Py_XDECREF(item);
+    }
+    return out;
 }
 
 static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out);
@@ -782,6 +1300,11 @@ static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out) {
     int rc;
     if (src == Py_None || dst == Py_None) {
         rc = 0;
+    } else if (x->tap != NULL && pr->ported && tap_sent_pair(x->tap, c + i + 3, ilen, o - i - 3) &&
+               (rc = tap_take(x->tap, t, &(RunKey){c + s + 5, c + e + 5, e - s - 5, e2 - e - 5,
+                                                   hash_bytes(c + s + 5, (size_t)(e2 - s - 5))},
+                              src, dst, pr, sport, dport, PyList_Size(out))) != 0) {
+        rc = rc < 0 ? -1 : kind; /* kept by the tap */
     } else if (pair == NULL && (pair = new_pair(x, c + i + 3, ilen, o - i - 3)) == NULL) {
         rc = -1;
     } else {
@@ -789,6 +1312,7 @@ static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out) {
         rc = pk == NULL ? -1 : PyList_Append(out, pk);
         Py_XDECREF(pk);
         rc = rc < 0 ? -1 : kind;
+        if (rc > 0 && x->tap != NULL) tap_handed(x->tap, t);
     }
     Py_DECREF(src);
     Py_DECREF(dst);
@@ -822,7 +1346,7 @@ static int load_protos(Ctx *x, PyObject *protos) {
 
 PyDoc_STRVAR(cut_doc,
 "cut(block, protos, canonical, sys_time, iso_time, slow, syslog_ok, iso_ok[, hold, window,\n"
-"    trigger_port, any_port, aggregate])\n"
+"    trigger_port, any_port, aggregate, tap])\n"
 "-> (packets, n_syslog, n_rfc3339, n_not_netfilter)\n\n"
 "Packets (t, src, dst, proto, sport, dport, iface_in, iface_out) of a block of raw lines,\n"
 "in order: a list of bytes, or a chunk (head, data, end): the lines of head + data[:end]\n"
@@ -832,7 +1356,8 @@ PyDoc_STRVAR(cut_doc,
 "iso_time(b'YYYY-MM-DDTHH:MM:SS<offset>') -> epoch seconds or None; slow(line) -> packet or\n"
 "None for every line not taken here (it counts that line itself). hold: hold() for the\n"
 "sieve (packets that came in from a source that has sent nothing else in `window` s are\n"
-"held back, see sieve()), None for every packet.");
+"held back, see sieve()), None for every packet. tap: tap() to keep what the detector only\n"
+"counts (see tap_take()), None to hand over every packet.");
 
 /* A line as a bytes object, for the full parser (most lines never need one). */
 static int slow_text(Ctx *x, PyObject *out, const char *c, Py_ssize_t len) {
@@ -891,20 +1416,29 @@ static PyObject *cut(PyObject *self, PyObject *argv) {
     Ctx x;
     (void)self;
     memset(&x, 0, sizeof x);
-    PyObject *hold = Py_None;
-    if (!PyArg_ParseTuple(argv, "OO!OOOOpp|Odlpp:cut", &block, &PyDict_Type,
+    PyObject *hold = Py_None, *tap = Py_None;
+    if (!PyArg_ParseTuple(argv, "OO!OOOOpp|OdlppO:cut", &block, &PyDict_Type,
                           &protos, &x.canonical, &x.sys_time, &x.iso_time, &x.slow,
                           &x.syslog_ok, &x.iso_ok, &hold, &x.window, &x.trigger_port,
-                          &x.any_port, &x.aggregate))
+                          &x.any_port, &x.aggregate, &tap))
         return NULL;
     if (hold != Py_None) {
         x.hold = PyCapsule_GetPointer(hold, HOLD_NAME);
         if (x.hold == NULL) return NULL; /* not hold()'s: TypeError or ValueError set */
     }
+    if (tap != Py_None) {
+        x.tap = tap_of(tap);
+        if (x.tap == NULL) return NULL;
+        x.tap->block++;
+    }
     if (load_protos(&x, protos) < 0) return NULL;
-    x.slots = PyMem_Malloc(ADDR_SLOTS * sizeof *x.slots); /* (no PyMem_Calloc in 3.9's abi3) */
-    if (x.slots == NULL) return PyErr_NoMemory();
-    memset(x.slots, 0, ADDR_SLOTS * sizeof *x.slots);
+    if (x.tap != NULL) {
+        x.slots = x.tap->slots;
+    } else {
+        x.slots = PyMem_Malloc(ADDR_SLOTS * sizeof *x.slots); /* (no PyMem_Calloc in 3.9's abi3) */
+        if (x.slots == NULL) return PyErr_NoMemory();
+        memset(x.slots, 0, ADDR_SLOTS * sizeof *x.slots);
+    }
     PyObject *out = PyList_New(0);
     long counts[4] = {0, 0, 0, 0};
     int failed = out == NULL;
@@ -930,8 +1464,10 @@ static PyObject *cut(PyObject *self, PyObject *argv) {
     } else if (!failed) {
         failed = chunk_lines(&x, block, out, counts) < 0;
     }
-    for (int i = 0; i < ADDR_SLOTS; i++) Py_XDECREF(x.slots[i].value);
-    PyMem_Free(x.slots);
+    if (x.tap == NULL) {
+        for (int i = 0; i < ADDR_SLOTS; i++) Py_XDECREF(x.slots[i].value);
+        PyMem_Free(x.slots);
+    }
     Py_XDECREF(x.last_time);
     for (int i = 0; i < x.n_pairs; i++) {
         Py_DECREF(x.pairs[i].in);
@@ -947,6 +1483,14 @@ static PyObject *cut(PyObject *self, PyObject *argv) {
 static PyMethodDef methods[] = {
     {"cut", cut, METH_VARARGS, cut_doc},
     {"hold", hold_new, METH_NOARGS, hold_doc},
+    {"tap", tap_new, METH_VARARGS, tap_doc},
+    {"tap_pairs", tap_pairs, METH_VARARGS, tap_pairs_doc},
+    {"tap_block", tap_block, METH_VARARGS, tap_block_doc},
+    {"tap_commit", tap_commit, METH_O, tap_commit_doc},
+    {"tap_add", tap_add, METH_VARARGS, tap_add_doc},
+    {"tap_triggers", tap_triggers, METH_VARARGS, tap_triggers_doc},
+    {"tap_sweep", tap_sweep, METH_VARARGS, tap_sweep_doc},
+    {"tap_runs", tap_runs, METH_O, tap_runs_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -30,6 +30,10 @@ try:  # the C copy of packet_blocks()'s fast path (setup.py); optional, same res
     from ntpguard.logs._cut import hold as _native_hold
 except ImportError:  # not built (no compiler) or not loadable here: the Python path below
     _native_cut = _native_hold = None
+try:  # (only a detector with a tap, which needs it, hands one over)
+    from ntpguard.logs._cut import tap_block as _native_tap_block
+except ImportError:
+    _native_tap_block = None
 
 FORMATS = ("auto", "syslog", "rfc3339", "dmesg", "json", "pvefw")
 
@@ -158,7 +162,7 @@ class LineParser:
 
     def __init__(self, fmt: str = "auto", reference_time: Optional[float] = None,
                  boot_time: Optional[float] = None, native: bool = True,
-                 sieve: Optional[Sieve] = None) -> None:
+                 sieve: Optional[Sieve] = None, tap: object = None) -> None:
         if fmt not in FORMATS:
             raise UsageError(f"unknown log format {fmt!r} (one of {', '.join(FORMATS)})")
         self.format = fmt
@@ -169,6 +173,8 @@ class LineParser:
         # gives the detector the same results more slowly).
         self._sieve = sieve
         self._hold = _native_hold() if sieve is not None and self._cut is not None else None
+        # The detector's tap (Detector(tap=True).tap): what the C path may keep from it.
+        self._tap = tap
         self.stats = ReadStats()
         self.format_counts: dict[str, int] = {}
         self.boot_time = boot_time
@@ -244,13 +250,15 @@ class LineParser:
         would reject, goes through parse_lines(), so both paths agree on every line
         (tests/test_logs.py checks it on generated, real and random lines).
         """
+        if self._cut is not None and self.format in ("auto", "syslog", "rfc3339"):
+            yield from self._native_blocks(blocks)
+            return
+        if self._tap is not None:  # blocks the C path does not cut still count in its keys
+            blocks = self._counted(blocks)
         if self.format not in ("auto", "syslog", "rfc3339"):
             for block in blocks:
                 yield list(self.parse_lines([b.decode("utf-8", "replace")
                                              for b in lines_of(block)]))
-            return
-        if self._cut is not None:
-            yield from self._native_blocks(blocks)
             return
         stats = self.stats
         slow = self._slow_packet
@@ -396,13 +404,22 @@ class LineParser:
         assert cut is not None
         syslog_ok, iso_ok = self.format != "rfc3339", self.format != "syslog"
         sieve = self._sieve
-        extra = () if sieve is None else (self._hold, *sieve)
+        extra: tuple = () if sieve is None else (self._hold, *sieve)
+        if self._tap is not None:
+            extra = (*(extra or (None, 0.0, 0, False, False)), self._tap)
         for block in blocks:
             out, n_sys, n_iso, n_other = cut(block, _PROTO_INFO, self._canonical_b,
                                              self._sys_stamp_b, self._iso_stamp_b,
                                              self._slow_packet, syslog_ok, iso_ok, *extra)
             self._count(n_sys, n_iso, n_other)
             yield out
+
+    def _counted(self, blocks: Iterable[Block]) -> Iterator[Block]:
+        """The blocks, each counted by the tap as if cut (see _cut.c tap_take)."""
+        for block in blocks:
+            if _native_tap_block is not None:
+                _native_tap_block(self._tap, True)
+            yield block
 
     def _count(self, n_sys: int, n_iso: int, n_other: int = 0) -> None:
         """Counts a block's lines a fast path took whole (the full parser counts its own):
