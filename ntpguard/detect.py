@@ -523,13 +523,14 @@ class Detector:
         return sorted(out, key=lambda s: s.start)
 
     def _tell_tap(self) -> None:
-        """Tell the tap the interface pairs settled as sent only, when there are new ones (the
-        parser reads them before it cuts the next block)."""
+        """Tell the tap the interface pairs settled as sent only or received only, when there
+        are new ones (the parser reads them before it cuts the next block)."""
         codes = self.sides.codes
         if len(codes) != self._tapped:
             self._tapped = len(codes)
-            _native.tap_pairs(self.tap, [(f"{a} OUT={b}".encode(), len(a.encode()))
-                                         for (a, b), code in codes.items() if code == SENT])
+            _native.tap_pairs(self.tap, [(f"{a} OUT={b}".encode(), len(a.encode()), code)
+                                         for (a, b), code in codes.items()
+                                         if code in (SENT, RECEIVED)])
 
     def _triggers(self, address: str, start: float) -> tuple[Trigger, ...]:
         if self.tap is not None:

@@ -520,6 +520,7 @@ typedef struct {
 typedef struct {
     char text[64];
     Py_ssize_t len, split;
+    int code; /* 1 sent only, 2 received only (detect.SENT, RECEIVED) */
 } SentPair;
 
 typedef struct Tap {
@@ -709,10 +710,13 @@ static void tap_handed(Tap *tp, double t) {
     }
 }
 
-static int tap_sent_pair(const Tap *tp, const char *text, Py_ssize_t len, Py_ssize_t split) {
+/* What the detector settled for an interface text: 1 sent only, 2 received only, 0 neither
+ * or not settled. */
+static int tap_code(const Tap *tp, const char *text, Py_ssize_t len, Py_ssize_t split) {
     for (int k = 0; k < tp->n_pairs; k++) {
         const SentPair *p = &tp->pairs[k];
-        if (p->len == len && p->split == split && memcmp(p->text, text, (size_t)len) == 0) return 1;
+        if (p->len == len && p->split == split && memcmp(p->text, text, (size_t)len) == 0)
+            return p->code;
     }
     return 0;
 }
@@ -804,8 +808,8 @@ static PyObject *tap_new(PyObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(tap_pairs_doc,
-"tap_pairs(tap, pairs): the interface pairs whose packets are sent only, as a list of\n"
-"(b'IN_VALUE OUT=OUT_VALUE', len(IN_VALUE)); at most 8 are used");
+"tap_pairs(tap, pairs): the interface pairs whose packets are sent only (code 1) or received\n"
+"only (2), as a list of (b'IN_VALUE OUT=OUT_VALUE', len(IN_VALUE), code); at most 8 are used");
 
 static PyObject *tap_pairs(PyObject *self, PyObject *args) {
     PyObject *capsule, *pairs;
@@ -817,14 +821,16 @@ static PyObject *tap_pairs(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < PyList_Size(pairs) && tp->n_pairs < IFACE_PAIRS; i++) {
         char *text;
         Py_ssize_t len, split;
+        int code;
         PyObject *item = PyList_GetItem(pairs, i);
-        if (item == NULL || !PyArg_ParseTuple(item, "y#n:tap_pairs", &text, &len, &split))
+        if (item == NULL || !PyArg_ParseTuple(item, "y#ni:tap_pairs", &text, &len, &split, &code))
             return NULL;
-        if (len > (Py_ssize_t)sizeof tp->pairs[0].text) continue;
+        if (len > (Py_ssize_t)sizeof tp->pairs[0].text || (code != 1 && code != 2)) continue;
         SentPair *p = &tp->pairs[tp->n_pairs++];
         memcpy(p->text, text, (size_t)len);
         p->len = len;
         p->split = split;
+        p->code = code;
     }
     Py_RETURN_NONE;
 }
@@ -1281,8 +1287,10 @@ static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out) {
         dport = port(c + f2 + 1, f3 - f2 - 1, "DPT=");
         if (sport < 0 || dport < 0) return 0;
         /* Came in (IN= set), and no trigger: received by the host, or forwarded but not
-         * UDP to the trigger port (nor any port a trigger). */
-        int in = o - i - 3 > 0, received = oe - o - 5 == 0;
+         * UDP to the trigger port (nor any port a trigger), or forwarded to the side the
+         * detector settled as the LAN's (the radiation log's inbound NTP: ~19k packets). */
+        int in = o - i - 3 > 0, received = oe - o - 5 == 0 ||
+            (x->tap != NULL && tap_code(x->tap, c + i + 3, ilen, o - i - 3) == 2);
         int ntp = pr->len == 3 && memcmp(pr->name, "UDP", 3) == 0 && dport == x->trigger_port;
         if (x->hold != NULL && !x->releasing && in && (received || (!x->any_port && !ntp))) {
             int held = sieve(x, c, len, c + s + 5, e - s - 5, c + e + 5, e2 - e - 5, t, out);
@@ -1300,7 +1308,7 @@ static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out) {
     int rc;
     if (src == Py_None || dst == Py_None) {
         rc = 0;
-    } else if (x->tap != NULL && pr->ported && tap_sent_pair(x->tap, c + i + 3, ilen, o - i - 3) &&
+    } else if (x->tap != NULL && pr->ported && tap_code(x->tap, c + i + 3, ilen, o - i - 3) == 1 &&
                (rc = tap_take(x->tap, t, &(RunKey){c + s + 5, c + e + 5, e - s - 5, e2 - e - 5,
                                                    hash_bytes(c + s + 5, (size_t)(e2 - s - 5))},
                               src, dst, pr, sport, dport, PyList_Size(out))) != 0) {
