@@ -65,6 +65,7 @@ find_eq(const char *line, Py_ssize_t len, const char *needle, Py_ssize_t nlen, P
  * address is a chain of 39 multiplies: ~150 cycles, twice a line). */
 static uint64_t hash_bytes(const void *key, size_t n) {
     const unsigned char *p = key;
+    size_t total = n;
     uint64_t h = (uint64_t)n * 0x9e3779b97f4a7c15u;
     for (; n >= 8; p += 8, n -= 8) {
         uint64_t w;
@@ -72,9 +73,12 @@ static uint64_t hash_bytes(const void *key, size_t n) {
         h = (h ^ w) * 0xff51afd7ed558ccdu;
         h ^= h >> 32;
     }
-    if (n) {
+    if (n) { /* the last 8 bytes again where there are 8 (a copy of n bytes is a call) */
         uint64_t w = 0;
-        memcpy(&w, p, n);
+        if (total >= 8)
+            memcpy(&w, p + n - 8, 8);
+        else
+            memcpy(&w, p, n);
         h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
     }
     return h ^ (h >> 29);
