@@ -364,7 +364,10 @@ class Detector:
         block_key = 0
         for block in blocks:
             if tap is not None:
-                block_key = _native.tap_block(tap, False) << 32
+                # The number of the block the parser cut last; a block it did not count (a
+                # parser without the tap) is counted here, so keys keep the stream's order.
+                k = _native.tap_block(tap, False) << 32
+                block_key = k if k > block_key else _native.tap_block(tap, True) << 32
             for i, ev in enumerate(block):
                 t = ev[0]
                 if t > now:

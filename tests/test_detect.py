@@ -412,13 +412,15 @@ def test_attribution_scenarios(tmp_path, name, seeds):
 
 def _tapped_read(lines: list[bytes], st: Detect, tap: bool, native: bool = True,
                  count: tuple[float, float] = (-math.inf, math.inf), size: int = 37,
-                 ref: float = 1_760_500_000.0) -> tuple[list, object, object, object, object]:
-    """Scans and contacts of lines cut into blocks of `size` lines (many block boundaries)."""
+                 ref: float = 1_760_500_000.0, give: bool = True
+                 ) -> tuple[list, object, object, object, object]:
+    """Scans and contacts of lines cut into blocks of `size` lines (many block boundaries);
+    give=False: the detector has a tap, the parser is not given it."""
     from ntpguard.detect import Detector, sieve_for
 
     det = Detector(st, *count, tap=tap)
     parser = LineParser(reference_time=ref, native=native,
-                        sieve=sieve_for(st) if native else None, tap=det.tap)
+                        sieve=sieve_for(st) if native else None, tap=det.tap if give else None)
     blocks = parser.packet_blocks(lines[i:i + size] for i in range(0, len(lines), size))
     scans = list(det.feed_blocks(blocks))
     scans += det.finish()
@@ -510,6 +512,8 @@ def test_the_tap_keeps_the_order_of_the_stream():
         python = _tapped_read(lines, Detect(), False, native=False, size=size,
                               ref=base + 86400)
         assert tapped == handed and tapped[:2] == python[:2], size
+        assert _tapped_read(lines, Detect(), True, size=size, ref=base + 86400,
+                            give=False) == handed
         first, second = tapped[0]
         assert [t.time - base for t in first.triggers] == [
             t for t in range(0, 200, 4) if t >= 300 - 600] + [299]

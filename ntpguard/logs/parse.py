@@ -30,10 +30,6 @@ try:  # the C copy of packet_blocks()'s fast path (setup.py); optional, same res
     from ntpguard.logs._cut import hold as _native_hold
 except ImportError:  # not built (no compiler) or not loadable here: the Python path below
     _native_cut = _native_hold = None
-try:  # (only a detector with a tap, which needs it, hands one over)
-    from ntpguard.logs._cut import tap_block as _native_tap_block
-except ImportError:
-    _native_tap_block = None
 
 FORMATS = ("auto", "syslog", "rfc3339", "dmesg", "json", "pvefw")
 
@@ -173,7 +169,8 @@ class LineParser:
         # gives the detector the same results more slowly).
         self._sieve = sieve
         self._hold = _native_hold() if sieve is not None and self._cut is not None else None
-        # The detector's tap (Detector(tap=True).tap): what the C path may keep from it.
+        # The detector's tap (Detector(tap=True).tap): what the C path may keep from it (the
+        # other paths hand over every packet).
         self._tap = tap
         self.stats = ReadStats()
         self.format_counts: dict[str, int] = {}
@@ -250,15 +247,13 @@ class LineParser:
         would reject, goes through parse_lines(), so both paths agree on every line
         (tests/test_logs.py checks it on generated, real and random lines).
         """
-        if self._cut is not None and self.format in ("auto", "syslog", "rfc3339"):
-            yield from self._native_blocks(blocks)
-            return
-        if self._tap is not None:  # blocks the C path does not cut still count in its keys
-            blocks = self._counted(blocks)
         if self.format not in ("auto", "syslog", "rfc3339"):
             for block in blocks:
                 yield list(self.parse_lines([b.decode("utf-8", "replace")
                                              for b in lines_of(block)]))
+            return
+        if self._cut is not None:
+            yield from self._native_blocks(blocks)
             return
         stats = self.stats
         slow = self._slow_packet
@@ -413,13 +408,6 @@ class LineParser:
                                              self._slow_packet, syslog_ok, iso_ok, *extra)
             self._count(n_sys, n_iso, n_other)
             yield out
-
-    def _counted(self, blocks: Iterable[Block]) -> Iterator[Block]:
-        """The blocks, each counted by the tap as if cut (see _cut.c tap_take)."""
-        for block in blocks:
-            if _native_tap_block is not None:
-                _native_tap_block(self._tap, True)
-            yield block
 
     def _count(self, n_sys: int, n_iso: int, n_other: int = 0) -> None:
         """Counts a block's lines a fast path took whole (the full parser counts its own):
