@@ -1321,7 +1321,6 @@ static int cut_line(Ctx *x, const char *c, Py_ssize_t len, PyObject *out) {
             int held = sieve(x, c, len, c + s + 5, e - s - 5, c + e + 5, e2 - e - 5, t, out);
             if (held != 0) return held < 0 ? -1 : kind;
             pair = find_pair(x, c + i + 3, ilen); /* a released line may have replaced it */
-            if (x->tap != NULL) code = tap_code(x->tap, c + i + 3, ilen, o - i - 3);
         }
     }
     PyObject *src = address(x, c + s + 5, e - s - 5);
