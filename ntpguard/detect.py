@@ -34,6 +34,14 @@ from ntpguard.logs import (
     direction,
 )
 
+try:  # the C parser's tap (logs/_cut.c: tap_take); optional, same results
+    from ntpguard.logs import _cut as _native
+
+    if not hasattr(_native, "tap_runs"):  # an older build
+        raise ImportError("no tap")
+except ImportError:  # not built: every packet goes through feed_blocks
+    _native = None
+
 
 @dataclass(frozen=True)
 class Trigger:
@@ -290,14 +298,24 @@ class Detector:
     """Packets in, scans out (feed_blocks).
 
     count_from/count_until: only packets in [count_from, count_until) make contacts (a
-    parallel share reads a warm-up before its own part that another share counts)."""
+    parallel share reads a warm-up before its own part that another share counts).
+
+    tap: let the C parser keep what this detector would only count (`tap` is then what to
+    give the parser, LineParser(tap=...); None where the extension is not built). The results
+    are the same; on a gateway's log most packets never become Python objects."""
 
     def __init__(self, settings: Detect, count_from: float = -math.inf,
-                 count_until: float = math.inf) -> None:
+                 count_until: float = math.inf, tap: bool = False) -> None:
         self.settings = settings
         self.sides = Sides(settings.lan_interfaces, settings.local_prefixes)
         self.contacts = Contacts()
         self._count = (count_from, count_until)
+        self.tap: object = None
+        if tap and _native is not None:
+            self.tap = _native.tap(settings.window, settings.trigger_port,
+                                   settings.trigger_any_port, count_from, count_until)
+        self._tapped = 0  # how many settled codes the tap was told about
+        self._at = 0  # the tap's key of the packet the loop is at (see _cut.c tap_take)
         self._flows: dict[tuple[str, str], _Flow] = {}
         # (dst, source key) → (port key, last time, source, packets) of a source that has
         # probed one port so far: background radiation costs one tuple per source, and only
@@ -340,124 +358,144 @@ class Detector:
         # for a pair (within a block), so `is` spares a tuple and a lookup most packets.
         last_in = last_out = None
         last_code = 0
-        for ev in itertools.chain.from_iterable(blocks):
-            t = ev[0]
-            if t > now:
-                now = t
-                if contacts.start is None:
-                    contacts.start = t
-                if now - swept > window:
-                    self._now = swept = now
-                    yield from self._sweep(now)
-            dport = ev[5]
-            if dport is None:
-                continue
-            iface_in, iface_out = ev[6], ev[7]
-            if iface_in is last_in and iface_out is last_out:
-                code = last_code
-            else:
-                settled = codes.get((iface_in, iface_out))
-                if settled is None:
-                    code = code_of(ev)
-                else:  # settled codes never change
-                    code = last_code = settled
-                    last_in, last_out = iface_in, iface_out
-            if code & SENT and (any_port or (dport == trigger_port and ev[3] == "UDP")):
-                # A possible trigger: kept for `keep` seconds (_sweep drops older ones: only
-                # those in a scan's lookback are read), and its contact for good.
-                src = ev[1]
-                q = recent.get(src)
-                if q is None:
-                    q = recent[src] = deque()
-                q.append(ev)
-                if count_from <= t < count_until:
-                    pair = (src, ev[2])
-                    run = runs.get(pair)
-                    if run is None:
-                        runs[pair] = [t, t, 1]
-                        note_sender(src)
+        tap = self.tap
+        if tap is not None:
+            self._tell_tap()
+        block_key = 0
+        for block in blocks:
+            if tap is not None:
+                # The number of the block the parser cut last; a block it did not count (a
+                # parser without the tap) is counted here, so keys keep the stream's order.
+                k = _native.tap_block(tap, False) << 32
+                block_key = k if k > block_key else _native.tap_block(tap, True) << 32
+            for i, ev in enumerate(block):
+                t = ev[0]
+                if t > now:
+                    now = t
+                    if contacts.start is None:
+                        contacts.start = t
+                    if now - swept > window:
+                        self._now = swept = now
+                        self._at = block_key | (2 * i + 1)
+                        yield from self._sweep(now)
+                dport = ev[5]
+                if dport is None:
+                    continue
+                iface_in, iface_out = ev[6], ev[7]
+                if iface_in is last_in and iface_out is last_out:
+                    code = last_code
+                else:
+                    settled = codes.get((iface_in, iface_out))
+                    if settled is None:
+                        code = code_of(ev)
+                    else:  # settled codes never change
+                        code = last_code = settled
+                        last_in, last_out = iface_in, iface_out
+                if code & SENT and (any_port or (dport == trigger_port and ev[3] == "UDP")):
+                    # A possible trigger: kept for `keep` seconds (_sweep drops older ones: only
+                    # those in a scan's lookback are read), and its contact for good.
+                    src = ev[1]
+                    if tap is None:
+                        q = recent.get(src)
+                        if q is None:
+                            q = recent[src] = deque()
+                        q.append(ev)
                     else:
-                        if t > run[1]:
-                            run[1] = t
-                        elif t < run[0]:
-                            run[0] = t
-                        run[2] += 1
-            if not code & RECEIVED:
-                continue
-            # A packet to a local or LAN address: probe accounting for scan detection.
-            src, dst, proto = ev[1], ev[2], ev[3]
-            hk = (src, dst, dport, proto)
-            h = hot.get(hk)
-            if h is not None:
-                hot_flow, pk = h
-                if hot_flow.counting:
-                    seen = hot_flow.seen
-                    last = seen.get(pk)
-                    if last is not None and last >= t - window:
-                        hot_flow.last = t
-                        hot_flow.packets += 1
-                        seen[pk] = t
+                        _native.tap_add(tap, ev, block_key | (2 * i + 1))
+                    if count_from <= t < count_until:
+                        pair = (src, ev[2])
+                        run = runs.get(pair)
+                        if run is None:
+                            runs[pair] = [t, t, 1]
+                            note_sender(src)
+                        else:
+                            if t > run[1]:
+                                run[1] = t
+                            elif t < run[0]:
+                                run[0] = t
+                            run[2] += 1
+                if not code & RECEIVED:
+                    continue
+                # A packet to a local or LAN address: probe accounting for scan detection.
+                src, dst, proto = ev[1], ev[2], ev[3]
+                hk = (src, dst, dport, proto)
+                h = hot.get(hk)
+                if h is not None:
+                    hot_flow, pk = h
+                    if hot_flow.counting:
+                        seen = hot_flow.seen
+                        last = seen.get(pk)
+                        if last is not None and last >= t - window:
+                            hot_flow.last = t
+                            hot_flow.packets += 1
+                            seen[pk] = t
+                            continue
+                sk = skeys.get(src)
+                if sk is None:
+                    sk = skeys[src] = source_key(src, aggregate)
+                    if len(skeys) > 50_000:
+                        skeys.clear()
+                fkey = (dst, sk)
+                pk = (proto, dport)
+                flow = flows.get(fkey)
+                if flow is None:
+                    one = single.get(fkey)
+                    if one is None or t - one[1] > window:
+                        single[fkey] = (pk, t, src, 1)
                         continue
-            sk = skeys.get(src)
-            if sk is None:
-                sk = skeys[src] = source_key(src, aggregate)
-                if len(skeys) > 50_000:
-                    skeys.clear()
-            fkey = (dst, sk)
-            pk = (proto, dport)
-            flow = flows.get(fkey)
-            if flow is None:
-                one = single.get(fkey)
-                if one is None or t - one[1] > window:
-                    single[fkey] = (pk, t, src, 1)
+                    if one[0] == pk:
+                        single[fkey] = (pk, t, one[2], one[3] + 1)
+                        continue
+                    # A second port: now it is worth a flow.
+                    del single[fkey]
+                    flow = flows[fkey] = _Flow(dst)
+                    flow.seen[one[0]] = flow.first[one[0]] = one[1]
+                    flow.packets = one[3]
+                    flow.protocols.add(one[0][0])
+                    flow.sources.add(one[2])
+                elif t - flow.last > window and flow.ports is not None:
+                    # The previous scan is over; this starts afresh.
+                    flow.counting = False
+                    done = self._close(flow)
+                    flow = flows[fkey] = _Flow(dst)
+                    if done is not None:
+                        yield done
+                flow.last = t
+                flow.packets += 1
+                flow.protocols.add(proto)
+                if len(flow.sources) < 64:
+                    flow.sources.add(src)
+                if flow.ports is not None:
+                    flow.ports.add(pk)
                     continue
-                if one[0] == pk:
-                    single[fkey] = (pk, t, one[2], one[3] + 1)
+                seen = flow.seen
+                last = seen.get(pk)
+                seen[pk] = t
+                hot[hk] = (flow, pk)
+                if last is not None and last >= t - window:
+                    continue  # a port already counted in the window
+                first = flow.first
+                first[pk] = t
+                if len(seen) < min_ports:
                     continue
-                # A second port: now it is worth a flow.
-                del single[fkey]
-                flow = flows[fkey] = _Flow(dst)
-                flow.seen[one[0]] = flow.first[one[0]] = one[1]
-                flow.packets = one[3]
-                flow.protocols.add(one[0][0])
-                flow.sources.add(one[2])
-            elif t - flow.last > window and flow.ports is not None:
-                # The previous scan is over; this starts afresh.
-                flow.counting = False
-                done = self._close(flow)
-                flow = flows[fkey] = _Flow(dst)
-                if done is not None:
-                    yield done
-            flow.last = t
-            flow.packets += 1
-            flow.protocols.add(proto)
-            if len(flow.sources) < 64:
-                flow.sources.add(src)
-            if flow.ports is not None:
-                flow.ports.add(pk)
-                continue
-            seen = flow.seen
-            last = seen.get(pk)
-            seen[pk] = t
-            hot[hk] = (flow, pk)
-            if last is not None and last >= t - window:
-                continue  # a port already counted in the window
-            first = flow.first
-            first[pk] = t
-            if len(seen) < min_ports:
-                continue
-            lo = t - window
-            for k in [k for k, v in seen.items() if v < lo]:
-                del seen[k]
-                del first[k]
-            if len(seen) >= min_ports:
-                # Start: the earliest port that appeared inside the window (ports heard all
-                # along, like a peer's NTP, do not stretch the scan back).
-                flow.start = min(v for v in first.values() if v >= lo)
-                flow.ports = set(seen)
-                flow.counting = False
-                flow.triggers = self._triggers(flow.dst, flow.start)
-                flow.seen, flow.first = {}, {}
+                lo = t - window
+                for k in [k for k, v in seen.items() if v < lo]:
+                    del seen[k]
+                    del first[k]
+                if len(seen) >= min_ports:
+                    # Start: the earliest port that appeared inside the window (ports heard all
+                    # along, like a peer's NTP, do not stretch the scan back).
+                    flow.start = min(v for v in first.values() if v >= lo)
+                    flow.ports = set(seen)
+                    flow.counting = False
+                    self._at = block_key | (2 * i + 2)  # this packet's own entry too
+                    flow.triggers = self._triggers(flow.dst, flow.start)
+                    flow.seen, flow.first = {}, {}
+            if tap is not None:
+                # The block is done: the tap's packets in it count, and its newest time is
+                # what the detector's would be.
+                now = max(now, _native.tap_commit(tap))
+                self._tell_tap()
         self._now = now
         self._swept = swept
         contacts.end = now if contacts.end is None else max(contacts.end, now)
@@ -469,6 +507,15 @@ class Detector:
 
     def finish(self) -> list[Scan]:
         """Close every open scan (end of input)."""
+        if self.tap is not None:
+            # The runs' packets the tap kept: the detector made each run at its first packet.
+            runs = self.contacts.runs
+            for src, dst, a, b, n in _native.tap_runs(self.tap):
+                r = runs.get((src, dst))
+                if r is None:
+                    runs[(src, dst)] = [a, b, n]
+                else:
+                    r[0], r[1], r[2] = min(r[0], a), max(r[1], b), r[2] + n
         out = [s for s in (self._close(f) for f in self._flows.values()) if s is not None]
         for f in self._flows.values():
             f.counting = False
@@ -478,7 +525,22 @@ class Detector:
         self.contacts.sides = self.sides.describe()
         return sorted(out, key=lambda s: s.start)
 
+    def _tell_tap(self) -> None:
+        """Tell the tap the interface pairs settled as sent only or received only, when there
+        are new ones (the parser reads them before it cuts the next block)."""
+        codes = self.sides.codes
+        if len(codes) != self._tapped:
+            self._tapped = len(codes)
+            _native.tap_pairs(self.tap, [(f"{a} OUT={b}".encode(), len(a.encode()), code)
+                                         for (a, b), code in codes.items()
+                                         if code in (SENT, RECEIVED)])
+
     def _triggers(self, address: str, start: float) -> tuple[Trigger, ...]:
+        if self.tap is not None:
+            lo = start - self.settings.lookback
+            return tuple(Trigger(dst, proto, sport, dport, t, round(start - t, 6))
+                         for t, dst, proto, sport, dport in _native.tap_triggers(
+                             self.tap, address, lo, start, self._at))
         q = self._recent.get(address)
         if not q:
             return ()
@@ -517,6 +579,9 @@ class Detector:
             hot.clear()
             hot.update(kept)
         keep = self._keep
+        if self.tap is not None:
+            _native.tap_sweep(self.tap, now - keep, now - keep - window, self._at)
+            return
         recent = self._recent
         for a in [a for a, q in recent.items() if q[-1][0] < now - keep]:
             del recent[a]
@@ -539,10 +604,11 @@ def detect(events: Iterable[Logged], settings: Detect) -> tuple[list[Scan], Cont
     return detect_blocks(iter(lambda: list(itertools.islice(it, 4096)), []), settings)
 
 
-def detect_blocks(blocks: Iterable[list[Logged]], settings: Detect
-                  ) -> tuple[list[Scan], Contacts]:
-    """detect() for lists of packets (evidence.read_blocks)."""
-    det = Detector(settings)
+def detect_blocks(blocks: Iterable[list[Logged]], settings: Detect,
+                  det: Optional[Detector] = None) -> tuple[list[Scan], Contacts]:
+    """detect() for lists of packets (evidence.read_blocks); det: the detector to use (one
+    whose tap the blocks' parser was given)."""
+    det = det if det is not None else Detector(settings)
     scans = list(det.feed_blocks(blocks))
     scans.extend(det.finish())
     scans.sort(key=lambda s: s.start)

@@ -85,8 +85,9 @@ def detect_sources(sources: list[str], settings: Detect, fmt: str = "auto",
     gc.disable()
     try:
         if plan is None:
+            det = Detector(settings, tap=True)
             return detect_blocks(read_blocks(sources, fmt, boot_time, positions, stats,
-                                             sieve_for(settings)), settings)
+                                             sieve_for(settings), det.tap), settings, det)
         import multiprocessing
 
         with multiprocessing.get_context("fork").Pool(len(plan)) as pool:
@@ -118,9 +119,9 @@ def _share(job: tuple[Share, Detect]) -> dict:
     share, settings = job
     path, ref, fmt, boot_time = share.path, share.reference_time, share.fmt, share.boot_time
     warm, lo, hi, t_lo, t_hi = share.warm, share.lo, share.hi, share.t_lo, share.t_hi
+    det = Detector(settings, count_from=t_lo, count_until=t_hi, tap=True)
     parser = LineParser(fmt, reference_time=ref, boot_time=boot_time,
-                        sieve=sieve_for(settings))
-    det = Detector(settings, count_from=t_lo, count_until=t_hi)
+                        sieve=sieve_for(settings), tap=det.tap)
     marks: list[ReadStats] = []
     end = [lo]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -437,3 +438,113 @@ def test_attribution_scenarios(tmp_path, name, seeds):
         named += len(called & found)
         eligible += len(found)
     assert eligible > 0 and named >= 0.85 * eligible
+
+
+def _tapped_read(lines: list[bytes], st: Detect, tap: bool, native: bool = True,
+                 count: tuple[float, float] = (-math.inf, math.inf), size: int = 37,
+                 ref: float = 1_760_500_000.0, give: bool = True
+                 ) -> tuple[list, object, object, object, object]:
+    """Scans and contacts of lines cut into blocks of `size` lines (many block boundaries);
+    give=False: the detector has a tap, the parser is not given it."""
+    from ntpguard.detect import Detector, sieve_for
+
+    det = Detector(st, *count, tap=tap)
+    parser = LineParser(reference_time=ref, native=native,
+                        sieve=sieve_for(st) if native else None, tap=det.tap if give else None)
+    blocks = parser.packet_blocks(lines[i:i + size] for i in range(0, len(lines), size))
+    scans = list(det.feed_blocks(blocks))
+    scans += det.finish()
+    scans.sort(key=lambda s: s.start)
+    c = det.contacts
+    return scans, c.runs, c.start, c.end, c.sides
+
+
+@pytest.mark.parametrize("name", ["gateway", "half", "slow-noisy", "disorder", "corpus"])
+def test_the_tap_changes_no_result(name):
+    """The C parser keeps what the detector only counts (its tap): the scans with their
+    triggers, the contacts, the time span and the directions are those of a read that hands
+    the detector every packet, and of the pure-Python parser. Also with lines out of order,
+    corpus lines among them (the full parser's packets), a counted time range (a parallel
+    share) and any port a trigger."""
+    from ntpguard.detect import _native
+
+    if _native is None:
+        pytest.skip("the C extension is not built")
+    import random
+
+    base = "gateway" if name in ("disorder", "corpus") else name
+    sc = dataclasses.replace(SCENARIOS[base], noise_per_hour=3000, inbound_ntp_per_hour=300,
+                             duration=86400)
+    lines = [line.encode() for line in generate(sc, 3)]
+    rng = random.Random(5)
+    if name == "disorder":
+        for i in range(0, len(lines) - 8, 5):  # a few seconds of disorder
+            j = i + rng.randrange(8)
+            lines[i], lines[j] = lines[j], lines[i]
+    if name == "corpus":
+        corpus = [line for p in sorted(Path("/work/shared/corpus").glob("*.log"))
+                  for line in p.read_bytes().splitlines()] if Path(
+                      "/work/shared/corpus").is_dir() else []
+        for k, line in enumerate(corpus):
+            lines.insert(rng.randrange(len(lines)), line)
+            if k > 400:
+                break
+    span = (sc.start + 0.3 * sc.duration, sc.start + 0.6 * sc.duration)
+    for st, count, size in ((Detect(), (-math.inf, math.inf), 37),
+                            (Detect(), span, 501),
+                            (Detect(trigger_any_port=True), (-math.inf, math.inf), 5000)):
+        tapped = _tapped_read(lines, st, True, count=count, size=size)
+        handed = _tapped_read(lines, st, False, count=count, size=size)
+        python = _tapped_read(lines, st, False, native=False, count=count, size=size)
+        assert len(tapped[0]) > 3 and any(s.triggers for s in tapped[0])
+        assert tapped == handed
+        if name != "corpus":  # (the corpus's stamps move the inferred year to and fro)
+            # The sieve leaves out radiation, so the span may start later than the Python's.
+            assert tapped[:2] == python[:2] and tapped[4] == python[4]
+
+
+def _lines(base: float, packets: list[tuple]) -> list[bytes]:
+    """Kernel log lines of (seconds after base, "out" or "in", src, dst, proto, dport)."""
+    import time
+
+    out = []
+    for t, way, src, dst, proto, dport in packets:
+        stamp = time.strftime("%b %e %H:%M:%S", time.localtime(base + t))
+        ifaces = "IN= OUT=eth0" if way == "out" else "IN=eth0 OUT="
+        tail = "LEN=56" if proto == "UDP" else "WINDOW=1024 RES=0x00 SYN URGP=0"
+        out.append(f"{stamp} host kernel: {way}: {ifaces} SRC={src} DST={dst} LEN=76 TC=0 "
+                   f"HOPLIMIT=64 FLOWLBL=0 PROTO={proto} SPT=40000 DPT={dport} {tail} "
+                   .encode())
+    return out
+
+
+def test_the_tap_keeps_the_order_of_the_stream():
+    """What the tap keeps is seen where the detector would have met it: a trigger logged
+    after the probe that made a scan is not that scan's (though it is older than the scan's
+    start), and a sweep the kept packets' time called for happens even when the block ends
+    at that packet (a stale flow must not carry its probes into a new one)."""
+    from ntpguard.detect import _native
+
+    if _native is None:
+        pytest.skip("the C extension is not built")
+    base, other = 1_760_000_000.0, "2001:db8:5::7"
+    sent = [(t, "out", HOST, SERVER, "UDP", 123) for t in range(0, 200, 4)]
+    probes = [(300, "in", SCANNER, HOST, "TCP", p) for p in range(1, 16)]
+    late = [(290, "out", HOST, SERVER, "UDP", 123)]  # logged after the probes, older
+    stale = [(1000, "in", SCANNER, HOST, "TCP", p) for p in range(20, 23)]
+    ticks = [(t, "out", HOST, OTHER, "UDP", 123) for t in range(1001, 1122, 10)]
+    again = [(1121, "in", SCANNER, HOST, "TCP", p) for p in range(30, 46)]
+    lines = _lines(base, [*sent, (299, "out", HOST, other, "UDP", 123), *probes, *late,
+                          *stale, *ticks, *again])
+    for size in (1, 2, 3, 7, 5000):
+        tapped = _tapped_read(lines, Detect(), True, size=size, ref=base + 86400)
+        handed = _tapped_read(lines, Detect(), False, size=size, ref=base + 86400)
+        python = _tapped_read(lines, Detect(), False, native=False, size=size,
+                              ref=base + 86400)
+        assert tapped == handed and tapped[:2] == python[:2], size
+        assert _tapped_read(lines, Detect(), True, size=size, ref=base + 86400,
+                            give=False) == handed
+        first, second = tapped[0]
+        assert [t.time - base for t in first.triggers] == [
+            t for t in range(0, 200, 4) if t >= 300 - 600] + [299]
+        assert (second.ports, second.packets) == (16, 16)

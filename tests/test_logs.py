@@ -247,7 +247,8 @@ _FAST_LINES = [
 @given(st.sampled_from(_FAST_LINES), st.integers(0, 240), st.integers(0, 8),
        st.sampled_from(["", " ", "0", "9", ":", ".", "+", "-", "Z", "x", "SPT=1 ", "DPT=",
                         "PROTO=ICMP ", " SRC=1.2.3.4 DST=5.6.7.8 ", "\u00e9", "\ufffd", "{",
-                        "::ffff:1.2.3.4", "65536", "٣"]))
+                        "::ffff:1.2.3.4", "65536", "٣", "=", "IN=", " OUT=", "IN=a OUT=b ",
+                        " PHYSIN=br0 ", "[WAN]IN="]))
 def test_fast_path_equals_full_parser_on_mangled_lines(line, at, cut, junk):
     mangled = line[:at] + junk + line[at + cut:]
     _both([mangled.encode("utf-8"), line.encode(), mangled.encode("utf-8")[:at + 3]])

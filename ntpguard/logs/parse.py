@@ -158,7 +158,7 @@ class LineParser:
 
     def __init__(self, fmt: str = "auto", reference_time: Optional[float] = None,
                  boot_time: Optional[float] = None, native: bool = True,
-                 sieve: Optional[Sieve] = None) -> None:
+                 sieve: Optional[Sieve] = None, tap: object = None) -> None:
         if fmt not in FORMATS:
             raise UsageError(f"unknown log format {fmt!r} (one of {', '.join(FORMATS)})")
         self.format = fmt
@@ -169,6 +169,9 @@ class LineParser:
         # gives the detector the same results more slowly).
         self._sieve = sieve
         self._hold = _native_hold() if sieve is not None and self._cut is not None else None
+        # The detector's tap (Detector(tap=True).tap): what the C path may keep from it (the
+        # other paths hand over every packet).
+        self._tap = tap
         self.stats = ReadStats()
         self.format_counts: dict[str, int] = {}
         self.boot_time = boot_time
@@ -396,7 +399,9 @@ class LineParser:
         assert cut is not None
         syslog_ok, iso_ok = self.format != "rfc3339", self.format != "syslog"
         sieve = self._sieve
-        extra = () if sieve is None else (self._hold, *sieve)
+        extra: tuple = () if sieve is None else (self._hold, *sieve)
+        if self._tap is not None:
+            extra = (*(extra or (None, 0.0, 0, False, False)), self._tap)
         for block in blocks:
             out, n_sys, n_iso, n_other = cut(block, _PROTO_INFO, self._canonical_b,
                                              self._sys_stamp_b, self._iso_stamp_b,

@@ -26,17 +26,18 @@ def is_journal(source: str) -> bool:
 
 def read_blocks(sources: Iterable[str], fmt: str = "auto", boot_time: Optional[float] = None,
                 positions: Optional[dict[str, Position]] = None,
-                stats: Optional[ReadStats] = None, sieve: Optional[Sieve] = None
-                ) -> Iterator[list[Logged]]:
+                stats: Optional[ReadStats] = None, sieve: Optional[Sieve] = None,
+                tap: object = None) -> Iterator[list[Logged]]:
     """Packets of every source in turn, a list at a time (one per 4 MiB read), for
     Detector.feed_blocks; with positions, each source resumes where it stopped and its
-    position follows the read. sieve: what the parser may leave out for the detector."""
+    position follows the read. sieve: what the parser may leave out for the detector; tap:
+    the detector's tap (Detector.tap), what the parser may keep from it."""
     stats = stats if stats is not None else ReadStats()
     for source in sources:
         pos = positions.setdefault(source, Position(source)) if positions is not None else None
         if is_journal(source):
             parser = LineParser(fmt, reference_time=time.time(), boot_time=boot_time,
-                                sieve=sieve)
+                                sieve=sieve, tap=tap)
             files = [source[len(JOURNAL) + 1:]] if source != JOURNAL else []
             yield from parser.packet_blocks(journal_blocks(pos or Position(source),
                                                            files=files))
@@ -50,7 +51,8 @@ def read_blocks(sources: Iterable[str], fmt: str = "auto", boot_time: Optional[f
                 except OSError:
                     ref = time.time()  # file_blocks reports the error
                 blocks = file_blocks(source, pos)
-            parser = LineParser(fmt, reference_time=ref, boot_time=boot_time, sieve=sieve)
+            parser = LineParser(fmt, reference_time=ref, boot_time=boot_time, sieve=sieve,
+                                tap=tap)
             yield from parser.packet_blocks(blocks)
         parser.stats.formats = {source: parser.detected_format()}
         stats.add(parser.stats)
