@@ -72,6 +72,8 @@ def main() -> None:
         clean = sum(sum(r["status"][s] == "clean" for s in r["eligible"]) for r in rs)
         clean_any = sum(sum(r["status"][s] == "clean" for s in r["truth"]) for r in rs)
         harvesters = sum(len(r["truth"]) for r in rs)
+        # Clean servers called clean: the rest are unknown (or suspect), usable all the same.
+        cleared = sum(len(r["clean_called"] - r["truth"]) for r in rs)
         precision = tp / (tp + fp) if tp + fp else 1.0
         recall = named / eligible if eligible else 1.0
         met = fp == 0 and recall >= 0.95 and clean == 0 and named + suspect == eligible
@@ -80,7 +82,7 @@ def main() -> None:
         print(f"{name}: precision {precision:.3f} ({tp} harvesters named, {fp} clean servers "
               f"named), recall {recall:.3f} ({named} of {eligible} harvesters with >= 2 scans "
               f"named, {suspect} suspect, {clean} clean; of all {harvesters}: {clean_any} "
-              f"clean) {'MET' if met else 'NOT MET'}")
+              f"clean) {'MET' if met else 'NOT MET'}; {cleared} clean servers called clean")
         print(f"  {sum(r['lines'] for r in rs) / len(rs):,.0f} lines and "
               f"{sum(r['scans'] for r in rs) / len(rs):.0f} scans a log; detect + attribute "
               f"{min(r['seconds'] for r in rs):.1f}-{max(r['seconds'] for r in rs):.1f} s; "

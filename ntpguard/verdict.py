@@ -58,6 +58,9 @@ OWN_PRIOR = 3.0
 # least this likely, relative to the stronger, to be the one that harvests: twins come out 1:1
 # up to the fit's noise; a factor of 2 either side of that is still "cannot tell".
 RIVAL_ODDS = 0.5
+# A server followed by scans at two or more of its contacts is clean only if a harvester at
+# the common rate would have been followed by so few at most this often (see _shortfall).
+CLEAN_TAIL = 0.001
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,47 @@ def _pair(s: str, r: str, p: Mapping[str, float], h_s: Mapping[str, float],
     es, er, eb = (math.exp(w - top) for w in (w_s, w_r, w_both))
     z = es + er + eb  # given that one of them harvests (a likely server's pair)
     return (es + eb) / z, (er + eb) / z
+
+
+def _shortfall(k: int, n: int, h: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, h): how often a harvester taking a share h of the
+    addresses it sees is followed by a scan at k or fewer of n contacts (in logs: terms past
+    ~250 contacts would underflow as plain powers)."""
+    lh, lq, top = math.log(h), math.log1p(-h), math.lgamma(n + 1)
+    return sum(math.exp(top - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * lh + (n - j) * lq)
+               for j in range(min(k, n) + 1))
+
+
+def _cleared(scanned: int, negative: int, h: float, least: int) -> bool:
+    """Whether a server whose contacts were followed by a scan at `scanned` of them and by none
+    at `negative` others may be called clean, beyond what the posterior says.
+
+    The posterior weighs a scan another server is credited with against this one: had it
+    harvested too, the scanner would have swept the address again. A scanner that sweeps an
+    address once whoever reported it (2016's cooldown) leaves no second scan, and which report
+    it acted on the log cannot say; and a harvester taking half the addresses it sees is
+    followed by a scan at 2 or fewer of 13 contacts 1.1% of the time, which at the common rate
+    reads as strong evidence against it. On the gateway scenario (8 of 120 servers at 50%, one
+    scan per address; 30 seeds) 4 of the 234 harvesters the log shows by two scans or more
+    were called clean that way: 2 scans of 7 and of 13 contacts, 3 of 11, 4 of 8, every scan
+    credited to another harvester, posteriors 0.002-0.035 at the common rate.
+
+    So a server with at least `least` scanned contacts (what a harvester needs to be called
+    one, and all a harvester the log shows can have) is granted every scan that followed it,
+    whoever is credited, and stays clean only if a harvester at the common rate h would fall
+    that short at most CLEAN_TAIL of the time: about one such harvester in a thousand called
+    clean, where the 30 seeds hold 234. It does not rest on the prior, on the scanner's
+    cooldown or on the credit. Those 4 were at 0.008-0.67. A server with fewer scanned
+    contacts could not be such a harvester and keeps the posterior's verdict; one with many
+    contacts stays clean (journal, ~80 contacts a server, ~30 of them scanned: 1649 of its
+    1650 clean servers still clean). The price is where contacts are few: of the servers
+    called clean on 30 seeds, gateway keeps 1210 of 3242, site 613 of 1089, sparse 299 of
+    309; the others are unknown, which the firewall treats alike (a known server is usable
+    unless a harvester or suspect) and the time daemon's configuration only ranks after.
+    """
+    if scanned < least:
+        return True
+    return _shortfall(scanned, scanned + negative, h) <= CLEAN_TAIL
 
 
 def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[Scan],
@@ -607,7 +651,9 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         elif prob >= settings.suspect_probability or srv in tied:
             status = Status.SUSPECT
         elif (negative >= settings.clean_min_negative and prob <= settings.clean_probability
-              and at_common <= settings.clean_probability):
+              and at_common <= settings.clean_probability
+              and _cleared(sum(1 for i in pairs_of[srv] if i in with_scan), negative, h,
+                           settings.harvester_min_positive)):
             status = Status.CLEAN
         else:
             status = Status.UNKNOWN

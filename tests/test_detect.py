@@ -127,9 +127,41 @@ def test_attribution_rivals_it_cannot_tell_apart():
     v = _twins(0)
     assert {v["H"].status, v["T"].status} == {"suspect"}
     assert v["H"].probability == pytest.approx(v["T"].probability, abs=0.05)
-    # Two contacts of T no scan followed tell them apart: H is the harvester, T stays clean.
+    # Two contacts of T no scan followed tell them apart: H is the harvester, T no suspect;
+    # not clean either (2 scans of 4 contacts, which a harvester at H's rate shows 1.4% of the
+    # time: see verdict._cleared).
     v = _twins(2)
-    assert v["H"].status == "harvester" and v["T"].status == "clean"
+    assert v["H"].status == "harvester" and v["T"].status == "unknown"
+
+
+def test_attribution_scans_credited_elsewhere_forbid_clean():
+    """S shares 3 of H's 8 scanned addresses and met 3 others no scan followed; T shares 2
+    and met 14 others. A scanner that sweeps an address once whoever reported it leaves one
+    scan for two harvesters, so H's credit does not clear S: a harvester at H's rate (0.8)
+    has 3 or fewer scans of 6 contacts 10% of the time, and S is unknown (it was clean: every
+    scan explained by H read as evidence against it). T's 2 of 16 (1 in 10^8 at 0.8) and z,
+    never scanned, stay clean."""
+    from ntpguard.detect import Scan
+    runs, scans = {}, []
+
+    def group(members: tuple[str, ...], scanned: bool) -> None:
+        a = f"2001:db8:a::{len(runs) + 1:x}"
+        t0 = len(runs) * 10_000.0
+        for k, s in enumerate(members):
+            runs[(a, s)] = [t0 + k, t0 + k, 1]
+        if scanned:
+            scans.append(Scan(t0 + 30, t0 + 31, SCANNER, a, 100, 100, ("TCP",)))
+
+    for i in range(8):
+        group(("H", f"x{i}", f"y{i}") + (("S",) if i < 3 else ("T",) if i < 5 else ()), True)
+        group((f"x{i}", f"y{i}", "z"), False)
+    for members in [("H", "z")] * 2 + [("S", "z")] * 3 + [("T", "z")] * 14:
+        group(members, False)
+    v, est = attribute(runs, scans, 800_000.0, Detect())
+    assert v["H"].status == "harvester" and est.harvest_rate == pytest.approx(0.8)
+    assert (v["S"].positive, v["S"].negative, v["S"].probability < 0.05) == (3, 3, True)
+    assert v["S"].status == "unknown"
+    assert v["T"].status == "clean" and v["z"].status == "clean"
 
 def _run(sc: Scenario, seed: int):
     st = Detect()
