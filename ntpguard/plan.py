@@ -246,7 +246,7 @@ def _protected(host: HostFacts) -> dict[int, list[tuple[int, int, str]]]:
                         ("this host's default gateway", host.gateways)):
         for text in addrs:
             fam, value = address_int(text.split("%")[0])
-            shown = ipaddress.ip_address(value) if fam == 4 else ipaddress.IPv6Address(value)
+            shown = ipaddress.IPv4Address(value) if fam == 4 else ipaddress.IPv6Address(value)
             out[fam].append((value, BITS[fam], f"{kind} {shown}"))
     return out
 

@@ -43,7 +43,6 @@ def schema() -> list[str]:
     return out
 
 
-# The revision of some tables, or (none named) of all of them, in one statement.
 def query(tables: tuple[str, ...] = ()) -> tuple[str, tuple[str, ...]]:
     """(SQL, parameters) that read the revision of `tables` (all watched tables if none) as
     one text, the same whenever none of them changed."""

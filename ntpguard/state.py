@@ -607,15 +607,16 @@ class State:
             return None
         return row[0] if row and isinstance(row[0], str) and row[0] else None
 
-    def _read_once(self, tables: tuple[str, ...], read: Callable[[], Any]) -> Any:
-        """read() (of `tables` only) once per revision of those tables."""
+    def _read_once(self, name: str, tables: tuple[str, ...], read: Callable[[], Any]) -> Any:
+        """read() (of `tables` only), remembered as `name`, once per revision of those
+        tables."""
         rev = self.revision(tables)
-        hit = self._read.get(read.__name__)
+        hit = self._read.get(name)
         if rev is not None and hit is not None and hit[0] == rev:
             return hit[1]
         value = read()
         if rev is not None:
-            self._read[read.__name__] = (rev, value)
+            self._read[name] = (rev, value)
         return value
 
     def latest_verdicts(self) -> dict[str, dict[str, Verdict]]:
@@ -626,7 +627,7 @@ class State:
                 out.setdefault(v.address, {})[str(v.source)] = v
             return out
 
-        read = self._read_once(("verdicts",), latest)
+        read = self._read_once("latest_verdicts", ("verdicts",), latest)
         return {a: dict(by) for a, by in read.items()}  # the caller's to change
 
     # -- evidence from firewall logs -------------------------------------------------------------
@@ -706,7 +707,7 @@ class State:
         """Every canary ever made, oldest first: those in use, retired ones the kernel still
         holds, and expired ones (history: an address that was a canary is never mistaken for
         a real one)."""
-        return list(self._read_once(("canaries",), self._read_canaries))
+        return list(self._read_once("canaries", ("canaries",), self._read_canaries))
 
     def _read_canaries(self) -> list[Canary]:
         out = []
@@ -737,7 +738,8 @@ class State:
         """Every recorded scan with its triggers, by start. A row with a value of the wrong
         type (a damaged database) is left out with a warning, so one bad row cannot stop the
         verdicts or the rules that read them."""
-        return list(self._read_once(("detect_scans", "detect_triggers"), self._read_scans))
+        return list(self._read_once("scans", ("detect_scans", "detect_triggers"),
+                                    self._read_scans))
 
     def _read_scans(self) -> list[Scan]:
         triggers: dict[tuple[str, str, float], list[Trigger]] = {}

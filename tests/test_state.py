@@ -380,7 +380,6 @@ def test_scans_read_again_whenever_the_tables_changed(state_dir):
             reads.append(1)
             return real()
 
-        counted.__name__ = real.__name__
         st._read_scans = counted  # type: ignore[method-assign]
         st.add_verdict(Verdict.of("2001:db8:100::1", "clean", "manual", {}, 5.0))
         st.save_canaries(Change(add=(Canary("2001:db8:1::c1", "2001:db8:100::1", "eth0", 1.0,

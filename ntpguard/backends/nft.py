@@ -257,8 +257,8 @@ class Nft:
         in this process came on top of its own ~40 MiB (83 MiB peak for the first apply of a
         100k list); in a child of its own the peak of the whole run is the larger of the two.
         """
-        if self._lib is not None and not (not reading and len(text) > BIG_TRANSACTION
-                                          and shutil.which("nft")):
+        big = not reading and len(text) > BIG_TRANSACTION and shutil.which("nft") is not None
+        if self._lib is not None and not big:
             self._lib.set_json_output(json_out)
             try:
                 rc, out, err = self._lib.cmd(text)
