@@ -15,7 +15,6 @@ import contextlib
 import errno
 import os
 import stat
-import tempfile
 from typing import BinaryIO, Iterator, Optional
 
 from ntpguard.errors import UnsafePathError
@@ -180,6 +179,8 @@ def atomic_write_all(items: list[tuple[str, bytes, int]]) -> None:
         # not leave the first one replaced alone.
         if os.path.isdir(path):
             raise OSError(errno.EISDIR, "is a directory; refused", path)
+    import tempfile  # here, not at the top: ~5 ms a run that writes nothing need not pay
+
     temps: list[str] = []
     try:
         for path, data, mode in items:
@@ -211,6 +212,8 @@ def create_exclusive(path: str, data: bytes, mode: int) -> None:
     """Write a new file that must not exist yet (a secret key): written and synced under a
     temporary name, then linked to `path`, which fails with FileExistsError if anything is
     there, a link included; nothing is ever overwritten and nobody reads half of it."""
+    import tempfile
+
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ntpguard-")
     try:

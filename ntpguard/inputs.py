@@ -29,7 +29,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from ntpguard import __version__, files, hostinfo, lists, revision
+from ntpguard import __version__, files, hostinfo, listfiles, revision
 from ntpguard.backends import nft_gen
 from ntpguard.config import Config
 
@@ -158,9 +158,9 @@ def _code_stamp() -> str:
 def _list_files(config: Config, state_dir: str) -> str:
     """Name, size, mtime and inode of every file of the stored lists and the shipped ones."""
     out = []
-    directory = lists.list_dir(state_dir)
+    directory = listfiles.list_dir(state_dir)
     paths = [os.path.join(directory, n) for n in sorted(_listdir(directory))]
-    for path in [*paths, *lists.builtin_paths(config)]:
+    for path in [*paths, *listfiles.builtin_paths(config)]:
         try:
             st = os.lstat(path)
         except OSError:

@@ -41,6 +41,7 @@ from ntpguard.files import (
     read_chunks,
     read_regular,
 )
+from ntpguard.listfiles import builtin_paths, list_dir
 from ntpguard.prefixes import BITS, Key, Networks, as_network, text_prefix
 
 if TYPE_CHECKING:
@@ -763,10 +764,6 @@ def check_name(name: str) -> str:
     return name
 
 
-def list_dir(state_dir: str) -> str:
-    return os.path.join(state_dir, "lists")
-
-
 # Largest stored copy read back: the largest any fetch or import lets in (a subscription's
 # max_bytes is at most 64 MiB, `list import` takes at most 64 MiB).
 MAX_STORED_BYTES = 64 << 20
@@ -978,10 +975,6 @@ def remove_stored(state_dir: str, name: str) -> bool:
 
 # -- the lists in force --------------------------------------------------------------------------
 
-BUILTIN_FILES = ("harvesters.txt", "scanners.txt")
-SYSTEM_RULES_DIR = "/usr/share/ntpguard/rules"
-
-
 @dataclass(frozen=True)
 class LoadedList:
     """A list in force: its name (`builtin-harvesters`, a subscription, an import) and trust.
@@ -1020,24 +1013,6 @@ def limits_for(config: Any, max_entries: Optional[int] = None, kind: str = "") -
         allow_nonglobal=config.lists.allow_nonglobal,
         default_kind=kind,
     )
-
-
-def builtin_dir(config: Any) -> str:
-    if config.lists.builtin_dir:
-        return config.lists.builtin_dir
-    source_tree = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "rules")
-    if os.path.isfile(os.path.join(source_tree, BUILTIN_FILES[0])):
-        return source_tree
-    return SYSTEM_RULES_DIR
-
-
-def builtin_paths(config: Any) -> list[str]:
-    """The shipped lists in force ([lists] builtin = false: none)."""
-    if not config.lists.builtin:
-        return []
-    directory = builtin_dir(config)
-    return [os.path.join(directory, fname) for fname in BUILTIN_FILES]
 
 
 def load_builtin(config: Any) -> list[LoadedList]:
