@@ -852,7 +852,8 @@ class State:
 
     def age_out_history(self, days: float, now: float) -> tuple[int, int]:
         """Delete the records of runs older than `days` (their step failures added to
-        run_failures first) and canaries expired more than `days` ago that no contact or
+        run_failures first; each command's newest run and newest successful run are kept)
+        and canaries expired more than `days` ago that no contact or
         scan names any more (while evidence names an address, it must stay known as a
         canary's). Returns (runs, canaries) deleted. A sync every 15 minutes records ~35k
         runs a year (~1.6 KB each), canaries rotating daily ~94k rows a year for 256 servers,
@@ -860,19 +861,25 @@ class State:
         if days <= 0:
             return 0, 0
         cutoff = now - days * 86400.0
+        # Each command's newest run and newest run with nothing failed stay whatever their
+        # age: `status` and the last-success metric read them, and a host whose syncs all
+        # failed for longer than the retention must still say when one last worked (an
+        # alert on that metric's age would otherwise go silent as it vanished).
+        old = ("runs.started < ? AND runs.id NOT IN (SELECT max(id) FROM runs GROUP BY command"
+               " UNION SELECT max(id) FROM runs WHERE ok = 1 GROUP BY command)")
         with self.transaction() as db:
             try:
                 db.execute(
                     "INSERT INTO run_failures (command, step, failures)"
                     " SELECT runs.command, f.value, count(*) FROM runs,"
-                    " json_each(runs.summary, '$.failed') AS f WHERE runs.started < ? AND"
+                    f" json_each(runs.summary, '$.failed') AS f WHERE {old} AND"
                     " json_valid(runs.summary) AND json_type(runs.summary, '$.failed') ="
                     " 'array' AND f.type = 'text' GROUP BY runs.command, f.value"
                     " ON CONFLICT (command, step) DO UPDATE SET"
                     " failures = failures + excluded.failures", (cutoff,))
             except sqlite3.OperationalError:  # a summary whose "failed" is not an array
                 log.warning("state: the failures of runs before %s could not be counted", cutoff)
-            runs = db.execute("DELETE FROM runs WHERE started < ?", (cutoff,)).rowcount
+            runs = db.execute(f"DELETE FROM runs WHERE {old}", (cutoff,)).rowcount
             canaries = db.execute(
                 "DELETE FROM canaries WHERE expires < ?"
                 " AND address NOT IN (SELECT address FROM detect_contacts)"

@@ -330,10 +330,10 @@ def test_old_runs_and_forgotten_canaries_age_out_and_failure_counts_stay(state_d
 
     day, now = 86400.0, 400 * 86400.0
     with State.open(str(state_dir)) as st:
+        st.record_run("sync", now - 350 * day, now, False, {"failed": "not a list"})
         for i, failed in enumerate([["logs"], ["logs", "lists"], [], ["rules"]]):
             t = now - (300 - 100 * i) * day  # 300, 200, 100 and 0 days ago
             st.record_run("sync", t, t + 5, not failed, {"failed": failed})
-        st.record_run("sync", now - 250 * day, now, False, {"failed": "not a list"})
         before = st.step_failures("sync")
         assert before == {"logs": 2, "lists": 1, "rules": 1}
         kept, named, gone = (Canary(f"2001:db8:1::c{i}", "2001:db8:100::1", "eth0",
@@ -350,6 +350,26 @@ def test_old_runs_and_forgotten_canaries_age_out_and_failure_counts_stay(state_d
         assert {c.address for c in st.canaries()} == {kept.address, named.address}
         assert st.age_out_history(150, now) == (0, 0)
         assert st.step_failures("sync") == before
+
+
+def test_the_last_good_run_outlives_the_retention(state_dir):
+    """Syncs that all failed for longer than retention_days: the newest one that worked
+    stays (status and the last-success metric name it), and so does each command's newest
+    run; their failures are counted once."""
+    day, now = 86400.0, 400 * 86400.0
+    with State.open(str(state_dir)) as st:
+        st.record_run("sync", now - 300 * day, now - 300 * day + 5, True, {"failed": []})
+        for ago in (250, 200, 10):
+            st.record_run("sync", now - ago * day, now - ago * day + 5, False,
+                          {"failed": ["logs"]})
+        st.record_run("detect", now - 280 * day, now - 280 * day + 1, True, {})
+        assert st.age_out_history(150, now) == (2, 0)
+        assert st.last_ok_run("sync") == {"started": now - 300 * day,
+                                          "finished": now - 300 * day + 5}
+        assert st.last_run("detect") is not None
+        assert st.step_failures("sync") == {"logs": 3}
+        assert st.age_out_history(150, now) == (0, 0)
+        assert st.step_failures("sync") == {"logs": 3}
 
 
 def test_scans_read_again_whenever_the_tables_changed(state_dir):
