@@ -4,7 +4,8 @@ Two formats (README "Shared lists"):
 
 text   one entry a line: ADDRESS-OR-PREFIX KIND [# comment]; KIND is `harvester` or `scanner`;
        blank lines and lines starting with `#` are ignored. The format of existing blocklists
-       (maltrail's `IP # comment`), plus the kind column. A list without kinds can be read with a
+       (maltrail's `IP # comment`; `;` starts a comment too, as in Spamhaus DROP's
+       `1.10.16.0/20 ; SBL256894`), plus the kind column. A list without kinds can be read with a
        default kind (`list import --kind scanner`).
 json   {"format": "ntpguard-list", "version": 1, "generated": ISO-8601, "entries": [
          {"address": "...", "kind": "...", "comment": "...", "evidence": {"NAME": count, ...},
@@ -462,7 +463,7 @@ class Reader:
         entry = self._text_entry
         for line in lines:
             number += 1
-            if line and line[0] != "#":
+            if line and line[0] != "#" and line[0] != ";":
                 entry(line, number)
         self._line = number
         self._lf_lines += len(lines)
@@ -484,7 +485,10 @@ class Reader:
             self._text_entry(line, self._line)
 
     def _text_entry(self, line: str, number: int) -> None:
-        body, _, comment = line.partition("#")
+        body, mark, comment = line.partition("#")
+        if ";" in body:  # Spamhaus DROP's "1.10.16.0/20 ; SBL256894" and "; header" lines
+            body, _, before = body.partition(";")
+            comment = before + mark + comment
         fields = body.split()
         if not fields:
             return

@@ -111,6 +111,22 @@ def test_default_kind_reads_plain_blocklists():
     assert p.entries[0].kind == "scanner" and p.entries[0].comment == "censys"
 
 
+def test_semicolon_comments_read_spamhaus_drop():
+    """Spamhaus DROP's layout: `;` header lines and `PREFIX ; SBL id` entries; the line
+    path (a CR alone ends a line) and the block path read it alike."""
+    text = (b"; Spamhaus DROP List 2026/11/30 - (c) 2026 The Spamhaus Project\n"
+            b"; Last-Modified: Mon, 30 Nov 2026 12:00:00 GMT\n"
+            b"1.10.16.0/20 ; SBL256894\n"
+            b"2a06:e480::/32 ; SBL301771 # kept\n")
+    for raw in (text, text.replace(b"\n", b"\r")):
+        p = lists.parse(raw, "drop.txt", lists.Limits(default_kind="scanner"))
+        assert [(str(e.network), e.kind, e.comment) for e in p.entries] == [
+            ("1.10.16.0/20", "scanner", "SBL256894"),
+            ("2a06:e480::/32", "scanner", "SBL301771 # kept")]
+    assert refused(b"1.10.16.0/20 scanner extra ; x\n") == [
+        "line 1: expected ADDRESS KIND [# comment], got '1.10.16.0/20 scanner extra ; x'"]
+
+
 def test_json_roundtrip_with_evidence_and_times():
     e = lists.Entry(ipaddress.ip_network("2604:a880:1:20::a7:f007/128"), "harvester", "lag 7 s",
                     0, (("scans", 3), ("triggers", 5)), 1452713545.0, 1452715279.0)
@@ -269,7 +285,8 @@ LINES = [b"2604:a880:1:20::a7:f001 harvester # caf\xc3\xa9\r", b"2604:a880:800:1
          b"2604:a880:1:20::a7:f001 scanner", b"2604:a880:1:20::2\rx", b"1.2.3.4 harvester\x00",
          b"\xe2\x82\xac", b"2604:a880:1:20::3 harvester", b"# a\rb", b"#\r", b"\t# x\x0b",
          b"# \xe2\x80\xa8 2604:a880:1:20::4 harvester", b"# \xff", b"#\x00", b"#" * 300,
-         b"2604:a880:1:20::5 scanner\x0c2604:a880:1:20::6 scanner"]
+         b"2604:a880:1:20::5 scanner\x0c2604:a880:1:20::6 scanner",
+         b"; Spamhaus", b"2604:a880:1:20::7 scanner ; SBL1 # x"]
 
 
 def _parsed_in_pieces(raw: bytes, cuts: list[int], limits: lists.Limits) -> object:
