@@ -490,7 +490,7 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
                 v -= m * (0.5 if bb == b else 0.25 if abs(bb - b) == 1 else 0.0)
             return (max(v, 0.0) + OWN_PRIOR * mass[b]) / (n - n_k + OWN_PRIOR) / width[b]
         return at
-    fitted_before: tuple[float, ...] = ()
+    before_at: tuple[float, ...] = ()
     beta_before = 0.0
     for round_ in range(rounds):
         shared = lags.density
@@ -608,12 +608,12 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         # logs settle in 3-6 rounds; every round costs ~7 ms with 150 servers and 300
         # candidates, which was a fifth of `detect`'s whole process on a 1M-line log when
         # every fit ran at least 20 rounds.
-        fitted = (h, u, *lags.mass, *(h_s[srv] for srv in servers))
+        now_at = (h, u, *lags.mass, *(h_s[srv] for srv in servers))
         moved = max([change, abs(beta - beta_before) / beta_before if beta_before else 1.0,
-                     *(abs(a - b) for a, b in zip(fitted, fitted_before))])
+                     *(abs(a - b) for a, b in zip(now_at, before_at))])
         if moved < 1e-4 and round_ >= 2:
             break
-        fitted_before, beta_before = fitted, beta
+        before_at, beta_before = now_at, beta
 
     # A candidate's g for _rivals: under the shared lag distribution (a server's own lags are
     # those the fit credited it with, so they favour the server that won the scans), each bin
