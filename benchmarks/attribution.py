@@ -5,11 +5,16 @@ to a file and read the way `ntpguard detect FILE` reads it (evidence.detect_sour
 attribution model). A harvester counts when the log shows it: at least two scans it triggered.
 Targets: no clean server called harvester over all seeds; at least 95% of the harvesters
 that triggered two or more scans called harvester, the rest suspect, none clean.
-Usage: python3 benchmarks/attribution.py [SEEDS] [SCENARIO ...]
+
+--rotation poll: a host's later addresses meet each server at that server's next poll (how
+running chrony and ntpd move to a new temporary address), not all within seconds (a daemon
+restarted with the address, as at boot: the scenarios' default).
+Usage: python3 benchmarks/attribution.py [--rotation burst|poll] [SEEDS] [SCENARIO ...]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import sys
@@ -27,9 +32,9 @@ from ntpguard.evidence import detect_sources  # noqa: E402
 from ntpguard.verdict import attribute  # noqa: E402
 
 
-def run(job: tuple[str, int]) -> dict:
-    name, seed = job
-    sc = ATTRIBUTION[name]
+def run(job: tuple[str, int, str]) -> dict:
+    name, seed, rotation = job
+    sc = dataclasses.replace(ATTRIBUTION[name], rotation=rotation)
     truth = Truth()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kern.log")
@@ -54,16 +59,22 @@ def run(job: tuple[str, int]) -> dict:
 
 
 def main() -> None:
-    seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    names = sys.argv[2:] or list(ATTRIBUTION)
+    argv = sys.argv[1:]
+    rotation = "burst"
+    if argv[:1] == ["--rotation"]:
+        rotation, argv = argv[1], argv[2:]
+        if rotation not in ("burst", "poll"):
+            sys.exit("--rotation: burst or poll")
+    seeds = int(argv[0]) if argv else 10
+    names = argv[1:] or list(ATTRIBUTION)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-          f"{seeds} seeds per scenario")
-    jobs = [(n, seed) for n in names for seed in range(seeds)]
+          f"{seeds} seeds per scenario; address rotation: {rotation}")
+    jobs = [(n, seed, rotation) for n in names for seed in range(seeds)]
     with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
         results = pool.map(run, jobs, chunksize=1)
     ok = True
     for name in names:
-        rs = [r for (n, _), r in zip(jobs, results) if n == name]
+        rs = [r for (n, _, _), r in zip(jobs, results) if n == name]
         tp = sum(len(r["called"] & r["truth"]) for r in rs)
         fp = sum(len(r["called"] - r["truth"]) for r in rs)
         eligible = sum(len(r["eligible"]) for r in rs)

@@ -41,6 +41,12 @@ class Scenario:
     cooldown: str = "address"
     # Each harvester is in exactly this many addresses' server groups (0: by chance).
     sightings: int = 0
+    # When a host's address changes, its servers see the new one: "burst", all within
+    # seconds (the daemon restarted with it, as at boot); "poll", each at its own next poll,
+    # 0-`poll` s later (chrony and ntpd pick the source address per request, so a running
+    # daemon moves to a new temporary address server by server). A host's first address is
+    # always met in a burst (the daemon starts with it).
+    rotation: str = "burst"
     unrelated_scans_per_day: float = 1.0
     unrelated_active: float = 0.0          # share of unrelated scans of an address in use
     slow_scan_share: float = 0.0           # unrelated scans spread over minutes
@@ -127,9 +133,12 @@ def generate(sc: Scenario, seed: int, truth: Optional[Truth] = None) -> Iterator
         for server in harvesters:
             for i in rng.sample(range(len(lives)), min(sc.sightings, len(lives))):
                 groups[i].append(server)
+    firsts = {min(t for h2, _, t, _ in lives if h2 == h) for h in range(sc.hosts)
+              if any(h2 == h for h2, _, _, _ in lives)}
     for (_, address, t, life_end), group in zip(lives, groups):
+        spread = sc.poll if sc.rotation == "poll" and t not in firsts else 8.0
         for server in group:
-            first = t + rng.uniform(0, 8)  # iburst: first packets within seconds
+            first = t + rng.uniform(0, spread)  # iburst: first packets within seconds
             polls = []
             pt = first
             sport = 123 if rng.random() < 0.5 else rng.randrange(32768, 61000)

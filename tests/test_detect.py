@@ -446,16 +446,21 @@ def test_the_sieve_changes_no_result(tmp_path, name):
 
 
 @pytest.mark.scenarios
-@pytest.mark.parametrize("name,seeds", [("site", range(3)), ("journal", range(1)),
-                                        ("gateway", range(1))])
-def test_attribution_scenarios(tmp_path, name, seeds):
+@pytest.mark.parametrize("name,seeds,rotation", [
+    ("site", range(3), "burst"), ("journal", range(1), "burst"), ("gateway", range(1), "burst"),
+    # Running daemons meet a new address server by server, at each one's next poll: the lags
+    # then tell the sparse scenario's harvester from the servers met with it.
+    ("sparse", range(4), "poll")])
+def test_attribution_scenarios(tmp_path, name, seeds, rotation):
     """The issue's scenarios (benchmarks/attribution.py runs 10 seeds of each): no clean
     server called harvester, no harvester that triggered two scans called clean, and nearly
     all of them named."""
+    import dataclasses
+
     from ntpguard.evidence import detect_sources
     from ntpguard.verdict import attribute
 
-    sc = ATTRIBUTION[name]
+    sc = dataclasses.replace(ATTRIBUTION[name], rotation=rotation)
     named = eligible = 0
     for seed in seeds:
         truth = Truth()
