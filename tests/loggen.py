@@ -138,7 +138,7 @@ def generate(sc: Scenario, seed: int, truth: Optional[Truth] = None) -> Iterator
     for (_, address, t, life_end), group in zip(lives, groups):
         spread = sc.poll if sc.rotation == "poll" and t not in firsts else 8.0
         for server in group:
-            first = t + rng.uniform(0, spread)  # iburst: first packets within seconds
+            first = t + rng.uniform(0, spread)  # iburst within seconds, or the next poll
             polls = []
             pt = first
             sport = 123 if rng.random() < 0.5 else rng.randrange(32768, 61000)
