@@ -6,14 +6,13 @@ current network namespace, so the same code serves a host and a namespace in the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
 import struct
 from typing import TYPE_CHECKING, Any, Optional
 
-from ntpguard import commands
+from ntpguard import commands, netlink
 from ntpguard.errors import FirewallError
 
 if TYPE_CHECKING:  # the record only: kernel_facts serves runs that build no plan
@@ -63,18 +62,15 @@ def gather() -> HostFacts:
     return HostFacts(tuple(sorted(addresses)), tuple(sorted(gateways)))
 
 
-_NETLINK_ROUTE, _SOL_NETLINK, _NETLINK_GET_STRICT_CHK = 0, 270, 12
-_RTM_NEWROUTE, _RTM_GETROUTE, _NLMSG_ERROR, _NLMSG_DONE = 24, 26, 2, 3
-_NLM_F_REQUEST, _NLM_F_DUMP = 1, 0x300
+_NETLINK_ROUTE = 0
+_RTM_NEWROUTE, _RTM_GETROUTE = 24, 26
 _RT_TABLE_MAIN, _RTA_TABLE = 254, 15
 # What a default route is made of, for the facts: its interface, gateway, metric, next hops
 # (multipath), table, IPv4 gateway of an IPv6 route, preference. Not its cache info and
 # expiry (a router's advertised route counts down), which change by the second.
 _ROUTE_ATTRS = (4, 5, 6, 9, 15, 18, 20)
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol,
 #                                       scope, type, flags
-_ATTR = struct.Struct("=HH")
 
 
 def kernel_facts() -> Optional[str]:
@@ -106,33 +102,23 @@ def kernel_facts() -> Optional[str]:
 def default_routes(family: int) -> Optional[list[str]]:
     """The main table's default routes of one family, each as its facts (see _ROUTE_ATTRS) in
     hex, sorted; None if rtnetlink cannot be asked."""
+    message = netlink.request(_RTM_GETROUTE, netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP,
+                              _RTMSG.pack(family, 0, 0, 0, _RT_TABLE_MAIN, 0, 0, 0, 0))
+    out: list[str] = []
     try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE)
+        with netlink.asked(_NETLINK_ROUTE, message, 2.0, strict=True) as receive:
+            while True:
+                data = receive()
+                if not data:
+                    return None
+                done, routes = parse_routes(data)
+                if routes is None:
+                    return None
+                out += routes
+                if done:
+                    return sorted(out)
     except OSError:
         return None
-    try:
-        sock.settimeout(2.0)
-        with contextlib.suppress(OSError):  # before 4.20: the whole dump, filtered here
-            sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
-        sock.bind((0, 0))
-        sock.send(_HEADER.pack(_HEADER.size + _RTMSG.size, _RTM_GETROUTE,
-                               _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
-                  + _RTMSG.pack(family, 0, 0, 0, _RT_TABLE_MAIN, 0, 0, 0, 0))
-        out: list[str] = []
-        while True:
-            data = sock.recv(1 << 16)
-            if not data:
-                return None
-            done, routes = parse_routes(data)
-            if routes is None:
-                return None
-            out += routes
-            if done:
-                return sorted(out)
-    except OSError:
-        return None
-    finally:
-        sock.close()
 
 
 def parse_routes(data: bytes) -> tuple[bool, Optional[list[str]]]:
@@ -140,25 +126,21 @@ def parse_routes(data: bytes) -> tuple[bool, Optional[list[str]]]:
     an error answer or a message this code does not understand."""
     routes: list[str] = []
     offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _, _, _ = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size or offset + length > len(data):
+    header = netlink.HEADER
+    while offset + header.size <= len(data):
+        length, kind, _, _, _ = header.unpack_from(data, offset)
+        if length < header.size or offset + length > len(data):
             return True, None
-        if kind == _NLMSG_DONE:
+        if kind == netlink.NLMSG_DONE:
             return True, routes
-        if kind == _NLMSG_ERROR:
+        if kind == netlink.NLMSG_ERROR:
             return True, None
-        body = offset + _HEADER.size
-        if kind == _RTM_NEWROUTE and length >= _HEADER.size + _RTMSG.size:
+        body = offset + header.size
+        if kind == _RTM_NEWROUTE and length >= header.size + _RTMSG.size:
             family, dst_len, _, _, table, _, _, rtype, _ = _RTMSG.unpack_from(data, body)
-            attrs: dict[int, bytes] = {}
-            at, end = body + _RTMSG.size, offset + length
-            while at + _ATTR.size <= end:
-                size, atype = _ATTR.unpack_from(data, at)
-                if size < _ATTR.size:
-                    return True, None
-                attrs[atype & 0x3FFF] = data[at + _ATTR.size:at + size]
-                at += (size + 3) & ~3
+            attrs = netlink.attributes(data, body + _RTMSG.size, offset + length)
+            if attrs is None:
+                return True, None
             if _RTA_TABLE in attrs and len(attrs[_RTA_TABLE]) == 4:
                 table = struct.unpack("=I", attrs[_RTA_TABLE])[0]
             if dst_len == 0 and table == _RT_TABLE_MAIN:

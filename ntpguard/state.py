@@ -853,11 +853,11 @@ class State:
     def age_out_history(self, days: float, now: float) -> tuple[int, int]:
         """Delete the records of runs older than `days` (their step failures added to
         run_failures first; each command's newest run and newest successful run are kept)
-        and canaries expired more than `days` ago that no contact or
-        scan names any more (while evidence names an address, it must stay known as a
-        canary's). Returns (runs, canaries) deleted. A sync every 15 minutes records ~35k
-        runs a year (~1.6 KB each), canaries rotating daily ~94k rows a year for 256 servers,
-        every one of them read by each sync."""
+        and canaries expired more than `days` ago that no contact or scan names any more
+        (while evidence names an address, it must stay known as a canary's). Returns (runs,
+        canaries) deleted. A sync every 15 minutes records ~35k runs a year (~1.6 KB each),
+        canaries rotating daily ~94k rows a year for 256 servers, every one of them read by
+        each sync."""
         if days <= 0:
             return 0, 0
         cutoff = now - days * 86400.0

@@ -17,15 +17,13 @@ import socket
 import struct
 from typing import Optional
 
+from ntpguard import netlink
+
 _NETLINK_NETFILTER = 12
 _NFNL_SUBSYS_NFTABLES = 10
 _NFT_MSG_GETGEN, _NFT_MSG_NEWGEN = 16, 15
-_NLM_F_REQUEST = 1
-_NLMSG_ERROR = 2
 _NFTA_GEN_ID = 1
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 _NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, resource id
-_ATTR = struct.Struct("=HH")  # nlattr: length, type
 
 
 def scope() -> Optional[str]:
@@ -45,38 +43,23 @@ def scope() -> Optional[str]:
 def genid() -> Optional[int]:
     """The current generation, or None if it cannot be read (no nf_tables, not permitted,
     an answer this code does not understand): the caller then trusts nothing it implies."""
+    message = netlink.request(_NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_GETGEN,
+                              netlink.NLM_F_REQUEST, _NFGEN.pack(socket.AF_UNSPEC, 0, 0))
     try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+        with netlink.asked(_NETLINK_NETFILTER, message, 1.0) as receive:
+            return parse(receive())
     except OSError:
         return None
-    try:
-        sock.settimeout(1.0)
-        sock.bind((0, 0))
-        request = _HEADER.pack(_HEADER.size + _NFGEN.size,
-                               _NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_GETGEN, _NLM_F_REQUEST,
-                               1, 0) + _NFGEN.pack(socket.AF_UNSPEC, 0, 0)
-        sock.send(request)
-        data = sock.recv(4096)
-    except OSError:
-        return None
-    finally:
-        sock.close()
-    return parse(data)
 
 
 def parse(data: bytes) -> Optional[int]:
     """The generation in a NEWGEN answer; None for anything else (an error answer)."""
-    if len(data) < _HEADER.size + _NFGEN.size:
+    header = netlink.HEADER
+    if len(data) < header.size + _NFGEN.size:
         return None
-    length, kind, _, _, _ = _HEADER.unpack_from(data)
-    if kind == _NLMSG_ERROR or kind != (_NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_NEWGEN):
+    length, kind, _, _, _ = header.unpack_from(data)
+    if kind == netlink.NLMSG_ERROR or kind != (_NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_NEWGEN):
         return None
-    offset, end = _HEADER.size + _NFGEN.size, min(length, len(data))
-    while offset + _ATTR.size <= end:
-        size, attr = _ATTR.unpack_from(data, offset)
-        if size < _ATTR.size:
-            return None
-        if attr & 0x3FFF == _NFTA_GEN_ID and size >= _ATTR.size + 4:
-            return int(struct.unpack_from(">I", data, offset + _ATTR.size)[0])
-        offset += (size + 3) & ~3
-    return None
+    attrs = netlink.attributes(data, header.size + _NFGEN.size, min(length, len(data)))
+    value = (attrs or {}).get(_NFTA_GEN_ID, b"")
+    return int(struct.unpack_from(">I", value)[0]) if len(value) >= 4 else None

@@ -996,10 +996,7 @@ static PyObject *tap_runs(PyObject *self, PyObject *capsule) {
         Run *r = &tp->runs[i];
         if (r->src == NULL || r->n == 0) continue;
         PyObject *item = Py_BuildValue("(OOddl)", r->src, r->dst, r->first, r->last, r->n);
-        if (item == NULL || PyList_Append(out, item) < 0) {
-            Py_XDECREF(item);
-            Py_CLEAR(out);
-        }
+        if (item == NULL || PyList_Append(out, item) < 0) Py_CLEAR(out);
         Py_XDECREF(item);
     }
     return out;

@@ -1,0 +1,54 @@
+"""One netlink request and the datagrams that answer it, and the message layout ntpguard's two
+netlink readers share (hostinfo: rtnetlink's default routes; backends.nft_gen: nf_tables'
+generation). A request is ~0.2 ms where `ip` or `nft` as a process is ~5 ms."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from typing import Callable, Iterator, Optional
+
+HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
+ATTR = struct.Struct("=HH")  # nlattr: length, type
+NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+_SOL_NETLINK, _NETLINK_GET_STRICT_CHK = 270, 12
+
+
+def request(kind: int, flags: int, body: bytes) -> bytes:
+    """One message: its header (sequence 1, port 0: the kernel's) and body."""
+    return HEADER.pack(HEADER.size + len(body), kind, flags, 1, 0) + body
+
+
+@contextlib.contextmanager
+def asked(protocol: int, message: bytes, timeout: float, strict: bool = False
+          ) -> Iterator[Callable[[], bytes]]:
+    """Send `message` on a netlink socket of `protocol`; gives the function that reads the
+    next datagram of the answer. strict: ask for strict checking, so the kernel filters a
+    dump by the request's fields (4.20 and later; before, the whole dump comes). OSError
+    from any step is the caller's."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+    try:
+        sock.settimeout(timeout)
+        if strict:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
+        sock.bind((0, 0))
+        sock.send(message)
+        yield lambda: sock.recv(1 << 16)
+    finally:
+        sock.close()
+
+
+def attributes(data: bytes, at: int, end: int) -> Optional[dict[int, bytes]]:
+    """The attributes from `at` to `end` (type without its flag bits → value); None if one
+    is malformed."""
+    out: dict[int, bytes] = {}
+    while at + ATTR.size <= end:
+        size, kind = ATTR.unpack_from(data, at)
+        if size < ATTR.size:
+            return None
+        out.setdefault(kind & 0x3FFF, data[at + ATTR.size:at + size])
+        at += (size + 3) & ~3
+    return out
