@@ -55,8 +55,9 @@ PENALTY = 0.5
 # How many scans' weight the shared lag distribution has in each server's own.
 OWN_PRIOR = 3.0
 # Two servers the log cannot tell apart (see _rivals) are both suspects when the weaker is at
-# least this likely, relative to the stronger, to be the one that harvests: twins come out 1:1
-# up to the fit's noise; a factor of 2 either side of that is still "cannot tell".
+# least this likely, relative to the stronger, to be the one that harvests: twins come out near
+# 1:1 (~1.8:1 with lags 1 s apart either side of a bin's edge, the fitted lags leaning to the
+# one credited first); a factor of 2 either side of that is still "cannot tell".
 RIVAL_ODDS = 0.5
 # A server followed by scans at two or more of its contacts is clean only if a harvester at
 # the common rate would have been followed by so few at most this often (see _shortfall).
