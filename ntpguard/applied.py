@@ -13,8 +13,6 @@ never waits for a sleeping sync. Commands that hold both take the state lock fir
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import dataclasses
 import json
@@ -23,7 +21,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Union
 
-from ntpguard import files
+from ntpguard import files, setstore
 from ntpguard.errors import StateError, UnsafePathError
 from ntpguard.files import atomic_write
 from ntpguard.plan import Plan
@@ -32,7 +30,10 @@ from ntpguard.state import FileLock
 
 PLAN_NAME = "applied-plan.json"
 RULES_LOCK_NAME = "rules.lock"
-FORMAT, VERSION = "ntpguard-applied-plan", 1
+# Version 2 keeps big prefix sets as files beside it (ntpguard.setstore); version 1 (all
+# inline) is still read.
+FORMAT, VERSION = "ntpguard-applied-plan", 2
+_READS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -64,18 +65,21 @@ def rules_lock(state_dir: str, holder: str) -> Iterator[None]:
 
 def save(state_dir: str, backend: str, plan: Optional[Plan], now: float) -> None:
     """Remember the plan just applied (None: the rules were removed). An unchanged record is
-    left alone: a sync that changed nothing writes nothing."""
-    encoded = None if plan is None else encode(plan)
-    if _unchanged(state_dir, backend, encoded):
-        return
-    body = {"format": FORMAT, "version": VERSION, "backend": backend, "time": now,
-            "removed": plan is None, "plan": encoded}
+    left alone: a sync that changed nothing writes nothing (a set file found missing or
+    damaged is written again all the same)."""
+    path = os.path.join(state_dir, PLAN_NAME)
+    writer = setstore.Writer(setstore.directory_for(path))
+    encoded = None if plan is None else encode(plan, writer)
     try:
-        atomic_write(os.path.join(state_dir, PLAN_NAME),
-                     json.dumps(body, sort_keys=True).encode("utf-8"), mode=0o640)
-    except OSError as exc:
-        raise StateError(f"{os.path.join(state_dir, PLAN_NAME)}: cannot write: "
-                         f"{exc.strerror or exc}") from None
+        writer.commit()
+        if not _unchanged(state_dir, backend, encoded):
+            body = {"format": FORMAT, "version": VERSION, "backend": backend, "time": now,
+                    "removed": plan is None, "plan": encoded}
+            atomic_write(path, json.dumps(body, sort_keys=True).encode("utf-8"), mode=0o640)
+    except (OSError, UnsafePathError) as exc:
+        raise StateError(f"{path}: cannot write: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    setstore.sweep(writer.directory, writer.names)
 
 
 def _unchanged(state_dir: str, backend: str, encoded: Any) -> bool:
@@ -105,12 +109,13 @@ def load(state_dir: str) -> Optional[Applied]:
         raise StateError(f"{path}: unreadable: {getattr(exc, 'strerror', None) or exc}") \
             from None
     try:
-        if body.get("format") != FORMAT or body.get("version") != VERSION:
-            raise ValueError(f"not a version {VERSION} {FORMAT} file")
+        if body.get("format") != FORMAT or body.get("version") not in _READS:
+            raise ValueError(f"not a version {' or '.join(map(str, _READS))} {FORMAT} file")
         backend, when = body["backend"], body["time"]
         if not isinstance(backend, str) or not isinstance(when, (int, float)):
             raise ValueError("bad backend or time")
-        plan = None if body.get("removed") else decode(Plan, body["plan"])
+        plan = None if body.get("removed") else decode(Plan, body["plan"],
+                                                       setstore.directory_for(path))
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise StateError(f"{path}: {exc}") from None
     return Applied(backend, float(when), plan)
@@ -130,33 +135,28 @@ def load_or_none(state_dir: str) -> Optional[Applied]:
 # defaults of the fields it lacks.
 
 
-def encode(value: Any) -> Any:
+def encode(value: Any, writer: setstore.Writer) -> Any:
     """A plan (or any value of its fields) as JSON-able data; decode() reads it back. Packed
-    networks are one base64 string per set (a 100k-prefix plan: ~2.2 MB, parsed in ms)."""
+    networks are base64 inline if small, else a set file of the writer's (setstore)."""
     if isinstance(value, Networks):
-        return {"family": value.family,
-                "packed": base64.b64encode(value.packed).decode("ascii")}
+        return writer.encode(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: encode(getattr(value, f.name), writer)
+                for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):
-        return [encode(v) for v in value]
+        return [encode(v, writer) for v in value]
     return value
 
 
-def decode(hint: Any, value: Any) -> Any:
-    """`value` (parsed JSON) as the type `hint` names; ValueError when it is not one."""
+def decode(hint: Any, value: Any, directory: str) -> Any:
+    """`value` (parsed JSON) as the type `hint` names, set files read from `directory`;
+    ValueError when it is not one."""
     if hint is Networks:
         if isinstance(value, list):  # written by an earlier version: address strings
             if not all(isinstance(v, str) for v in value):
                 raise ValueError("networks: not a list of addresses")
             return tuple(value)  # PrefixSet packs them with its family
-        if not isinstance(value, dict):
-            raise ValueError("networks: not an object")
-        try:
-            return Networks(int(value["family"]),
-                            base64.b64decode(value["packed"], validate=True))
-        except (KeyError, TypeError, binascii.Error) as exc:
-            raise ValueError(f"networks: {exc}") from None
+        return setstore.decode(directory, value)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if not isinstance(value, dict):
             raise ValueError(f"{hint.__name__}: not an object")
@@ -165,23 +165,23 @@ def decode(hint: Any, value: Any) -> Any:
         unknown = set(value) - names
         if unknown:
             raise ValueError(f"{hint.__name__}: unknown field(s) {', '.join(sorted(unknown))}")
-        return hint(**{k: decode(hints[k], v) for k, v in value.items()})
+        return hint(**{k: decode(hints[k], v, directory) for k, v in value.items()})
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Union:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
-            return decode(inner[0], value)
+            return decode(inner[0], value, directory)
         raise ValueError(f"unsupported type {hint}")
     if origin is tuple:
         if not isinstance(value, list):
             raise ValueError(f"{hint}: not a list")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(decode(args[0], v) for v in value)
+            return tuple(decode(args[0], v, directory) for v in value)
         if len(args) != len(value):
             raise ValueError(f"{hint}: {len(value)} items")
-        return tuple(decode(a, v) for a, v in zip(args, value))
+        return tuple(decode(a, v, directory) for a, v in zip(args, value))
     if hint is bool or hint is str:
         if type(value) is not hint:
             raise ValueError(f"{value!r} is not a {hint.__name__}")

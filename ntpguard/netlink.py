@@ -5,6 +5,7 @@ generation). A request is ~0.2 ms where `ip` or `nft` as a process is ~5 ms."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 from typing import Callable, Iterator, Optional
@@ -14,6 +15,9 @@ ATTR = struct.Struct("=HH")  # nlattr: length, type
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 _SOL_NETLINK, _NETLINK_GET_STRICT_CHK = 270, 12
+# Sockets kept open for the rest of the process (asked(keep=True)), by protocol, with the
+# process they belong to (a forked child opens its own: it must not read its parent's answers).
+_KEPT: dict[int, tuple[int, socket.socket]] = {}
 
 
 def request(kind: int, flags: int, body: bytes) -> bytes:
@@ -22,23 +26,43 @@ def request(kind: int, flags: int, body: bytes) -> bytes:
 
 
 @contextlib.contextmanager
-def asked(protocol: int, message: bytes, timeout: float, strict: bool = False
-          ) -> Iterator[Callable[[], bytes]]:
+def asked(protocol: int, message: bytes, timeout: float, strict: bool = False,
+          keep: bool = False) -> Iterator[Callable[[], bytes]]:
     """Send `message` on a netlink socket of `protocol`; gives the function that reads the
     next datagram of the answer. strict: ask for strict checking, so the kernel filters a
-    dump by the request's fields (4.20 and later; before, the whole dump comes). OSError
-    from any step is the caller's."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+    dump by the request's fields (4.20 and later; before, the whole dump comes). keep: the
+    socket stays open for the next call of the same protocol and the rest of the process
+    (see nft_gen.genid for why). OSError from any step is the caller's."""
+    owner, kept = _KEPT.pop(protocol, (0, None)) if keep else (0, None)
+    if kept is not None and owner != os.getpid():
+        kept = None  # the parent's: left to it
+    sock = kept or socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     try:
+        if kept is None:
+            if strict:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
+            sock.bind((0, 0))
+        else:
+            _drain(sock)
         sock.settimeout(timeout)
-        if strict:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
-        sock.bind((0, 0))
         sock.send(message)
         yield lambda: sock.recv(1 << 16)
-    finally:
+    except BaseException:
         sock.close()
+        raise
+    if keep:
+        _KEPT[protocol] = (os.getpid(), sock)
+    else:
+        sock.close()
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read what an earlier exchange left unread, so the next answer is the next datagram."""
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while sock.recv(1 << 16):
+            pass
 
 
 def attributes(data: bytes, at: int, end: int) -> Optional[dict[int, bytes]]:

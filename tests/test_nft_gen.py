@@ -85,3 +85,68 @@ def test_the_kernel_generation_moves_by_one_per_transaction_that_changes_somethi
                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
     before, after, same = (int(v) for v in out)
     assert after == before + 1 and same == after
+
+
+def _big_plan(first: int, count: int = 600) -> Plan:
+    """A plan whose /128 scanner set is too big to stay inline in the cache (setstore)."""
+    from ntpguard.plan import PrefixSet
+    from ntpguard.prefixes import Networks
+
+    nets = Networks.of(6, [(0x2400 << 112) + i for i in range(first, first + count)])
+    return Plan(clean6=("2001:db8:100::1",), scanners=(PrefixSet(6, 128, nets),))
+
+
+def test_the_cache_keeps_big_sets_as_files_and_diffs_them_unread(tmp_path):
+    path = str(tmp_path / "rules-nft.json")
+    a, b = nft.rules_for(_big_plan(0)), nft.rules_for(_big_plan(1))
+    nft._save_cache(path, 1, None, a)
+    sets_dir = tmp_path / "rules-nft.sets"
+    (blob,) = sets_dir.iterdir()
+    assert os.path.getsize(path) < 2000 and blob.stat().st_size == 600 * 16
+    cached = nft._load_cache(path)
+    assert nft.diff_text(cached, a, 2) == ("", 0, 0)
+    text, added, deleted = nft.diff_text(cached, b, 2)
+    assert (added, deleted) == (1, 1) and "2400::258" in text and "2400::" in text
+    # An unchanged set is not read: its file may even be gone; a changed one must be there.
+    blob.unlink()
+    assert nft.diff_text(nft._load_cache(path), a, 2) == ("", 0, 0)
+    with pytest.raises(ValueError, match="No such file"):
+        nft.diff_text(nft._load_cache(path), b, 2)
+    nft._save_cache(path, 2, None, b)  # the new set written, the old one's file swept
+    assert [p.name for p in sets_dir.iterdir()] == [b.sets["scan6_128"].digest()]
+
+
+def test_a_damaged_cached_set_is_refused(tmp_path):
+    path = str(tmp_path / "rules-nft.json")
+    a, b = nft.rules_for(_big_plan(0)), nft.rules_for(_big_plan(1))
+    nft._save_cache(path, 1, None, a)
+    (blob,) = (tmp_path / "rules-nft.sets").iterdir()
+    data = bytearray(blob.read_bytes())
+    data[5] ^= 1
+    blob.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged"):
+        nft.diff_text(nft._load_cache(path), b, 2)
+    nft._save_cache(path, 2, None, a)  # saving the same set again repairs its file
+    assert nft.diff_text(nft._load_cache(path), b, 3)[1:] == (1, 1)
+
+
+def test_a_kept_netlink_socket_reads_its_own_answer_not_a_leftover():
+    from ntpguard import netlink
+
+    def links(seq: int) -> bytes:  # RTM_GETLINK dump, any user may ask
+        body = struct.pack("=BxHiII", 0, 0, 0, 0, 0)
+        return struct.pack("=IHHII", 16 + len(body), 18, netlink.NLM_F_REQUEST
+                           | netlink.NLM_F_DUMP, seq, 0) + body
+
+    with netlink.asked(0, links(7), 1.0, keep=True):
+        pass  # the answer is left unread
+    with netlink.asked(0, links(8), 1.0, keep=True) as receive:
+        assert struct.unpack_from("=IHHII", receive())[3] == 8
+    owner, sock = netlink._KEPT[0]
+    assert owner == os.getpid()
+    pid = os.fork()
+    if pid == 0:  # a child never uses its parent's socket
+        with netlink.asked(0, links(9), 1.0, keep=True):
+            pass
+        os._exit(0 if netlink._KEPT[0][1] is not sock else 1)
+    assert os.waitpid(pid, 0)[1] == 0 and netlink._KEPT[0][1] is sock

@@ -6,6 +6,7 @@ in for netfilter; tests/test_reassert_netns.py does the same against the real on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ from ntpguard.cli import main
 from ntpguard.config import parse
 from ntpguard.errors import StateError
 from ntpguard.plan import Canaries, Plan, PrefixSet
+from ntpguard.prefixes import Networks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,6 +154,43 @@ def test_an_unchanged_plan_is_not_rewritten(state_dir):
     applied.save(str(state_dir), "nft", PLAN, 2.0)
     after = os.stat(state_dir / applied.PLAN_NAME)
     assert before.st_ino == after.st_ino and applied.load(str(state_dir)).time == 1.0
+
+
+def _big(first: int) -> Plan:
+    """PLAN with a /128 scanner set too big to stay inline (setstore)."""
+    nets = Networks.of(6, [(0x2400 << 112) + i for i in range(first, first + 600)])
+    return dataclasses.replace(PLAN, scanners=(*PLAN.scanners, PrefixSet(6, 128, nets)))
+
+
+def test_big_sets_are_files_of_their_own_written_once(state_dir):
+    sets = state_dir / "applied-plan.sets"
+    applied.save(str(state_dir), "nft", _big(0), 1.0)
+    (blob,) = sets.iterdir()
+    assert os.path.getsize(state_dir / applied.PLAN_NAME) < 3000
+    # Another clean server: the plan file changes, the big set's file is not written again.
+    other = dataclasses.replace(_big(0), clean6=("2001:db8:100::9",))
+    applied.save(str(state_dir), "nft", other, 2.0)
+    assert blob.stat().st_ino == next(sets.iterdir()).stat().st_ino
+    assert applied.load(str(state_dir)).plan == other
+    applied.save(str(state_dir), "nft", _big(1), 3.0)  # the old set's file is swept
+    assert [p.name for p in sets.iterdir()] == [_big(1).scanners[-1].networks.digest()]
+    applied.save(str(state_dir), "nft", None, 4.0)
+    assert list(sets.iterdir()) == [] and applied.load(str(state_dir)).removed
+
+
+def test_a_damaged_set_file_is_one_clear_error_and_the_next_save_repairs_it(fake, state_dir):
+    applied.save(str(state_dir), "fake", _big(0), 1.0)
+    (blob,) = (state_dir / "applied-plan.sets").iterdir()
+    blob.write_bytes(blob.read_bytes()[:-16])
+    with pytest.raises(StateError, match="damaged"):
+        applied.load(str(state_dir))
+    done = enforce.restore(CONFIG, str(state_dir))  # at boot: the state's plan instead
+    assert done.source == "state" and fake.held is not None
+    applied.save(str(state_dir), "fake", _big(0), 2.0)
+    assert applied.load(str(state_dir)).plan == _big(0)
+    blob.unlink()
+    with pytest.raises(StateError, match="No such file"):
+        applied.load(str(state_dir))
 
 
 # -- restore ---------------------------------------------------------------------------------

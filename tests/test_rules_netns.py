@@ -395,6 +395,42 @@ def test_nft_cache_drift_falls_back_to_full_replace(clean_rules):
         assert "nothing changed" in r.ntpguard("rules", "apply").stdout
 
 
+def test_nft_big_sets_live_in_files_and_a_lost_one_means_a_full_replace(clean_rules):
+    from ntpguard import lists
+
+    r = clean_rules
+    if r.backend != "nft":
+        pytest.skip("nft element cache only")
+
+    def store(first: int) -> None:
+        text = "".join(f"2001:db8:777::{i:x} scanner\n" for i in range(first, first + 600))
+        parsed = lists.parse(text.encode(), "big", lists.Limits(allow_nonglobal=True), "text")
+        lists.store(str(r.state), "big", parsed, {"source": "big", "trust": "enforce"})
+
+    store(1)
+    try:
+        r.ntpguard("rules", "apply")
+        sets = r.state / "rules-nft.sets"
+        assert len(list(sets.iterdir())) == 1 and (r.state / "applied-plan.sets").is_dir()
+        for f in sets.iterdir():
+            f.unlink()
+        # A change elsewhere does not need the big set's old content: updated in place (and
+        # the set's file is written again from the plan).
+        with r.verdict(CLEAN6, "harvester", "manual", then="unknown"):
+            assert "updated in place (+0 -1)" in r.ntpguard("rules", "apply").stdout
+        assert len(list(sets.iterdir())) == 1
+        r.ntpguard("rules", "apply")
+        for f in sets.iterdir():
+            f.unlink()
+        store(2)  # the big set changed, and what the kernel held of it is not known
+        assert "replaced" in r.ntpguard("rules", "apply").stdout
+        rules = r.host.run("nft", "list", "set", "inet", "ntpguard", "scan6_128").stdout
+        assert "2001:db8:777::259" in rules and "2001:db8:777::1 " not in rules
+        assert "nothing changed" in r.ntpguard("rules", "apply").stdout
+    finally:
+        lists.remove_stored(str(r.state), "big")
+
+
 def test_nft_small_change_updates_in_place(clean_rules):
     r = clean_rules
     if r.backend != "nft":

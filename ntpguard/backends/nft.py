@@ -12,8 +12,6 @@ cache file next to the state, tied to the kernel by a random token kept in the t
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import json
@@ -26,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from ntpguard import commands
+from ntpguard import commands, setstore
 from ntpguard.backends import DRIFTED, IN_PLACE, MISSING, Check, Result, nft_gen, nft_verify
 from ntpguard.errors import FirewallError, UnsafePathError
 from ntpguard.files import atomic_write, read_regular
@@ -318,36 +316,26 @@ class Nft:
         return None
 
 
-# The element cache: what ntpguard's last transaction left in the kernel (format 2: packed
-# prefix sets in base64, the generation that transaction made; format 1 is not read, and the
-# first apply after an upgrade replaces the table whole).
-CACHE_FORMAT, CACHE_VERSION = "ntpguard-nft-cache", 2
+# The element cache: what ntpguard's last transaction left in the kernel (format 3: small
+# sets inline, big packed prefix sets as files of their own beside it, named by their content
+# (ntpguard.setstore), so an apply that changed one server rewrites and re-reads none of the
+# 100k listed prefixes; formats 1 and 2 are not read: the first apply after an upgrade
+# replaces the table whole).
+CACHE_FORMAT, CACHE_VERSION = "ntpguard-nft-cache", 3
 
-
-def _encode(elements: Elements) -> Any:
-    if isinstance(elements, Networks):
-        return {"family": elements.family,
-                "packed": base64.b64encode(elements.packed).decode("ascii")}
-    return list(elements)
-
-
-def _decode(value: Any) -> Elements:
-    if isinstance(value, dict):
-        return Networks(int(value["family"]), base64.b64decode(value["packed"], validate=True))
-    if not isinstance(value, list) or not all(isinstance(e, str) for e in value):
-        raise ValueError("set elements: not a list of strings")
-    return value
+# A cached set: text elements, or the JSON value naming packed networks (setstore), read only
+# when its content is needed (a set whose name matches the new one's digest is not read).
+Cached = Union[list[str], dict[str, Any], Networks]
 
 
 def _load_cache(path: Optional[str]) -> Optional[dict[str, Any]]:
-    """{"token", "genid", "skeleton", "digest", "sets"} of the cache file; None when there is
-    none, or it is damaged or of another format (then nothing it says is trusted)."""
+    """{"token", "genid", "skeleton", "digest", "sets", "dir"} of the cache file; None when
+    there is none, or it is damaged or of another format (then nothing it says is trusted)."""
     if not path:
         return None
     try:
-        # A planted link or a FIFO here must not be followed or hang the apply; the cache is
-        # as big as the sets (100k prefixes: ~2.2 MB).
-        data = json.loads(read_regular(path, 256 << 20))
+        # A planted link or a FIFO here must not be followed or hang the apply.
+        data = json.loads(read_regular(path, 64 << 20))
         if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or \
                 data.get("version") != CACHE_VERSION:
             return None
@@ -355,11 +343,16 @@ def _load_cache(path: Optional[str]) -> Optional[dict[str, Any]]:
         here = nft_gen.scope()
         if here is None or data.get("scope") != here:
             genid = None  # another boot's or namespace's number: it says nothing here
+        sets: dict[str, Cached] = {}
+        for name, value in data["sets"].items():
+            text = isinstance(value, list) and all(isinstance(e, str) for e in value)
+            if not (text or isinstance(value, dict)):
+                return None
+            sets[str(name)] = value
         return {"token": int(data["token"]), "genid": None if genid is None else int(genid),
                 "skeleton": str(data["skeleton"]), "digest": str(data["digest"]),
-                "sets": {str(k): _decode(v) for k, v in data["sets"].items()}}
-    except (OSError, ValueError, UnsafePathError, KeyError, TypeError, AttributeError,
-            binascii.Error):
+                "sets": sets, "dir": setstore.directory_for(path)}
+    except (OSError, ValueError, UnsafePathError, KeyError, TypeError, AttributeError):
         return None  # no trusted cache: the apply replaces the whole table
 
 
@@ -370,12 +363,20 @@ def _save_cache(path: Optional[str], token: int, genid: Optional[int],
     it (None: unknown, so the next check lists the table)."""
     if not path:
         return
+    writer = setstore.Writer(setstore.directory_for(path))
+    sets = {k: writer.encode(v) if isinstance(v, Networks) else list(v)
+            for k, v in rendered.sets.items()}
     data = json.dumps({"format": CACHE_FORMAT, "version": CACHE_VERSION, "token": token,
                        "genid": genid, "scope": nft_gen.scope(), "skeleton": rendered.skeleton,
-                       "digest": rendered.digest(),
-                       "sets": {k: _encode(v) for k, v in rendered.sets.items()}})
-    with contextlib.suppress(OSError):
+                       "digest": rendered.digest(), "sets": sets})
+    try:
+        writer.commit()
         atomic_write(path, data.encode("utf-8"))
+    except (OSError, UnsafePathError):
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # an older cache must not outlive the kernel content it described
+        return
+    setstore.sweep(writer.directory, writer.names)
 
 
 def _new_token(old: Optional[int]) -> int:
@@ -385,8 +386,13 @@ def _new_token(old: Optional[int]) -> int:
             return token
 
 
-def _changes(old: Elements, new: Elements) -> tuple[list[str], list[str]]:
-    """(elements to delete, elements to add) from old to new; in text."""
+def _changes(old: Cached, new: Elements, directory: str) -> tuple[list[str], list[str]]:
+    """(elements to delete, elements to add) from old to new; in text. ValueError if a cached
+    set file cannot be read (the caller trusts the cache no further)."""
+    if isinstance(old, dict):
+        if isinstance(new, Networks) and setstore.same(old, new):
+            return [], []
+        old = setstore.decode(directory, old)
     if isinstance(old, Networks) and isinstance(new, Networks) and old.family == new.family:
         if old.packed == new.packed:
             return [], []
@@ -406,11 +412,11 @@ def diff_text(cached: Mapping[str, Any], rendered: Rendered, new_token: int
 
     Deleting an element the kernel lacks aborts the whole transaction (nft checks it), and
     the old token is deleted too: if the kernel drifted from the cache, nothing changes and the
-    caller falls back to a full replace.
+    caller falls back to a full replace. ValueError if a cached set cannot be read.
     """
     parts, added, deleted = [], 0, 0
     for name, elements in rendered.sets.items():
-        gone, fresh = _changes(cached["sets"].get(name, []), elements)
+        gone, fresh = _changes(cached["sets"].get(name, []), elements, cached.get("dir", ""))
         if gone:
             parts.append(_delete(name, gone))
             deleted += len(gone)
@@ -469,20 +475,24 @@ class NftBackend:
             # since (same generation); else only as far as the token and the diff can tell.
             trusted = before is not None and cached["genid"] == before
             token = _new_token(kernel_token)
-            text, added, deleted = diff_text(cached, rendered, token)
-            if not text:
+            try:
+                text, added, deleted = diff_text(cached, rendered, token)
+            except ValueError:
+                text = None  # a cached set file is gone or damaged: replace below
+            if text == "":
                 return Result(self.name, "unchanged", exact=trusted,
                               generation=before if trusted else None)
-            try:
-                self.nft.run(text)
-            except FirewallError:
-                pass  # the kernel drifted from the cache: replace the whole table below
-            else:
-                after = _after(before, nft_gen.genid())
-                _save_cache(self.cache_path, token, after, rendered)
-                exact = trusted and after is not None
-                return Result(self.name, "updated", time.perf_counter() - start, added,
-                              deleted, exact=exact, generation=after if exact else None)
+            if text is not None:
+                try:
+                    self.nft.run(text)
+                except FirewallError:
+                    pass  # the kernel drifted from the cache: replace the whole table below
+                else:
+                    after = _after(before, nft_gen.genid())
+                    _save_cache(self.cache_path, token, after, rendered)
+                    exact = trusted and after is not None
+                    return Result(self.name, "updated", time.perf_counter() - start, added,
+                                  deleted, exact=exact, generation=after if exact else None)
         token = _new_token(kernel_token)
         self.nft.run(rendered.full_text(token))
         after = _after(before, nft_gen.genid())
@@ -543,6 +553,7 @@ class NftBackend:
         if self.cache_path:
             with contextlib.suppress(OSError):
                 os.unlink(self.cache_path)
+            setstore.sweep(setstore.directory_for(self.cache_path), ())
         if not self.nft.table_exists():
             return Result(self.name, "absent")
         self.nft.run(f"delete table {FAMILY} {TABLE}")
