@@ -280,37 +280,47 @@ def _check_listed(listed: Listed, protected: dict[int, list[tuple[int, int, str]
     /64 (IPv6) or /16 (IPv4) is asked once per such block, not once per address: the host's
     own addresses include every canary (256 by default), ~30k binary searches otherwise."""
     found: list[tuple[int, int, str, str]] = []
-    order = 0
     coarse_len = {4: 16, 6: 64}
     near: dict[tuple[Key, int], bool] = {}
     seen: dict[tuple[Key, int], int] = {}
+    numbered: dict[int, list[tuple[int, int, int, int, str]]] = {}
+    order = 0
     for fam, blocks in protected.items():
-        bits, width, coarse = BITS[fam], WIDTH[fam], coarse_len[fam]
         for pnet, plen, why in blocks:
             order += 1
-            for (gfam, glen), nets in listed.part.groups.items():
-                if gfam != fam or not nets.packed:
+            last = pnet | ((1 << (BITS[fam] - plen)) - 1)
+            numbered.setdefault(fam, []).append((order, pnet, last, plen, why))
+    for (gfam, glen), nets in listed.part.groups.items():
+        if not nets.packed:
+            continue
+        bits, width, coarse = BITS[gfam], WIDTH[gfam], coarse_len[gfam]
+        # What the group spans, first network to the end of the last: most protected blocks
+        # (the special ranges, this host's addresses) lie outside it and need no lookup.
+        low = int.from_bytes(nets.packed[:width], "big")
+        high = int.from_bytes(nets.packed[-width:], "big") | ((1 << (bits - glen)) - 1)
+        for order, pnet, last, plen, why in numbered.get(gfam, ()):
+            if pnet > high or last < low:
+                continue
+            if glen > coarse and plen >= coarse:
+                block = pnet >> (bits - coarse)
+                key = ((gfam, glen), block)
+                if key not in near:
+                    lo, hi = inside_range(nets, block << (bits - coarse), coarse)
+                    near[key] = lo < hi
+                if not near[key]:
                     continue
-                if glen > coarse and plen >= coarse:
-                    block = pnet >> (bits - coarse)
-                    key = ((gfam, glen), block)
-                    if key not in near:
-                        lo, hi = inside_range(nets, block << (bits - coarse), coarse)
-                        near[key] = lo < hi
-                    if not near[key]:
-                        continue
-                if glen <= plen:
-                    masked = pnet >> (bits - glen) << (bits - glen)
-                    i = seen.get(((gfam, glen), masked), -2)
-                    if i == -2:  # addresses in one /64 share their /32-/64 lookups
-                        i = find(nets.packed, width, masked.to_bytes(width, "big"))
-                        seen[((gfam, glen), masked)] = i
-                    hits = range(i, i + 1) if i >= 0 else range(0)
-                else:
-                    hits = range(*inside_range(nets, pnet, plen))
-                for i in hits:
-                    shown = f"{nets[i]}/{glen}"
-                    found.append((listed.part.line((gfam, glen), i), order, shown, why))
+            if glen <= plen:
+                masked = pnet >> (bits - glen) << (bits - glen)
+                i = seen.get(((gfam, glen), masked), -2)
+                if i == -2:  # addresses in one /64 share their /32-/64 lookups
+                    i = find(nets.packed, width, masked.to_bytes(width, "big"))
+                    seen[((gfam, glen), masked)] = i
+                hits = range(i, i + 1) if i >= 0 else range(0)
+            else:
+                hits = range(*inside_range(nets, pnet, plen))
+            for i in hits:
+                shown = f"{nets[i]}/{glen}"
+                found.append((listed.part.line((gfam, glen), i), order, shown, why))
     if found:
         line, _, shown, why = min(found)
         raise PlanInputError(f"{listed.origin}:{line}: scanner prefix "

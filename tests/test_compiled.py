@@ -4,8 +4,10 @@ is validated into once and loaded from on every use. Compared against ipaddress.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import random
+import zlib
 
 import pytest
 
@@ -67,8 +69,19 @@ def test_round_trip_and_damage():
     back = compiled.loads(data)
     assert back == c and back.harvester.comment((6, 48), 0) == "first"
     assert back.harvester.inside == {(6, 64): (0,)}
-    for bad in (data[:-5], data.replace(b'"version":1', b'"version":9'), b"x" + data[1:],
-                b"", b"00000000\n{}"):
+    body = data.partition(b"\n")[2]
+
+    def signed(text: bytes) -> bytes:  # a whole file (its CRC right) saying something wrong
+        return b"%08x\n" % zlib.crc32(text) + text
+
+    head = body.partition(b"\n")[0]
+    first = json.loads(head)["parts"]["harvester"][0]["networks"]
+    outside = head.replace(b'"networks":[%d,%d]' % tuple(first),
+                           b'"networks":[%d,%d]' % (first[0], 1 << 20))
+    assert outside != head
+    for bad in (data[:-5], data.replace(b'"version":2', b'"version":9'), b"x" + data[1:],
+                b"", b"00000000\n{}", signed(b"[]\n"), signed(outside + body[len(head):]),
+                signed(body.replace(b'"version":2', b'"version":1'))):
         with pytest.raises(compiled.Damaged):
             compiled.loads(bad)
 

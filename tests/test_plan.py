@@ -339,6 +339,42 @@ def test_listed_scanners_cover_host_addresses(entry, covered):
         assert sum(len(s.networks) for s in p.scanners) == 4
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_the_protected_check_agrees_with_one_entry_at_a_time(seed):
+    """The grouped lookups (and the groups' spans they skip by) refuse a list exactly when
+    some entry, checked alone, would cut off a protected address, naming the first such line."""
+    from ntpguard.plan import protected_reason
+
+    rng = random.Random(seed)
+    host = HostFacts(("2001:db8:1::2", "2001:db8:1::1:5", "192.0.2.2"),
+                     ("fe80::1", "192.0.2.1"))
+    entries: set[str] = set()
+    while len(entries) < 30:
+        if rng.random() < 0.5:
+            near = rng.random() < 0.03  # beside this host's addresses
+            base = 0x20010DB8 << 96 | 1 << 80 if near else rng.choice([0x26 << 120, 0x24 << 120])
+            length = rng.choice([32, 48, 64, 96, 112, 127, 128])
+            value = (base | rng.getrandbits(96) >> rng.randint(0, 96)) >> (128 - length) \
+                << (128 - length)
+            entries.add(str(ipaddress.IPv6Network((value, length))))
+        else:
+            near = rng.random() < 0.03
+            base = 0xC0000200 if near else rng.choice([0xCB007100, 0x0B000000])
+            length = rng.choice([16, 24, 28, 31, 32])
+            value = (base | rng.getrandbits(8)) >> (32 - length) << (32 - length)
+            entries.add(str(ipaddress.IPv4Network((value, length))))
+    lines = sorted(entries, key=lambda _: rng.random())
+    expected = next((i + 1 for i, e in enumerate(lines) if protected_reason(e, host)), None)
+    listed = _listed(*lines)
+    if expected is None:
+        build(servers(("2001:db8:100::1", "clean")), [], [], Rules(), host,
+              listed_scanners=[listed])
+    else:
+        with pytest.raises(PlanInputError, match=rf"^big\.txt:{expected}: "):
+            build(servers(("2001:db8:100::1", "clean")), [], [], Rules(), host,
+                  listed_scanners=[listed])
+
+
 def test_one_server_verdict_never_changes_the_sets_only_their_elements():
     """The /128 and /32 harvester sets are there with no harvester too, so the firewall's
     skeleton is the same before and after one server is judged (an update in place)."""
