@@ -28,12 +28,12 @@ from ntpguard import backends, commands, hostinfo
 from ntpguard.addr import address_int, nonglobal_reason_int
 from ntpguard.config import Canary as Settings
 from ntpguard.config import Config, Detect, Probe
-from ntpguard.detect import Scan
 from ntpguard.errors import NtpguardError
-from ntpguard.probe import ProbeError, Target, find_target, fresh_address
+from ntpguard.fresh import ProbeError, Target, find_target, fresh_address
 from ntpguard.status import ServerStatus, Source, Status, Verdict
 
 if TYPE_CHECKING:
+    from ntpguard.detect import Scan
     from ntpguard.state import State
 
 SPARE = ""  # the server of the spare canary

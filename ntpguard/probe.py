@@ -27,12 +27,13 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AbstractSet, Callable, ContextManager, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterable, Mapping
 
 from ntpguard import commands, sntp
 from ntpguard.addr import nonglobal_reason, parse_address
 from ntpguard.config import Config, Detect, Probe
-from ntpguard.errors import NtpguardError, UsageError
+from ntpguard.errors import UsageError
+from ntpguard.fresh import ProbeError, Target, find_target, fresh_address
 from ntpguard.hostinfo import ip_json
 from ntpguard.plan import PROBE_MARK
 from ntpguard.progress import TICK, Show, duration, quiet
@@ -43,25 +44,8 @@ if TYPE_CHECKING:
     from ntpguard.state import State
 
 NTP_PORT = 123
-# RFC 5453 reserved interface identifiers: the subnet-router anycast (all zero) and the
-# reserved subnet anycast range fdff:ffff:ffff:ff80-ffff. Never a host's unicast address.
-_ANYCAST_LOW = 0xFDFF_FFFF_FFFF_FF80
-
-
 # Never a probe target, even in a lab (pool.allow_nonglobal): no route leads there.
 _NEVER = ("unspecified", "loopback", "link-local", "multicast", "IPv4-mapped")
-
-
-class ProbeError(NtpguardError):
-    """The host cannot probe: no global IPv6 prefix, an address cannot be added, no root."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where probes come from: the interface and the prefix routed to it."""
-
-    interface: str
-    prefix: ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -102,61 +86,6 @@ def check_servers(texts: Iterable[str], allow_nonglobal: bool = False) -> list[s
         if str(ip) not in out:
             out.append(str(ip))
     return out
-
-
-def choose_target(links: list, routes: list, interface: str = "", prefix: str = "") -> Target:
-    """The interface (configured, else the IPv6 default route's) and the prefix (configured,
-    else the /64 of a global, non-temporary, non-deprecated address on it) from `ip -j`."""
-    iface = interface
-    if not iface:
-        for r in sorted(routes, key=lambda r: r.get("metric", 0)):
-            if r.get("dev"):
-                iface = r["dev"]
-                break
-            for hop in r.get("nexthops", []):
-                if hop.get("dev"):
-                    iface = hop["dev"]
-                    break
-            if iface:
-                break
-        if not iface:
-            raise ProbeError("no IPv6 default route: set probe.interface (and probe.prefix)")
-    if prefix:
-        return Target(iface, ipaddress.IPv6Network(prefix))
-    link = next((lk for lk in links if lk.get("ifname") == iface), None)
-    if link is None:
-        raise ProbeError(f"interface {iface!r} not found")
-    for info in link.get("addr_info", []):
-        if (info.get("family") == "inet6" and info.get("scope") == "global"
-                and not info.get("temporary") and not info.get("deprecated")
-                and not info.get("tentative") and info.get("prefixlen", 128) <= 64):
-            net = ipaddress.IPv6Network(f"{info['local']}/64", strict=False)
-            if nonglobal_reason(net.network_address) not in ("link-local", "loopback",
-                                                             "multicast"):
-                return Target(iface, net)
-    raise ProbeError(f"no global IPv6 /64 on {iface}: set probe.prefix")
-
-
-def fresh_address(prefix: ipaddress.IPv6Network, taken: AbstractSet[str],
-                  rand: Callable[[int], int] = lambda bits: int.from_bytes(
-                      os.urandom((bits + 7) // 8), "big") >> (-bits % 8)) -> str:
-    """A random address in prefix that is none of `taken` (the host's addresses and every
-    canary made, as `ip` and ipaddress print them: RFC 5952) and no reserved anycast
-    identifier. `rand(bits)` gives a random integer of that many bits. A set lookup, not a
-    pass over `taken`: `rules apply` makes ~257 canaries in a row against every canary the
-    state keeps (90 days of daily rotation: ~23k)."""
-    bits = 128 - prefix.prefixlen
-    if bits < 8:
-        raise UsageError(f"probe.prefix {prefix} is too small to hold fresh addresses")
-    base = int(prefix.network_address)
-    for _ in range(1000):
-        iid = rand(bits) & ((1 << bits) - 1)
-        if iid == 0 or (bits == 64 and iid >= _ANYCAST_LOW) or iid == (1 << bits) - 1:
-            continue
-        address = str(ipaddress.IPv6Address(base + iid))
-        if address not in taken:
-            return address
-    raise ProbeError(f"no free address found in {prefix}")  # pragma: no cover - 2^-64 odds
 
 
 def lifetime(settings: Probe, detect: Detect) -> int:
@@ -215,11 +144,6 @@ def select_suspects(statuses: Mapping[str, ServerStatus], detected: Mapping[str,
 
 
 # -- side effects ------------------------------------------------------------------------------
-
-def find_target(settings: Probe) -> Target:
-    return choose_target(ip_json("-6", "addr", "show"), ip_json("-6", "route", "show", "default"),
-                         settings.interface, settings.prefix)
-
 
 def suspects_from_state(config: Config, state: State, now: float) -> list[str]:
     """The `--suspects` (and sync step) choice: effective statuses (ntpguard.status), this

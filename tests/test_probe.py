@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ntpguard import config
+from ntpguard import config, fresh
 from ntpguard import probe as probing
 from ntpguard.config import Detect, Probe
 from ntpguard.detect import Scan
@@ -50,7 +50,7 @@ ROUTES = [{"dst": "default", "gateway": "2001:db8:4057:1::1", "dev": "eth0", "me
 def test_fresh_address_skips_reserved_and_taken_identifiers():
     taken = {"2001:db8:4057:1::100", "2001:db8:4057:1::2"}
     draws = iter([0, 0xFDFF_FFFF_FFFF_FF80, 0xFFFF_FFFF_FFFF_FFFF, 0x100, 0x2, 0x1234])
-    got = probing.fresh_address(NET, taken, rand=lambda bits: next(draws))
+    got = fresh.fresh_address(NET, taken, rand=lambda bits: next(draws))
     assert got == "2001:db8:4057:1::1234"
 
 
@@ -61,32 +61,32 @@ def test_fresh_address_is_inside_the_prefix_and_never_the_hosts(length, base, se
     net = ipaddress.IPv6Network(((0x2001 << 112 | base << 48) >> (128 - length)
                                  << (128 - length), length))
     taken = {str(net[i]) for i in range(1, 5)}
-    got = probing.fresh_address(net, taken, rand=lambda bits: rnd.getrandbits(bits))
+    got = fresh.fresh_address(net, taken, rand=lambda bits: rnd.getrandbits(bits))
     ip = ipaddress.IPv6Address(got)
     assert ip in net and got not in taken and ip != net.network_address
 
 
 def test_fresh_address_default_randomness_varies():
-    got = {probing.fresh_address(NET, frozenset()) for _ in range(50)}
+    got = {fresh.fresh_address(NET, frozenset()) for _ in range(50)}
     assert len(got) == 50 and all(ipaddress.IPv6Address(a) in NET for a in got)
 
 
 def test_a_tiny_prefix_is_refused():
     with pytest.raises(UsageError):
-        probing.fresh_address(ipaddress.IPv6Network("2001:db8::/126"), ())
+        fresh.fresh_address(ipaddress.IPv6Network("2001:db8::/126"), ())
 
 
 # -- where probes come from -------------------------------------------------------------------
 
 def test_target_is_the_default_routes_interface_and_its_stable_64():
-    t = probing.choose_target(LINKS, ROUTES)
+    t = fresh.choose_target(LINKS, ROUTES)
     assert t == probing.Target("eth0", NET)
 
 
 def test_target_configured_interface_and_prefix_win():
-    assert probing.choose_target(LINKS, ROUTES, "wlan0").prefix == \
+    assert fresh.choose_target(LINKS, ROUTES, "wlan0").prefix == \
         ipaddress.IPv6Network("2001:db8:99:2::/64")
-    assert probing.choose_target(LINKS, [], "eth0", "2001:db8:77::/64") == \
+    assert fresh.choose_target(LINKS, [], "eth0", "2001:db8:77::/64") == \
         probing.Target("eth0", ipaddress.IPv6Network("2001:db8:77::/64"))
 
 
@@ -97,8 +97,8 @@ def test_target_configured_interface_and_prefix_win():
      ROUTES, "", "no global IPv6 /64 on eth0"),
 ])
 def test_target_problems_are_probe_errors(links, routes, iface, msg):
-    with pytest.raises(probing.ProbeError, match=msg):
-        probing.choose_target(links, routes, iface)
+    with pytest.raises(fresh.ProbeError, match=msg):
+        fresh.choose_target(links, routes, iface)
 
 
 def test_live_probes_are_the_deprecated_128s_in_the_prefix():
@@ -276,6 +276,6 @@ def test_cli_bad_input_is_one_line_exit_2(run_cli, tmp_path, state_dir, args, co
 
 def test_random_draws_use_all_64_bits():
     rnd = random.Random(1)
-    got = [probing.fresh_address(NET, (), rand=lambda bits: rnd.getrandbits(bits))
+    got = [fresh.fresh_address(NET, (), rand=lambda bits: rnd.getrandbits(bits))
            for _ in range(200)]
     assert max(int(ipaddress.IPv6Address(a)) - int(NET.network_address) for a in got) > 2**62
