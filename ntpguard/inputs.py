@@ -73,7 +73,7 @@ def digest(config: Config, state_dir: str) -> Optional[str]:
     if rev is None or host is None:
         return None
     h = hashlib.sha256()
-    for part in (__version__, _code_stamp(), repr(config), os.path.abspath(state_dir),
+    for part in (__version__, code_stamp(), repr(config), os.path.abspath(state_dir),
                  str(rev), host, _list_files(config, state_dir)):
         h.update(part.encode("utf-8", "surrogateescape"))
         h.update(b"\0")
@@ -142,7 +142,7 @@ def forget(state_dir: str) -> None:
         log.warning("%s: cannot remove: %s", RECORD_NAME, exc.strerror)
 
 
-def _code_stamp() -> str:
+def code_stamp() -> str:
     """Installed code replaced (a package upgrade renames new files into place) shows in the
     package directories' modification times; the version alone may not change in between."""
     here = os.path.dirname(os.path.abspath(__file__))

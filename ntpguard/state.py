@@ -16,14 +16,14 @@ import sqlite3
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 from ntpguard import files, revision
 from ntpguard.canary import Canary, Change
 from ntpguard.detect import Contacts, Scan, Trigger
 from ntpguard.errors import LockBusy, StateError, UnsafePathError
 from ntpguard.logs.sources import Position
-from ntpguard.status import Verdict
+from ntpguard.status import ServerStatus, Source, Status, Verdict
 
 DB_NAME = "state.db"
 LOCK_NAME = "lock"
@@ -202,6 +202,24 @@ MIGRATIONS: list[Migration] = [
         step        TEXT NOT NULL,
         failures    INTEGER NOT NULL,
         PRIMARY KEY (command, step)
+    );
+    """,
+    # 10: the effective statuses as last decided, and what they were decided from
+    # (snapshot.statuses): after a verdict or two only their addresses are decided again.
+    """
+    CREATE TABLE status_memo (
+        address     TEXT PRIMARY KEY,
+        status      TEXT NOT NULL,
+        known       INTEGER NOT NULL,
+        reason      TEXT NOT NULL,
+        verdict     TEXT                        -- JSON of the deciding verdict, or NULL
+    );
+    CREATE TABLE status_memo_key (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        key         TEXT NOT NULL,              -- what else the statuses depend on, digested
+        verdicts    TEXT NOT NULL,              -- the verdicts' revision (ntpguard.revision)
+        last_id     INTEGER NOT NULL,           -- the newest verdict row then
+        rows        INTEGER NOT NULL            -- how many verdict rows there were
     );
     """,
 ]
@@ -535,17 +553,22 @@ class State:
                 )
         return new
 
-    def servers(self) -> list[Server]:
+    def servers(self, only: Optional[Iterable[str]] = None) -> list[Server]:
+        """The servers the pool served (`only`: those of these addresses)."""
+        where, args = "", ()  # type: tuple[str, tuple[str, ...]]
+        if only is not None:
+            args = tuple(only)
+            where = f" WHERE address IN ({', '.join('?' * len(args))})" if args else " WHERE 0"
         zones: dict[str, list[str]] = {}
         for address, zone in self.conn.execute(
-            "SELECT address, zone FROM server_zones ORDER BY zone"
+            "SELECT address, zone FROM server_zones" + where + " ORDER BY zone", args
         ):
             zones.setdefault(address, []).append(zone)
         return [
             Server(a, f, fs, ls, n, tuple(zones.get(a, ())))
             for a, f, fs, ls, n in self.conn.execute(
                 "SELECT address, family, first_seen, last_seen, times_seen FROM servers"
-                " ORDER BY family DESC, address"
+                + where + " ORDER BY family DESC, address", args
             )
         ]
 
@@ -578,6 +601,83 @@ class State:
                 (verdict.address, verdict.status.value, str(verdict.source),
                  json.dumps(dict(verdict.evidence), sort_keys=True), verdict.time),
             )
+
+    def verdict_rows(self) -> tuple[int, int]:
+        """(the newest verdict row's id, how many rows there are)."""
+        newest, rows = self.conn.execute(
+            "SELECT coalesce(max(id), 0), count(*) FROM verdicts").fetchone()
+        return int(newest), int(rows)
+
+    def verdicts_after(self, last_id: int) -> tuple[int, set[str]]:
+        """How many verdict rows come after row `last_id`, and their addresses."""
+        added = self.conn.execute("SELECT count(*) FROM verdicts WHERE id > ?",
+                                  (last_id,)).fetchone()[0]
+        return int(added), {str(a) for (a,) in self.conn.execute(
+            "SELECT DISTINCT address FROM verdicts WHERE id > ?", (last_id,))}
+
+    def status_memo(self) -> Optional[tuple[tuple[str, str, int, int], dict[str, ServerStatus]]]:
+        """The statuses as last remembered and what they were decided from: (key, verdicts'
+        revision, newest verdict id, verdict rows); None if there are none, or a row this
+        version cannot read (they are then decided again)."""
+        head = self.conn.execute(
+            "SELECT key, verdicts, last_id, rows FROM status_memo_key").fetchone()
+        if head is None or not (_all(str, head[0], head[1]) and _all(int, head[2], head[3])):
+            return None
+        out: dict[str, ServerStatus] = {}
+        rows = self.conn.execute("SELECT address, status, known, reason, verdict FROM"
+                                 " status_memo ORDER BY address").fetchall()
+        statuses = {s.value: s for s in Status}
+        sources: dict[str, Source] = {}
+        try:
+            # One JSON text for all the verdicts: a parse per row took longer than the rest.
+            decided = iter(json.loads(
+                "[" + ",".join(v for *_, v in rows if isinstance(v, str)) + "]"))
+            for a, s, known, reason, v in rows:
+                verdict = None
+                if v is not None:
+                    d = next(decided)
+                    text = str(d["source"])
+                    source = sources.get(text) or sources.setdefault(text, Source.parse(text))
+                    evidence = d["evidence"]
+                    if not isinstance(evidence, dict) or not isinstance(a, str):
+                        raise ValueError("not an object")
+                    verdict = Verdict(str(d["address"]), statuses[d["status"]], source,
+                                      evidence, float(d["time"]))
+                out[a] = ServerStatus(a, statuses[s], verdict, str(reason), bool(known))
+        except (ValueError, TypeError, KeyError, StopIteration):
+            log.warning("state: the remembered statuses are damaged; deciding them again")
+            return None
+        return (head[0], head[1], head[2], head[3]), out
+
+    def save_status_memo(self, mark: tuple[str, str, int, int],
+                         statuses: Mapping[str, ServerStatus],
+                         changed: Optional[Iterable[str]] = None) -> None:
+        """Remember the statuses and what they were decided from (snapshot.statuses): all of
+        them, or (changed) only those addresses' rows."""
+        def row(s: ServerStatus) -> tuple[str, str, int, str, Optional[str]]:
+            v = s.verdict
+            text = None if v is None else json.dumps(
+                {"address": v.address, "status": v.status.value, "source": str(v.source),
+                 "evidence": dict(v.evidence), "time": v.time}, sort_keys=True)
+            return s.address, s.status.value, int(s.known), s.reason, text
+
+        with self.transaction() as db:
+            if changed is None:
+                db.execute("DELETE FROM status_memo")
+                db.executemany("INSERT INTO status_memo VALUES (?, ?, ?, ?, ?)",
+                               (row(s) for s in statuses.values()))
+            else:
+                for address in changed:
+                    db.execute("DELETE FROM status_memo WHERE address = ?", (address,))
+                    if address in statuses:
+                        db.execute("INSERT INTO status_memo VALUES (?, ?, ?, ?, ?)",
+                                   row(statuses[address]))
+            db.execute("INSERT OR REPLACE INTO status_memo_key VALUES (1, ?, ?, ?, ?)", mark)
+
+    @property
+    def writable(self) -> bool:
+        """Whether this run holds the writer lock now (not read-only, not inside unlocked())."""
+        return self._lock is not None and not self._released
 
     def verdict_history(self, address: Optional[str] = None) -> list[Verdict]:
         """Every stored verdict, oldest first; a row this version cannot read (a source or

@@ -241,13 +241,37 @@ def effective(snapshot: Snapshot) -> dict[str, ServerStatus]:
     index = _ListIndex(snapshot.lists)
     out = {}
     for address in sorted({*snapshot.servers, *snapshot.trusted, *snapshot.verdicts}):
-        if not _is_address(address):
-            continue  # a prefix verdict (older versions) is no server
-        known = _is_known(address, snapshot)
-        s = _decide(address, snapshot, index, known)
-        if known or s.status.blocked:
+        s = _entry(address, snapshot, index)
+        if s is not None:
             out[address] = s
     return out
+
+
+def update(previous: Mapping[str, ServerStatus], snapshot: Snapshot,
+           addresses: Iterable[str]) -> dict[str, ServerStatus]:
+    """effective() of a state that differs from the one `previous` was decided from only in
+    what concerns `addresses` (their verdicts, whether the pool served them): those are
+    decided again from `snapshot`, which must hold everything about them (the others'
+    entries may be missing from it); every other entry is kept as it was."""
+    index = _ListIndex(snapshot.lists)
+    out = dict(previous)
+    for address in addresses:
+        s = _entry(address, snapshot, index)
+        if s is None:
+            out.pop(address, None)
+        else:
+            out[address] = s
+    return dict(sorted(out.items()))
+
+
+def _entry(address: str, snapshot: Snapshot, index: _ListIndex) -> Optional[ServerStatus]:
+    """An address's entry in effective(): None if it has none (not an address, or neither
+    known nor blocked)."""
+    if not _is_address(address):
+        return None  # a prefix verdict (older versions) is no server
+    known = _is_known(address, snapshot)
+    s = _decide(address, snapshot, index, known)
+    return s if known or s.status.blocked else None
 
 
 def status_of(snapshot: Snapshot, address: str) -> ServerStatus:

@@ -13,6 +13,7 @@ import json
 import tempfile
 import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,7 @@ from ntpguard.cli.servers import server_rows
 from ntpguard.plan import HostFacts, Plan
 from ntpguard.state import State
 from ntpguard.status import Status, Verdict, status_of
+from ntpguard.status import effective as status_effective
 
 NOW = time.time()
 PREFIXES = ["2001:db8:a:1::", "2001:db8:a:2::", "2001:db8:b:1::"]
@@ -110,6 +112,91 @@ def test_every_command_agrees_on_every_server(pool, verdicts, trusted, enforced,
                 assert rows[address]["status"] == newest
         elif address in trusted:
             assert rows[address]["status"] == "clean"
+
+
+# -- the remembered statuses ------------------------------------------------------------------
+
+def _state_with(tmp: str, state: State, cfg, pool, verdicts, enforced) -> None:
+    for address in pool:
+        state.record_answer("2.p", "AAAA" if ":" in address else "A",
+                            [(address, 6 if ":" in address else 4)], NOW)
+    for address, status, source, age in verdicts:
+        state.add_verdict(Verdict.of(address, status, source, {"n": age}, NOW - age))
+    if enforced:
+        text = "".join(f"{a} {k}\n" for a, k in enforced).encode()
+        lists.store(tmp, "mine", lists.parse(text, "mine", lists.limits_for(cfg)),
+                    {"trust": "enforce", "fetched": len(enforced)})
+
+
+def _config(trusted) -> config.Config:
+    return config.parse(
+        "[pool]\nallow_nonglobal = true\n[lists]\nbuiltin = false\nallow_nonglobal = true\n"
+        f"[servers]\ntrusted = {json.dumps(sorted(trusted))}\n", "t.toml")
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(pool=st.sets(st.sampled_from(ADDRESSES), max_size=8), verdicts=verdicts,
+       trusted=st.sets(st.sampled_from(ADDRESSES), max_size=2), enforced=entries,
+       more_pool=st.sets(st.sampled_from(ADDRESSES), max_size=2), more=verdicts,
+       trusted_after=st.none() | st.sets(st.sampled_from(ADDRESSES), max_size=2),
+       enforced_after=st.none() | entries)
+def test_remembered_statuses_are_always_what_deciding_afresh_gives(
+        pool, verdicts, trusted, enforced, more_pool, more, trusted_after, enforced_after):
+    """Statuses remembered by one run and brought up to date by the next (new verdicts,
+    servers, trusted servers or lists in between) equal those decided from scratch."""
+    cfg = _config(trusted)
+    with tempfile.TemporaryDirectory() as tmp:
+        with State.open(tmp) as state:
+            _state_with(tmp, state, cfg, pool, verdicts, enforced)
+            first = snapshot.statuses(cfg, state)
+        snapshot._DECIDED.clear()  # each run below is a process of its own
+        with State.open(tmp) as state:
+            assert first == status_effective(snapshot.take(cfg, state))
+        after = _config(trusted if trusted_after is None else trusted_after)
+        with State.open(tmp) as state:
+            _state_with(tmp, state, after, more_pool, more,
+                        enforced if enforced_after is None else enforced_after)
+            again = snapshot.statuses(after, state)
+            fresh = status_effective(snapshot.take(after, state))
+            assert again == fresh
+            assert [s.reason for s in again.values()] == [s.reason for s in fresh.values()]
+        snapshot._DECIDED.clear()
+        with State.open(tmp, lock=False) as state:  # a reader: what the last run remembered
+            assert snapshot.statuses(after, state) == fresh
+
+
+def test_new_verdicts_decide_only_their_addresses_again(tmp_path, monkeypatch):
+    cfg = _config(())
+    with State.open(str(tmp_path)) as state:
+        _state_with(str(tmp_path), state, cfg, ADDRESSES, [], [])
+        before = snapshot.statuses(cfg, state)
+        state.add_verdict(Verdict.of(ADDRESSES[0], "harvester", "manual", {}, NOW))
+        snapshot._DECIDED.clear()
+        asked = []
+        real = snapshot.status_update
+        monkeypatch.setattr(snapshot, "status_update",
+                            lambda known, snap, changed: asked.append(set(changed)) or
+                            real(known, snap, changed))
+        monkeypatch.setattr(snapshot, "effective", lambda snap: pytest.fail("decided afresh"))
+        after = snapshot.statuses(cfg, state)
+    assert asked == [{ADDRESSES[0]}] and after[ADDRESSES[0]].status == Status.HARVESTER
+    assert {a: s for a, s in after.items() if a != ADDRESSES[0]} == {
+        a: s for a, s in before.items() if a != ADDRESSES[0]}
+
+
+def test_damaged_remembered_statuses_are_decided_again(tmp_path, caplog):
+    cfg = _config(())
+    with State.open(str(tmp_path)) as state:
+        _state_with(str(tmp_path), state, cfg, ADDRESSES, [(ADDRESSES[1], "clean", "detect", 1)],
+                    [])
+        good = snapshot.statuses(cfg, state)
+        state.conn.execute("UPDATE status_memo SET verdict = '{not json' WHERE address = ?",
+                           (ADDRESSES[1],))
+        snapshot._DECIDED.clear()  # as the next run: what it reads is the state's
+        assert snapshot.statuses(cfg, state) == good
+        assert "remembered statuses are damaged" in caplog.text
+        assert state.status_memo()[1] == good  # and remembered again, whole
 
 
 # -- what an admin ran into ------------------------------------------------------------------

@@ -46,8 +46,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         return _restore(ctx, args)
     if not args.dry_run and _unchanged(ctx, name, args):
         return 0
-    from ntpguard import canary, enforce, inputs, snapshot
-    from ntpguard.status import effective
+    from ntpguard import canary, enforce, inputs, lists, snapshot
 
     started = time.time()
     # The state lock for what writes the state (canaries, the run record); enforce.apply
@@ -59,10 +58,10 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             # Canaries are part of the firewall: give new servers theirs before the plan maps
             # them (a dry run shows the canaries in force as they are). Their statuses serve
             # the plan too unless a canary convicted a server meanwhile.
-            snap = snapshot.take(ctx.config, state)
-            statuses = effective(snap)
+            loaded = tuple(lists.load_all(ctx.config, state.directory))
+            statuses = snapshot.statuses(ctx.config, state, loaded)
             report = canary.maintain(ctx.config, state, statuses, time.time())
-            taken = None if report.convicted else (snap, statuses)
+            taken = None if report.convicted else (loaded, statuses)
             # What the plan is built from, digested under the state lock after the canaries
             # changed what they will, so the next run with nothing new stops at the digest.
             found = inputs.digest(ctx.config, ctx.state_dir)
