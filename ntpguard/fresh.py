@@ -89,5 +89,5 @@ def fresh_address(prefix: ipaddress.IPv6Network, taken: AbstractSet[str],
 
 
 def find_target(settings: Probe) -> Target:
-    return choose_target(ip_json("-6", "addr", "show"), ip_json("-6", "route", "show", "default"),
+    return choose_target(ip_json("addr", "show"), ip_json("-6", "route", "show", "default"),
                          settings.interface, settings.prefix)

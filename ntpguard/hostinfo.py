@@ -26,7 +26,8 @@ def ip_json(*args: str) -> list[Any]:
     """`ip -j ARGS` in this network namespace, parsed (a list of objects; the caller's to
     read, not change). Asked again only when the kernel's addresses or routes changed since
     (kernel_facts): a `rules apply` wants the addresses and routes four times (canaries,
-    their target, the plan), ~5 ms a process each."""
+    their target, the plan), ~5 ms a process each. Everyone asks for `addr show` of both
+    families (and keeps the IPv6 ones where that is all it wants): one process, not two."""
     facts = kernel_facts()
     hit = _asked.get(args)
     if facts is not None and hit is not None and hit[0] == facts:

@@ -152,7 +152,7 @@ def suspects_from_state(config: Config, state: State, now: float) -> list[str]:
 
     statuses = snapshot.statuses(config, state)
     detected, _ = evidence.compute_verdicts(state, config.detect, record=False)
-    live = live_probes(ip_json("-6", "addr", "show"), find_target(config.probe))
+    live = live_probes(ip_json("addr", "show"), find_target(config.probe))
     pending = pending_servers(state.contacts().first, live, now, config.detect.lookback)
     return select_suspects(statuses, detected, pending, config.probe.max_per_run)
 
@@ -233,7 +233,7 @@ def run(servers: list[str], settings: Probe, detect: Detect,
     """
     valid = lifetime(settings, detect)
     target = find_target(settings)
-    taken = {i["local"] for lk in ip_json("-6", "addr", "show")
+    taken = {i["local"] for lk in ip_json("addr", "show")
              for i in lk.get("addr_info", []) if i.get("local")}
     results: list[Result] = []
     for number, server in enumerate(servers, 1):
