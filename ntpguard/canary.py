@@ -301,7 +301,7 @@ def maintain(config: Config, state: State, statuses: Mapping[str, ServerStatus],
         if retire and not dry_run:
             state.save_canaries(Change(retire=retire))
         return Report(False, reason or "no target", retired=len(retire))
-    already = {a: by["canary"] for a, by in state.latest_verdicts().items() if "canary" in by}
+    already = {v.address: v for v in state.verdict_history(source=str(CANARY))}  # newest last
     verdicts, scanned = convictions(state.scans(), current, already)
     marked = {c.address: c for c in scanned}
     current = [marked.get(c.address, c) for c in current]

@@ -206,6 +206,8 @@ MIGRATIONS: list[Migration] = [
     """,
     # 10: the effective statuses as last decided, and what they were decided from
     # (snapshot.statuses): after a verdict or two only their addresses are decided again.
+    # Contacts by server: which servers were contacted (canary.maintain) reads the index, not
+    # every contact (~10 ms to ~3 ms with a 90-day gateway's).
     """
     CREATE TABLE status_memo (
         address     TEXT PRIMARY KEY,
@@ -214,6 +216,7 @@ MIGRATIONS: list[Migration] = [
         reason      TEXT NOT NULL,
         verdict     TEXT                        -- JSON of the deciding verdict, or NULL
     );
+    CREATE INDEX detect_contacts_by_server ON detect_contacts (server);
     CREATE TABLE status_memo_key (
         id          INTEGER PRIMARY KEY CHECK (id = 1),
         key         TEXT NOT NULL,              -- what else the statuses depend on, digested
@@ -679,14 +682,16 @@ class State:
         """Whether this run holds the writer lock now (not read-only, not inside unlocked())."""
         return self._lock is not None and not self._released
 
-    def verdict_history(self, address: Optional[str] = None) -> list[Verdict]:
-        """Every stored verdict, oldest first; a row this version cannot read (a source or
-        evidence written by hand or by a newer ntpguard) is left out with a warning."""
+    def verdict_history(self, address: Optional[str] = None, source: Optional[str] = None
+                        ) -> list[Verdict]:
+        """Every stored verdict (of `address`, of `source`), oldest first; a row this version
+        cannot read (a source or evidence written by hand or by a newer ntpguard) is left out
+        with a warning."""
         sql = "SELECT id, address, status, source, evidence, time FROM verdicts"
-        args: tuple = ()
-        if address is not None:
-            sql += " WHERE address = ?"
-            args = (address,)
+        where = [(c, v) for c, v in (("address", address), ("source", source)) if v is not None]
+        if where:
+            sql += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where)
+        args = tuple(v for _, v in where)
         out = []
         for row_id, a, s, src, e, t in self.conn.execute(sql + " ORDER BY time, id", args):
             try:
