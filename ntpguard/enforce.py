@@ -217,7 +217,7 @@ def readd_canaries(config: Config, state_dir: str, plan: Plan) -> Plan:
     away for over a second)."""
     if plan.canaries is None:
         return plan
-    present = {info.get("local") for link in hostinfo.ip_json("addr", "show")
+    present = {info.get("local") for link in hostinfo.addresses()
                for info in link.get("addr_info", [])}
     now = time.time()
     with State.open(state_dir, lock=False) as state:

@@ -14,7 +14,7 @@ from typing import AbstractSet, Callable
 from ntpguard.addr import nonglobal_reason
 from ntpguard.config import Probe
 from ntpguard.errors import NtpguardError, UsageError
-from ntpguard.hostinfo import ip_json
+from ntpguard.hostinfo import addresses, default_route_list
 
 # RFC 5453 reserved interface identifiers: the subnet-router anycast (all zero) and the
 # reserved subnet anycast range fdff:ffff:ffff:ff80-ffff. Never a host's unicast address.
@@ -89,5 +89,5 @@ def fresh_address(prefix: ipaddress.IPv6Network, taken: AbstractSet[str],
 
 
 def find_target(settings: Probe) -> Target:
-    return choose_target(ip_json("addr", "show"), ip_json("-6", "route", "show", "default"),
+    return choose_target(addresses(), default_route_list(6),
                          settings.interface, settings.prefix)

@@ -76,3 +76,41 @@ def attributes(data: bytes, at: int, end: int) -> Optional[dict[int, bytes]]:
         out.setdefault(kind & 0x3FFF, data[at + ATTR.size:at + size])
         at += (size + 3) & ~3
     return out
+
+
+def walk(data: bytes) -> tuple[bool, Optional[list[tuple[int, int, int]]]]:
+    """The messages of one datagram of a dump's answer: (the dump ended, each message's
+    (type, body start, end)); None for an error answer or a message cut short."""
+    out: list[tuple[int, int, int]] = []
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        length, kind, _, _, _ = HEADER.unpack_from(data, offset)
+        if length < HEADER.size or offset + length > len(data):
+            return True, None
+        if kind == NLMSG_DONE:
+            return True, out
+        if kind == NLMSG_ERROR:
+            return True, None
+        out.append((kind, offset + HEADER.size, offset + length))
+        offset += (length + 3) & ~3
+    return False, out
+
+
+def dump(protocol: int, message: bytes, timeout: float, strict: bool = False
+         ) -> Optional[list[tuple[int, bytes, int, int]]]:
+    """Every message of the answer to a dump request: (type, its datagram, body start, end);
+    None if the kernel answered with an error or something cut short. OSError is the
+    caller's."""
+    out: list[tuple[int, bytes, int, int]] = []
+    with asked(protocol, message, timeout, strict) as receive:
+        while True:
+            data = receive()
+            if not data:
+                return None
+            done, found = walk(data)
+            if found is None:
+                return None
+            out += [(kind, data, body, end) for kind, body, end in found]
+            if done:
+                return out
+

@@ -34,7 +34,7 @@ from ntpguard.addr import nonglobal_reason, parse_address
 from ntpguard.config import Config, Detect, Probe
 from ntpguard.errors import UsageError
 from ntpguard.fresh import ProbeError, Target, find_target, fresh_address
-from ntpguard.hostinfo import ip_json
+from ntpguard.hostinfo import addresses
 from ntpguard.plan import PROBE_MARK
 from ntpguard.progress import TICK, Show, duration, quiet
 from ntpguard.status import ServerStatus, Status
@@ -152,7 +152,7 @@ def suspects_from_state(config: Config, state: State, now: float) -> list[str]:
 
     statuses = snapshot.statuses(config, state)
     detected, _ = evidence.compute_verdicts(state, config.detect, record=False)
-    live = live_probes(ip_json("addr", "show"), find_target(config.probe))
+    live = live_probes(addresses(), find_target(config.probe))
     pending = pending_servers(state.contacts().first, live, now, config.detect.lookback)
     return select_suspects(statuses, detected, pending, config.probe.max_per_run)
 
@@ -233,7 +233,7 @@ def run(servers: list[str], settings: Probe, detect: Detect,
     """
     valid = lifetime(settings, detect)
     target = find_target(settings)
-    taken = {i["local"] for lk in ip_json("addr", "show")
+    taken = {i["local"] for lk in addresses()
              for i in lk.get("addr_info", []) if i.get("local")}
     results: list[Result] = []
     for number, server in enumerate(servers, 1):

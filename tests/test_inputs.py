@@ -9,8 +9,14 @@ import ipaddress
 import json
 import math
 import os
+import shutil
 import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from ntpguard import canary, config, hostinfo, inputs, lists, revision
 from ntpguard.canary import SPARE, Canary
@@ -19,6 +25,8 @@ from ntpguard.logs.sources import Position
 from ntpguard.probe import Target
 from ntpguard.state import State
 from ntpguard.status import Verdict
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NOW = 1_800_000_000.0
 
@@ -186,3 +194,80 @@ def test_a_damaged_or_foreign_record_is_no_record(state_dir):
                            {"message": "m"}, {"clean6": 1}, [], "plan")
     inputs.save(str(state_dir), record)
     assert inputs.load(str(state_dir)) == record
+
+
+HOSTINFO_SNIPPET = r"""
+import json, subprocess
+from ntpguard import hostinfo
+
+def ip(*args):
+    p = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"ip {' '.join(args)}: {p.stderr}")
+    return p.stdout
+
+lines = '''link set lo up
+link add va type veth peer name vb
+link set va up
+link set vb up
+addr add 2001:db8:1::2/64 dev va nodad
+addr add 2001:db8:1::3/64 dev va nodad preferred_lft 0
+addr add 2001:db8:1::4/64 dev va nodad valid_lft 3000 preferred_lft 2000
+addr add 192.0.2.2/24 dev va
+addr add 192.0.2.3/24 dev va
+addr add 2001:db8:2::2/64 dev vb nodad
+addr add 198.51.100.2/24 dev vb
+route add default via 192.0.2.1 dev va metric 7
+-6 route add default nexthop via 2001:db8:1::1 dev va nexthop via 2001:db8:2::1 dev vb'''
+for line in lines.splitlines():
+    ip(*line.split())
+ip("link", "add", "vc", "type", "veth", "peer", "name", "vd")
+subprocess.run(["sysctl", "-qw", "net.ipv6.conf.vc.dad_transmits=100"], check=True)
+ip("link", "set", "vc", "up")
+ip("link", "set", "vd", "up")
+ip("addr", "add", "2001:db8:3::2/64", "dev", "vc")  # tentative: DAD for 100 s
+print(json.dumps({"ours": hostinfo.addresses(), "ip": json.loads(ip("-j", "addr", "show")),
+                  "routes": [hostinfo.default_route_list(f) for f in (4, 6)],
+                  "ip_routes": [json.loads(ip("-j", f"-{f}", "route", "show", "default"))
+                                for f in (4, 6)]}))
+"""
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"),
+                    reason="needs root, unshare and ip")
+def test_addresses_and_default_routes_read_from_rtnetlink_are_what_ip_shows():
+    """hostinfo asks rtnetlink instead of running `ip -j`; in a network namespace of its own
+    with deprecated, tentative, secondary and link-local addresses and a multipath default
+    route, every field ntpguard reads is what `ip -j` prints."""
+    out = json.loads(subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", HOSTINFO_SNIPPET], check=True,
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout)
+    keys = ("family", "local", "prefixlen", "scope", "temporary", "secondary", "deprecated",
+            "tentative", "dadfailed", "valid_life_time", "preferred_life_time")
+
+    def addresses(links):
+        return [(link["ifname"], sorted(tuple((k, i.get(k)) for k in keys
+                                              if k not in ("valid_life_time",
+                                                           "preferred_life_time")
+                                              or i.get(k) in (0, 4294967295))
+                                        for i in link.get("addr_info", [])))
+                for link in links if link.get("addr_info")]
+
+    assert addresses(out["ours"]) == addresses(out["ip"])
+    flags = {(i["local"], k) for link in out["ours"] for i in link["addr_info"] for k in
+             ("deprecated", "tentative", "secondary")
+             if i.get(k) and i["scope"] != "link"}  # link-local ones: DAD still running
+    assert flags == {("2001:db8:1::3", "deprecated"), ("2001:db8:3::2", "tentative"),
+                     ("192.0.2.3", "secondary")}
+    lifetimes = {i["local"]: (i["preferred_life_time"], i["valid_life_time"])
+                 for link in out["ours"] for i in link["addr_info"]}
+    assert 1990 <= lifetimes["2001:db8:1::4"][0] <= 2000 < lifetimes["2001:db8:1::4"][1] <= 3000
+
+    def hops(routes):
+        return [{k: r[k] for k in ("dst", "gateway", "dev", "metric") if k in r}
+                | {"nexthops": [{k: h[k] for k in ("gateway", "dev") if k in h}
+                                for h in r.get("nexthops", [])]} for r in routes]
+
+    assert [hops(r) for r in out["routes"]] == [hops(r) for r in out["ip_routes"]]
+    assert len(out["routes"][1][0]["nexthops"]) == 2 and out["routes"][0][0]["metric"] == 7

@@ -226,7 +226,7 @@ def test_a_probe_waits_for_its_answer_without_the_lock_and_counts_down(tmp_path,
     sock, port = fake_server(lambda request: [])
     monkeypatch.setattr(probing, "find_target",
                         lambda settings: probing.Target("lo", ipaddress.IPv6Network("::/64")))
-    monkeypatch.setattr(probing, "ip_json", lambda *args: [])
+    monkeypatch.setattr(probing, "addresses", lambda: [])
     monkeypatch.setattr(probing, "fresh_address", lambda prefix, taken: "::1")
     monkeypatch.setattr(probing, "add_address", lambda *args: None)
     monkeypatch.setattr(probing, "send", functools.partial(probing.send, port=port))
