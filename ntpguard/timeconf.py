@@ -19,7 +19,7 @@ from ntpguard.errors import NtpguardError, UsageError
 from ntpguard.files import atomic_write, read_regular
 from ntpguard.sntp import SntpResult, query_many
 from ntpguard.state import Server, State
-from ntpguard.status import RANKS, ServerStatus, Status, effective
+from ntpguard.status import RANKS, ServerStatus, Status
 
 FORMATS = daemons.NAMES
 
@@ -180,9 +180,9 @@ def choose(config: Config, state: State, now: float, check: Optional[bool] = Non
            ) -> tuple[list[str], dict[str, SntpResult]]:
     """Effective statuses → the servers to configure (and SNTP results when checked)."""
     tc = config.timeconf
-    snap = snapshot.take(config, state)
     # Exactly the servers the firewall plan lets NTP reach (ServerStatus.usable).
-    cands = candidates(effective(snap), snap.servers, now, tc.max_age)
+    cands = candidates(snapshot.statuses(config, state),
+                       {s.address: s for s in state.servers()}, now, tc.max_age)
     want = count or tc.count
     checks: dict[str, SntpResult] = {}
     do_check = tc.check if check is None else check
