@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Union
 
 from ntpguard import commands, setstore
-from ntpguard.backends import DRIFTED, IN_PLACE, MISSING, Check, Result, nft_gen, nft_verify
+from ntpguard.backends import DRIFTED, IN_PLACE, MISSING, Check, Result, nft_gen
 from ntpguard.errors import FirewallError, UnsafePathError
 from ntpguard.files import atomic_write, read_regular
 from ntpguard.plan import PROBE_MARK, Plan, PrefixSet
@@ -525,6 +525,8 @@ class NftBackend:
             return Check(IN_PLACE)
         listing = self.nft.run(f"list table {FAMILY} {TABLE}", json_out=True, reading=True)
         stable = before is not None and nft_gen.genid() == before
+        from ntpguard.backends import nft_verify  # only when the table is listed
+
         problem = nft_verify.compare(rendered.skeleton, rendered.sets, listing)
         if not problem and ours and stable and cached is not None:
             # In place at generation `before`: the next check needs no listing until
