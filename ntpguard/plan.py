@@ -84,6 +84,12 @@ class HostFacts:
     addresses: tuple[str, ...] = ()
     gateways: tuple[str, ...] = ()
 
+    def blocks64(self) -> list[ipaddress.IPv6Network]:
+        """The /64s of the host's IPv6 addresses, sorted: one each, however many addresses
+        (with its canaries the host holds ~260 in one /64)."""
+        values = {address_int(a.split("%")[0])[1] >> 64 for a in self.addresses if ":" in a}
+        return [ipaddress.IPv6Network((v << 64, 64)) for v in sorted(values)]
+
 
 @dataclass(frozen=True)
 class Listed:
@@ -147,10 +153,8 @@ def canaries(mapping: dict[str, str], spare: str, addresses: list[str], host: Ho
     IPv6 addresses' prefixes) and `trusted` addresses, overlaps removed (nft refuses them in
     an interval set)."""
     items = []
-    for text in (*_NOT_PUBLIC6,
-                 *(f"{a.split('%')[0]}/64" for a in host.addresses if ":" in a),
-                 *(f"{a}/128" for a in trusted if ":" in a)):
-        net = ipaddress.IPv6Network(text, strict=False)
+    for net in (*(ipaddress.IPv6Network(text) for text in _NOT_PUBLIC6), *host.blocks64(),
+                *(ipaddress.IPv6Network(f"{a}/128") for a in trusted if ":" in a)):
         items.append((6, int(net.network_address), net.prefixlen))
     exempt = [f"{ipaddress.IPv6Address(n)}/{length}" for (_, length), nets in
               sorted(collapse(items).items(), key=lambda kv: kv[0][1]) for n in sorted(nets)]
