@@ -144,6 +144,8 @@ def encode(value: Any, writer: setstore.Writer) -> Any:
         return {f.name: encode(getattr(value, f.name), writer)
                 for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):
+        if all(type(v) is str for v in value):  # the clean servers, the canaries: 1000s
+            return list(value)
         return [encode(v, writer) for v in value]
     return value
 
