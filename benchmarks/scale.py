@@ -1,15 +1,17 @@
 #!/usr/bin/python3
 """Whole-process costs at scale (as root): the real CLI, a 100k-entry list, 2,000 servers and a
-year of a 50-host gateway's evidence, in a network namespace of its own (prefix sclb-: not
-the test suite's ntpg-, which the suite removes when it starts).
+year of a 50-host gateway's evidence, each code tree in a network namespace of its own (prefix
+sclb-: not the test suite's ntpg-, which the suite removes when it starts).
 
 Every figure is a whole `python3 -m ntpguard ...` process as an admin or the timer runs it:
 Python's start and imports included. Wall time is measured around the child, its peak resident
 memory (and that of what it ran: nft, ip) comes from /usr/bin/time. Each figure is the median of
 RUNS runs, beside baselines measured in the same run: a bare `python3 -c pass`, `ntpguard
 --version` (the cost of starting ntpguard at all), and with --baseline REV every figure again
-for that git revision's code (e.g. main), in a state of its own. Bytecode is compiled first,
-as an installed package has it. Prints:
+for that git revision's code (e.g. main), in a state and a namespace of its own, the two
+trees' runs alternating step by step (the machine's speed drifts by tens of percent within
+minutes; one tree measured after the other showed that drift as a difference between them).
+Bytecode is compiled first, as an installed package has it. Prints:
 
   list import of the generated list (80% IPv6 /32-/128, 20% IPv4 /16-/32), and of a copy with
   100 entries changed; rules apply: first (no table), nothing changed, after one verdict change
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Generator, Iterator, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -160,10 +163,11 @@ def timed(cmd: list[str], env: dict[str, str], cwd: str
 
 
 class Bench:
-    """One code tree's whole-process figures, in a work directory of its own."""
+    """One code tree's whole-process figures, in a work directory and a network namespace of
+    its own (their runs alternate: each tree's table and kernel generation stay its own)."""
 
-    def __init__(self, tmp: str, runs: int, tree: str, label: str) -> None:
-        self.tmp, self.runs, self.tree, self.label = tmp, runs, tree, label
+    def __init__(self, tmp: str, runs: int, tree: str, label: str, netns: str) -> None:
+        self.tmp, self.runs, self.tree, self.label, self.netns = tmp, runs, tree, label, netns
         self.state = os.path.join(tmp, "state")
         self.config = os.path.join(tmp, "ntpguard.toml")
         self.env = {**os.environ, "PYTHONPATH": tree, "NTPGUARD_CONFIG": self.config,
@@ -171,7 +175,7 @@ class Bench:
         self.rows: list[tuple[str, list[tuple[float, float, float]], str]] = []
 
     def cli(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "ntpguard", *args]
+        return ["ip", "netns", "exec", self.netns, sys.executable, "-m", "ntpguard", *args]
 
     def run(self, *args: str, ok: tuple[int, ...] = (0,)) -> tuple[float, float, float]:
         wall, cpu, rss, code, err = timed(self.cli(*args), self.env, self.tree)
@@ -222,12 +226,15 @@ def prepare_tree(tree: str) -> None:
                    env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
 
 
-def phase(args: argparse.Namespace, tree: str, label: str, entries: list[str],
+def phase(args: argparse.Namespace, tree: str, label: str, netns: str, entries: list[str],
           servers: list[str], now: float
-          ) -> tuple[Bench, dict[str, int], tuple[int, int, int, int]]:
-    """Every figure for the code in `tree`: a state of its own, populated the same way."""
+          ) -> Generator[None, None, tuple[Bench, dict[str, int], tuple[int, int, int, int]]]:
+    """Every figure for the code in `tree`: a state of its own, populated the same way. A
+    generator that stops after each measured run, so two trees' runs alternate (the
+    machine's speed drifts by tens of percent within minutes: measured one tree after the
+    other, the drift showed as a difference between them)."""
     tmp = tempfile.mkdtemp(prefix=f"sclb-{label}-")
-    b = Bench(tmp, args.runs, tree, label)
+    b = Bench(tmp, args.runs, tree, label, netns)
     with open(os.path.join(tmp, "kern.log"), "w"):
         pass
     with open(b.config, "w") as fh:
@@ -255,28 +262,43 @@ reload = false
     db = os.path.join(b.state, "state.db")
     db_before = os.path.getsize(db)
 
-    b.record("ntpguard --version (start and imports)",
-             [b.run("--version") for _ in range(b.runs)])
+    yield  # each measured run hands over to the other tree's (see inner)
+
+    def each(*args: str) -> Iterator[tuple[float, float, float]]:
+        for _ in range(b.runs):
+            yield b.run(*args)
+
+    samples = []
+    for sample in each("--version"):
+        samples.append(sample)
+        yield
+    b.record("ntpguard --version (start and imports)", samples)
     samples = []
     for i in range(b.runs):
         if i:
             b.run("list", "remove", "big")
         samples.append(b.run("list", "import", big, "--name", "big", "--kind", "scanner"))
+        yield
     b.record(f"list import, {len(entries)} entries (new)", samples, "<= 1 s")
 
     samples = []
     for _ in range(b.runs):
         b.run("rules", "remove")
         samples.append(b.run("rules", "apply"))
+        yield
     b.record("rules apply, first (no table, canaries made)", samples, "<= 1 s")
-    b.record("rules apply, nothing changed", [b.run("rules", "apply") for _ in range(b.runs)],
-             "<= 0.1 s")
+    samples = []
+    for sample in each("rules", "apply"):
+        samples.append(sample)
+        yield
+    b.record("rules apply, nothing changed", samples, "<= 0.1 s")
 
     samples = []
     target = servers[3]
     for i in range(b.runs):
         b.run("mark", target, "harvester" if i % 2 == 0 else "unknown")
         samples.append(b.run("rules", "apply"))
+        yield
     b.record("rules apply, after one verdict change", samples, "<= 0.15 s")
 
     rng = random.Random(5)
@@ -293,16 +315,26 @@ reload = false
             current[i] = new
         write_list(big, current)
         imports.append(b.run("list", "import", big, "--name", "big", "--kind", "scanner"))
+        yield
         applies.append(b.run("rules", "apply"))
+        yield
     b.record("list import, 100 entries changed", imports, "<= 1 s")
     b.record("rules apply, after 100 list changes", applies)
 
-    b.record(f"sync --no-resolve, {args.days} days of evidence new",
-             [b.run("sync", "--no-resolve")])
-    b.record("sync --no-resolve, nothing new",
-             [b.run("sync", "--no-resolve") for _ in range(b.runs)], "<= 0.5 s")
-    b.record("rules apply, nothing changed, evidence aged out by the syncs",
-             [b.run("rules", "apply") for _ in range(b.runs)], "<= 0.1 s")
+    samples = [b.run("sync", "--no-resolve")]
+    yield
+    b.record(f"sync --no-resolve, {args.days} days of evidence new", samples)
+    samples = []
+    for sample in each("sync", "--no-resolve"):
+        samples.append(sample)
+        yield
+    b.record("sync --no-resolve, nothing new", samples, "<= 0.5 s")
+    samples = []
+    for sample in each("rules", "apply"):
+        samples.append(sample)
+        yield
+    b.record("rules apply, nothing changed, evidence aged out by the syncs", samples,
+             "<= 0.1 s")
     db_after = os.path.getsize(db)
     sizes = (db_before, db_after, live_bytes(db), du(b.state))
     b.run("rules", "remove")
@@ -318,7 +350,9 @@ def inner(args: argparse.Namespace) -> int:
           f"{SERVERS} servers and {args.days} days of evidence", file=sys.stderr)
     entries = make_list(args.entries, 11)
     env = {**os.environ, "PYTHONPATH": ROOT}
-    py = [timed([sys.executable, "-c", "pass"], env, ROOT)[:3] for _ in range(args.runs)]
+    first = args.netns.split(",")[0]
+    py = [timed(["ip", "netns", "exec", first, sys.executable, "-c", "pass"], env, ROOT)[:3]
+          for _ in range(args.runs)]
     print(f"  python3 -c pass: {_fmt(py)}", file=sys.stderr)
     trees = [("this", ROOT)]
     if args.baseline:
@@ -327,15 +361,25 @@ def inner(args: argparse.Namespace) -> int:
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", base], input=archive, check=True)
         trees.append((args.baseline, base))
-    results = []
-    for label, tree in trees:
+    for _, tree in trees:
         prepare_tree(tree)
-        results.append(phase(args, tree, label, entries, servers, now))
+    # Each tree's state is populated first; then their measured runs alternate, step by step.
+    running = [phase(args, tree, label, netns, entries, servers, now)
+               for (label, tree), netns in zip(trees, args.netns.split(","))]
+    results: list[Optional[tuple[Bench, dict[str, int], tuple[int, int, int, int]]]] = \
+        [None] * len(running)
+    while any(r is None for r in results):
+        for i, gen in enumerate(running):
+            if results[i] is None:
+                try:
+                    next(gen)
+                except StopIteration as done:
+                    results[i] = done.value
     print(f"\n{args.entries}-entry list, {SERVERS} servers, {args.days} days of {HOSTS} hosts' "
           f"evidence; {args.runs} runs each (one for the year's sync); load average "
           f"{os.getloadavg()[0]:.2f} at the end")
     print(f"{'baseline: python3 -c pass':<52}  {_fmt(py)}")
-    for b, rows, sizes in results:
+    for b, rows, sizes in (r for r in results if r is not None):
         print(f"\n[{b.label}] evidence: {rows['contacts']} contacts, {rows['scans']} scans, "
               f"{rows['triggers']} triggers")
         for name, samples, target in b.rows:
@@ -353,20 +397,22 @@ def outer(args: argparse.Namespace) -> int:
     from lab.netns import Lab
 
     with Lab(f"sclb-{os.getpid()}-") as lab:
-        host, gateway = lab.ns("host"), lab.ns("gw")
-        lab.link(host, "eth0", gateway, "eth0")
-        host.addr("eth0", f"{HOST_V6}/64")
-        host.addr("eth0", f"{HOST_V4}/24")
-        host.run("ip", "route", "add", "default", "via", GW_V4)
-        host.run("ip", "-6", "route", "add", "default", "via", GW_V6)
+        hosts = []
+        for k in range(2 if args.baseline else 1):  # a host and its gateway for each tree
+            host, gateway = lab.ns(f"host{k}"), lab.ns(f"gw{k}")
+            lab.link(host, "eth0", gateway, "eth0")
+            host.addr("eth0", f"{HOST_V6}/64")
+            host.addr("eth0", f"{HOST_V4}/24")
+            host.run("ip", "route", "add", "default", "via", GW_V4)
+            host.run("ip", "-6", "route", "add", "default", "via", GW_V6)
+            hosts.append(host.name)
         env = {**os.environ, "PYTHONPATH": ROOT}
         argv = [sys.executable, os.path.abspath(__file__), "--inner", "--runs", str(args.runs),
                 "--entries", str(args.entries), "--days", str(args.days),
-                "--baseline", args.baseline]
+                "--baseline", args.baseline, "--netns", ",".join(hosts)]
         if args.keep:
             argv.append("--keep")
-        proc = subprocess.run(["ip", "netns", "exec", host.name, *argv], env=env,
-                              timeout=7200, check=False)
+        proc = subprocess.run(argv, env=env, timeout=7200, check=False)
         return proc.returncode
 
 
@@ -379,6 +425,7 @@ def main() -> int:
     p.add_argument("--baseline", default="", metavar="REV",
                    help="measure this git revision's code the same way too (e.g. main)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--netns", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.inner:
         return inner(args)
