@@ -264,15 +264,15 @@ reload = false
 
     yield  # each measured run hands over to the other tree's (see inner)
 
-    def each(*args: str) -> Iterator[tuple[float, float, float]]:
+    def repeated(name: str, *args: str, target: str = "") -> Iterator[None]:
+        """`ntpguard ARGS` RUNS times, recorded as `name`."""
+        samples = []
         for _ in range(b.runs):
-            yield b.run(*args)
+            samples.append(b.run(*args))
+            yield
+        b.record(name, samples, target)
 
-    samples = []
-    for sample in each("--version"):
-        samples.append(sample)
-        yield
-    b.record("ntpguard --version (start and imports)", samples)
+    yield from repeated("ntpguard --version (start and imports)", "--version")
     samples = []
     for i in range(b.runs):
         if i:
@@ -287,11 +287,7 @@ reload = false
         samples.append(b.run("rules", "apply"))
         yield
     b.record("rules apply, first (no table, canaries made)", samples, "<= 1 s")
-    samples = []
-    for sample in each("rules", "apply"):
-        samples.append(sample)
-        yield
-    b.record("rules apply, nothing changed", samples, "<= 0.1 s")
+    yield from repeated("rules apply, nothing changed", "rules", "apply", target="<= 0.1 s")
 
     samples = []
     target = servers[3]
@@ -324,17 +320,10 @@ reload = false
     samples = [b.run("sync", "--no-resolve")]
     yield
     b.record(f"sync --no-resolve, {args.days} days of evidence new", samples)
-    samples = []
-    for sample in each("sync", "--no-resolve"):
-        samples.append(sample)
-        yield
-    b.record("sync --no-resolve, nothing new", samples, "<= 0.5 s")
-    samples = []
-    for sample in each("rules", "apply"):
-        samples.append(sample)
-        yield
-    b.record("rules apply, nothing changed, evidence aged out by the syncs", samples,
-             "<= 0.1 s")
+    yield from repeated("sync --no-resolve, nothing new", "sync", "--no-resolve",
+                        target="<= 0.5 s")
+    yield from repeated("rules apply, nothing changed, evidence aged out by the syncs",
+                        "rules", "apply", target="<= 0.1 s")
     db_after = os.path.getsize(db)
     sizes = (db_before, db_after, live_bytes(db), du(b.state))
     b.run("rules", "remove")

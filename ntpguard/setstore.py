@@ -107,19 +107,6 @@ def same(value: Any, nets: Networks) -> bool:
     return False
 
 
-def names(value: Any) -> Iterable[str]:
-    """The set files a JSON value (any nesting) names."""
-    if isinstance(value, dict):
-        if isinstance(value.get("sha256"), str) and "family" in value:
-            yield value["sha256"]
-            return
-        for v in value.values():
-            yield from names(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from names(v)
-
-
 def sweep(directory: str, keep: Iterable[str]) -> None:
     """Remove the files in `directory` that are not in `keep` (left by an earlier plan or an
     interrupted write). Best effort: a file left behind costs only disk."""

@@ -38,10 +38,16 @@ def take(config: Config, state: State) -> Snapshot:
     return _take(config, state, tuple(lists.load_all(config, state.directory)))
 
 
-def _take(config: Config, state: State, loaded: tuple[LoadedList, ...]) -> Snapshot:
+def _take(config: Config, state: State, loaded: tuple[LoadedList, ...],
+          only: Optional[set[str]] = None) -> Snapshot:
+    """The snapshot; `only`: of these addresses' servers and verdicts alone."""
+    if only is None:
+        verdicts = state.latest_verdicts()
+    else:
+        verdicts = {a: _latest(state.verdict_history(a)) for a in only}
     return Snapshot(
-        servers={s.address: s for s in state.servers()},
-        verdicts=state.latest_verdicts(),
+        servers={s.address: s for s in state.servers(only=only)},
+        verdicts=verdicts,
         lists=loaded,
         trusted=config.servers.trusted,
         trusted_from=config.path or "the configuration",
@@ -90,12 +96,7 @@ def _decided(config: Config, state: State, loaded: tuple[LoadedList, ...], key: 
         # Rows only ever get added: any other change (a row deleted or rewritten by hand, a
         # restored backup) shows as a count that is not the old one plus the new rows.
         if changed and len(changed) <= _UPDATE_AT_MOST and count == rows + added:
-            partial = Snapshot(
-                servers={s.address: s for s in state.servers(only=changed)},
-                verdicts={a: _latest(state.verdict_history(a)) for a in changed},
-                lists=loaded, trusted=config.servers.trusted,
-                trusted_from=config.path or "the configuration")
-            out = status_update(known, partial, changed)
+            out = status_update(known, _take(config, state, loaded, changed), changed)
             if state.writable:
                 state.save_status_memo((key, verdicts, newest, count), out, changed)
             return out
