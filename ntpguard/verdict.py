@@ -67,6 +67,8 @@ RIVAL_ODDS = 0.5
 # A server followed by scans at two or more of its contacts is clean only if a harvester at
 # the common rate would have been followed by so few at most this often (see _shortfall).
 CLEAN_TAIL = 0.001
+# The most likely servers _claimed weighs one unlikely server against (2^(n+1) sets of them).
+MAX_CLAIMANTS = 4
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,72 @@ def _pair(s: str, r: str, p: Mapping[str, float], h_s: Mapping[str, float],
     es, er, eb = (math.exp(w - top) for w in (w_s, w_r, w_both))
     z = es + er + eb  # given that one of them harvests (a likely server's pair)
     return (es + eb) / z, (er + eb) / z
+
+
+def _claimed(p: dict[str, float], h_s: Mapping[str, float], h: float,
+             cands: Sequence[Sequence[_Candidate]],
+             cands_of: Mapping[str, Sequence[tuple[int, int]]], gs: Sequence[Sequence[float]],
+             g_shared: Callable[[int, int], float], lam: Sequence[float],
+             pairs_of: Mapping[str, Sequence[int]], coverage: Sequence[float],
+             server_of: Sequence[str], prior_logit: float, likely: float) -> set[str]:
+    """Raise, in place, an unlikely server whose scans likely servers have split between them,
+    when together the log says it is at least as likely the one. Returns the servers that are
+    suspects on that account.
+
+    The converse of _rivals: there a likely server is weighed against one unlikely server
+    that shares two of its scans; here the unlikely server r was in the groups of two or more
+    scans, each claimed by a different likely server whose whole case is among r's scans. The
+    mean field updates the servers one at a time, so once each claimant holds one scan, r's
+    gain at either is nothing (the other claimant explains it), and _pair, which holds the
+    other claimant fixed, agrees (0.92 for a claimant, 0.09 for r, on a sparse log where the
+    exact posterior favours r ~20:1: one harvester, prior 0.05, against two). So r and its
+    claimants (at most MAX_CLAIMANTS) are weighed jointly over every set of them that may
+    harvest, each at the common rate h, everything else as fitted, on the Poisson form of the
+    likelihood: log(1 + h * sum g / rest) per scan, less h for each covered contact. When r
+    is at least RIVAL_ODDS as likely as the likeliest claimant, the log cannot tell them
+    apart, and all of them are suspects, none a harvester (as _rivals' twins), r with at most
+    the probability its claimants had. So this step names no harvester and clears none; it
+    keeps such a harvester from being unknown (not blocked). On 30 sparse logs it made 1 of
+    the 3 unknown harvesters a suspect; the other two had no likely server claiming their
+    scans (their evidence was spread over their groups).
+    """
+    tied: set[str] = set()
+    fitted = dict(p)  # every server weighed against the fit, not against this step's raises
+    for r in sorted(q for q, got in cands_of.items() if fitted[q] < likely and len(got) >= 2):
+        mine = {k for k, _ in cands_of[r]}
+        claimants = sorted({server_of[c.pair] for k in mine for c in cands[k]} - {r})
+        claimants = [c for c in claimants if fitted[c] >= likely
+                     and {k for k, _ in cands_of[c]} <= mine]
+        if not claimants or len(claimants) > MAX_CLAIMANTS:
+            continue
+        group = [r, *claimants]
+        rest: dict[int, float] = {}
+        g: dict[tuple[int, int], float] = {}  # (member, scan) → its g at that scan
+        for m, q in enumerate(group):
+            for k, ci in cands_of[q]:
+                rest[k] = rest.get(k, lam[k]) - fitted[q] * h_s[q] * gs[k][ci]
+                g[(m, k)] = g_shared(k, ci)
+        covered = [sum(coverage[i] for i in pairs_of.get(q, ())) for q in group]
+        weight = [0.0] * len(group)
+        total = 0.0
+        values = []
+        for mask in range(1 << len(group)):
+            members = [m for m in range(len(group)) if mask >> m & 1]
+            v = len(members) * prior_logit - h * sum(covered[m] for m in members) + sum(
+                math.log1p(h * sum(g.get((m, k), 0.0) for m in members) / max(rest_k, 1e-300))
+                for k, rest_k in rest.items())
+            values.append((members, v))
+        top = max(v for _, v in values)
+        for members, v in values:
+            e = math.exp(v - top)
+            total += e
+            for m in members:
+                weight[m] += e
+        share = [w / total for w in weight]
+        if share[0] >= RIVAL_ODDS * max(share[1:]):
+            tied.update(group)
+            p[r] = max(p[r], min(share[0], max(fitted[c] for c in claimants)))
+    return tied
 
 
 def _shortfall(k: int, n: int, h: float) -> float:
@@ -687,6 +755,8 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
             [srv for _, srv in keys], prior_logit, settings.suspect_probability)
     lam = [background[k] + sum(p[keys[c.pair][1]] * h_s[keys[c.pair][1]] * g
                                for c, g in zip(row, gs[k])) for k, row in enumerate(cands)]
+    claimed = _claimed(p, h_s, h, cands, cands_of, gs, g_shared, lam, pairs_of, coverage,
+                       [srv for _, srv in keys], prior_logit, settings.suspect_probability)
     sure = [background[k] + sum(
         p[keys[c.pair][1]] * h_s[keys[c.pair][1]] * g for c, g in zip(row, gs[k])
         if p[keys[c.pair][1]] >= settings.harvester_probability) for k, row in enumerate(cands)]
@@ -707,11 +777,11 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
             for i in pairs_of[srv]))
         prob = p[srv]
         if prob >= settings.harvester_probability and positive[srv] >= \
-                settings.harvester_min_positive and _shared_odds(
+                settings.harvester_min_positive and srv not in claimed and _shared_odds(
                     srv, p, h_s, cands, cands_of, gs, g_shared, lam, pairs_of, coverage,
                     prior_logit) >= settings.suspect_probability:
             status = Status.HARVESTER
-        elif prob >= settings.suspect_probability or srv in tied:
+        elif prob >= settings.suspect_probability or srv in tied or srv in claimed:
             status = Status.SUSPECT
         elif (negative >= settings.clean_min_negative and prob <= settings.clean_probability
               and at_common <= settings.clean_probability

@@ -489,6 +489,29 @@ def test_attribution_scenarios(tmp_path, name, seeds, rotation):
     assert eligible > 0 and named >= 0.85 * eligible
 
 
+@pytest.mark.scenarios
+def test_a_harvester_whose_scans_others_split_is_a_suspect(tmp_path):
+    """Sparse, seed 23: the one harvester was met in both scanned groups, and a clean server
+    in each group claimed one of its scans (the mean field's fixed point), leaving it unknown,
+    so not blocked. Weighed jointly against them it is at least a suspect; no clean server
+    becomes a harvester for it."""
+    import dataclasses
+
+    from ntpguard.evidence import detect_sources
+    from ntpguard.verdict import attribute
+
+    sc = dataclasses.replace(ATTRIBUTION["sparse"], rotation="burst")
+    truth = Truth()
+    log = tmp_path / "sparse.log"
+    log.write_text("\n".join(generate(sc, 23, truth)) + "\n")
+    scans, contacts = detect_sources([str(log)], Detect(), workers=1)
+    verdicts, _ = attribute(contacts.runs, scans, contacts.end, Detect())
+    (harvester,) = truth.harvesters
+    assert truth.scans_by[harvester] == 2
+    assert verdicts[harvester].status in ("harvester", "suspect")
+    assert {s for s, v in verdicts.items() if v.status == "harvester"} <= truth.harvesters
+
+
 def _tapped_read(lines: list[bytes], st: Detect, tap: bool, native: bool = True,
                  count: tuple[float, float] = (-math.inf, math.inf), size: int = 37,
                  ref: float = 1_760_500_000.0, give: bool = True
