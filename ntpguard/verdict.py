@@ -167,6 +167,14 @@ def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-_clamp(x, -50, 50)))
 
 
+def _rate_values(plain: int, terms: Iterable[tuple[float, float]]) -> list[float]:
+    """A server's log likelihood ratio at each rate of GRID: `plain` contacts the log covered
+    with no scan after them, and (G, x) for each of the others (see the module docstring)."""
+    terms = list(terms)
+    return [plain * math.log(1 - hv) + sum(
+        math.log(max(1 - hv * g + hv * xv, 1e-300)) for g, xv in terms) for hv in GRID]
+
+
 def _marginal(values: Sequence[float]) -> float:
     """The log of the mean of exp(values): log likelihood ratios at each rate of GRID → that
     of the server whose rate is any of them, equally likely."""
@@ -290,8 +298,7 @@ def _pair(s: str, r: str, p: Mapping[str, float], h_s: Mapping[str, float],
 
     def best(q: str) -> tuple[float, float, float]:
         """The value at q's best rate, that rate, and the mean over the rates (_marginal)."""
-        plain, out = terms(q, set())
-        values = [value(hv, plain, out) for hv in GRID]
+        values = _rate_values(*terms(q, set()))
         top = max(values)
         return top, GRID[values.index(top)], _marginal(values)
 
@@ -444,8 +451,7 @@ def _shared_odds(srv: str, p: Mapping[str, float], h_s: Mapping[str, float],
     for k, ci in cands_of.get(srv, ()):
         own = p[srv] * h_s[srv] * gs[k][ci]
         x[cands[k][ci].pair] += g_shared(k, ci) / max(lam[k] - own, 1e-300)
-    values = [sum(math.log(max(1 - hv * coverage[i] + hv * x.get(i, 0.0), 1e-300))
-                  for i in pairs_of.get(srv, ())) for hv in GRID]
+    values = _rate_values(0, ((coverage[i], x.get(i, 0.0)) for i in pairs_of.get(srv, ())))
     return _sigmoid(prior_logit + _marginal(values))
 
 
@@ -650,8 +656,7 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
                     terms.append((coverage[i], x.get(i, 0.0)))
                 else:
                     plain += 1
-            values = [plain * math.log(1 - hv) + sum(
-                math.log(max(1 - hv * g + hv * xv, 1e-300)) for g, xv in terms) for hv in GRID]
+            values = _rate_values(plain, terms)
             arg = GRID[values.index(max(values))]
             new = _sigmoid(prior_logit + _marginal(values))
             change = max(change, abs(new - p[srv]))
@@ -753,13 +758,15 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         return g
     tied = _rivals(p, h_s, cands, cands_of, gs, g_shared, background, pairs_of, with_scan, coverage,
             [srv for _, srv in keys], prior_logit, settings.suspect_probability)
-    lam = [background[k] + sum(p[keys[c.pair][1]] * h_s[keys[c.pair][1]] * g
-                               for c, g in zip(row, gs[k])) for k, row in enumerate(cands)]
+    def intensities(least: float) -> list[float]:
+        """Each scan's intensity from the background and the servers at least `least` likely."""
+        return [background[k] + sum(
+            p[keys[c.pair][1]] * h_s[keys[c.pair][1]] * g for c, g in zip(row, gs[k])
+            if p[keys[c.pair][1]] >= least) for k, row in enumerate(cands)]
+    lam = intensities(0.0)
     claimed = _claimed(p, h_s, h, cands, cands_of, gs, g_shared, lam, pairs_of, coverage,
                        [srv for _, srv in keys], prior_logit, settings.suspect_probability)
-    sure = [background[k] + sum(
-        p[keys[c.pair][1]] * h_s[keys[c.pair][1]] * g for c, g in zip(row, gs[k])
-        if p[keys[c.pair][1]] >= settings.harvester_probability) for k, row in enumerate(cands)]
+    sure = intensities(settings.harvester_probability)
     verdicts = {}
     for srv in servers:
         negative = sum(1 for i in pairs_of[srv] if i not in with_scan and coverage[i] >= 0.5)
