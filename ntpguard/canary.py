@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Optional, Sequence
 
 from ntpguard import backends, commands, hostinfo
 from ntpguard.addr import address_int, nonglobal_reason_int
@@ -83,11 +83,11 @@ class Change:
 
 
 def exempt(server: str, host_prefixes: Iterable[ipaddress.IPv6Network],
-           trusted: Iterable[str] = ()) -> bool:
+           trusted: Collection[str] = ()) -> bool:
     """Destinations that keep the host's normal source: not a public server (link-local, ULA,
     multicast...), on-link (one of the host's own prefixes), an admin's trusted server."""
     family, value = address_int(server)
-    if family != 6 or server in set(trusted):
+    if family != 6 or server in trusted:
         return True
     if nonglobal_reason_int(6, value) in ("unspecified", "loopback", "link-local", "multicast",
                                           "unique local (ULA)", "IPv4-mapped"):
@@ -286,7 +286,7 @@ def maintain(config: Config, state: State, statuses: Mapping[str, ServerStatus],
     retire those still in the state so the firewall falls back to the host's own addresses.
     Addresses are added before the state records them: a crash leaves at most an address
     that expires by itself, never a map entry pointing at no address."""
-    current = state.canaries()
+    current = state.canaries(live_at=now)
     reason = why_not(config)
     target: Optional[Target] = None
     if reason is None:
@@ -302,7 +302,7 @@ def maintain(config: Config, state: State, statuses: Mapping[str, ServerStatus],
             state.save_canaries(Change(retire=retire))
         return Report(False, reason or "no target", retired=len(retire))
     already = {v.address: v for v in state.verdict_history(source=str(CANARY))}  # newest last
-    verdicts, scanned = convictions(state.scans(), current, already)
+    verdicts, scanned = convictions(state.scans(), state.scanned_canaries(), already)
     marked = {c.address: c for c in scanned}
     current = [marked.get(c.address, c) for c in current]
     host = hostinfo.gather()
@@ -333,7 +333,7 @@ def remove_all(state: State, now: float) -> int:
     """Take every live canary off its interface (`rules remove`): with the rules gone nothing
     rewrites NTP to them any more. The state keeps them as expired (a canary's address stays
     one: evidence from it is never mistaken for a real address's). Returns how many."""
-    current = [c for c in state.canaries() if c.expires > now]
+    current = state.canaries(live_at=now)
     for c in current:
         remove_address(c)
     state.save_canaries(Change(retire=tuple(replace(c, retired=c.retired or now, expires=now)

@@ -221,7 +221,7 @@ def readd_canaries(config: Config, state_dir: str, plan: Plan) -> Plan:
                for info in link.get("addr_info", [])}
     now = time.time()
     with State.open(state_dir, lock=False) as state:
-        missing = [c for c in state.canaries() if c.expires > now and c.address not in present]
+        missing = [c for c in state.canaries(live_at=now) if c.address not in present]
     canary.add_addresses(missing, now)
     if missing:
         log.info("canaries: %d addresses put back", len(missing))

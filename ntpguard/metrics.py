@@ -155,7 +155,7 @@ def gather(config: Any, state: Any, report: Any, started: float, finished: float
     from ntpguard import lists as lists_mod
 
     counts = state.counts()
-    held = state.canaries()
+    held = state.canaries(live_at=finished)
     last = state.last_ok_run("sync")
     if not report.failed:
         last = {"finished": finished}
@@ -163,8 +163,8 @@ def gather(config: Any, state: Any, report: Any, started: float, finished: float
     facts = Facts(
         servers={k: v for k, v in report.servers.items() if k != "known"},
         scans=counts["scans"], canary_convictions=counts["canary_convictions"],
-        canaries=sum(1 for c in held if c.expires > finished),
-        canaries_scanned=sum(1 for c in held if c.expires > finished and c.scanned),
+        canaries=len(held),
+        canaries_scanned=sum(1 for c in held if c.scanned),
         sync_started=started, sync_seconds=max(0.0, finished - started),
         last_success=last["finished"] if last else None,
         steps={s.name: not s.ok for s in report.steps},

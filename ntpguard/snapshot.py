@@ -170,8 +170,8 @@ def firewall_plan(config: Config, state: State, force: bool = False,
     canary_part = None
     if canary.why_not(config) is None:
         usable = [a for a, s in status.items() if s.usable]
-        mapping, spare, live = canary.in_force(state.canaries(), usable,
-                                               time.time() if now is None else now)
+        at = time.time() if now is None else now
+        mapping, spare, live = canary.in_force(state.canaries(live_at=at), usable, at)
         if spare is not None:
             trusted = config.servers.trusted if config.canary.exempt_trusted else ()
             canary_part = canaries(mapping, spare, live, host, trusted)

@@ -332,7 +332,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         at = now()
         inputs.remember(state_dir, found, config.rules.backend, result, plan,
                         config.sync.force_rules, bool(notes),
-                        canary.next_change(state.canaries(), at, config.canary), at)
+                        canary.next_change(state.canaries(live_at=at), at, config.canary), at)
         step.message = "; ".join([*notes, result.describe()])
         step.data["action"] = result.action
 

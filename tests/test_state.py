@@ -407,3 +407,24 @@ def test_scans_read_again_whenever_the_tables_changed(state_dir):
         assert len(st.scans()) == 2 and reads == []
         st.conn.execute("UPDATE detect_scans SET ports = 51")
         assert [s.ports for s in st.scans()] == [51, 51] and reads == [1]
+
+
+def test_the_rules_read_live_canaries_and_scanned_ones_only(state_dir):
+    """A year of rotations keeps ~100k canary rows; the rules read those the kernel still
+    holds, and the convictions those a recorded scan reached, however old."""
+    from ntpguard.canary import Canary, Change
+    from ntpguard.detect import Contacts, Scan
+
+    old = Canary("2001:db8:5::1", "2001:db8::1", "eth0", 100.0, 200.0, retired=150.0)
+    gone = Canary("2001:db8:5::2", "2001:db8::2", "eth0", 100.0, 200.0)
+    live = Canary("2001:db8:5::3", "2001:db8::3", "eth0", 900.0, 2000.0)
+    spare = Canary("2001:db8:5::4", "", "eth0", 950.0, 1001.0)
+    with State.open(str(state_dir)) as st:
+        st.save_canaries(Change(add=(old, gone, live, spare)))
+        scan = Scan(400.0, 401.0, "2001:db8:5ca::/64", old.address, 100, 100, ("TCP",))
+        st.save_detection([], Contacts(), [scan], "k", 500.0)
+        assert [c.address for c in st.canaries()] == [old.address, gone.address,
+                                                       live.address, spare.address]
+        assert st.canaries(live_at=1000.0) == [live, spare]
+        assert st.canaries(live_at=1001.0) == [live]
+        assert st.scanned_canaries() == [old]

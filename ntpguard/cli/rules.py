@@ -78,7 +78,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         result = enforce.apply(ctx.state_dir, name, plan)
         now = time.time()
         inputs.remember(ctx.state_dir, found, name, result, plan, args.force, False,
-                        canary.next_change(state.canaries(), now, ctx.config.canary), now)
+                        canary.next_change(state.canaries(live_at=now), now,
+                                           ctx.config.canary), now)
         state.record_run("rules apply", started, now, True,
                          {**result.as_dict(), **plan.counts()})
     if args.json:
