@@ -42,7 +42,7 @@ import bisect
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Optional, Sequence
 
 from ntpguard.config import Detect
 from ntpguard.detect import Scan
@@ -758,15 +758,22 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         return g
     tied = _rivals(p, h_s, cands, cands_of, gs, g_shared, background, pairs_of, with_scan, coverage,
             [srv for _, srv in keys], prior_logit, settings.suspect_probability)
-    def intensities(least: float) -> list[float]:
-        """Each scan's intensity from the background and the servers at least `least` likely."""
+    def intensities(least: float, suspects: Collection[str] = ()) -> list[float]:
+        """Each scan's intensity from the background and the servers at least `least` likely,
+        but for `suspects`."""
         return [background[k] + sum(
-            p[keys[c.pair][1]] * h_s[keys[c.pair][1]] * g for c, g in zip(row, gs[k])
-            if p[keys[c.pair][1]] >= least) for k, row in enumerate(cands)]
+            p[srv] * h_s[srv] * g for c, g in zip(row, gs[k])
+            if p[srv := keys[c.pair][1]] >= least and srv not in suspects)
+            for k, row in enumerate(cands)]
     lam = intensities(0.0)
     claimed = _claimed(p, h_s, h, cands, cands_of, gs, g_shared, lam, pairs_of, coverage,
                        [srv for _, srv in keys], prior_logit, settings.suspect_probability)
-    sure = intensities(settings.harvester_probability)
+    # The servers that may explain another's scans away when that one's clean check asks:
+    # those likely enough to be called harvesters. A tied or claimed server is a suspect
+    # whatever its probability (the log cannot tell it from its rivals), so it explains
+    # nothing away.
+    undecided = tied | claimed
+    sure = intensities(settings.harvester_probability, undecided)
     verdicts = {}
     for srv in servers:
         negative = sum(1 for i in pairs_of[srv] if i not in with_scan and coverage[i] >= 0.5)
@@ -777,7 +784,8 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         x_sure: dict[int, float] = defaultdict(float)
         for k, ci in cands_of[srv]:
             g = gs[k][ci]
-            credited = p[srv] * h_s[srv] * g if p[srv] >= settings.harvester_probability else 0.0
+            credited = p[srv] * h_s[srv] * g if (p[srv] >= settings.harvester_probability
+                                                 and srv not in undecided) else 0.0
             x_sure[cands[k][ci].pair] += g / max(sure[k] - credited, 1e-300)
         at_common = _sigmoid(prior_logit + sum(
             math.log(max(1 - h * coverage[i] + h * x_sure.get(i, 0.0), 1e-300))
