@@ -108,6 +108,8 @@ def _record_types(values: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class General:
+    """[general]: where the state lives and how long an external command may take."""
+
     state_dir: str = field(default=DEFAULT_STATE_DIR, metadata=_check(_absolute_path(False)))
     # Seconds any external command (nft, ipset, iptables-save/restore, ip, chronyc, systemctl)
     # may take before it is given up as hung; it runs under the state lock. A 100k-prefix nft
@@ -133,6 +135,8 @@ class Servers:
 
 @dataclass(frozen=True)
 class Pool:
+    """[pool]: the pool names to resolve and how (the known-server set comes from them)."""
+
     # Debian's default sources (/etc/ntpsec/ntp.conf, timesyncd FallbackNTP).
     names: tuple[str, ...] = field(
         default=(
@@ -185,6 +189,8 @@ def _log_group(value: int) -> int:
 
 @dataclass(frozen=True)
 class Rules:
+    """[rules]: what the firewall does: host or gateway, unknown servers, logging, backend."""
+
     # host: this machine's own NTP and inbound traffic (OUTPUT/INPUT); gateway: also FORWARD,
     # protecting a LAN routed through this box.
     mode: str = field(default="host", metadata=_check(_one_of("host", "gateway")))
@@ -264,6 +270,8 @@ def _unique_subscriptions(values: tuple[Subscription, ...]) -> tuple[Subscriptio
 
 @dataclass(frozen=True)
 class Lists:
+    """[lists]: the shipped lists, the limits of imported ones, the subscriptions to fetch."""
+
     # The 2016 harvesters and scanner prefix shipped in rules/ (harvesters.txt, scanners.txt).
     builtin: bool = True
     builtin_trust: str = field(default="enforce", metadata=_check(_one_of("enforce", "report")))
@@ -280,6 +288,8 @@ class Lists:
 
 @dataclass(frozen=True)
 class Timeconf:
+    """[timeconf]: the time daemon's drop-in that names the usable servers."""
+
     # auto: detect the daemon in use; none: never write.
     daemon: str = field(default="auto", metadata=_check(
         _one_of("auto", "chrony", "timesyncd", "ntpsec", "ntp", "openntpd", "none")))
@@ -547,6 +557,8 @@ class Metrics:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration: one section each, and the file it was read from."""
+
     path: Optional[str] = None
     general: General = field(default_factory=General)
     servers: Servers = field(default_factory=Servers)

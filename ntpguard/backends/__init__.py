@@ -12,7 +12,6 @@ and one line in `REGISTRY`.
 from __future__ import annotations
 
 import importlib
-import shutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Protocol
 
@@ -106,6 +105,8 @@ class Backend(Protocol):
 
 def iptables_is_legacy() -> bool:
     """True where `iptables` is the legacy x_tables variant, the only one python-iptables drives."""
+    import shutil  # here: with bz2 and lzma ~3 ms of every rules apply that has nothing to do
+
     if not shutil.which("iptables"):
         return False
     try:
