@@ -226,7 +226,7 @@ MIGRATIONS: list[Migration] = [
     );
     """,
     # 11: the canaries the kernel still holds, found without reading their history (a rules
-    # apply reads ~280 of ~100k rows a year keeps).
+    # apply reads ~280 of the ~25k rows 90 days of retention keep).
     "CREATE INDEX canaries_by_expiry ON canaries (expires)",
 ]
 
@@ -816,7 +816,8 @@ class State:
         holds, and expired ones (history: an address that was a canary is never mistaken for
         a real one). With `live_at`, only those the kernel still holds then (expires later):
         what the rules need. The history grows by ~280 rows a day (256 servers' daily
-        rotation and the hourly spare), ~100k a year; a rules apply reads ~280."""
+        rotation and the hourly spare), ~25k in the default 90 days of retention; a rules
+        apply reads ~280 of them."""
         if live_at is not None:
             # Read once per change of the table, and filtered for a later `live_at` (an apply
             # asks three times: the canaries' upkeep, the plan, when the plan will change).
