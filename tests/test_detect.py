@@ -462,7 +462,10 @@ def test_the_sieve_changes_no_result(tmp_path, name):
     # Unrelated scans of addresses in use: a clean server's own lags, fitted to a few of them
     # that came at one lag after it, made it a harvester until a harvester had to be a
     # suspect under the shared lags too.
-    ("journal-active", [0], "burst")])
+    ("journal-active", [0], "burst"),
+    # A clean server that fitted only at a harvest rate far from the harvesters' common one
+    # was called harvester while every rate was as likely beforehand.
+    ("journal-active", [2], "burst")])
 def test_attribution_scenarios(tmp_path, name, seeds, rotation):
     """The issue's scenarios (benchmarks/attribution.py runs 10 seeds of each): no clean
     server called harvester, no harvester that triggered two scans called clean, and nearly
