@@ -783,10 +783,15 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
     def intensities(least: float, suspects: Collection[str] = ()) -> list[float]:
         """Each scan's intensity from the background and the servers at least `least` likely,
         but for `suspects`."""
-        return [background[k] + sum(
-            p[srv] * h_s[srv] * g for c, g in zip(row, gs[k])
-            if p[srv := keys[c.pair][1]] >= least and srv not in suspects)
-            for k, row in enumerate(cands)]
+        out = []
+        for k, row in enumerate(cands):
+            total = 0.0
+            for c, g in zip(row, gs[k]):
+                srv = keys[c.pair][1]
+                if p[srv] >= least and srv not in suspects:
+                    total += p[srv] * h_s[srv] * g
+            out.append(background[k] + total)
+        return out
     lam = intensities(0.0)
     claimed = _claimed(p, h_s, h, cands, cands_of, gs, g_shared, lam, pairs_of, coverage,
                        [srv for _, srv in keys], prior_logit, settings.suspect_probability)
