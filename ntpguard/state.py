@@ -825,8 +825,8 @@ class State:
                 return live_at, self._read_canaries(" WHERE expires > ?", (live_at,))
 
             read_at, rows = self._read_once("live canaries", ("canaries",), live)
-            if read_at > live_at:
-                read_at, rows = live()
+            if read_at > live_at:  # asked for an earlier time than was read: read it
+                rows = live()[1]
             return [c for c in rows if c.expires > live_at]
         return list(self._read_once("canaries", ("canaries",), self._read_canaries))
 

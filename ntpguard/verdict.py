@@ -43,7 +43,7 @@ import bisect
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from ntpguard.config import Detect
 from ntpguard.detect import Scan
@@ -780,27 +780,27 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         return g
     tied = _rivals(p, h_s, cands, cands_of, gs, g_shared, background, pairs_of, with_scan, coverage,
             [srv for _, srv in keys], prior_logit, rate_prior, settings.suspect_probability)
-    def intensities(least: float, suspects: Collection[str] = ()) -> list[float]:
-        """Each scan's intensity from the background and the servers at least `least` likely,
-        but for `suspects`."""
+    def intensities(counted: Callable[[str], bool]) -> list[float]:
+        """Each scan's intensity from the background and the servers `counted` says."""
         out = []
         for k, row in enumerate(cands):
             total = 0.0
             for c, g in zip(row, gs[k]):
                 srv = keys[c.pair][1]
-                if p[srv] >= least and srv not in suspects:
+                if counted(srv):
                     total += p[srv] * h_s[srv] * g
             out.append(background[k] + total)
         return out
-    lam = intensities(0.0)
+    lam = intensities(lambda srv: True)
     claimed = _claimed(p, h_s, h, cands, cands_of, gs, g_shared, lam, pairs_of, coverage,
                        [srv for _, srv in keys], prior_logit, settings.suspect_probability)
     # The servers that may explain another's scans away when that one's clean check asks:
     # those likely enough to be called harvesters. A tied or claimed server is a suspect
     # whatever its probability (the log cannot tell it from its rivals), so it explains
     # nothing away.
-    undecided = tied | claimed
-    sure = intensities(settings.harvester_probability, undecided)
+    explaining = {srv for srv in servers
+                  if p[srv] >= settings.harvester_probability} - tied - claimed
+    sure = intensities(explaining.__contains__)
     verdicts = {}
     for srv in servers:
         negative = sum(1 for i in pairs_of[srv] if i not in with_scan and coverage[i] >= 0.5)
@@ -811,8 +811,7 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         x_sure: dict[int, float] = defaultdict(float)
         for k, ci in cands_of[srv]:
             g = gs[k][ci]
-            credited = p[srv] * h_s[srv] * g if (p[srv] >= settings.harvester_probability
-                                                 and srv not in undecided) else 0.0
+            credited = p[srv] * h_s[srv] * g if srv in explaining else 0.0
             x_sure[cands[k][ci].pair] += g / max(sure[k] - credited, 1e-300)
         at_common = _sigmoid(prior_logit + sum(
             math.log(max(1 - h * coverage[i] + h * x_sure.get(i, 0.0), 1e-300))

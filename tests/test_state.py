@@ -410,7 +410,7 @@ def test_scans_read_again_whenever_the_tables_changed(state_dir):
 
 
 def test_the_rules_read_live_canaries_and_scanned_ones_only(state_dir):
-    """A year of rotations keeps ~100k canary rows; the rules read those the kernel still
+    """90 days of rotations keep ~25k canary rows; the rules read those the kernel still
     holds, and the convictions those a recorded scan reached, however old."""
     from ntpguard.canary import Canary, Change
     from ntpguard.detect import Contacts, Scan
