@@ -1,5 +1,3 @@
-import sys
+from ntpguard.cli import command
 
-from ntpguard.cli import main
-
-sys.exit(main())
+command()

@@ -302,7 +302,9 @@ def maintain(config: Config, state: State, statuses: Mapping[str, ServerStatus],
             state.save_canaries(Change(retire=retire))
         return Report(False, reason or "no target", retired=len(retire))
     already = {v.address: v for v in state.verdict_history(source=str(CANARY))}  # newest last
-    verdicts, scanned = convictions(state.scans(), state.scanned_canaries(), already)
+    reached = state.scanned_canaries()
+    verdicts, scanned = convictions(state.scans(of=[c.address for c in reached]), reached,
+                                    already)
     marked = {c.address: c for c in scanned}
     current = [marked.get(c.address, c) for c in current]
     host = hostinfo.gather()

@@ -164,7 +164,7 @@ def firewall_plan(config: Config, state: State, force: bool = False,
     host = hostinfo.gather() if host is None else host
     listed_scanners, listed_harvesters = list_prefixes(loaded)
     blocked = {a for a, s in status.items() if s.status.blocked}
-    scanners = scanner_prefixes(state.scans(), blocked, host)
+    scanners = scanner_prefixes(state.scans(triggered_by=blocked), blocked, host)
     rules = config.rules if unknown is None else dataclasses.replace(config.rules,
                                                                      unknown=unknown)
     canary_part = None

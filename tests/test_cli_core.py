@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import lock_held
+from conftest import cli_env, lock_held
 
 from ntpguard.cli import COMMANDS
 
@@ -133,3 +136,33 @@ def test_every_reporting_command_speaks_json(run_cli, tmp_path, args):
     out = run_cli(*args, "--json", config=cfg)
     assert out.returncode == 0, out.stderr
     json.loads(out.stdout)
+
+
+def test_the_program_exits_with_all_its_output_and_quietly_into_a_closed_pipe(
+        run_cli, tmp_path, state_dir):
+    """The program leaves without Python's teardown (ntpguard.cli.command): what it printed
+    must still all arrive (a pipe is block-buffered: the last buffer would be lost unflushed),
+    and a reader that stops early gets no BrokenPipeError noise and exit 0."""
+    listed = [f"2400:{k:x}::/32" for k in range(20_000)]
+    (tmp_path / "big.txt").write_text("\n".join(listed) + "\n")
+    out = run_cli("list", "import", tmp_path / "big.txt", "--name", "big", "--kind", "scanner")
+    assert out.returncode == 0, out.stderr
+    env = cli_env(tmp_path, state_dir)
+    env.pop("PYTHONUNBUFFERED", None)  # buffered, as a timer's or a script's pipe is
+    dry_run = [sys.executable, "-m", "ntpguard", "rules", "apply", "--dry-run", "--force",
+               "--backend", "nft"]
+    out = subprocess.run([*dry_run, "--json"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    # print() writes the object, then its newline: that last byte waits in the buffer.
+    assert out.stdout.endswith("}\n")
+    printed = set(json.loads(out.stdout)["ruleset"].replace(",", " ").split())
+    assert {str(ipaddress.ip_network(p).network_address) for p in listed} <= printed
+    with subprocess.Popen(dry_run, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=env) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith(b"# ")
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0
+    assert err == b""

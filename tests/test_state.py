@@ -428,3 +428,36 @@ def test_the_rules_read_live_canaries_and_scanned_ones_only(state_dir):
         assert st.canaries(live_at=1000.0) == [live, spare]
         assert st.canaries(live_at=1001.0) == [live]
         assert st.scanned_canaries() == [old]
+
+
+def test_the_scans_of_some_addresses_or_servers_are_those_of_the_whole_read(state_dir):
+    """The rules read the scans of the scanned canaries and the scans the blocked servers
+    triggered in SQL; they must be exactly the ones the whole read holds, triggers and all
+    (a scan with several triggers is taken whole when one of them is the server's)."""
+    import random
+
+    from ntpguard.detect import Contacts, Scan, Trigger
+
+    rng = random.Random(3)
+    servers = [f"2001:db8:1::{k:x}" for k in range(1, 9)]
+    dsts = [f"2001:db8:2::{k:x}" for k in range(1, 7)]
+    scans = []
+    for k in range(60):
+        start = 1000.0 + 37 * k + rng.random()
+        triggers = tuple(sorted(
+            (Trigger(s, "UDP", 123, 123, start - lag, lag)
+             for s, lag in zip(rng.sample(servers, rng.randrange(0, 4)), (3.0, 9.5, 40.0))),
+            key=lambda t: t.time))
+        scans.append(Scan(start, start + 2, f"2a00:{k % 5:x}::/64", rng.choice(dsts), 100, 100,
+                          ("TCP",), triggers))
+    with State.open(str(state_dir)) as st:
+        st.save_detection([], Contacts(), scans, "k", 5000.0)
+        whole = st.scans()
+        assert len(whole) == 60
+        for picked in ([], servers[:1], servers[2:5], servers, ["2001:db8:9::9"]):
+            want = [s for s in whole if any(t.server in picked for t in s.triggers)]
+            assert st.scans(triggered_by=picked) == want
+            assert st.scans(triggered_by=set(picked)) == want
+        for picked in ([], dsts[:1], dsts[1:4], ["2001:db8:9::9"]):
+            assert st.scans(of=picked) == [s for s in whole if s.dst in picked]
+        assert st.scans() == whole  # the whole read is not changed by the filtered ones

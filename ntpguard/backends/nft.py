@@ -16,10 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
-import random
-import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Union
@@ -217,6 +214,15 @@ def rules_for(plan: Plan) -> Rendered:
 BIG_TRANSACTION = 1 << 20
 
 
+def _nft_command() -> bool:
+    """Whether the nft command is on the PATH. shutil is imported here: with bz2 and lzma it
+    is ~2 ms of every apply, and only an apply without libnftables or with a transaction too
+    big for it asks."""
+    import shutil
+
+    return shutil.which("nft") is not None
+
+
 class Nft:
     """libnftables through Debian's python3-nftables where importable, else `nft -f FILE`.
 
@@ -238,7 +244,7 @@ class Nft:
             lib.set_json_output(False)
             self._lib = lib
         except (ImportError, OSError):
-            if not shutil.which("nft"):
+            if not _nft_command():
                 raise FirewallError(
                     "nftables is not available (neither python3-nftables nor the nft command)"
                 ) from None
@@ -255,7 +261,7 @@ class Nft:
         in this process came on top of its own ~40 MiB (83 MiB peak for the first apply of a
         100k list); in a child of its own the peak of the whole run is the larger of the two.
         """
-        big = not reading and len(text) > BIG_TRANSACTION and shutil.which("nft") is not None
+        big = not reading and len(text) > BIG_TRANSACTION and _nft_command()
         if self._lib is not None and not big:
             self._lib.set_json_output(json_out)
             try:
@@ -286,6 +292,8 @@ class Nft:
         opens as /proc/self/fd/N, so nobody else can read the ruleset and nothing is left on
         disk, not even when ntpguard is killed while nft runs.
         """
+        import tempfile  # here: with shutil and random ~2.5 ms of every apply that needs no file
+
         with tempfile.TemporaryFile(prefix="ntpguard-nft-") as fh:
             fh.write(text.encode("utf-8"))
             fh.flush()
@@ -381,8 +389,8 @@ def _save_cache(path: Optional[str], token: int, genid: Optional[int],
 
 def _new_token(old: Optional[int]) -> int:
     while True:
-        token = random.SystemRandom().randrange(1, 2**32)
-        if token != old:
+        token = int.from_bytes(os.urandom(4), "big")
+        if token not in (0, old):  # 1 .. 2**32-1, a new one
             return token
 
 
@@ -451,7 +459,7 @@ class NftBackend:
         try:
             import nftables  # noqa: F401 - Debian's python3-nftables
         except (ImportError, OSError):
-            return shutil.which("nft") is not None
+            return _nft_command()
         return True
 
     @staticmethod

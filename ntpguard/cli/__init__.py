@@ -9,13 +9,14 @@ too (the traceback only with -v), never a traceback for bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from ntpguard import __version__, commands, config
 from ntpguard.cli._progress import Line
@@ -150,6 +151,23 @@ def _global_options(parser: argparse.ArgumentParser, text: Any, flag: Any, count
                         help="wait for the state lock instead of failing")
     parser.add_argument("-v", "--verbose", action="count", default=count,
                         help="more detail on stderr (-v -v: debugging, with tracebacks)")
+
+
+def command() -> NoReturn:
+    """The `ntpguard` program (`python3 -m ntpguard` and the installed script): main(), then
+    the exit of a process with nothing left to clean up. Python's own exit tears every module
+    and object down one by one and frees the libnftables context, which then holds the sets
+    it fetched for the transaction: 17-23 ms of a ~0.2 s `rules apply` after one change,
+    measured; the kernel takes the whole process back at once. What a command writes is
+    closed before main() returns (files by `with`, the state database by its context
+    manager, a worker pool by its own); only the output streams are left to flush."""
+    code = main()
+    logging.shutdown()  # flushes the stderr handler, as Python's exit would
+    for stream in (sys.stdout, sys.stderr):
+        # A reader that went away (`ntpguard status | head -1`) or a closed stream: as main().
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
