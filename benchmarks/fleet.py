@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from ntpguard import config
-from ntpguard.detect import Scan, Trigger
+from ntpguard.facts import Scan, Trigger
 from ntpguard.verdict import attribute
 
 T0 = 1_760_000_000.0

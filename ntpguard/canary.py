@@ -33,7 +33,7 @@ from ntpguard.fresh import ProbeError, Target, find_target, fresh_address
 from ntpguard.status import ServerStatus, Source, Status, Verdict
 
 if TYPE_CHECKING:
-    from ntpguard.detect import Scan
+    from ntpguard.facts import Scan
     from ntpguard.state import State
 
 SPARE = ""  # the server of the spare canary

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ntpguard.config import HOST_NAME, Detect
-from ntpguard.detect import Contacts, Scan
 from ntpguard.errors import NtpguardError
 from ntpguard.evidence import detect_sources
+from ntpguard.facts import Contacts, Scan
 from ntpguard.logs import ReadStats
 from ntpguard.logs.sources import Position
 

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 from ntpguard import files
 from ntpguard.config import Detect
-from ntpguard.detect import Contacts, Detector, Scan, detect_blocks, sieve_for
+from ntpguard.detect import Detector, detect_blocks, sieve_for
 from ntpguard.errors import UnsafePathError
+from ntpguard.facts import Contacts, Scan
 from ntpguard.logs import Logged, ReadStats
 from ntpguard.logs.parse import LineParser
 from ntpguard.logs.read import read_blocks

@@ -33,7 +33,7 @@ from ntpguard.status import ServerStatus
 
 if TYPE_CHECKING:
     from ntpguard.config import Rules
-    from ntpguard.detect import Scan
+    from ntpguard.facts import Scan
 # `ntpguard probe` marks its packets (SO_MARK, "ntpg"): they may reach a blocked server, since
 # confirming a suspect means sending it one packet. Setting a mark needs CAP_NET_ADMIN.
 PROBE_MARK = 0x6E747067

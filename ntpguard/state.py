@@ -16,14 +16,16 @@ import sqlite3
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 from ntpguard import files, revision
 from ntpguard.canary import Canary, Change
-from ntpguard.detect import Contacts, Scan, Trigger
 from ntpguard.errors import LockBusy, StateError, UnsafePathError
-from ntpguard.logs.sources import Position
+from ntpguard.facts import Contacts, Scan, Trigger
 from ntpguard.status import ServerStatus, Source, Status, Verdict
+
+if TYPE_CHECKING:  # the log readers: imported where a read position is made (positions)
+    from ntpguard.logs.sources import Position
 
 DB_NAME = "state.db"
 LOCK_NAME = "lock"
@@ -744,6 +746,8 @@ class State:
 
     def positions(self) -> dict[str, Position]:
         """How far each log source was read (file inode and offset, journal cursor)."""
+        from ntpguard.logs.sources import Position
+
         return {src: Position(src, ino, off, cur) for src, ino, off, cur in self.conn.execute(
             "SELECT source, inode, offset, cursor FROM detect_positions")}
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from ntpguard.config import Detect
-from ntpguard.detect import Scan
+from ntpguard.facts import Scan
 from ntpguard.status import Status
 
 # An unrelated scan of a probe address: it was never used for anything but one packet to one

@@ -12,7 +12,7 @@ from ntpguard import canary
 from ntpguard.backends import nft
 from ntpguard.config import Canary as Settings
 from ntpguard.config import Detect, Rules
-from ntpguard.detect import Scan
+from ntpguard.facts import Scan
 from ntpguard.plan import HostFacts, build, canaries
 from ntpguard.probe import Target
 from ntpguard.status import RANKS, ServerStatus, Status, Verdict

@@ -80,7 +80,7 @@ def test_attribution_sole_and_explaining_away():
     first = {}
     scans = []
     # Twelve addresses: H with two others is always followed by a scan; the others alone never.
-    from ntpguard.detect import Scan
+    from ntpguard.facts import Scan
     for i in range(12):
         a = f"2001:db8:a::{i + 1:x}"
         t0 = i * 10_000.0
@@ -105,7 +105,7 @@ def test_attribution_sole_and_explaining_away():
 def _twins(rival_negatives: int) -> dict:
     """H and T both in the groups of the only two scanned addresses (lags 30 and 29 s); T
     also in `rival_negatives` groups no scan followed; x, y, z only as noise."""
-    from ntpguard.detect import Scan
+    from ntpguard.facts import Scan
     runs, scans = {}, []
     for i in range(6):
         a = f"2001:db8:a::{i + 1:x}"
@@ -146,7 +146,7 @@ def test_attribution_scans_credited_elsewhere_forbid_clean():
     has 3 or fewer scans of 6 contacts 10% of the time, and S is unknown (it was clean: every
     scan explained by H read as evidence against it). T's 2 of 16 (1 in 10^8 at 0.8) and z,
     never scanned, stay clean."""
-    from ntpguard.detect import Scan
+    from ntpguard.facts import Scan
     runs, scans = {}, []
 
     def group(members: tuple[str, ...], scanned: bool) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from ntpguard import canary, config, hostinfo, inputs, lists, revision
 from ntpguard.canary import SPARE, Canary
-from ntpguard.detect import Contacts, Scan, Trigger
+from ntpguard.facts import Contacts, Scan, Trigger
 from ntpguard.logs.sources import Position
 from ntpguard.probe import Target
 from ntpguard.state import State

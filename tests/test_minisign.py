@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ntpguard import lists, minisign, publish
-from ntpguard.detect import Scan, Trigger
 from ntpguard.errors import UsageError
+from ntpguard.facts import Scan, Trigger
 from ntpguard.status import Verdict
 
 pytest.importorskip("cryptography")

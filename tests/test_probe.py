@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from ntpguard import config, fresh
 from ntpguard import probe as probing
 from ntpguard.config import Detect, Probe
-from ntpguard.detect import Scan
 from ntpguard.errors import UsageError
+from ntpguard.facts import Scan
 from ntpguard.state import State
 from ntpguard.status import ServerStatus, Status
 from ntpguard.verdict import Finding, attribute

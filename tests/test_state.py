@@ -214,7 +214,7 @@ def test_contact_runs_merge_and_a_reread_never_inflates_them(state_dir):
     """A contact is stored as a run (first, last, packets): a later read adds its packets,
     reading the same packets again (a lost position) does not; a probe contact (no run)
     reads back as one packet."""
-    from ntpguard.detect import Contacts
+    from ntpguard.facts import Contacts
 
     pair = ("2001:db8:a::1", "2001:db8:5::123")
     with State.open(str(state_dir), lock=True) as st:
@@ -231,7 +231,7 @@ def test_contact_runs_merge_and_a_reread_never_inflates_them(state_dir):
 def test_verdicts_are_weighed_again_only_when_the_evidence_changed(state_dir, monkeypatch):
     from ntpguard import evidence
     from ntpguard.config import Detect
-    from ntpguard.detect import Contacts, Scan, Trigger
+    from ntpguard.facts import Contacts, Scan, Trigger
 
     calls = []
     real = evidence.compute_verdicts
@@ -269,7 +269,7 @@ def test_verdicts_are_weighed_again_only_when_the_evidence_changed(state_dir, mo
 
 def test_a_canary_changes_the_evidence_key_only_where_it_met_evidence(state_dir):
     from ntpguard.canary import Canary, Change
-    from ntpguard.detect import Contacts
+    from ntpguard.facts import Contacts
 
     with State.open(str(state_dir)) as st:
         st.save_detection([], Contacts({("2001:db8:1::c1", "2001:db8:100::1"): [5.0, 6.0, 1]},
@@ -291,7 +291,7 @@ def test_evidence_ages_out_but_a_blocked_servers_stays(state_dir):
     the scans triggered by a server judged harvester are kept however old; verdicts stay."""
     from ntpguard import evidence
     from ntpguard.config import Detect
-    from ntpguard.detect import Contacts, Scan, Trigger
+    from ntpguard.facts import Contacts, Scan, Trigger
     from ntpguard.status import DETECT, Status
 
     day = 86400.0
@@ -326,7 +326,7 @@ def test_old_runs_and_forgotten_canaries_age_out_and_failure_counts_stay(state_d
     """Runs older than retention_days go, their step failures kept as totals (a metrics
     counter never goes down); an expired canary goes once no contact or scan names it."""
     from ntpguard.canary import Canary, Change
-    from ntpguard.detect import Contacts, Scan
+    from ntpguard.facts import Contacts, Scan
 
     day, now = 86400.0, 400 * 86400.0
     with State.open(str(state_dir)) as st:
@@ -374,7 +374,7 @@ def test_the_last_good_run_outlives_the_retention(state_dir):
 
 def test_scans_read_again_whenever_the_tables_changed(state_dir):
     from ntpguard.canary import Canary, Change
-    from ntpguard.detect import Contacts, Scan, Trigger
+    from ntpguard.facts import Contacts, Scan, Trigger
 
     def scan(t, src):
         return Scan(t, t + 1, src, "2001:db8:1::10", 50, 50, ("tcp",),
@@ -413,7 +413,7 @@ def test_the_rules_read_live_canaries_and_scanned_ones_only(state_dir):
     """90 days of rotations keep ~25k canary rows; the rules read those the kernel still
     holds, and the convictions those a recorded scan reached, however old."""
     from ntpguard.canary import Canary, Change
-    from ntpguard.detect import Contacts, Scan
+    from ntpguard.facts import Contacts, Scan
 
     old = Canary("2001:db8:5::1", "2001:db8::1", "eth0", 100.0, 200.0, retired=150.0)
     gone = Canary("2001:db8:5::2", "2001:db8::2", "eth0", 100.0, 200.0)
@@ -436,7 +436,7 @@ def test_the_scans_of_some_addresses_or_servers_are_those_of_the_whole_read(stat
     (a scan with several triggers is taken whole when one of them is the server's)."""
     import random
 
-    from ntpguard.detect import Contacts, Scan, Trigger
+    from ntpguard.facts import Contacts, Scan, Trigger
 
     rng = random.Random(3)
     servers = [f"2001:db8:1::{k:x}" for k in range(1, 9)]

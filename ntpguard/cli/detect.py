@@ -13,8 +13,8 @@ from typing import Any, Optional
 from ntpguard.cli import Context, Subparsers, print_json
 from ntpguard.cli._fmt import table
 from ntpguard.config import Detect
-from ntpguard.detect import Contacts, Scan
 from ntpguard.errors import UsageError
+from ntpguard.facts import Contacts, Scan
 from ntpguard.logs import ReadStats
 from ntpguard.logs.parse import FORMATS, boot_time_now, parse_when
 from ntpguard.logs.read import JOURNAL, order_sources
