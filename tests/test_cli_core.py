@@ -166,3 +166,17 @@ def test_the_program_exits_with_all_its_output_and_quietly_into_a_closed_pipe(
         err = proc.stderr.read()
         assert proc.wait(timeout=60) == 0
     assert err == b""
+
+
+def test_a_profiler_still_gets_its_data(tmp_path, state_dir):
+    """cProfile (and coverage) write what they gathered at Python's exit, which the program
+    skips otherwise: under them it exits the ordinary way."""
+    out = tmp_path / "run.prof"
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", "ntpguard",
+                           "status", "--json"], capture_output=True, text=True,
+                          env=cli_env(tmp_path, state_dir), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    import pstats
+
+    assert any(name == "main" and "ntpguard" in path
+               for path, _, name in pstats.Stats(str(out)).stats)
