@@ -161,6 +161,28 @@ def test_file_positions_resume_truncate_and_rotate(tmp_path):
     assert list(file_lines(str(log), pos)) == ["f"]
 
 
+def test_a_line_without_end_costs_a_block_of_memory_not_its_length(tmp_path, monkeypatch):
+    """A file with no newline for megabytes (lastlog's zeros) is kept only up to MAX_LINE a
+    line, and the reading goes on at the right place: the next line and the positions."""
+    from ntpguard.logs import sources
+
+    monkeypatch.setattr(sources, "BLOCK", 1000)
+    monkeypatch.setattr(sources, "MAX_LINE", 2500)
+    log = tmp_path / "kern.log"
+    log.write_bytes(b"first\n" + b"\0" * 10_000 + b"\nafter\n" + b"z" * 7000)
+    pos = [0]
+    with open(log, "rb") as fh:
+        lines = [line for block in _raw_chunks(fh, pos) for line in sources.lines_of(block)]
+    assert lines[0] == b"first" and lines[2] == b"after"
+    assert lines[1] == b"\0" * len(lines[1]) and 2500 <= len(lines[1]) <= 2500 + 1000
+    assert lines[3] == b"z" * len(lines[3]) and 2500 <= len(lines[3]) <= 3000
+    assert pos[0] == 6 + 10_001 + 6  # the unfinished last line is read again next time
+    resumed = Position(str(log))
+    assert [x[:5] for x in file_lines(str(log), resumed)] == ["first", "\0" * 5, "after",
+                                                              "zzzzz"]
+    assert resumed.offset == pos[0]
+
+
 def test_gzip_file(tmp_path):
     path = tmp_path / "kern.log.2.gz"
     with gzip.open(path, "wt") as fh:

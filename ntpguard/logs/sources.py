@@ -19,6 +19,12 @@ from typing import BinaryIO, Iterator, NamedTuple, Optional, Protocol, Sequence,
 from ntpguard.errors import UsageError
 
 BLOCK = 1 << 22  # 4 MiB: big enough to amortise decoding, small enough to bound memory
+# The most of one line kept while its end is being looked for. A log line is far shorter (the
+# kernel's are under 1 KiB, journald's LineMax is 48 KiB, rsyslog's maxMessageSize 8 KiB);
+# a file with no newline for longer is not a log (/var/log/lastlog, in a `detect
+# /var/log/*`, is a sparse file of zeros, hundreds of GB on some hosts). Without the cap
+# 300 MB of zeros on stdin took `detect -` to 612 MB of memory; with it, a block and this.
+MAX_LINE = 1 << 20
 
 
 @dataclass
@@ -78,17 +84,20 @@ def _raw_chunks(fh: _Reader, pos: list[int]) -> Iterator[Block]:
     """Complete lines of fh, a block (Chunk) at a time; pos[0] advances past each block
     handed out."""
     rest = b""
+    over = 0  # bytes of the line in `rest` beyond MAX_LINE, read and dropped
     while True:
         block = fh.read(BLOCK)
         if not block:
             break
         end = block.rfind(b"\n")
         if end < 0:
-            rest += block
+            kept = block[:max(0, MAX_LINE - len(rest))]
+            rest += kept
+            over += len(block) - len(kept)
             continue
         yield Chunk(rest, block, end)
-        pos[0] += end + 1 + len(rest)
-        rest = block[end + 1:]  # after the last newline
+        pos[0] += end + 1 + len(rest) + over
+        rest, over = block[end + 1:], 0  # after the last newline
     if rest:  # a last line without newline: read it, but resume before it (it may grow)
         yield [rest]
 
