@@ -15,7 +15,7 @@ import re
 import sys
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from ntpguard import files
 from ntpguard.addr import canonical
@@ -34,6 +34,7 @@ HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 # The commented sample is 14 KB; a file 70 times that is not a configuration (and a FIFO or
 # /dev/zero given as --config is refused, not read for ever).
 MAX_CONFIG_BYTES = 1 << 20
+S = TypeVar("S")  # a section
 
 
 def _check(fn: Callable[[Any], Any]) -> dict[str, Any]:
@@ -678,6 +679,24 @@ def _load_section(cls: type, table: Any, path: str, section: str) -> Any:
         except ValueError as exc:
             raise ConfigError(path, f"{section}.{key}", str(exc)) from None
     return cls(**values)
+
+
+def with_options(section: S, **options: Any) -> S:
+    """section with the values given on the command line for some of its keys (None: not
+    given), each checked by the rule the key has in the file: `--interval nan` hung a resolve
+    and `--interval 1e400` crashed it, where `interval = nan` is refused. A value the rule
+    refuses is a UsageError naming the option (`--window` for [detect] window)."""
+    fields = {f.name: f for f in dataclasses.fields(section)}  # type: ignore[arg-type]
+    changes = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        check = fields[key].metadata.get("check")
+        try:
+            changes[key] = check(value) if check else value
+        except ValueError as exc:
+            raise UsageError(f"--{key.replace('_', '-')} {exc}") from None
+    return dataclasses.replace(section, **changes) if changes else section  # type: ignore[type-var]
 
 
 def parse(text: str, path: str) -> Config:

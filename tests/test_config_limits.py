@@ -79,3 +79,38 @@ def test_dev_null_config_means_defaults_and_a_fifo_is_refused(tmp_path, run_cli)
     out = run_cli("status", "--config", fifo, timeout=10)
     assert out.returncode == 2
     assert out.stderr == f"ntpguard: {fifo}: is a FIFO, not a regular file; refused\n"
+
+
+# The same values given on the command line, for the keys a command takes as an option: each
+# is checked by the key's own rule. `resolve --interval nan` slept for ever between rounds,
+# `--interval 1e400` ended in an unexpected OverflowError, `detect --lookback nan` in a
+# ZeroDivisionError, and `timeconf --count 100000` passed.
+OPTION_CASES = [
+    (["resolve", "--rounds", "2", "--interval", "nan"], "--interval must be a finite number"),
+    (["resolve", "--rounds", "2", "--interval", "1e400"], "--interval must be a finite number"),
+    (["resolve", "--interval", "3601"], "--interval must be at least 0 and at most 3600"),
+    (["resolve", "--rounds", "0"], "--rounds must be greater than 0 and at most 100"),
+    (["detect", "--lookback", "nan", "/dev/null"], "--lookback must be a finite number"),
+    (["detect", "--window", "1e400", "/dev/null"], "--window must be a finite number"),
+    (["detect", "--window", "-5", "/dev/null"], "--window must be greater than 0 and at most"),
+    (["detect", "--min-ports", "0", "/dev/null"], "--min-ports must be greater than 0 and at"),
+    (["timeconf", "--count", "100000"], "--count must be greater than 0 and at most 64"),
+]
+
+
+@pytest.mark.parametrize("args, problem", OPTION_CASES,
+                         ids=["-".join(c[0][:2] + c[0][-1:]) for c in OPTION_CASES])
+def test_a_bad_option_value_is_refused_by_its_key_s_rule(tmp_path, run_cli, state_dir, args,
+                                                         problem):
+    cfg = tmp_path / "dns.toml"
+    cfg.write_text(f"[pool]\n{FAST_DNS}")
+    out = run_cli(*args, config=cfg, timeout=20)
+    assert out.stderr.startswith(f"ntpguard: {problem}") and out.stderr.count("\n") == 1
+    assert out.returncode == 2
+    assert out.stdout == "" and list(state_dir.iterdir()) == []
+
+
+def test_good_option_values_reach_the_settings():
+    detect = config.with_options(config.Detect(), window=30.0, lookback=None, min_ports=20)
+    assert (detect.window, detect.lookback, detect.min_ports) == (30.0, 600.0, 20)
+    assert config.with_options(config.Detect()) == config.Detect()

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from ntpguard.cli import Context, Subparsers, print_json
 from ntpguard.cli._fmt import table
-from ntpguard.config import Detect
+from ntpguard.config import Detect, with_options
 from ntpguard.errors import UsageError
 from ntpguard.facts import Contacts, Scan
 from ntpguard.logs import ReadStats
@@ -61,17 +61,8 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def _settings(ctx: Context, args: argparse.Namespace) -> Detect:
-    st = ctx.config.detect
-    changes: dict[str, Any] = {}
-    if args.any_port:
-        changes["trigger_any_port"] = True
-    for name in ("min_ports", "window", "lookback"):
-        value = getattr(args, name)
-        if value is not None:
-            if value <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be greater than 0")
-            changes[name] = value
-    return dataclasses.replace(st, **changes) if changes else st
+    return with_options(ctx.config.detect, trigger_any_port=args.any_port or None,
+                        min_ports=args.min_ports, window=args.window, lookback=args.lookback)
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:

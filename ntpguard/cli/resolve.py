@@ -8,6 +8,7 @@ import time
 from ntpguard import pool
 from ntpguard.cli import Context, Subparsers
 from ntpguard.cli._fmt import table
+from ntpguard.config import with_options
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -44,13 +45,7 @@ def report_dict(report: pool.ResolveReport, known: int) -> dict:
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
-    settings = ctx.config.pool
-    if args.rounds is not None and args.rounds < 1:
-        from ntpguard.errors import UsageError
-        raise UsageError("--rounds must be at least 1")
-    if args.interval is not None and args.interval < 0:
-        from ntpguard.errors import UsageError
-        raise UsageError("--interval must not be negative")
+    settings = with_options(ctx.config.pool, rounds=args.rounds, interval=args.interval)
     started = time.time()
 
     def progress(number: int, rep: pool.ResolveReport) -> None:
@@ -60,8 +55,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
                   f"{len(rep.new_servers)} new so far", flush=True)
 
     with ctx.open_state() as state, ctx.progress:
-        report = pool.resolve(settings, state, rounds=args.rounds, interval=args.interval,
-                              progress=progress, show=ctx.progress)
+        report = pool.resolve(settings, state, progress=progress, show=ctx.progress)
         known = len(state.servers())
         data = report_dict(report, known)
         ok = not report.failed_names

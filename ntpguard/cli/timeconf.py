@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
 from ntpguard import daemons, timeconf
 from ntpguard.cli import Context, Subparsers
+from ntpguard.config import with_options
 from ntpguard.errors import UsageError
 
 
@@ -35,10 +37,8 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
-    cfg = ctx.config
-    tc = cfg.timeconf
-    if args.count is not None and args.count < 1:
-        raise UsageError("--count must be at least 1")
+    tc = with_options(ctx.config.timeconf, count=args.count)
+    cfg = dataclasses.replace(ctx.config, timeconf=tc)
     fmt = args.format
     if fmt is None:
         fmt = tc.daemon if tc.daemon not in ("auto", "none") else daemons.detect()
@@ -47,7 +47,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     daemon = daemons.get(fmt)
     path = args.path or daemon.dropin(tc)
     with ctx.open_state(write=False) as state:
-        servers, checks = timeconf.choose(cfg, state, time.time(), args.check, args.count,
+        servers, checks = timeconf.choose(cfg, state, time.time(), args.check, tc.count,
                                           current=timeconf.current_servers(path))
     content = timeconf.render(fmt, servers, tc.options, tc.fallback)
     changed = None
