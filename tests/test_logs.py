@@ -161,6 +161,15 @@ def test_file_positions_resume_truncate_and_rotate(tmp_path):
     assert list(file_lines(str(log), pos)) == ["f"]
 
 
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e400", "-1", "253402300800",
+                                  "yesterday", ""])
+def test_a_time_given_by_the_user_is_an_instant_from_1970_to_9999(text):
+    from ntpguard.errors import UsageError
+
+    with pytest.raises(UsageError, match="not a time"):
+        parse_when(text)
+
+
 def test_a_line_without_end_costs_a_block_of_memory_not_its_length(tmp_path, monkeypatch):
     """A file with no newline for megabytes (lastlog's zeros) is kept only up to MAX_LINE a
     line, and the reading goes on at the right place: the next line and the positions."""

@@ -94,16 +94,20 @@ def boot_time_now() -> float:
     return time.time() - time.monotonic()
 
 
+# The instants a user may give: 1970 to the end of 9999. `--boot-time nan` stamped every
+# packet NaN, and `detect --record` stored them so.
+LAST_INSTANT = 253402300799.0
+
+
 def parse_when(text: str) -> float:
     """A user-given instant: epoch seconds or ISO 8601 (local time unless it has an offset)."""
     raw = text.strip()
     try:
-        return float(raw)
+        t: Optional[float] = float(raw)
     except ValueError:
-        pass
-    t = _iso_to_epoch(raw.replace(" ", "T", 1), local_default=True)
-    if t is None:
-        raise UsageError(f"not a time (epoch seconds or ISO 8601): {text!r}")
+        t = _iso_to_epoch(raw.replace(" ", "T", 1), local_default=True)
+    if t is None or not 0.0 <= t <= LAST_INSTANT:  # NaN fails both comparisons
+        raise UsageError(f"not a time (epoch seconds or ISO 8601, 1970 to 9999): {text!r}")
     return t
 
 
