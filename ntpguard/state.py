@@ -475,8 +475,15 @@ class State:
     def __enter__(self) -> State:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         self.close()
+        # SQLite's own failures met while working, not at the open (a page damaged after the
+        # header, a full disk, an I/O error: SQLITE_CORRUPT is a plain DatabaseError, the
+        # others OperationalError): the state's, so one line naming the file as at the open,
+        # not an "unexpected DatabaseError". Misuse (ProgrammingError, IntegrityError) stays
+        # a bug.
+        if type(exc) is sqlite3.DatabaseError or isinstance(exc, sqlite3.OperationalError):
+            raise StateError(f"{os.path.join(self.directory, DB_NAME)}: {exc}") from exc
 
     @contextlib.contextmanager
     def unlocked(self, waiting: Optional[Callable[[str], None]] = None) -> Iterator[None]:

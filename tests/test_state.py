@@ -85,6 +85,25 @@ def test_garbage_database_is_a_state_error(state_dir):
         State.open(str(state_dir))
 
 
+def test_a_database_damaged_past_its_header_is_a_state_error_too(state_dir, run_cli):
+    """The open reads the header only; a damaged table page is met by the first query that
+    reads it. That was an 'unexpected DatabaseError'; now the line the open gives."""
+    with State.open(str(state_dir)) as st:
+        for i in range(3000):
+            st.add_verdict(Verdict.of(f"2001:db8::{i:x}", "clean", "manual",
+                                      {"note": "x" * 40}, 1.7e9))
+    db = state_dir / "state.db"
+    data = bytearray(db.read_bytes())
+    page = 4096
+    assert len(data) > 20 * page
+    data[8 * page:len(data) - page] = b"\xa5" * (len(data) - 9 * page)
+    db.write_bytes(bytes(data))
+    for args in (["servers"], ["status"], ["mark", "2606:4700::1", "harvester"]):
+        out = run_cli(*args)
+        assert out.stderr == f"ntpguard: {db}: database disk image is malformed\n", args
+        assert out.returncode == 1
+
+
 def test_second_writer_is_refused_and_names_the_holder(state_dir):
     with State.open(str(state_dir), holder="ntpguard resolve"), pytest.raises(LockBusy) as info:
         State.open(str(state_dir), holder="ntpguard sync")
