@@ -83,6 +83,7 @@ BODY = ("IN= OUT=eth0 SRC=2001:0db8:0000:0000:0000:0000:0000:0001 "
     (f"2026-01-02T03:04:05.250000+0100 host kernel: ntp: {BODY}", 1767319445.25),  # short-iso
     (f"<6>2026-01-02T02:04:05Z host kernel: ntp: {BODY}", 1767319445.0),
     (f"[  100.500000] ntp: {BODY}", 1767000100.5),                                  # dmesg
+    (f"1767319445.250000 host kernel: ntp: {BODY}", 1767319445.25),          # short-unix
     ('{"__REALTIME_TIMESTAMP":"1767319445250000","__CURSOR":"s=1","MESSAGE":"ntp: '
      + BODY + '"}', 1767319445.25),                                                  # journal
     ('{"oob.time.sec": 1767319445, "oob.time.usec": 250000, "oob.prefix": "ntp: ", '

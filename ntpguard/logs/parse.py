@@ -73,6 +73,9 @@ _BSD_ANYWHERE = re.compile(
 _ISO_ANYWHERE = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? ")
 _PVEFW = re.compile(r"(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d) ")
 _UPTIME = re.compile(r"\[ *(\d+\.\d+)(?:@\d+)?\] ?")
+# `journalctl -o short-unix`: "1696841602.123456 host kernel: ..." (epoch seconds from 2001 to
+# 2286 at the start of the line, nothing else looks like that there).
+_EPOCH = re.compile(r"(\d{10}\.\d{1,9}) ")
 
 NOT_NETFILTER, GARBLED = 1, 2
 
@@ -767,6 +770,9 @@ class LineParser:
     def _generic(self, line: str) -> Any:
         """Any line: find a stamp anywhere in its head (grep `file:` prefixes, odd hosts)."""
         head = line[:200]
+        m = _EPOCH.match(head)
+        if m:
+            return self._body(line, m.end(), float(m.group(1)), True)
         m = _CTIME.search(head)
         if m:
             mon, day, hh, mm, ss, year = m.groups()
