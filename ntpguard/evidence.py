@@ -199,13 +199,13 @@ def record_verdicts(state: State, settings: Detect, now: Optional[float] = None
     return counts
 
 
-def age_out(state: State, settings: Detect) -> tuple[int, int]:
+def age_out(state: State, settings: Detect, now: float) -> tuple[int, int]:
     """Contacts and scans past [detect] retention_days deleted, but never those of a server
     some source judged harvester or suspect: blocked, it meets no new evidence, and its
     verdict must not lose what it rests on. Returns (contacts, scans) deleted."""
     blocked = {a for a, by in state.latest_verdicts().items()
                if any(v.status in (Status.HARVESTER, Status.SUSPECT) for v in by.values())}
-    return state.age_out(settings.retention_days, blocked)
+    return state.age_out(settings.retention_days, blocked, now)
 
 
 def compute_verdicts(state: State, settings: Detect, record: bool = True,

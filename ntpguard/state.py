@@ -967,16 +967,20 @@ class State:
         )]
         return repr(parts)
 
-    def age_out(self, days: float, keep_servers: Iterable[str]) -> tuple[int, int]:
+    def age_out(self, days: float, keep_servers: Iterable[str], now: float) -> tuple[int, int]:
         """Delete contacts and scans (with their triggers) that ended more than `days`
-        before the newest time the logs covered, except contacts with and scans triggered
-        by `keep_servers` (the blocked: their verdicts rest on that evidence). Returns
-        (contacts, scans) deleted. When that frees more than half the file, it is compacted
-        (VACUUM: ~0.5 s for a year of evidence, once)."""
+        before the newest time the logs covered (or now, if that is earlier), except contacts
+        with and scans triggered by `keep_servers` (the blocked: their verdicts rest on that
+        evidence). Returns (contacts, scans) deleted. When that frees more than half the file,
+        it is compacted (VACUUM: ~0.5 s for a year of evidence, once).
+
+        Never counted back from later than now: one log line stamped years ahead (a clock
+        set wrong for a while, a bad stamp in an exported log) made every real fact older
+        than the retention, and one sync deleted them all."""
         row = self.conn.execute("SELECT max(last_time) FROM detect_coverage").fetchone()
         if days <= 0 or not row or not isinstance(row[0], _NUMBER):
             return 0, 0
-        cutoff = float(row[0]) - days * 86400.0
+        cutoff = min(float(row[0]), now) - days * 86400.0
         with self.transaction() as db:
             db.execute("CREATE TEMP TABLE IF NOT EXISTS keep_servers (address TEXT PRIMARY KEY)")
             db.execute("DELETE FROM temp.keep_servers")

@@ -227,7 +227,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
         step.ok = rep.ok
 
     def do_verdicts(step: Step) -> None:
-        contacts, scans = evidence.age_out(state, config.detect)
+        contacts, scans = evidence.age_out(state, config.detect, now())
         state.age_out_history(config.detect.retention_days, now())
         step.data = evidence.record_verdicts(state, config.detect, now=now())
         step.message = ", ".join(f"{n} {k}" for k, n in sorted(step.data.items())) or \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import ipaddress
+import json
 import os
 import re
 import time
@@ -160,6 +161,43 @@ def test_file_positions_resume_truncate_and_rotate(tmp_path):
     with open(log, "a") as fh:
         fh.write("f\n")
     assert list(file_lines(str(log), pos)) == ["f"]
+
+
+@pytest.mark.parametrize("line", [
+    '{"__REALTIME_TIMESTAMP": "99999999999999999999999", "MESSAGE": "ntp: ' + BODY + '"}',
+    '{"message": "ntp: ' + BODY + '", "timestamp": 1e400}',
+    '{"message": "ntp: ' + BODY + '", "timestamp": 9e15}',
+    '{"oob.time.sec": "inf", "src_ip": "2001:db8::1", "dest_ip": "2001:db8::123", '
+    '"ip.protocol": 17, "src_port": 123, "dest_port": 123}',
+    f"[99999999999999.5] ntp: {BODY}",
+    f"[Thu Mar 11 20:05:08 0001] ntp: {BODY}",
+    f"2026-13-40T08:53:22Z host kernel: ntp: {BODY}",
+])
+def test_a_stamp_no_log_line_can_carry_leaves_the_line_untimed(line):
+    """Before, each was a packet years away (or NaN): one such line in a log moved the
+    covered time so far ahead that the retention deleted every real fact."""
+    parser = LineParser(boot_time=1767000000.0)
+    assert parser.parse_line(line) is None
+    assert parser.stats.lines == 1 and parser.stats.events == 0
+    assert LineParser(boot_time=1767000000.0).parse_line(line.replace("1e400", "1767319445")
+                                                         .replace("9e15", "1767319445250")
+                                                         .replace('"inf"', "1767319445")
+                                                         .replace("99999999999999.5", "5.5")
+                                                         .replace(" 0001]", " 2026]")
+                                                         .replace("-13-40T", "-12-30T")
+                                                         .replace("99999999999999999999999",
+                                                                  "1767319445250000"))
+
+
+def test_a_journal_message_given_as_bytes_is_read():
+    """journald's JSON gives a message with a control character as an array of bytes."""
+    body = f"ntp\t: {BODY}".encode()
+    line = json.dumps({"__REALTIME_TIMESTAMP": "1767319445250000", "MESSAGE": list(body)})
+    ev = LineParser().parse_line(line)
+    assert ev is not None and ev.time == 1767319445.25 and ev.dport == 123
+    bad = json.dumps({"__REALTIME_TIMESTAMP": "1767319445250000", "MESSAGE": [300, -1]})
+    parser = LineParser()
+    assert parser.parse_line(bad) is None and parser.stats.garbled == 1
 
 
 @pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e400", "-1", "253402300800",

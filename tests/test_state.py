@@ -305,6 +305,9 @@ def test_a_canary_changes_the_evidence_key_only_where_it_met_evidence(state_dir)
         assert st.evidence_key() == after
 
 
+NOW = 1.8e9  # when the tests below age evidence out (after every time they store)
+
+
 def test_evidence_ages_out_but_a_blocked_servers_stays(state_dir):
     """retention_days counts back from the newest covered log line; the contacts with and
     the scans triggered by a server judged harvester are kept however old; verdicts stay."""
@@ -328,9 +331,9 @@ def test_evidence_ages_out_but_a_blocked_servers_stays(state_dir):
                                        old, new + day), [scan(old, harvester), scan(old, clean),
                                                          scan(new, clean)], "k", 1.0)
         st.add_verdict(Verdict(harvester, Status.HARVESTER, DETECT, {}, old + day))
-        assert evidence.age_out(st, Detect(retention_days=0)) == (0, 0)
-        assert evidence.age_out(st, Detect(retention_days=365)) == (0, 0)
-        assert evidence.age_out(st, Detect(retention_days=90)) == (1, 1)
+        assert evidence.age_out(st, Detect(retention_days=0), NOW) == (0, 0)
+        assert evidence.age_out(st, Detect(retention_days=365), NOW) == (0, 0)
+        assert evidence.age_out(st, Detect(retention_days=90), NOW) == (1, 1)
         runs = st.contacts().runs
         assert set(runs) == {(addr, harvester), ("2001:db8:1::11", clean)}
         scans = st.scans()
@@ -338,7 +341,24 @@ def test_evidence_ages_out_but_a_blocked_servers_stays(state_dir):
             (old + 30, harvester), (new + 30, clean)]
         assert st.conn.execute("SELECT count(*) FROM detect_triggers").fetchone()[0] == 2
         assert st.latest_verdicts()[harvester]
-        assert evidence.age_out(st, Detect(retention_days=90)) == (0, 0)
+        assert evidence.age_out(st, Detect(retention_days=90), NOW) == (0, 0)
+
+
+def test_evidence_is_never_aged_out_from_a_time_later_than_now(state_dir):
+    """A log line stamped 100 years ahead covers up to then; counted back from there, every
+    fact was 'older than the retention' and one sync deleted them all."""
+    from ntpguard import evidence
+    from ntpguard.config import Detect
+    from ntpguard.facts import Contacts
+
+    day, now = 86400.0, 1.8e9
+    addr, server = "2001:db8:1::10", "2001:db8:100::2"
+    with State.open(str(state_dir)) as st:
+        st.save_detection([], Contacts({(addr, server): [now - day, now - day + 60, 2]},
+                                       now - 2 * day, now + 100 * 365 * day), [], "k", now)
+        assert evidence.age_out(st, Detect(retention_days=90), now) == (0, 0)
+        assert set(st.contacts().runs) == {(addr, server)}
+        assert evidence.age_out(st, Detect(retention_days=90), now + 91 * day) == (1, 0)
 
 
 def test_old_runs_and_forgotten_canaries_age_out_and_failure_counts_stay(state_dir):

@@ -97,8 +97,9 @@ def boot_time_now() -> float:
     return time.time() - time.monotonic()
 
 
-# The instants a user may give: 1970 to the end of 9999. `--boot-time nan` stamped every
-# packet NaN, and `detect --record` stored them so.
+# The instants a user may give and a log line may carry: 1970 to the end of 9999.
+# `--boot-time nan` stamped every packet NaN (and `detect --record` stored them so); see
+# _instant for a line's own stamp.
 LAST_INSTANT = 253402300799.0
 
 
@@ -109,9 +110,17 @@ def parse_when(text: str) -> float:
         t: Optional[float] = float(raw)
     except ValueError:
         t = _iso_to_epoch(raw.replace(" ", "T", 1), local_default=True)
-    if t is None or not 0.0 <= t <= LAST_INSTANT:  # NaN fails both comparisons
+    if t is None or _instant(t) is None:
         raise UsageError(f"not a time (epoch seconds or ISO 8601, 1970 to 9999): {text!r}")
     return t
+
+
+def _instant(t: float) -> Optional[float]:
+    """t if a log line can be stamped so (1970 to 9999), else None; NaN fails both tests.
+
+    A stamp outside that range is a damaged line, not an event: years ahead, it moved the
+    covered time so far that every real fact looked older than the retention."""
+    return t if 0.0 <= t <= LAST_INSTANT else None
 
 
 def _iso_to_epoch(text: str, local_default: bool = False) -> Optional[float]:
@@ -122,6 +131,9 @@ def _iso_to_epoch(text: str, local_default: bool = False) -> Optional[float]:
     try:
         fields = (int(text[0:4]), int(text[5:7]), int(text[8:10]),
                   int(text[11:13]), int(text[14:16]), int(text[17:19]))
+        if not (1 <= fields[1] <= 12 and 1 <= fields[2] <= 31 and fields[3] < 24
+                and fields[4] < 60 and fields[5] < 61):
+            return None
         rest = text[19:]
         frac = 0.0
         if rest[:1] in (".", ","):
@@ -132,8 +144,8 @@ def _iso_to_epoch(text: str, local_default: bool = False) -> Optional[float]:
             rest = rest[j:]
         if not rest:
             if local_default:
-                return time.mktime((*fields, 0, 0, -1)) + frac
-            return calendar.timegm((*fields, 0, 0, 0)) + frac
+                return _instant(time.mktime((*fields, 0, 0, -1)) + frac)
+            return _instant(calendar.timegm((*fields, 0, 0, 0)) + frac)
         if rest == "Z":
             offset = 0
         elif rest[0] in "+-":
@@ -145,10 +157,7 @@ def _iso_to_epoch(text: str, local_default: bool = False) -> Optional[float]:
                 offset = -offset
         else:
             return None
-        if not (1 <= fields[1] <= 12 and 1 <= fields[2] <= 31 and fields[3] < 24
-                and fields[4] < 60 and fields[5] < 61):
-            return None
-        return calendar.timegm((*fields, 0, 0, 0)) - offset + frac
+        return _instant(calendar.timegm((*fields, 0, 0, 0)) - offset + frac)
     except (ValueError, OverflowError):
         return None
 
@@ -713,7 +722,11 @@ class LineParser:
         try:
             if "MESSAGE" in obj:
                 msg = obj["MESSAGE"]
-                if not isinstance(msg, str):  # journald gives non-UTF-8 text as a byte array
+                if isinstance(msg, list):
+                    # journald writes a message holding a control character or bytes that are
+                    # not UTF-8 as an array of byte values (a LOG prefix with a tab in it).
+                    msg = bytes(msg).decode("utf-8", "replace")  # not bytes: ValueError
+                if not isinstance(msg, str):
                     return NOT_NETFILTER
                 stamp = obj.get("__REALTIME_TIMESTAMP")
                 t = int(stamp) / 1e6 if stamp is not None else None
@@ -750,13 +763,11 @@ class LineParser:
         if not src or not dst:
             return GARBLED
         sec = obj.get("oob.time.sec")
-        if sec is not None:
-            t = float(sec) + float(obj.get("oob.time.usec", 0)) / 1e6
-        else:
-            stamp = _iso_to_epoch(str(obj.get("timestamp", "")))
-            if stamp is None:
-                return None
-            t = stamp
+        stamp = (_instant(float(sec) + float(obj.get("oob.time.usec", 0)) / 1e6)
+                 if sec is not None else _iso_to_epoch(str(obj.get("timestamp", ""))))
+        if stamp is None:
+            return None
+        t = stamp
         number = obj.get("ip.protocol")
         proto = _PROTO_BY_NUMBER.get(number, str(number)) if number is not None else ""
         sport, dport = obj.get("src_port"), obj.get("dest_port")
@@ -823,8 +834,10 @@ class LineParser:
         """Cut `PREFIX IN= OUT= ... SRC= DST= ... PROTO= [SPT= DPT=]` out of line[start:].
 
         tagged: the envelope may carry `host tag:` before the message (syslog); skip it when
-        working out the prefix.
+        working out the prefix. A stamp no log line can carry (_instant) makes it untimed.
         """
+        if _instant(t) is None:
+            return None
         s = line.find(" SRC=", start)
         if s < 0:
             return NOT_NETFILTER
