@@ -58,6 +58,12 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _SHOWN_PROBLEMS = 20
 
 
+_HINTS = (("broader than the limit", "the prefix limits are [rules] max_prefix_v6 and "
+                                     "max_prefix_v4"),
+          ("is not a global address", "reserved ranges (private, link-local...) are never "
+                                      "listed: drop those lines"))
+
+
 class ListError(UsageError):
     """A list that failed validation; never replaces the last good copy."""
 
@@ -66,7 +72,12 @@ class ListError(UsageError):
         more = len(problems) - _SHOWN_PROBLEMS
         suffix = f"; and {more} more" if more > 0 else ""
         noun = "problem" if len(problems) == 1 else "problems"
-        super().__init__(f"{source}: list refused ({len(problems)} {noun}): {shown}{suffix}")
+        # Public lists (FireHOL level1) hold bogons and /8s on purpose; the admin's question
+        # is which setting decides, and the answer is in the configuration, not in the list.
+        hints = [hint for word, hint in _HINTS if any(word in p for p in problems)]
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        super().__init__(f"{source}: list refused ({len(problems)} {noun}): {shown}{suffix}"
+                         f"{hint}")
         self.source = source
         self.problems = problems
 

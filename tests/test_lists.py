@@ -74,7 +74,9 @@ def test_conflicting_kinds_and_error_message_is_one_line_capped():
     with pytest.raises(lists.ListError) as exc:
         lists.parse(many, "m.txt", LIM)
     # The line shows the first 20 and counts the rest; .problems (--json) has all 25.
-    assert "25 problems" in str(exc.value) and str(exc.value).endswith("; and 5 more")
+    assert "25 problems" in str(exc.value)
+    assert str(exc.value).endswith("; and 5 more (reserved ranges (private, link-local...) "
+                                   "are never listed: drop those lines)")
     assert "line 20:" in str(exc.value) and "line 21:" not in str(exc.value)
     assert len(exc.value.problems) == 25
 
@@ -350,3 +352,18 @@ def test_json_caps_and_odd_values():
     assert refused(b'{"format": "ntpguard-list", "version": 1, "entries": []} x') == [
         "line 1: invalid JSON: extra data after the list"]
     assert refused(b"x" * 70000) == ["line 1: longer than 65536 bytes (not a list)"]
+
+
+def test_a_refusal_names_the_setting_behind_a_limit():
+    """FireHOL level1 holds bogons and /8s on purpose: the refusal says which setting
+    decides the limit, and nothing for problems no setting changes."""
+    with pytest.raises(lists.ListError) as exc:
+        lists.parse(b"5.134.128.0/19\n10.0.0.0/8\n192.168.0.0/16\n", "level1.netset",
+                    lists.Limits(default_kind="scanner"))
+    text = str(exc.value)
+    assert text.endswith("(the prefix limits are [rules] max_prefix_v6 and max_prefix_v4; "
+                         "reserved ranges (private, link-local...) are never listed: drop "
+                         "those lines)")
+    with pytest.raises(lists.ListError) as exc:
+        lists.parse(b"5.134.128.0/19 sender\n", "x.txt", lists.Limits())
+    assert str(exc.value).endswith("unknown kind 'sender' (harvester or scanner)")
