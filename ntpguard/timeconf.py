@@ -124,8 +124,13 @@ def write(fmt: str, content: str, path: str, reload: bool = True,
     if daemon.reload is None:
         raise UsageError(f"{fmt}: ntpguard writes no file for this daemon (no drop-in "
                          "directory); use the printed lines and include line")
-    if read_owned(path) == content:
+    now = read_owned(path)
+    if now == content:
         return False
+    if now and not now.startswith(OWNED):
+        # `--path` at the admin's own chrony sources or timesyncd.conf replaced it whole.
+        raise UsageError(f"{path}: not written by ntpguard (its first line is not "
+                         f"'{OWNED} ...'); refused: move it away or write elsewhere")
     directory = os.path.dirname(path) or "."
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
@@ -141,20 +146,13 @@ def write(fmt: str, content: str, path: str, reload: bool = True,
     return True
 
 
-def remove(path: str) -> bool:
-    """Remove ntpguard's own file (package removal / `timeconf --remove`)."""
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
 # -- the step `timeconf` and `sync` run ----------------------------------------------------------
 
 
 # ntpguard's own drop-in holds a few server lines; anything near this size is not its file.
 MAX_DROPIN_BYTES = 1 << 20
+# How every file ntpguard wrote begins (daemons.HEADER, unchanged since the first release).
+OWNED = "# Written by ntpguard"
 
 
 def read_owned(path: str) -> Optional[str]:

@@ -363,3 +363,22 @@ def test_a_drop_in_that_is_not_ntpguards_file_is_refused_in_one_line(run_cli, tm
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.count("\n") == 1 and str(path) in out.stderr and "refused" in out.stderr
     assert os.path.islink(path) if kind.startswith("symlink") else not os.path.islink(path)
+
+
+def test_a_file_ntpguard_did_not_write_is_never_overwritten(tmp_path):
+    """`timeconf --write --path` at the admin's own file replaced it whole; the command's
+    help says ntpguard never edits an admin's file."""
+    from ntpguard.errors import UsageError
+
+    content = daemons.get("chrony").render(["2606:4700::1"], "iburst", ())
+    admin = tmp_path / "admin.sources"
+    admin.write_text("server time.example.org iburst\n")
+    with pytest.raises(UsageError, match="not written by ntpguard"):
+        timeconf.write("chrony", content, str(admin), reload=False)
+    assert admin.read_text() == "server time.example.org iburst\n"
+    ours = tmp_path / "ntpguard.sources"
+    assert timeconf.write("chrony", content, str(ours), reload=False)  # new
+    assert timeconf.write("chrony", content.replace("4700", "4701"), str(ours), reload=False)
+    empty = tmp_path / "empty.sources"
+    empty.write_text("")
+    assert timeconf.write("chrony", content, str(empty), reload=False)
