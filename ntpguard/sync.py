@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 from ntpguard import backends, canary, enforce, evidence, inputs, snapshot, timeconf
 from ntpguard.config import Config
 from ntpguard.errors import NtpguardError
-from ntpguard.logs.read import order_sources
+from ntpguard.logs.read import order_sources, unreadable
 from ntpguard.progress import Show, lock_wait, prefixed, quiet
 from ntpguard.state import DB_NAME, State
 
@@ -189,14 +189,24 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
             step.skipped, step.message = True, "no firewall log found (set sync.log_sources)"
             return
         parts = []
-        if sources:
-            summary = evidence.ingest(state, order_sources(sources), config.detect,
+        # A source that cannot be read (a path mistyped, a log not created yet) is that
+        # source's failure: the others are still read (before, the whole step failed and
+        # no source was read until it was fixed).
+        why = {s: unreadable(s) for s in sources}
+        broken = [w for w in why.values() if w]
+        readable = [s for s in sources if not why[s]]
+        if readable:
+            summary = evidence.ingest(state, order_sources(readable), config.detect,
                                       now=now())
             d = summary.as_dict()
             step.data = {"scans": d["scans"], "lines": d["lines"], "events": d["events"],
-                         "skipped_lines": d["skipped"], "sources": sources}
+                         "skipped_lines": d["skipped"], "sources": readable}
             parts.append(f"{d['lines']} lines, {d['events']} firewall events, "
                          f"{d['scans']} scans, {d['skipped']} lines skipped")
+        if broken:
+            step.data["unreadable"] = broken
+            parts.extend(broken)
+            step.ok = False
         if hosts_from:
             from ntpguard import collector
 
@@ -212,7 +222,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
                          f"{sum(len(r.scans) for r in reads)} scans"
                          + "".join(f"; {r.host}: {r.error}" for r in failed))
             # One host's unreadable log is that host's loss; none readable is the step's.
-            step.ok = not reads or len(failed) < len(reads)
+            step.ok = step.ok and (not reads or len(failed) < len(reads))
         step.message = "; ".join(parts)
 
     def do_lists(step: Step) -> None:

@@ -143,3 +143,37 @@ def test_a_damaged_trigger_row_leaves_rules_and_timeconf_running(tmp_path):
     assert steps["rules"]["ok"] and steps["rules"]["action"] == "created", steps["rules"]
     assert steps["timeconf"]["ok"] and f"server {SERVER}" in sources.read_text()
     assert again["failed"] == ["resolve"]
+
+
+def test_an_unreadable_log_source_is_its_own_failure_and_the_others_are_read(run_cli,
+                                                                          tmp_path,
+                                                                          state_dir):
+    """A missing file, a directory and a FIFO among the log sources: each is named, the
+    readable one is read and its position kept. Before, the first bad source failed the
+    whole step (nothing read until it was fixed), and a FIFO with no writer hung the sync."""
+    log = tmp_path / "kern.log"
+    log.write_text(f"Oct  9 08:53:22 host kernel: [UFW BLOCK] IN= OUT=eth0 SRC=2001:db8::1 "
+                   f"DST={SERVER} LEN=76 TC=0 HOPLIMIT=64 FLOWLBL=0 PROTO=UDP SPT=123 "
+                   "DPT=123 LEN=56\n")
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    bad = [tmp_path / "missing.log", tmp_path / "dir", tmp_path / "fifo"]
+    cfg = tmp_path / "c.toml"
+    sources = ", ".join(f'"{p}"' for p in (bad[0], log, *bad[1:]))
+    cfg.write_text(f"[sync]\nlog_sources = [{sources}]\nresolve_rounds = 1\n"
+                   "apply_rules = false\nconfigure_time_daemon = false\n"
+                   '[pool]\nnameservers = ["127.0.0.1"]\nport = 9\ntimeout = 0.2\n')
+    out = run_cli("sync", "--no-resolve", "--json", config=cfg, timeout=60)
+    assert out.returncode == 4, out.stderr
+    logs = json.loads(out.stdout)["steps"]["logs"]
+    assert logs["ok"] is False
+    assert logs["lines"] == 1 and logs["events"] == 1 and logs["sources"] == [str(log)]
+    assert logs["unreadable"] == [f"{bad[0]}: cannot read log: No such file or directory",
+                                  f"{bad[1]}: cannot read log: not a regular file",
+                                  f"{bad[2]}: cannot read log: not a regular file"]
+    db = sqlite3.connect(state_dir / "state.db")
+    try:
+        kept = [r[0] for r in db.execute("SELECT source FROM detect_positions")]
+    finally:
+        db.close()
+    assert kept == [str(log)]

@@ -9,6 +9,7 @@ caller can store how far it got.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from typing import Iterable, Iterator, Optional
 
@@ -56,6 +57,26 @@ def read_blocks(sources: Iterable[str], fmt: str = "auto", boot_time: Optional[f
             yield from parser.packet_blocks(blocks)
         parser.stats.formats = {source: parser.detected_format()}
         stats.add(parser.stats)
+
+
+def unreadable(source: str) -> Optional[str]:
+    """Why a configured source cannot be read to its end now, or None (the journal is
+    checked by reading it). Only regular files: a FIFO or a device never ends (with no
+    writer, even opening a FIFO waits for ever: a timer's sync hung on one), and a stored
+    position means nothing in it. Opened without blocking, to look."""
+    if is_journal(source):
+        return None
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        return f"{source}: cannot read log: {exc.strerror}"
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(mode):
+        return f"{source}: cannot read log: not a regular file"
+    return None
 
 
 def order_sources(paths: list[str]) -> list[str]:
