@@ -192,3 +192,48 @@ def test_a_profiler_still_gets_its_data(tmp_path, state_dir):
 
     assert any(name == "main" and "ntpguard" in path
                for path, _, name in pstats.Stats(str(out)).stats)
+
+
+def _on_a_terminal(args: list[str], env: dict) -> bytes:
+    """What `python -m ntpguard ARGS` prints with its stdout on a pseudo-terminal."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ntpguard", *args], stdout=follower,
+                              stderr=subprocess.PIPE, env=env, timeout=60)
+        os.close(follower)
+        follower = -1
+        assert proc.returncode == 0, proc.stderr
+        out = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+
+
+def test_a_list_s_control_characters_reach_a_terminal_shown_not_obeyed(tmp_path, run_cli,
+                                                                       state_dir):
+    """A list's comment with ESC ] 0 ; ... BEL (retitles the terminal) and ESC [ 2 J
+    (clears it) was printed as it was by `list show` and `explain`; on a terminal it is now
+    shown as \\x1b...; into a pipe (`list export > file`) the text stays as it is."""
+    evil = "evil \x1b]0;pwned\x07 \x1b[2J \x9b1m end"
+    src = tmp_path / "esc.txt"
+    src.write_text(f"2606:4700::5 harvester # {evil}\n")
+    assert run_cli("list", "import", src, "--name", "esc").returncode == 0
+    env = cli_env(tmp_path, state_dir)
+    for args in (["list", "show", "esc"], ["explain", "2606:4700::5"]):
+        out = _on_a_terminal(args, env)
+        assert b"\x1b" not in out and b"\x07" not in out and "\x9b".encode() not in out, args
+        assert b"evil \\x1b]0;pwned\\x07 \\x1b[2J \\x9b1m end" in out, args
+    piped = run_cli("list", "show", "esc")
+    assert evil in piped.stdout

@@ -16,9 +16,10 @@ import logging
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, TextIO, cast
 
 from ntpguard import __version__, commands, config
+from ntpguard.cli._fmt import VisibleControls
 from ntpguard.cli._progress import Line
 from ntpguard.errors import NtpguardError
 from ntpguard.progress import lock_wait
@@ -181,6 +182,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         # parser first (~0.1 s; what package checks and monitoring scripts run).
         print(f"ntpguard {__version__}")
         return 0
+    if sys.stdout.isatty() and not isinstance(sys.stdout, VisibleControls):
+        sys.stdout = cast(TextIO, VisibleControls(sys.stdout))
     parser = build_parser(chosen_command(words))
     args = parser.parse_args(words)
     logging.basicConfig(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Optional
+from typing import Any, Optional, TextIO
 
 
 def iso(ts: Optional[float]) -> Optional[str]:
@@ -20,3 +20,26 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows
     )
+
+
+# Text from outside reaches the admin's terminal through these commands: a list's comments
+# (`list show`, `explain`), notes, evidence. A comment holding ESC ] 0 ; ... BEL retitled the
+# terminal and ESC [ 2 J cleared it. On a terminal, control characters other than tab and
+# newline are printed as \xHH; a pipe or a file gets the text as it is (`list export >
+# file` must stay the list).
+_VISIBLE = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))
+            if c not in (0x09, 0x0A)}
+
+
+class VisibleControls:
+    """A terminal's text stream that shows control characters instead of obeying them."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text.translate(_VISIBLE))
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, buffer...
+        return getattr(self._stream, name)
+
