@@ -194,17 +194,18 @@ def test_a_profiler_still_gets_its_data(tmp_path, state_dir):
                for path, _, name in pstats.Stats(str(out)).stats)
 
 
-def _on_a_terminal(args: list[str], env: dict) -> bytes:
-    """What `python -m ntpguard ARGS` prints with its stdout on a pseudo-terminal."""
+def _on_a_terminal(args: list[str], env: dict, stream: str = "stdout", code: int = 0) -> bytes:
+    """What `python -m ntpguard ARGS` prints to its stdout (or stderr) on a pseudo-terminal."""
     import pty
 
     leader, follower = pty.openpty()
     try:
-        proc = subprocess.run([sys.executable, "-m", "ntpguard", *args], stdout=follower,
-                              stderr=subprocess.PIPE, env=env, timeout=60)
+        other = "stderr" if stream == "stdout" else "stdout"
+        proc = subprocess.run([sys.executable, "-m", "ntpguard", *args], env=env, timeout=60,
+                              **{stream: follower, other: subprocess.PIPE})
         os.close(follower)
         follower = -1
-        assert proc.returncode == 0, proc.stderr
+        assert proc.returncode == code, getattr(proc, other)
         out = b""
         while True:
             try:
@@ -237,3 +238,8 @@ def test_a_list_s_control_characters_reach_a_terminal_shown_not_obeyed(tmp_path,
         assert b"evil \\x1b]0;pwned\\x07 \\x1b[2J \\x9b1m end" in out, args
     piped = run_cli("list", "show", "esc")
     assert evil in piped.stdout
+    # Error lines too: a path (or a list server's HTTP reason phrase) is printed as it came.
+    bad = tmp_path / "x\x1b[2J.txt"
+    err = _on_a_terminal(["list", "import", str(bad), "--name", "x"], env, "stderr", 2)
+    assert b"\x1b" not in err and b"x\\x1b[2J.txt" in err, err
+

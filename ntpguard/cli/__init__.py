@@ -19,6 +19,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, NoReturn, Optional, TextIO, cast
 
 from ntpguard import __version__, commands, config
+from ntpguard.cli import _fmt
 from ntpguard.cli._fmt import VisibleControls
 from ntpguard.cli._progress import Line
 from ntpguard.errors import NtpguardError
@@ -183,7 +184,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"ntpguard {__version__}")
         return 0
     if sys.stdout.isatty() and not isinstance(sys.stdout, VisibleControls):
-        sys.stdout = cast(TextIO, VisibleControls(sys.stdout))
+        sys.stdout = cast(TextIO, VisibleControls(sys.stdout, _fmt.OUTPUT))
+    if sys.stderr.isatty() and not isinstance(sys.stderr, VisibleControls):
+        sys.stderr = cast(TextIO, VisibleControls(sys.stderr, _fmt.MESSAGES))
     parser = build_parser(chosen_command(words))
     args = parser.parse_args(words)
     logging.basicConfig(
