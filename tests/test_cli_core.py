@@ -243,3 +243,22 @@ def test_a_list_s_control_characters_reach_a_terminal_shown_not_obeyed(tmp_path,
     err = _on_a_terminal(["list", "import", str(bad), "--name", "x"], env, "stderr", 2)
     assert b"\x1b" not in err and b"x\\x1b[2J.txt" in err, err
 
+
+
+def test_output_that_cannot_be_written_is_one_line_and_a_failure(tmp_path, run_cli, state_dir):
+    """`ntpguard list show > file` on a full disk (here: a file size limit of 64 bytes, so
+    the final flush fails with EFBIG) was a traceback, Python's 'Exception ignored' and exit
+    status 120; the output is lost, so it is a failure with one line saying so."""
+    import resource
+
+    src = tmp_path / "l.txt"
+    src.write_text("".join(f"2606:4700::{i:x} harvester # entry {i}\n" for i in range(50)))
+    assert run_cli("list", "import", src, "--name", "l").returncode == 0
+    env = {k: v for k, v in cli_env(tmp_path, state_dir).items() if k != "PYTHONUNBUFFERED"}
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ntpguard", "list", "show", "l"], stdout=out,
+            stderr=subprocess.PIPE, text=True, env=env, timeout=60,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)))
+    assert proc.stderr == "ntpguard: cannot write the output: File too large\n"
+    assert proc.returncode == 1

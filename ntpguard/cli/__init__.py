@@ -170,9 +170,18 @@ def command() -> NoReturn:
         sys.exit(code)
     logging.shutdown()  # flushes the stderr handler, as Python's exit would
     for stream in (sys.stdout, sys.stderr):
-        # A reader that went away (`ntpguard status | head -1`) or a closed stream: as main().
-        with contextlib.suppress(BrokenPipeError, ValueError):
+        try:
             stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # a reader that went away (`ntpguard status | head -1`), a closed stream
+        except OSError as exc:
+            # `> file` on a full disk: what was printed is lost, so the command failed. It
+            # was a traceback, Python's "Exception ignored" and exit status 120.
+            code = code or 1
+            if stream is sys.stdout:
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.write(f"ntpguard: cannot write the output: {exc.strerror}\n")
+                    sys.stderr.flush()
     os._exit(code)
 
 
