@@ -659,6 +659,13 @@ def _load_tables(cls: type, value: Any, path: str, key: str) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def _checked(f: dataclasses.Field, value: Any) -> Any:
+    """value through its key's `check` (the key's rule, in the file and on the command line);
+    ValueError says why not."""
+    check = f.metadata.get("check")
+    return check(value) if check else value
+
+
 def _load_section(cls: type, table: Any, path: str, section: str) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(path, section, "must be a table ([section])")
@@ -674,8 +681,7 @@ def _load_section(cls: type, table: Any, path: str, section: str) -> Any:
                 value = _load_tables(table_type, value, path, f"{section}.{key}")
             else:
                 value = _coerce(hints[key], value)
-            check = fields[key].metadata.get("check")
-            values[key] = check(value) if check else value
+            values[key] = _checked(fields[key], value)
         except ValueError as exc:
             raise ConfigError(path, f"{section}.{key}", str(exc)) from None
     return cls(**values)
@@ -691,9 +697,8 @@ def with_options(section: S, **options: Any) -> S:
     for key, value in options.items():
         if value is None:
             continue
-        check = fields[key].metadata.get("check")
         try:
-            changes[key] = check(value) if check else value
+            changes[key] = _checked(fields[key], value)
         except ValueError as exc:
             raise UsageError(f"--{key.replace('_', '-')} {exc}") from None
     return dataclasses.replace(section, **changes) if changes else section  # type: ignore[type-var]

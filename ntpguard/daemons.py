@@ -17,7 +17,9 @@ from typing import Callable, Optional, Sequence
 from ntpguard.config import Timeconf
 from ntpguard.errors import UsageError
 
-HEADER = "Written by ntpguard (`ntpguard timeconf --write`); edits are overwritten."
+# How every file ntpguard writes begins (timeconf.write overwrites no file without it).
+MARK = "Written by ntpguard"
+HEADER = f"{MARK} (`ntpguard timeconf --write`); edits are overwritten."
 NTPSEC_SNIPPET = "/etc/ntpsec/ntpguard.conf"
 NTP_SNIPPET = "/etc/ntpguard/ntp-servers.conf"
 

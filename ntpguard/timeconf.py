@@ -151,8 +151,9 @@ def write(fmt: str, content: str, path: str, reload: bool = True,
 
 # ntpguard's own drop-in holds a few server lines; anything near this size is not its file.
 MAX_DROPIN_BYTES = 1 << 20
-# How every file ntpguard wrote begins (daemons.HEADER, unchanged since the first release).
-OWNED = "# Written by ntpguard"
+# How every file ntpguard wrote begins (daemons.HEADER, its words unchanged since the first
+# release).
+OWNED = f"# {daemons.MARK}"
 
 
 def read_owned(path: str) -> Optional[str]:

@@ -47,7 +47,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     daemon = daemons.get(fmt)
     path = args.path or daemon.dropin(tc)
     with ctx.open_state(write=False) as state:
-        servers, checks = timeconf.choose(cfg, state, time.time(), args.check, tc.count,
+        servers, checks = timeconf.choose(cfg, state, time.time(), args.check,
                                           current=timeconf.current_servers(path))
     content = timeconf.render(fmt, servers, tc.options, tc.fallback)
     changed = None

@@ -763,11 +763,10 @@ class LineParser:
         if not src or not dst:
             return GARBLED
         sec = obj.get("oob.time.sec")
-        stamp = (_instant(float(sec) + float(obj.get("oob.time.usec", 0)) / 1e6)
-                 if sec is not None else _iso_to_epoch(str(obj.get("timestamp", ""))))
-        if stamp is None:
+        t = (_instant(float(sec) + float(obj.get("oob.time.usec", 0)) / 1e6)
+             if sec is not None else _iso_to_epoch(str(obj.get("timestamp", ""))))
+        if t is None:
             return None
-        t = stamp
         number = obj.get("ip.protocol")
         proto = _PROTO_BY_NUMBER.get(number, str(number)) if number is not None else ""
         sport, dport = obj.get("src_port"), obj.get("dest_port")
