@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypeVar
 
-from ntpguard import files
+from ntpguard import configfile
 from ntpguard.addr import canonical
 from ntpguard.errors import ConfigError, UsageError
 
@@ -26,14 +26,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Debian 11 / Python 3.9 only
     import tomli as tomllib
 
-DEFAULT_PATH = "/etc/ntpguard/ntpguard.toml"
-DEFAULT_STATE_DIR = "/var/lib/ntpguard"
 # A host name as a collector takes it from a log's path (rsyslog's %HOSTNAME%): no path
 # separators or glob characters, nothing a shell or a metrics label would trip over.
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
-# The commented sample is 14 KB; a file 70 times that is not a configuration (and a FIFO or
-# /dev/zero given as --config is refused, not read for ever).
-MAX_CONFIG_BYTES = 1 << 20
 S = TypeVar("S")  # a section
 
 
@@ -111,7 +106,8 @@ def _record_types(values: tuple[str, ...]) -> tuple[str, ...]:
 class General:
     """[general]: where the state lives and how long an external command may take."""
 
-    state_dir: str = field(default=DEFAULT_STATE_DIR, metadata=_check(_absolute_path(False)))
+    state_dir: str = field(default=configfile.DEFAULT_STATE_DIR,
+                           metadata=_check(_absolute_path(False)))
     # Seconds any external command (nft, ipset, iptables-save/restore, ip, chronyc, systemctl)
     # may take before it is given up as hung; it runs under the state lock. A 100k-prefix nft
     # transaction takes ~0.3 s on 2 cores, a Raspberry Pi 5-10x that.
@@ -574,6 +570,10 @@ class Config:
     collector: Collector = field(default_factory=Collector)
     publish: Publish = field(default_factory=Publish)
     metrics: Metrics = field(default_factory=Metrics)
+    # The identity of the file these settings were loaded from (configfile.Source), set by
+    # load() only: dataclasses.replace() leaves it empty, so settings changed after loading
+    # (command-line options) are never taken for the file's.
+    source: str = field(default="", init=False, repr=False, compare=False)
 
 
 SECTIONS: dict[str, type] = {
@@ -725,20 +725,14 @@ def load(path: Optional[str] = None) -> Config:
 
     A missing default file means all defaults; a missing file that was asked for is an error.
     """
-    explicit = path or os.environ.get("NTPGUARD_CONFIG")
-    target = explicit or DEFAULT_PATH
-    if target == os.devnull:  # the usual way to say "no configuration file": all defaults
-        return parse("", target)
-    try:
-        raw = files.read_regular(target, MAX_CONFIG_BYTES, follow=True)
-    except FileNotFoundError:
-        if explicit:
-            raise UsageError(f"{target}: configuration file not found") from None
-        return Config()
-    except OSError as exc:
-        raise UsageError(f"{target}: cannot read: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(target, "syntax", "not valid UTF-8") from None
-    return parse(text, target)
+    source = configfile.read(path)
+    if source.raw is None:
+        loaded = parse("", source.path) if source.path == os.devnull else Config()
+    else:
+        try:
+            text = source.raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(source.path, "syntax", "not valid UTF-8") from None
+        loaded = parse(text, source.path)
+    object.__setattr__(loaded, "source", source.identity)  # frozen: set once, here
+    return loaded

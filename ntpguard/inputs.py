@@ -6,7 +6,8 @@ Reading the state and building the plan takes ~0.4 s of CPU with 2,000 servers, 
 scans and a 100k-entry list (benchmarks/scale.py); a run every 15 minutes on a Raspberry Pi
 pays that 5-10 times over. The digest instead reads:
 
-- the code's version and the configuration as loaded (every value; comments do not count);
+- the code's version and the configuration: the exact bytes of the file it was loaded from
+  (configfile.Source.identity), or every value of one made otherwise;
 - the state's revision (ntpguard.revision: triggers change it with every change to servers,
   verdicts, scans, canaries or which servers were contacted);
 - the stored and shipped lists' files (name, size, modification time, inode);
@@ -29,12 +30,13 @@ import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from ntpguard import __version__, files, hostinfo, listfiles, revision
+from ntpguard import __version__, configfile, files, hostinfo, listfiles, revision
 from ntpguard.backends import nft_gen
-from ntpguard.config import Config
+from ntpguard.errors import NtpguardError
 
-if TYPE_CHECKING:  # records only: the run that finds nothing to do imports neither
+if TYPE_CHECKING:  # records only: the run that finds nothing to do imports none of them
     from ntpguard.backends import Result
+    from ntpguard.config import Config
     from ntpguard.plan import Plan
 
 RECORD_NAME = "applied-inputs.json"
@@ -42,7 +44,8 @@ RECORD_NAME = "applied-inputs.json"
 # input added to the plan and not here, a kernel that reports a change where this does not
 # look) is taken in by a plan built at least this often; a 15-minute sync builds one in four.
 REBUILD_AFTER = 3600.0
-FORMAT = "ntpguard-applied-inputs-1"
+# Version 2: the configuration named by its file (config, configured_backend, builtin).
+FORMAT = "ntpguard-applied-inputs-2"
 log = logging.getLogger("ntpguard")
 
 
@@ -53,6 +56,11 @@ class Record:
 
     digest: str
     backend: str  # as asked: nft, iptables or auto
+    # What the configuration file said (see unchanged_before_loading): its identity (empty
+    # for settings not loaded from a file), [rules] backend and the shipped lists' paths.
+    config: str
+    configured_backend: str
+    builtin: list[str]
     force: bool
     fallback: bool  # built with NTP to unknown servers allowed (sync's plan on a new host)
     scope: str
@@ -68,13 +76,17 @@ class Record:
 def digest(config: Config, state_dir: str) -> Optional[str]:
     """The digest of everything a plan is made from (see the module docstring); None if any
     part cannot be read."""
+    return _digest(config.source or repr(config), state_dir, listfiles.builtin_paths(config))
+
+
+def _digest(settings: str, state_dir: str, builtin: list[str]) -> Optional[str]:
     rev = revision.read(state_dir)
     host = hostinfo.kernel_facts()
     if rev is None or host is None:
         return None
     h = hashlib.sha256()
-    for part in (__version__, code_stamp(), repr(config), os.path.abspath(state_dir),
-                 str(rev), host, _list_files(config, state_dir)):
+    for part in (__version__, code_stamp(), settings, os.path.abspath(state_dir), str(rev),
+                 host, _list_files(state_dir, builtin)):
         h.update(part.encode("utf-8", "surrogateescape"))
         h.update(b"\0")
     return h.hexdigest()
@@ -85,13 +97,39 @@ def unchanged(config: Config, state_dir: str, backend: str, force: bool, fallbac
     """The record of the last apply if it still holds: same inputs, same kernel generation,
     before its deadline, asked the same way. None: build the plan."""
     record = load(state_dir)
-    if (record is None or record.backend != backend or record.force != force
-            or (record.fallback and not fallback_ok) or now >= record.until):
-        return None
-    scope = nft_gen.scope()
-    if scope is None or scope != record.scope or nft_gen.genid() != record.generation:
+    if record is None or not _holds(record, backend, force, fallback_ok, now):
         return None
     return record if digest(config, state_dir) == record.digest else None
+
+
+def unchanged_before_loading(config_path: Optional[str], state_dir: Optional[str],
+                             backend: Optional[str], force: bool, now: float
+                             ) -> Optional[Record]:
+    """unchanged() for `rules apply` before the settings are loaded and checked (~30 ms of
+    imports): the record holds when the configuration file has the exact bytes the last
+    apply loaded (so they loaded without error then, with this code: the digest has its
+    version) and the rest is as unchanged() finds it. None: load the settings and go on."""
+    try:
+        source = configfile.read(config_path)
+    except NtpguardError:
+        return None  # loading the settings words the error
+    state_dir = configfile.state_dir(state_dir, lambda: configfile.configured_state_dir(source))
+    record = load(state_dir)
+    if (record is None or not record.config or record.config != source.identity
+            or not _holds(record, backend or record.configured_backend, force, False, now)):
+        return None
+    return record if _digest(record.config, state_dir, record.builtin) == record.digest \
+        else None
+
+
+def _holds(record: Record, backend: str, force: bool, fallback_ok: bool, now: float) -> bool:
+    """The record was asked for the same way, is before its deadline, and the kernel's
+    nftables generation is the one the apply left."""
+    if (record.backend != backend or record.force != force
+            or (record.fallback and not fallback_ok) or now >= record.until):
+        return False
+    scope = nft_gen.scope()
+    return scope is not None and scope == record.scope and nft_gen.genid() == record.generation
 
 
 def load(state_dir: str) -> Optional[Record]:
@@ -114,8 +152,9 @@ def save(state_dir: str, record: Record) -> None:
         log.warning("%s: cannot write: %s", RECORD_NAME, exc.strerror)
 
 
-def remember(state_dir: str, found: Optional[str], backend: str, result: Result, plan: Plan,
-             force: bool, fallback: bool, until: float, now: float) -> None:
+def remember(config: Config, state_dir: str, found: Optional[str], backend: str,
+             result: Result, plan: Plan, force: bool, fallback: bool, until: float,
+             now: float) -> None:
     """After an apply: the record the next run compares with, if the inputs were digested
     (`found`, before the plan was built from them) and the backend knows the generation at
     which the kernel holds the plan; else no record (the next run builds the plan)."""
@@ -125,8 +164,9 @@ def remember(state_dir: str, found: Optional[str], backend: str, result: Result,
         return
     from ntpguard.backends import Result
 
-    save(state_dir, Record(found, backend, force, fallback, scope, result.generation,
-                           min(until, now + REBUILD_AFTER), now,
+    save(state_dir, Record(found, backend, config.source, config.rules.backend,
+                           listfiles.builtin_paths(config), force, fallback, scope,
+                           result.generation, min(until, now + REBUILD_AFTER), now,
                            Result(result.backend, "unchanged").as_dict(),
                            dict(plan.counts()), list(plan.notes), plan.describe()))
 
@@ -155,12 +195,12 @@ def code_stamp() -> str:
     return ",".join(stamps)
 
 
-def _list_files(config: Config, state_dir: str) -> str:
+def _list_files(state_dir: str, builtin: list[str]) -> str:
     """Name, size, mtime and inode of every file of the stored lists and the shipped ones."""
     out = []
     directory = listfiles.list_dir(state_dir)
     paths = [os.path.join(directory, n) for n in sorted(_listdir(directory))]
-    for path in [*paths, *listfiles.builtin_paths(config)]:
+    for path in [*paths, *builtin]:
         try:
             st = os.lstat(path)
         except OSError:

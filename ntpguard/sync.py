@@ -340,7 +340,7 @@ def _run_steps(config: Config, state: State, state_dir: str, dry_run: bool,
             return
         result = enforce.apply(state_dir, config.rules.backend, plan, now=now)
         at = now()
-        inputs.remember(state_dir, found, config.rules.backend, result, plan,
+        inputs.remember(config, state_dir, found, config.rules.backend, result, plan,
                         config.sync.force_rules, bool(notes),
                         canary.next_change(state.canaries(live_at=at), at, config.canary), at)
         step.message = "; ".join([*notes, result.describe()])

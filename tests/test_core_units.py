@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ntpguard import addr, config
+from ntpguard import addr, config, configfile
 from ntpguard.errors import ConfigError, UsageError
 from ntpguard.estimate import chao2
 
@@ -53,7 +53,7 @@ def test_prefix_limits():
 
 def test_config_defaults_without_file(tmp_path, monkeypatch):
     monkeypatch.delenv("NTPGUARD_CONFIG", raising=False)
-    monkeypatch.setattr(config, "DEFAULT_PATH", str(tmp_path / "absent.toml"))
+    monkeypatch.setattr(configfile, "DEFAULT_PATH", str(tmp_path / "absent.toml"))
     cfg = config.load()
     assert cfg.pool.names[2] == "2.debian.pool.ntp.org"
     assert cfg.pool.record_types == ("AAAA", "A")

@@ -5,6 +5,7 @@ tests/test_rules_netns.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import math
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from ntpguard import canary, config, hostinfo, inputs, lists, revision
+from ntpguard import canary, config, configfile, hostinfo, inputs, lists, revision
 from ntpguard.canary import SPARE, Canary
+from ntpguard.errors import UsageError
 from ntpguard.facts import Contacts, Scan, Trigger
 from ntpguard.logs.sources import Position
 from ntpguard.probe import Target
@@ -106,11 +108,19 @@ def test_digest_changes_with_every_input_and_only_then(tmp_path, state_dir):
     cfg = write_config(tmp_path, "[lists]\nbuiltin = false\n")
     first = inputs.digest(cfg, str(state_dir))
     assert first is not None and first == inputs.digest(cfg, str(state_dir))
-    # A configuration value; the same value written differently is the same input.
+    # A configuration value. The file is named by its bytes (so a run with nothing new need
+    # not load it): written differently, it is a new input too; settings made otherwise
+    # (not loaded from a file) are named by their values.
     other = write_config(tmp_path, '[lists]\nbuiltin = false\n[rules]\nmode = "gateway"\n')
     assert inputs.digest(other, str(state_dir)) != first
     same = write_config(tmp_path, "# a comment\n[lists]\nbuiltin   =   false\n")
-    assert inputs.digest(same, str(state_dir)) == first
+    assert same == cfg and inputs.digest(same, str(state_dir)) != first
+    made = dataclasses.replace(cfg)
+    assert made.source == "" and inputs.digest(made, str(state_dir)) == inputs.digest(
+        dataclasses.replace(same), str(state_dir)) not in (None, first)
+    assert write_config(tmp_path, "[lists]\nbuiltin = false\n").source == cfg.source
+    assert inputs.digest(write_config(tmp_path, "[lists]\nbuiltin = false\n"),
+                         str(state_dir)) == first
     # A stored list.
     parsed = lists.parse(b"2001:db8:666::/48 scanner\n", "t", lists.Limits(
         allow_nonglobal=True), "text")
@@ -124,6 +134,42 @@ def test_digest_changes_with_every_input_and_only_then(tmp_path, state_dir):
     # The shipped lists are inputs when they are in force.
     shipped = write_config(tmp_path, "[lists]\nbuiltin = true\n")
     assert inputs.digest(shipped, str(state_dir)) != inputs.digest(cfg, str(state_dir))
+
+
+def test_the_file_and_state_directory_a_run_finds_before_loading_the_settings(
+        tmp_path, monkeypatch):
+    """What `rules apply` with nothing new reads instead of the settings: the same file and
+    state directory config.load() and the CLI find, by the same precedence."""
+    monkeypatch.delenv("NTPGUARD_CONFIG", raising=False)
+    monkeypatch.delenv("NTPGUARD_STATE_DIR", raising=False)
+    path = tmp_path / "a.toml"
+    path.write_text('[general]\nstate_dir = "/srv/ng"\n')
+    source = configfile.read(str(path))
+    assert configfile.configured_state_dir(source) == "/srv/ng"
+    assert config.load(str(path)).source == source.identity
+    never = lambda: pytest.fail("the settings were asked")  # noqa: E731
+    assert configfile.state_dir("/x", never) == "/x"
+    monkeypatch.setenv("NTPGUARD_STATE_DIR", "/env")
+    assert configfile.state_dir(None, never) == "/env"
+    monkeypatch.delenv("NTPGUARD_STATE_DIR")
+    assert configfile.state_dir(None, lambda: None) == configfile.DEFAULT_STATE_DIR
+    monkeypatch.setenv("NTPGUARD_CONFIG", str(path))
+    assert configfile.read(None) == source
+    # Nothing a run could take for a state directory: the default, and the settings loaded
+    # later word what is wrong.
+    for text in (b"[general\n", b"\xff", b"general = 1\n", b"[general]\nstate_dir = 5\n"):
+        path.write_bytes(text)
+        assert configfile.configured_state_dir(configfile.read(str(path))) is None
+    # Another file, other bytes, no file: other identities.
+    other = tmp_path / "b.toml"
+    other.write_text('[general]\nstate_dir = "/srv/ng"\n')
+    identities = {source.identity, configfile.read(str(other)).identity,
+                  configfile.read(os.devnull).identity}
+    path.write_text('[general]\nstate_dir = "/srv/ng" \n')
+    identities.add(configfile.read(str(path)).identity)
+    assert len(identities) == 4
+    with pytest.raises(UsageError, match="not found"):
+        configfile.read(str(tmp_path / "absent.toml"))
 
 
 def test_digest_is_none_when_the_state_cannot_say(tmp_path):
@@ -190,8 +236,9 @@ def test_a_damaged_or_foreign_record_is_no_record(state_dir):
         with open(path, "w") as fh:
             fh.write(text)
         assert inputs.load(str(state_dir)) is None
-    record = inputs.Record("d", "nft", False, False, "s", 7, time.time() + 60, time.time(),
-                           {"message": "m"}, {"clean6": 1}, [], "plan")
+    record = inputs.Record("d", "nft", "/etc/x.toml\0abc", "auto", [], False, False, "s", 7,
+                           time.time() + 60, time.time(), {"message": "m"}, {"clean6": 1}, [],
+                           "plan")
     inputs.save(str(state_dir), record)
     assert inputs.load(str(state_dir)) == record
 

@@ -609,3 +609,35 @@ def test_nothing_new_stops_at_the_digest_and_every_change_is_seen(clean_rules):
     record.write_text(json.dumps(data))
     r.ntpguard("rules", "apply")
     assert rules_applies(r) == built + 1
+    # The configuration, which a run with nothing new recognises by its file's bytes without
+    # loading it: a changed byte (a comment too) builds the plan again; a file made invalid
+    # is its one-line error, never the last apply's answer.
+    edited = r.workdir / "edited.toml"
+    edited.write_text(r.config().read_text() + "# an admin's note\n")
+    built = rules_applies(r)
+    r.ntpguard("rules", "apply", "--config", str(edited))
+    assert rules_applies(r) == built + 1
+    assert "nothing changed" in r.ntpguard("rules", "apply", "--config", str(edited)).stdout
+    edited.write_text(edited.read_text() + "[detect]\nwindow = -1\n")
+    bad = r.ntpguard("rules", "apply", "--config", str(edited), check=False)
+    assert bad.returncode == 2 and "window" in bad.stderr and not bad.stdout, bad
+    # The state directory named in the file (no --state-dir, no $NTPGUARD_STATE_DIR).
+    own = r.workdir / "own.toml"
+    own.write_text(r.config().read_text() + f'[general]\nstate_dir = "{r.state}"\n')
+
+    def apply_own() -> subprocess.CompletedProcess:
+        return r.host.run("env", "-u", "NTPGUARD_STATE_DIR", "-u", "NTPGUARD_CONFIG",
+                          f"PYTHONPATH={ROOT}", sys.executable, "-m", "ntpguard", "--config",
+                          str(own), "rules", "apply", timeout=120)
+
+    built = rules_applies(r)
+    apply_own()
+    assert "nothing changed" in apply_own().stdout and rules_applies(r) == built + 1
+    # What makes it cheap: the settings' code (dataclasses, validators) is not even imported.
+    loaded = r.host.run(
+        "env", "-u", "NTPGUARD_STATE_DIR", "-u", "NTPGUARD_CONFIG", f"PYTHONPATH={ROOT}",
+        sys.executable, "-c", "import sys\nfrom ntpguard.cli import main\n"
+        f"code = main(['--config', {str(own)!r}, 'rules', 'apply'])\n"
+        "print('exit', code, 'settings loaded:', 'ntpguard.config' in sys.modules)")
+    assert "nothing changed" in loaded.stdout and "exit 0 settings loaded: False" in \
+        loaded.stdout, loaded.stdout

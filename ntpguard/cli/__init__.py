@@ -1,7 +1,8 @@
 """The `ntpguard` command: argparse and printing only; the work is in the library modules.
 
 Each sub-command lives in its own module here with `register(subparsers, common)`, which adds
-the parser and sets `func(ctx, args) -> int`. Expected failures are NtpguardError subclasses
+the parser and sets `func(ctx, args) -> int` (and may set `early(ctx, args)`, run before the
+settings are loaded: an exit code, or None to go on). Expected failures are NtpguardError subclasses
 and become one line `ntpguard: <message>` with the error's exit code; anything else is one line
 too (the traceback only with -v), never a traceback for bad input.
 """
@@ -18,7 +19,7 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn, Optional, TextIO, cast
 
-from ntpguard import __version__, commands, config
+from ntpguard import __version__, commands, configfile
 from ntpguard.cli import _fmt
 from ntpguard.cli._fmt import VisibleControls
 from ntpguard.cli._progress import Line
@@ -26,6 +27,7 @@ from ntpguard.errors import NtpguardError
 from ntpguard.progress import lock_wait
 
 if TYPE_CHECKING:  # imported when a command opens it: the state pulls in most of ntpguard
+    from ntpguard.config import Config
     from ntpguard.state import State
 
 # Sub-command modules, in the order `--help` lists them.
@@ -56,23 +58,21 @@ class Context:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self._config: Optional[config.Config] = None
+        self._config: Optional[Config] = None
         self.progress = Line.on_terminal(sys.stderr, json=bool(getattr(args, "json", False)))
 
     @property
-    def config(self) -> config.Config:
+    def config(self) -> Config:
         if self._config is None:
+            from ntpguard import config  # not before a command needs the settings (see early)
+
             self._config = config.load(self.args.config)
             commands.set_timeout(self._config.general.command_timeout)
         return self._config
 
     @property
     def state_dir(self) -> str:
-        return (
-            self.args.state_dir
-            or os.environ.get("NTPGUARD_STATE_DIR")
-            or self.config.general.state_dir
-        )
+        return configfile.state_dir(self.args.state_dir, lambda: self.config.general.state_dir)
 
     def open_state(self, write: bool = True) -> State:
         """Open the state database; with write=True take the exclusive run lock first (with
@@ -143,11 +143,11 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
 def _global_options(parser: argparse.ArgumentParser, text: Any, flag: Any, count: Any) -> None:
     parser.add_argument(
         "--config", metavar="FILE", default=text,
-        help=f"configuration file (default: $NTPGUARD_CONFIG or {config.DEFAULT_PATH})",
+        help=f"configuration file (default: $NTPGUARD_CONFIG or {configfile.DEFAULT_PATH})",
     )
     parser.add_argument(
         "--state-dir", metavar="DIR", default=text,
-        help=f"state directory (default: $NTPGUARD_STATE_DIR or {config.DEFAULT_STATE_DIR})",
+        help=f"state directory (default: $NTPGUARD_STATE_DIR or {configfile.DEFAULT_STATE_DIR})",
     )
     parser.add_argument("--wait", action="store_true", default=flag,
                         help="wait for the state lock instead of failing")
@@ -207,8 +207,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     for handler in handlers:  # a warning wipes the progress line before it is printed
         handler.addFilter(ctx.progress.before_log)
     try:
-        ctx.config  # noqa: B018 - a bad config file fails every command, not only some
         with ctx.progress:  # cleared before the error line below, too
+            # A command that can tell from what its last run left that it has nothing to do
+            # (`rules apply`: ntpguard.inputs) answers before the settings are loaded: what
+            # it checks names the configuration file's exact bytes, which loaded then.
+            early = getattr(args, "early", None)
+            code = early(ctx, args) if early is not None else None
+            if code is not None:
+                return int(code)
+            ctx.config  # noqa: B018 - a bad config file fails every command, not only some
             return int(args.func(ctx, args) or 0)
     except NtpguardError as exc:
         print(f"ntpguard: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Optional
 
 from ntpguard import backends
 from ntpguard.cli import RULES_NOT_IN_PLACE, Context, Subparsers
@@ -31,7 +32,7 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true",
                    help="show: include every set element (can be 100k lines)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, early=_unchanged)
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
@@ -44,8 +45,6 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         return _remove(ctx, args)
     if args.action == "restore":
         return _restore(ctx, args)
-    if not args.dry_run and _unchanged(ctx, name, args):
-        return 0
     from ntpguard import canary, enforce, inputs, lists, snapshot
 
     started = time.time()
@@ -77,9 +76,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             return 0
         result = enforce.apply(ctx.state_dir, name, plan)
         now = time.time()
-        inputs.remember(ctx.state_dir, found, name, result, plan, args.force, False,
-                        canary.next_change(state.canaries(live_at=now), now,
-                                           ctx.config.canary), now)
+        inputs.remember(ctx.config, ctx.state_dir, found, name, result, plan, args.force,
+                        False, canary.next_change(state.canaries(live_at=now), now,
+                                                  ctx.config.canary), now)
         state.record_run("rules apply", started, now, True,
                          {**result.as_dict(), **plan.counts()})
     if args.json:
@@ -90,22 +89,26 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def _unchanged(ctx: Context, name: str, args: argparse.Namespace) -> bool:
-    """Print what the last apply did and say True when nothing it was built from changed
-    since (ntpguard.inputs): same state, lists, configuration, host addresses, kernel
-    generation, and no canary due; reads no state, builds no plan (~0.05 s, not ~0.5 s)."""
+def _unchanged(ctx: Context, args: argparse.Namespace) -> Optional[int]:
+    """`rules apply` with nothing to do: print what the last apply did and exit 0 when nothing
+    it was built from changed since (ntpguard.inputs): same configuration file, state,
+    lists, host addresses, kernel generation, and no canary due. Runs before the settings
+    are loaded (`early`): reads no state, builds no plan (~0.06 s, not ~0.25 s)."""
+    if args.action != "apply" or args.dry_run:
+        return None
     from ntpguard import inputs
 
-    record = inputs.unchanged(ctx.config, ctx.state_dir, name, args.force, False, time.time())
+    record = inputs.unchanged_before_loading(args.config, args.state_dir, args.backend,
+                                             args.force, time.time())
     if record is None:
-        return False
+        return None
     if args.json:
         from ntpguard.cli import print_json
         print_json({**record.result, "plan": record.plan, "notes": record.notes})
     else:
         print(record.result["message"])
         print(record.describe)
-    return True
+    return 0
 
 
 def _show(ctx: Context, name: str, args: argparse.Namespace) -> int:
