@@ -6,6 +6,7 @@ import random
 import socket
 import threading
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.rrset
@@ -35,7 +36,10 @@ class FakeDNS:
             if self.garbage:
                 self.sock.sendto(data[:2] + self.garbage, peer)
                 continue
-            query = dns.message.from_wire(data)
+            try:
+                query = dns.message.from_wire(data)
+            except dns.exception.DNSException:
+                continue  # a stray datagram that is no query must not end the server's thread
             reply = dns.message.make_response(query)
             qname = query.question[0].name
             if self.truncate:

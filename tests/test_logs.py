@@ -84,6 +84,8 @@ BODY = ("IN= OUT=eth0 SRC=2001:0db8:0000:0000:0000:0000:0000:0001 "
     (f"2026-01-02T03:04:05.250000+0100 host kernel: ntp: {BODY}", 1767319445.25),  # short-iso
     (f"<6>2026-01-02T02:04:05Z host kernel: ntp: {BODY}", 1767319445.0),
     (f"[  100.500000] ntp: {BODY}", 1767000100.5),                                  # dmesg
+    (f"4,2217,100500000,-;ntp: {BODY}", 1767000100.5),                        # /dev/kmsg
+    (f"6,12,100500000,-,caller=T1;ntp: {BODY}", 1767000100.5),     # kmsg with more fields
     (f"1767319445.250000 host kernel: ntp: {BODY}", 1767319445.25),          # short-unix
     ('{"__REALTIME_TIMESTAMP":"1767319445250000","__CURSOR":"s=1","MESSAGE":"ntp: '
      + BODY + '"}', 1767319445.25),                                                  # journal
@@ -322,6 +324,22 @@ _FAST_LINES = [
 def test_fast_path_equals_full_parser_on_mangled_lines(line, at, cut, junk):
     mangled = line[:at] + junk + line[at + cut:]
     _both([mangled.encode("utf-8"), line.encode(), mangled.encode("utf-8")[:at + 3]])
+
+
+def test_kmsg_records_are_read_by_every_path_alike():
+    """/dev/kmsg records (`cat /dev/kmsg`): "PRI,SEQ,USEC,FLAGS;" then the message, and the
+    dictionary lines after it (" SUBSYSTEM=...", not netfilter). The fast paths leave them
+    to the full parser; a line that merely starts with digits and commas is no record."""
+    raw = [f"4,2217,43594532,-;ntp: {BODY}".encode(), b" SUBSYSTEM=net",
+           f"6,2218,43594533,c,caller=T12;ntp: {BODY}".encode(),
+           f"Jan  1 00:00:01 host kernel: ntp: {BODY}".encode(),
+           f"4,2217;ntp: {BODY}".encode(), f"4,22,17,{'x' * 50};ntp: {BODY}".encode()]
+    _both(raw)
+    parser = LineParser(boot_time=1.7e9)
+    times = [ev.time if ev else None for ev in map(parser.parse_line, (r.decode() for r in raw))]
+    assert times[:3] == [pytest.approx(1.7e9 + 43.594532), None, pytest.approx(1.7e9 + 43.594533)]
+    untimed = LineParser()  # no boot time
+    assert untimed.parse_line(raw[0].decode()) is None and untimed.stats.untimed == 1
 
 
 def test_fast_paths_follow_the_year_the_full_parser_moves_on():

@@ -73,6 +73,10 @@ _BSD_ANYWHERE = re.compile(
 _ISO_ANYWHERE = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? ")
 _PVEFW = re.compile(r"(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d) ")
 _UPTIME = re.compile(r"\[ *(\d+\.\d+)(?:@\d+)?\] ?")
+# A /dev/kmsg record (`cat /dev/kmsg`, what some collectors copy): "PRI,SEQ,USEC,FLAGS;msg",
+# USEC microseconds since boot (Documentation/ABI/testing/dev-kmsg in the kernel's tree);
+# further comma-separated fields may follow FLAGS.
+_KMSG = re.compile(r"(\d{1,4}),\d{1,20},(\d{1,20}),[^;]{0,40};")
 # `journalctl -o short-unix`: "1696841602.123456 host kernel: ..." (epoch seconds from 2001 to
 # 2286 at the start of the line, nothing else looks like that there).
 _EPOCH = re.compile(r"(\d{10}\.\d{1,9}) ")
@@ -591,6 +595,8 @@ class LineParser:
         if c.isdigit():
             if line[4:5] == "-":
                 return "rfc3339"
+            if _KMSG.match(line):
+                return "dmesg"
             return "pvefw" if " PVEFW-" in line[:40] or _PVEFW.search(line, 0, 80) else None
         if line[:3] in MONTHS and line[3:4] == " ":
             return "syslog"
@@ -687,16 +693,22 @@ class LineParser:
         return base + frac
 
     def _dmesg(self, line: str) -> Any:
-        """`[  227.015233] msg` (also `<6>[...]`, `[uptime@cpu]`): boot time + uptime."""
+        """`[  227.015233] msg` (also `<6>[...]`, `[uptime@cpu]`) and /dev/kmsg's
+        `6,1234,227015233,-;msg`: boot time + uptime."""
         if line[:1] == "<":
             end = line.find(">", 1, 6)
             line = line[end + 1:]
         m = _UPTIME.match(line)
-        if not m:
-            return self._generic(line)
+        if m:
+            uptime = float(m.group(1))
+        else:
+            m = _KMSG.match(line)
+            if not m:
+                return self._generic(line)
+            uptime = int(m.group(2)) / 1e6
         if self.boot_time is None:
             return self._body_untimed(line, m.end())
-        return self._body(line, m.end(), self.boot_time + float(m.group(1)), False)
+        return self._body(line, m.end(), self.boot_time + uptime, False)
 
     def _pvefw(self, line: str) -> Any:
         """Proxmox pvefw-logger: `vmid level chain dd/Mon/yyyy:HH:MM:SS +zzzz prefix: IN=...`."""
