@@ -570,10 +570,11 @@ class Config:
     collector: Collector = field(default_factory=Collector)
     publish: Publish = field(default_factory=Publish)
     metrics: Metrics = field(default_factory=Metrics)
-    # The identity of the file these settings were loaded from (configfile.Source), set by
-    # load() only: dataclasses.replace() leaves it empty, so settings changed after loading
-    # (command-line options) are never taken for the file's.
-    source: str = field(default="", init=False, repr=False, compare=False)
+    # The file these settings were loaded from, set by load() only: dataclasses.replace()
+    # leaves it None, so settings changed after loading (command-line options) are never
+    # taken for the file's.
+    source: Optional[configfile.Source] = field(default=None, init=False, repr=False,
+                                                compare=False)
 
 
 SECTIONS: dict[str, type] = {
@@ -734,5 +735,5 @@ def load(path: Optional[str] = None) -> Config:
         except UnicodeDecodeError:
             raise ConfigError(source.path, "syntax", "not valid UTF-8") from None
         loaded = parse(text, source.path)
-    object.__setattr__(loaded, "source", source.identity)  # frozen: set once, here
+    object.__setattr__(loaded, "source", source)  # frozen: set once, here
     return loaded

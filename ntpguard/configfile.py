@@ -8,7 +8,6 @@ inspect, the validators) are ~30 ms of such a run's ~0.09 s.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from typing import Callable, NamedTuple, Optional
@@ -35,6 +34,8 @@ class Source(NamedTuple):
         and the SHA-256 of its text (a changed comment is a new identity: one plan built)."""
         if self.raw is None:
             return f"{os.path.abspath(self.path)}\0defaults"
+        import hashlib  # here: OpenSSL's libcrypto is ~3 ms, which only the digest needs
+
         digest = hashlib.sha256(self.raw).hexdigest()
         return f"{os.path.abspath(self.path)}\0{digest}"
 

@@ -76,7 +76,12 @@ class Record:
 def digest(config: Config, state_dir: str) -> Optional[str]:
     """The digest of everything a plan is made from (see the module docstring); None if any
     part cannot be read."""
-    return _digest(config.source or repr(config), state_dir, listfiles.builtin_paths(config))
+    return _digest(_settings(config), state_dir, listfiles.builtin_paths(config))
+
+
+def _settings(config: Config) -> str:
+    """The settings, for the digest: the file they were loaded from, else every value."""
+    return config.source.identity if config.source is not None else repr(config)
 
 
 def _digest(settings: str, state_dir: str, builtin: list[str]) -> Optional[str]:
@@ -164,7 +169,9 @@ def remember(config: Config, state_dir: str, found: Optional[str], backend: str,
         return
     from ntpguard.backends import Result
 
-    save(state_dir, Record(found, backend, config.source, config.rules.backend,
+    save(state_dir, Record(found, backend,
+                           config.source.identity if config.source is not None else "",
+                           config.rules.backend,
                            listfiles.builtin_paths(config), force, fallback, scope,
                            result.generation, min(until, now + REBUILD_AFTER), now,
                            Result(result.backend, "unchanged").as_dict(),
