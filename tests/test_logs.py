@@ -342,6 +342,49 @@ def test_kmsg_records_are_read_by_every_path_alike():
     assert untimed.parse_line(raw[0].decode()) is None and untimed.stats.untimed == 1
 
 
+def test_the_c_scan_finds_every_byte_at_every_offset():
+    """_cut.c finds '=' and ' ' 64 bytes at a time (SSE2 compares, or 8-byte words where
+    there are none): every occurrence at every offset around the 8-, 16- and 64-byte edges,
+    with neighbouring and high-bit bytes beside it (<, >, 0xbd for '='; 0xa0 for ' '), in
+    lines that end anywhere in a window, with and without readable bytes after their end;
+    the portable masks are checked here too, though this machine uses the fast ones."""
+    from ntpguard.logs.parse import _native_cut
+
+    if _native_cut is None:
+        pytest.skip("the scan is the C path's")
+    from ntpguard.logs._cut import scan_positions
+
+    cases = ((ord("="), b"<>\xbd=x"), (ord(" "), b"\x00!\xa0 x"), (0xff, b"\x7f\xfe\xff"))
+    for byte, near in cases:
+        for length in [*range(0, 20), *range(60, 70), *range(124, 132), 200]:
+            for at in range(length):
+                line = bytearray(near[(k * 7 + at) % len(near)] for k in range(length))
+                line = bytes(b if b != byte else ord("y") for b in line)
+                line = line[:at] + bytes([byte]) + line[at + 1:]
+                want = [k for k, b in enumerate(line) if b == byte]
+                for after in (b"", bytes([byte]) * 70):
+                    for portable in (False, True):
+                        got = scan_positions(line + after, length, byte, portable)
+                        assert got == want, (line, after, portable)
+
+
+@pytest.mark.parametrize("shift", range(0, 72))
+def test_fast_path_equals_full_parser_with_fields_at_every_offset(shift):
+    """Each field of a line at every offset to the C scan's 64-byte windows (a longer prefix
+    moves them on), with decoy '=' and ' OUT=' before them, lines cut short anywhere after
+    SRC=, and lines that end in a read's last bytes (chunked) or alone (listed)."""
+    prefix = "x" * shift
+    lines = [f"Jan  1 00:00:01 host kernel: [ 5.000000] {prefix}ntp: {BODY}",
+             f"Jan  1 00:00:01 host kernel: {prefix}a=b OUT=c IN=eth1 OUT=eth0 "
+             f"SRC=192.0.2.{shift} DST=198.51.100.7 LEN=60 TTL=51 ID=1 DF PROTO=TCP "
+             f"SPT={1000 + shift} DPT=443 WINDOW=1 RES=0x00 SYN URGP=0",
+             f"2026-01-02T03:04:05.250000+01:00 host kernel: {prefix}ntp: {BODY}"]
+    raw = [line.encode() for line in lines]
+    body = raw[0].index(b" SRC=")
+    raw += [raw[0][:end] for end in range(body, len(raw[0]), 7)]
+    _both(raw)
+
+
 def test_fast_paths_follow_the_year_the_full_parser_moves_on():
     """Lines only the full parser takes (here: with a <PRI>) can move the year on and clear
     the stamp caches; the same stamp after them must not come from a memo of the old year.
