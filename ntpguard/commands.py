@@ -9,10 +9,15 @@ from __future__ import annotations
 import os
 import select
 import signal
-import subprocess
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 from ntpguard.errors import NtpguardError
+
+# subprocess is imported where a command starts: every `ntpguard` process imports this module
+# (the CLI sets the timeout), and subprocess with what it pulls in was ~2 ms of a `ntpguard
+# detect` that starts none.
+if TYPE_CHECKING:
+    import subprocess
 
 # Seconds; `[general] command_timeout` sets it for the whole run (ntpguard.cli does, once).
 _timeout = 60.0
@@ -33,6 +38,8 @@ def run(argv: Sequence[str], *, input: Optional[str] = None, check: bool = True,
     """Run argv to completion (text in and out). Raises `error` with one line when it cannot
     start, outlives its deadline (it is killed), or, with check, exits non-zero (the first
     line of its stderr)."""
+    import subprocess
+
     limit = _timeout if seconds is None else seconds
     name = " ".join(argv[:3])
     try:
@@ -71,6 +78,8 @@ class Stream:
     closing it kills its process group. Use as a context manager."""
 
     def __init__(self, argv: Sequence[str], error: type[NtpguardError] = NtpguardError) -> None:
+        import subprocess
+
         try:
             self.child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

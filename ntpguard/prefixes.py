@@ -10,7 +10,6 @@ needs text. Everything here is pure.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -163,6 +162,10 @@ class Networks(Sequence[str]):
     def digest(self) -> str:
         """SHA-256 of the packed content (remembered: the content never changes)."""
         if self._digest is None:
+            # Imported here: hashlib loads OpenSSL's libcrypto (~3 ms), which `ntpguard
+            # detect`, importing this module for the statuses, never needs.
+            import hashlib
+
             self._digest = hashlib.sha256(bytes([self.family]) + self.packed).hexdigest()
         return self._digest
 

@@ -8,9 +8,7 @@ it was rotated (finish the old file, found by inode as NAME.1, then read the new
 
 from __future__ import annotations
 
-import gzip
 import os
-import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -128,6 +126,8 @@ def file_blocks(path: str, position: Optional[Position] = None) -> Iterator[Bloc
     start = position.offset if position is not None else 0
     try:
         if gz:
+            import gzip  # here: ~1 ms of every `ntpguard detect` of a plain file
+
             fh: BinaryIO = gzip.open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
         else:
             fh = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
@@ -219,6 +219,8 @@ def journal_blocks(position: Position, journalctl: str = "journalctl",
         cmd += ["--file", f]
     if position.cursor:
         cmd += ["--after-cursor", position.cursor]
+    import subprocess  # here, as in commands.py: only the journal's reads start a process
+
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as exc:
