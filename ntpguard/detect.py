@@ -278,7 +278,7 @@ class Detector:
         self._keep = settings.lookback + settings.window
 
     def feed_blocks(self, blocks: Iterable[list[Logged]]) -> Iterator[Scan]:
-        """Consume lists of packets in time order (what the parser's fast path makes per 4 MiB
+        """Consume lists of packets in time order (what the parser's fast path makes per 1 MiB
         read; a few seconds of disorder are tolerated); yield each scan once it is over (no
         probe for `window` seconds). The loop is the hot path of `ntpguard detect`: fields by
         index, no per-packet objects but the keys."""

@@ -1258,7 +1258,7 @@ static int sieve(Ctx *x, const char *line, Py_ssize_t len, const char *src, Py_s
         e->klen = (unsigned char)n;
         h->used++;
     }
-    /* A copy: the line may be part of a 4 MiB block that is gone when the source comes
+    /* A copy: the line may be part of a 1 MiB block that is gone when the source comes
      * back (malloc and copy cost ~50 ns; a Python bytes per line as much, before the split). */
     char *copy = e->line != NULL && e->len >= len ? e->line : PyMem_Realloc(e->line, (size_t)len + 1);
     if (copy == NULL) {

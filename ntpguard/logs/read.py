@@ -2,7 +2,7 @@
 
 A source is a file path (plain or gzip), `-` (stdin), `journal` (the kernel messages in
 journald) or `journal:PATH` (those of a journal file). `read_blocks` hands the detector one
-list of packets per 4 MiB read, and with positions moves each source's position along, so the
+list of packets per 1 MiB read, and with positions moves each source's position along, so the
 caller can store how far it got.
 """
 
@@ -29,7 +29,7 @@ def read_blocks(sources: Iterable[str], fmt: str = "auto", boot_time: Optional[f
                 positions: Optional[dict[str, Position]] = None,
                 stats: Optional[ReadStats] = None, sieve: Optional[Sieve] = None,
                 tap: object = None) -> Iterator[list[Logged]]:
-    """Packets of every source in turn, a list at a time (one per 4 MiB read), for
+    """Packets of every source in turn, a list at a time (one per 1 MiB read), for
     Detector.feed_blocks; with positions, each source resumes where it stopped and its
     position follows the read. sieve: what the parser may leave out for the detector; tap:
     the detector's tap (Detector.tap), what the parser may keep from it."""
