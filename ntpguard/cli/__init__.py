@@ -2,9 +2,9 @@
 
 Each sub-command lives in its own module here with `register(subparsers, common)`, which adds
 the parser and sets `func(ctx, args) -> int` (and may set `early(ctx, args)`, run before the
-settings are loaded: an exit code, or None to go on). Expected failures are NtpguardError subclasses
-and become one line `ntpguard: <message>` with the error's exit code; anything else is one line
-too (the traceback only with -v), never a traceback for bad input.
+settings are loaded: an exit code, or None to go on). Expected failures are NtpguardError
+subclasses and become one line `ntpguard: <message>` with the error's exit code; anything else
+is one line too (the traceback only with -v), never a traceback for bad input.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ _UPTIME = re.compile(r"\[ *(\d+\.\d+)(?:@\d+)?\] ?")
 # A /dev/kmsg record (`cat /dev/kmsg`, what some collectors copy): "PRI,SEQ,USEC,FLAGS;msg",
 # USEC microseconds since boot (Documentation/ABI/testing/dev-kmsg in the kernel's tree);
 # further comma-separated fields may follow FLAGS.
-_KMSG = re.compile(r"(\d{1,4}),\d{1,20},(\d{1,20}),[^;]{0,40};")
+_KMSG = re.compile(r"\d{1,4},\d{1,20},(\d{1,20}),[^;]{0,40};")
 # `journalctl -o short-unix`: "1696841602.123456 host kernel: ..." (epoch seconds from 2001 to
 # 2286 at the start of the line, nothing else looks like that there).
 _EPOCH = re.compile(r"(\d{10}\.\d{1,9}) ")
@@ -712,7 +712,7 @@ class LineParser:
             m = _KMSG.match(line)
             if not m:
                 return self._generic(line)
-            uptime = int(m.group(2)) / 1e6
+            uptime = int(m.group(1)) / 1e6
         if self.boot_time is None:
             return self._body_untimed(line, m.end())
         return self._body(line, m.end(), self.boot_time + uptime, False)
