@@ -289,10 +289,12 @@ def maintain(config: Config, state: State, statuses: Mapping[str, ServerStatus],
     current = state.canaries(live_at=now)
     reason = why_not(config)
     target: Optional[Target] = None
+    links = None
     if reason is None:
+        links = hostinfo.addresses()  # asked once for the target and the host's facts
         try:
             target = find_target(Probe(interface=config.canary.interface,
-                                       prefix=config.canary.prefix))
+                                       prefix=config.canary.prefix), links)
         except ProbeError as exc:
             reason = str(exc).replace("probe.", "canary.")
     if target is None:
@@ -307,7 +309,7 @@ def maintain(config: Config, state: State, statuses: Mapping[str, ServerStatus],
                                     already)
     marked = {c.address: c for c in scanned}
     current = [marked.get(c.address, c) for c in current]
-    host = hostinfo.gather()
+    host = hostinfo.gather(links)
     # One /64 per prefix, not per address: the host holds every canary of its own, so with
     # 256 canaries a list per address made 2,000 servers ~500k membership tests (0.3 s).
     prefixes = host.blocks64()

@@ -182,22 +182,24 @@ class Damaged(ValueError):
 
 def loads(data: bytes) -> Compiled:
     """The Compiled a file holds; Damaged if it is not exactly what dumps() wrote."""
-    head, newline, body = data.partition(b"\n")
-    if not newline or len(head) != 8:
+    # Offsets into one view, not partitions: each partition copied the ~2 MB of a 100k-entry
+    # list's arrays (~1 ms a copy, in every `rules apply`).
+    if data.find(b"\n", 0, 9) != 8:
         raise Damaged("no checksum line")
     try:
-        crc = int(head, 16)
+        crc = int(data[:8], 16)
     except ValueError:
         raise Damaged("no checksum line") from None
-    if zlib.crc32(body) != crc:
+    whole = memoryview(data)
+    if zlib.crc32(whole[9:]) != crc:
         raise Damaged("checksum does not match (damaged or cut short)")
-    header, newline, arrays = body.partition(b"\n")
+    end = data.find(b"\n", 9)
+    header, view = (data[9:], whole[len(data):]) if end < 0 else (data[9:end], whole[end + 1:])
     try:
         doc = json.loads(header)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or \
                 doc.get("version") != VERSION:
             raise Damaged(f"not a version {VERSION} compiled list")
-        view = memoryview(arrays)
         parts = {kind: _part(doc["parts"][kind], view) for kind in KINDS}
         source = tuple(int(x) for x in doc["source"])
         return Compiled(str(doc["sha256"]), str(doc["limits"]), str(doc["list_format"]),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
-from typing import AbstractSet, Callable
+from typing import AbstractSet, Any, Callable, Optional
 
 from ntpguard.addr import nonglobal_reason
 from ntpguard.config import Probe
@@ -88,6 +88,7 @@ def fresh_address(prefix: ipaddress.IPv6Network, taken: AbstractSet[str],
     raise ProbeError(f"no free address found in {prefix}")  # pragma: no cover - 2^-64 odds
 
 
-def find_target(settings: Probe) -> Target:
-    return choose_target(addresses(), default_route_list(6),
+def find_target(settings: Probe, links: Optional[list[dict[str, Any]]] = None) -> Target:
+    """The target the settings name; `links`: hostinfo.addresses() if the caller has them."""
+    return choose_target(addresses() if links is None else links, default_route_list(6),
                          settings.interface, settings.prefix)

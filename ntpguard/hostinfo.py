@@ -118,12 +118,13 @@ def _dump(message: bytes, what: str) -> list[tuple[int, bytes, int, int]]:
     return found
 
 
-def gather() -> HostFacts:
-    """Every local address (all interfaces) and every default route's gateway (v4 and v6)."""
+def gather(links: Optional[list[dict[str, Any]]] = None) -> HostFacts:
+    """Every local address (all interfaces) and every default route's gateway (v4 and v6);
+    `links`: addresses() if the caller has them."""
     from ntpguard.plan import HostFacts
 
     local = set()
-    for link in addresses():
+    for link in addresses() if links is None else links:
         for info in link.get("addr_info", []):
             if info.get("local"):
                 local.add(info["local"])

@@ -151,8 +151,10 @@ def load(state_dir: str) -> Optional[Record]:
 def save(state_dir: str, record: Record) -> None:
     """Remember the record; failing to is a warning (the next run builds the plan)."""
     try:
+        # Not synced: it holds only in this boot (scope), so no crash leaves it trusted.
         files.atomic_write(os.path.join(state_dir, RECORD_NAME),
-                           json.dumps({"format": FORMAT, **asdict(record)}).encode())
+                           json.dumps({"format": FORMAT, **asdict(record)}).encode(),
+                           durable=False)
     except OSError as exc:
         log.warning("%s: cannot write: %s", RECORD_NAME, exc.strerror)
 

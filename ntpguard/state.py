@@ -1045,9 +1045,14 @@ class State:
 
     def contacted_servers(self) -> set[str]:
         """Every server some local address was seen talking to: what `contacts()` names,
-        without making a run per contact (a year of a 50-host gateway: ~100k rows)."""
+        without making a run per contact (a year of a 50-host gateway: ~100k rows). One seek
+        of the server index per server, not a walk of every row of it: ~4 ms for 2,000
+        servers in 110k rows, where DISTINCT took 6-9."""
         return {server for (server,) in self.conn.execute(
-            "SELECT DISTINCT server FROM detect_contacts") if isinstance(server, str)}
+            "WITH RECURSIVE s(server) AS (SELECT min(server) FROM detect_contacts"
+            " UNION ALL SELECT (SELECT min(server) FROM detect_contacts WHERE server > s.server)"
+            " FROM s WHERE s.server IS NOT NULL) SELECT server FROM s")
+            if isinstance(server, str)}
 
     def address_coverage(self) -> dict[str, float]:
         """Local address → the end of the log that covers it: on a collector, its own host's

@@ -46,6 +46,21 @@ def test_only_the_named_command_is_imported(argv, chosen):
     assert chosen_command(argv) == chosen
 
 
+@pytest.mark.parametrize("columns", ["50", "132", "", "0", "wide"])
+def test_help_is_as_wide_as_argparse_makes_it(monkeypatch, columns):
+    """The help's width is found without shutil, and is what argparse gets from it."""
+    import argparse
+    import shutil
+
+    from ntpguard import cli
+
+    monkeypatch.setenv("COLUMNS", columns)
+    assert cli._help_width() == shutil.get_terminal_size().columns - 2
+    ours = cli.build_parser("rules").format_help()
+    monkeypatch.setattr(cli._Parser, "_get_formatter", argparse.ArgumentParser._get_formatter)
+    assert ours == cli.build_parser("rules").format_help()
+
+
 def test_unknown_command_still_lists_every_command(run_cli):
     out = run_cli("nosuch")
     assert out.returncode == 2 and "rules" in out.stderr and "explain" in out.stderr

@@ -128,3 +128,47 @@ def test_chao2_beats_the_raw_count_on_simulated_pools():
                 assert err_est < err_seen, (size, answers, err_est, err_seen)
             else:
                 assert err_est < max(1.0, err_seen * 2), (size, answers, err_est, err_seen)
+
+
+def _program(path, text: str) -> None:
+    path.write_text(f"#!/bin/sh\necho '{text}'\n")
+    path.chmod(0o755)
+
+
+def test_which_finds_programs_as_shutil_does(tmp_path, monkeypatch):
+    import shutil
+
+    from ntpguard import commands
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _program(tmp_path / "b" / "tool", "b")
+    (tmp_path / "a" / "tool").write_text("not executable")
+    (tmp_path / "a" / "dir").mkdir()
+    monkeypatch.setenv("PATH", f"{tmp_path / 'a'}:{tmp_path / 'b'}")
+    for name in ("tool", "dir", "missing"):
+        assert commands.which(name) == shutil.which(name)
+    assert commands.which("tool") == str(tmp_path / "b" / "tool")
+
+
+@pytest.mark.parametrize("target,says,legacy", [
+    # Debian's alternatives link decides, without running anything: these print the opposite.
+    ("xtables-legacy-multi", "iptables v1.8.9 (nf_tables)", True),
+    ("xtables-nft-multi", "iptables v1.8.9 (legacy)", False),
+    # Elsewhere the program is asked.
+    ("iptables-wrapper", "iptables v1.8.9 (legacy)", True),
+    ("iptables-wrapper", "iptables v1.8.9 (nf_tables)", False),
+])
+def test_iptables_variant(tmp_path, monkeypatch, target, says, legacy):
+    from ntpguard import backends
+
+    _program(tmp_path / target, says)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "iptables").symlink_to(tmp_path / target)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    backends.iptables_is_legacy.cache_clear()
+    try:
+        assert backends.iptables_is_legacy() is legacy
+        assert backends.auto_name() == ("iptables" if legacy else "nft")
+    finally:
+        backends.iptables_is_legacy.cache_clear()

@@ -247,6 +247,27 @@ def test_contact_runs_merge_and_a_reread_never_inflates_them(state_dir):
     assert runs[("2001:db8:a::2", "2001:db8:5::9")] == [50.0, 50.0, 1]
 
 
+def test_contacted_servers_are_every_server_of_the_contacts(state_dir):
+    """One per server however many contacts it has, probe contacts included; a value a hand
+    edit left that is not text (a blob: the column's affinity makes numbers text) is no
+    server."""
+    import random
+
+    from ntpguard.facts import Contacts
+
+    rng = random.Random(3)
+    servers = [f"2001:db8:5::{i:x}" for i in range(1, 60)] + ["192.0.2.7", "198.51.100.1"]
+    runs = {(f"2001:db8:a::{rng.randrange(1, 9)}", s): [1.0, 2.0, 1]
+            for s in servers[:-1] for _ in range(rng.randrange(1, 5))}
+    with State.open(str(state_dir), lock=True) as st:
+        assert st.contacted_servers() == set()
+        st.save_detection([], Contacts(runs, 0.0, 9.0), [], "k", 1.0)
+        st.record_probe_contacts([("2001:db8:a::2", servers[-1], 50.0)])
+        st.conn.execute("INSERT INTO detect_contacts (address, server, first_time)"
+                        " VALUES ('2001:db8:a::9', x'00', 1.0), ('2001:db8:a::8', x'ff', 1.0)")
+        assert st.contacted_servers() == set(servers)
+
+
 def test_verdicts_are_weighed_again_only_when_the_evidence_changed(state_dir, monkeypatch):
     from ntpguard import evidence
     from ntpguard.config import Detect

@@ -11,7 +11,9 @@ and one line in `REGISTRY`.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Protocol
 
@@ -103,14 +105,25 @@ class Backend(Protocol):
     def remove(self) -> Result: ...
 
 
-def iptables_is_legacy() -> bool:
-    """True where `iptables` is the legacy x_tables variant, the only one python-iptables drives."""
-    import shutil  # here: with bz2 and lzma ~3 ms of every rules apply that has nothing to do
+# What Debian's `iptables` alternative resolves to (iptables >= 1.8 is one multi-call program
+# per variant, linked as iptables-legacy or iptables-nft): legacy or not, without a process.
+_VARIANTS = {"xtables-legacy-multi": True, "xtables-nft-multi": False}
 
-    if not shutil.which("iptables"):
+
+@functools.cache
+def iptables_is_legacy() -> bool:
+    """True where `iptables` is the legacy x_tables variant, the only one python-iptables drives.
+    Asked once a process (a `rules apply` with canaries asks three times, and `iptables
+    --version` was ~3 ms each): by where the link on $PATH ends (update-alternatives --set
+    iptables ...), by running `iptables --version` only when it ends elsewhere."""
+    found = commands.which("iptables")
+    if found is None:
         return False
+    known = _VARIANTS.get(os.path.basename(os.path.realpath(found)))
+    if known is not None:
+        return known
     try:
-        out = commands.run(["iptables", "--version"], check=False, seconds=10).stdout
+        out = commands.run([found, "--version"], check=False, seconds=10).stdout
     except NtpguardError:
         return False
     return "(legacy)" in out

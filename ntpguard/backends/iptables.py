@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -229,7 +228,7 @@ class IptablesBackend:
     def __init__(self, cache_dir: Optional[str] = None) -> None:
         # cache_dir: unused; ipset and iptables-save show the kernel's state quickly enough.
         for tool in ("ipset", SAVE[6], RESTORE[6], SAVE[4], RESTORE[4]):
-            if not shutil.which(tool):
+            if not commands.which(tool):
                 raise FirewallError(f"the iptables backend needs {tool} (packages iptables, ipset)")
         self.iptc = _import_iptc()
         from ntpguard.backends import iptables_is_legacy
@@ -242,7 +241,7 @@ class IptablesBackend:
     @classmethod
     def is_supported(cls) -> bool:
         """python-iptables imports and the legacy tools and ipset are installed."""
-        if not all(shutil.which(t) for t in ("ipset", SAVE[6], RESTORE[6], SAVE[4], RESTORE[4])):
+        if not all(commands.which(t) for t in ("ipset", SAVE[6], RESTORE[6], SAVE[4], RESTORE[4])):
             return False
         try:
             _import_iptc()

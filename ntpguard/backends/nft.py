@@ -215,12 +215,8 @@ BIG_TRANSACTION = 1 << 20
 
 
 def _nft_command() -> bool:
-    """Whether the nft command is on the PATH. shutil is imported here: with bz2 and lzma it
-    is ~2 ms of every apply, and only an apply without libnftables or with a transaction too
-    big for it asks."""
-    import shutil
-
-    return shutil.which("nft") is not None
+    """Whether the nft command is on the PATH."""
+    return commands.which("nft") is not None
 
 
 class Nft:
@@ -379,7 +375,9 @@ def _save_cache(path: Optional[str], token: int, genid: Optional[int],
                        "digest": rendered.digest(), "sets": sets})
     try:
         writer.commit()
-        atomic_write(path, data.encode("utf-8"))
+        # Not synced: its generation holds only in this boot (scope), and a damaged file is
+        # no cache; the set files it names are, as they are checked against their names.
+        atomic_write(path, data.encode("utf-8"), durable=False)
     except (OSError, UnsafePathError):
         with contextlib.suppress(OSError):
             os.unlink(path)  # an older cache must not outlive the kernel content it described

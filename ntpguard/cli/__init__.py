@@ -115,11 +115,37 @@ def chosen_command(argv: list[str]) -> Optional[str]:
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its help as wide as the terminal, found without shutil: for
+    each option added, argparse makes a help formatter (printed or not), whose width it
+    asks of shutil, which imports bz2 and lzma: ~3 ms of every command."""
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # typeshed's formatter_class type names prog alone; every HelpFormatter takes width.
+        return self.formatter_class(prog=self.prog, width=_help_width())  # type: ignore[call-arg]
+
+
+def _help_width() -> int:
+    """What argparse gets from shutil.get_terminal_size: $COLUMNS, else the terminal's width
+    on stdout, else 80; less 2."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        out = sys.__stdout__
+        try:
+            columns = os.get_terminal_size(out.fileno()).columns if out is not None else 0
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns if columns > 0 else 80) - 2
+
+
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     """The whole parser; with `only`, that command's alone: each command module imports what
     its command needs (the firewall, the log parser, DNS...), and importing all twelve
     costs ~0.2 s and ~20 MB of a `rules apply` that has nothing to change."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ntpguard",
         description="Find NTP pool servers that harvest client addresses for port scanners, "
         "and keep your hosts' NTP away from them.",
@@ -130,7 +156,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     _global_options(parser, None, False, 0)
     # The same options after the command; SUPPRESS keeps a command's parser from resetting
     # what was given before it (`ntpguard --config F status` and `ntpguard status --config F`).
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _global_options(common, argparse.SUPPRESS, argparse.SUPPRESS, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
