@@ -44,8 +44,9 @@ class Writer:
     writes the files not already there (all synced, one directory sync), then the caller
     writes the holder and sweeps what it no longer names (`sweep(directory, writer.names)`)."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, durable: bool = True) -> None:
         self.directory = directory
+        self.durable = durable  # files.atomic_write's: False for a cache's sets
         self.names: set[str] = set()
         self._pending: list[tuple[str, bytes, int]] = []
 
@@ -67,7 +68,7 @@ class Writer:
         the holder must not be written then."""
         if self._pending:
             files.ensure_dir(self.directory, 0o755)
-            files.atomic_write_all(self._pending)
+            files.atomic_write_all(self._pending, self.durable)
             self._pending = []
 
 

@@ -289,16 +289,22 @@ def marked_ntp(ns: Namespace, server: str, mark: int) -> str:
 
 def test_reapply_is_noop_and_remove_restores_exactly(clean_rules):
     r = clean_rules
+    from ntpguard.backends import iptables_is_legacy
+
     before = r.snapshot()
-    r.ntpguard("rules", "apply")
+    first = r.ntpguard("rules", "apply")
     applied = r.snapshot()
     assert applied != before
+    # Writing legacy rules on a host whose `iptables` is nf_tables is said; removing is not.
+    warning = "writes iptables-legacy rules"
+    assert (warning in first.stderr) == (r.backend == "iptables" and not iptables_is_legacy())
     again = r.ntpguard("rules", "apply")
     assert "nothing changed" in again.stdout
     assert r.snapshot() == applied
     shown = r.ntpguard("rules", "show")
     assert ("NTPGUARD-OUT" if r.backend == "iptables" else "table inet ntpguard") in shown.stdout
-    r.ntpguard("rules", "remove", "--backend", r.backend)
+    removed = r.ntpguard("rules", "remove", "--backend", r.backend)
+    assert warning not in removed.stderr
     assert r.snapshot() == before
 
 

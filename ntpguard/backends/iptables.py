@@ -231,12 +231,6 @@ class IptablesBackend:
             if not commands.which(tool):
                 raise FirewallError(f"the iptables backend needs {tool} (packages iptables, ipset)")
         self.iptc = _import_iptc()
-        from ntpguard.backends import iptables_is_legacy
-
-        if not iptables_is_legacy():
-            log.warning("the iptables backend writes iptables-legacy rules; this host's `iptables`"
-                        " is nf_tables, so `iptables -L` and `nft list ruleset` will not show"
-                        " them (the kernel enforces them all the same); see `ntpguard rules show`")
 
     @classmethod
     def is_supported(cls) -> bool:
@@ -387,6 +381,14 @@ class IptablesBackend:
         rendered = rules_for(plan)
         if self._in_place(rendered):
             return Result(self.name, "unchanged")
+        from ntpguard.backends import iptables_is_legacy
+
+        # Said when rules are written, not by every use of the backend (a `rules remove`
+        # on an nft host removes what it finds here too, and writes nothing).
+        if not iptables_is_legacy():
+            log.warning("the iptables backend writes iptables-legacy rules; this host's `iptables`"
+                        " is nf_tables, so `iptables -L` and `nft list ruleset` will not show"
+                        " them (the kernel enforces them all the same); see `ntpguard rules show`")
         start = time.perf_counter()
         saved = {fam: _save(fam) for fam in (6, 4)}
         # Sets first: libxt_set refuses to build a rule naming a set that does not exist.
