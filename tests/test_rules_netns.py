@@ -211,7 +211,7 @@ class RulesLab:
         for tool in ("ip6tables-legacy-save", "iptables-legacy-save"):
             text = self.host.run(tool).stdout
             text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
-            out[tool] = re.sub(r"\[\d+:\d+\]", "[0:0]", text)
+            out[tool] = "\n".join(_used_tables(re.sub(r"\[\d+:\d+\]", "[0:0]", text)))
         out["nft"] = re.sub(r"packets \d+ bytes \d+", "packets 0 bytes 0", out["nft"])
         return out
 
@@ -220,6 +220,20 @@ class RulesLab:
         code = f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + textwrap.dedent(script)
         return self.host.run("env", f"NTPGUARD_STATE_DIR={self.state}", sys.executable, "-c",
                              code, check=False, timeout=120)
+
+
+def _used_tables(save: str) -> list[str]:
+    """The tables of iptables-save output that hold a rule, a chain of their own or a policy
+    other than ACCEPT: python-iptables makes the kernel load every table it looks at (nat,
+    mangle, raw, security), empty, which filters nothing; which of them exist depends on what
+    ran before in the namespace."""
+    kept = []
+    for table in re.split(r"\n(?=\*)", save.strip()):
+        lines = table.splitlines()
+        if any(ln.startswith("-A") or (ln.startswith(":") and " ACCEPT " not in ln)
+               for ln in lines):
+            kept.append(table)
+    return kept
 
 
 @pytest.fixture(scope="module", params=["nft", "iptables"])
