@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -269,6 +270,20 @@ def test_cli_bad_input_is_one_line(tmp_path, run_cli):
         r = run_cli(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("ntpguard: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+@pytest.mark.parametrize("device,record", [("/dev/zero", False), ("/dev/zero", True),
+                                           ("/dev/kmsg", False)])
+def test_a_device_is_refused_as_a_log(run_cli, device, record):
+    """Before, `detect /dev/zero` read zeros for ever (in bounded memory) and `detect
+    /dev/kmsg` waited for ever for the kernel's next record: here they timed out."""
+    if not os.path.exists(device):
+        pytest.skip(f"no {device} here")
+    r = run_cli("detect", *(["--record"] if record else []), device, timeout=20)
+    assert r.returncode == 2, r.stderr
+    hint = ": read the journal with --journal, or dmesg output, instead" if "kmsg" in device else ""
+    assert r.stderr == f"ntpguard: {device}: not a log file (a character device{hint})\n"
+    assert run_cli("detect", "/dev/null", timeout=20).returncode == 0  # an empty log
 
 
 def test_settings_override_validation():

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import time
 from pathlib import Path
 
@@ -231,6 +232,20 @@ def test_a_line_without_end_costs_a_block_of_memory_not_its_length(tmp_path, mon
     assert [x[:5] for x in file_lines(str(log), resumed)] == ["first", "\0" * 5, "after",
                                                               "zzzzz"]
     assert resumed.offset == pos[0]
+
+
+def test_a_block_device_is_no_log_and_is_not_opened(monkeypatch):
+    """A disk read as a log would go on for its whole size; refused before it is opened."""
+    from ntpguard.errors import UsageError
+    from ntpguard.logs import sources
+
+    disk = os.stat_result((stat.S_IFBLK | 0o660, 1, 5, 1, 0, 6, 0, 0, 0, 0))
+    real = os.stat
+    monkeypatch.setattr(os, "stat", lambda path, *a, **kw: disk if path == "/dev/sdz"
+                        else real(path, *a, **kw))
+    monkeypatch.setattr(sources, "open", lambda *a: pytest.fail("opened"), raising=False)
+    with pytest.raises(UsageError, match=r"^/dev/sdz: not a log file \(a block device\)$"):
+        next(sources.file_blocks("/dev/sdz"))
 
 
 def test_gzip_file(tmp_path):

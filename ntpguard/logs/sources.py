@@ -9,6 +9,7 @@ it was rotated (finish the old file, found by inode as NAME.1, then read the new
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import threading
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ BLOCK = 1 << 20
 # /var/log/*`, is a sparse file of zeros, hundreds of GB on some hosts). Without the cap
 # 300 MB of zeros on stdin took `detect -` to 612 MB of memory; with it, a block and this.
 MAX_LINE = 1 << 20
+# Character devices known by number (major, minor): /dev/null reads as an empty log, the usual
+# stand-in for "no input"; /dev/kmsg is the kernel's ring buffer, whose reader waits for the
+# next record for ever (its records are what the journal and dmesg show).
+_DEV_NULL = (1, 3)
+_DEV_KMSG = (1, 11)
 
 
 @dataclass
@@ -105,6 +111,24 @@ def _raw_chunks(fh: _Reader, pos: list[int]) -> Iterator[Block]:
         yield [rest]
 
 
+def _refuse_device(path: str, st: os.stat_result) -> None:
+    """A character or block device is not a log: /dev/zero or a disk reads on for ever (in
+    bounded memory, see MAX_LINE), a terminal waits for typing. Checked before the open, which
+    for a terminal could make it the process's controlling one."""
+    if stat.S_ISCHR(st.st_mode):
+        number = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        if number == _DEV_NULL:
+            return
+        kind = "a character device"
+        if number == _DEV_KMSG:
+            kind += ": read the journal with --journal, or dmesg output, instead"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "a block device"
+    else:
+        return
+    raise UsageError(f"{path}: not a log file ({kind})")
+
+
 def file_blocks(path: str, position: Optional[Position] = None) -> Iterator[Block]:
     """Blocks of raw lines of a file from a saved position (updated in place as blocks are
     handed out)."""
@@ -112,6 +136,7 @@ def file_blocks(path: str, position: Optional[Position] = None) -> Iterator[Bloc
         st = os.stat(path)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read log: {exc.strerror}") from None
+    _refuse_device(path, st)
     if position is not None and position.inode and position.inode != st.st_ino:
         # Rotated: the rest of the old file first, if it is still beside the new one.
         for old in (path + ".1", path + ".0"):
