@@ -30,6 +30,9 @@ class TimeDaemon:
 
     name = ""
     reload: Optional[tuple[str, ...]] = None  # run after ntpguard's file changed
+    # The drop-in directory the daemon reads that its own Debian package does not ship (the
+    # admin is expected to create it): the only directory timeconf.write ever creates.
+    unshipped_dir: Optional[str] = None
 
     def render(self, servers: Sequence[str], options: str, fallback: Sequence[str]) -> str:
         """The file content; an empty server list is an error, not an empty file (a time
@@ -79,6 +82,10 @@ class Chrony(TimeDaemon):
 class Timesyncd(TimeDaemon):
     name = "timesyncd"
     reload = ("systemctl", "try-restart", "systemd-timesyncd.service")
+    # systemd-timesyncd ships /etc/systemd/timesyncd.conf only; timesyncd.conf(5) has the admin
+    # create this directory for drop-ins. ntpguard's .deb ships it (the sandboxed unit cannot
+    # create it), an install from source makes it on the first write.
+    unshipped_dir = "/etc/systemd/timesyncd.conf.d"
 
     def lines(self, servers: Sequence[str], options: str, fallback: Sequence[str]) -> list[str]:
         out = ["[Time]", "NTP=" + " ".join(servers)]

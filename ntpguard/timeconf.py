@@ -132,8 +132,14 @@ def write(fmt: str, content: str, path: str, reload: bool = True,
         raise UsageError(f"{path}: not written by ntpguard (its first line is not "
                          f"'{OWNED} ...'); refused: move it away or write elsewhere")
     directory = os.path.dirname(path) or "."
+    # A missing directory is not made (only timesyncd's, which its package does not ship):
+    # /etc/chrony/sources.d missing means chrony is not installed, or too old to read it, and
+    # a typo in --path would otherwise become a new tree nothing reads.
+    if not os.path.isdir(directory) and os.path.abspath(directory) != daemon.unshipped_dir:
+        raise UsageError(f"{path}: cannot write: {directory} does not exist")
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        if not os.path.isdir(directory):
+            os.mkdir(directory, mode=0o755)
         atomic_write(path, content.encode("utf-8"))
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror}") from None

@@ -116,6 +116,7 @@ def test_detect_daemon():
 
 
 def test_write_only_on_change_and_reload(tmp_path):
+    (tmp_path / "sources.d").mkdir()  # chrony's package ships it: ntpguard makes none
     path = str(tmp_path / "sources.d" / "ntpguard.sources")
     marker = tmp_path / "reloaded"
     cmd = ["sh", "-c", f"echo x >> {marker}"]
@@ -280,6 +281,7 @@ def test_cli_timeconf(run_cli, state_dir, tmp_path):
     p = run_cli("timeconf", "--format", "ntpsec", "--write")
     assert p.returncode == 2 and "no drop-in" in p.stderr
     target = tmp_path / "out" / "ntpguard.conf"
+    target.parent.mkdir()
     conf = tmp_path / "c.toml"
     conf.write_text(f'[timeconf]\ntimesyncd_dropin = "{target}"\nreload = false\n'
                     'fallback = ["ntp.example.org"]\n')
@@ -382,3 +384,35 @@ def test_a_file_ntpguard_did_not_write_is_never_overwritten(tmp_path):
     empty = tmp_path / "empty.sources"
     empty.write_text("")
     assert timeconf.write("chrony", content, str(empty), reload=False)
+
+
+def test_a_missing_directory_is_an_error_not_made(run_cli, tmp_path):
+    """`timeconf --write --path` made every missing directory: /etc/chrony/sources.d where
+    chrony is not installed, or a tree from a typo, that no daemon reads."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[servers]\ntrusted = ["2a01:4f8::7"]\n')
+    target = tmp_path / "chrony" / "sources.d" / "ntpguard.sources"
+    out = run_cli("timeconf", "--format", "chrony", "--write", "--no-reload", "--path", target,
+                  config=cfg)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == (f"ntpguard: {target}: cannot write: {target.parent} does not "
+                          "exist\n")
+    assert not (tmp_path / "chrony").exists()
+
+
+def test_timesyncds_drop_in_directory_is_made_as_its_package_ships_none(tmp_path,
+                                                                          monkeypatch):
+    """systemd-timesyncd reads /etc/systemd/timesyncd.conf.d but does not ship it: that one
+    directory (here under tmp_path) is made, with no parents, and only for timesyncd."""
+    conf_d = tmp_path / "systemd" / "timesyncd.conf.d"
+    monkeypatch.setattr(daemons.Timesyncd, "unshipped_dir", str(conf_d))
+    content = timeconf.render("timesyncd", SERVERS)
+    with pytest.raises(UsageError, match="cannot write"):
+        timeconf.write("timesyncd", content, str(conf_d / "ntpguard.conf"), reload=False)
+    assert not (tmp_path / "systemd").exists()  # its parent: systemd is not installed
+    (tmp_path / "systemd").mkdir()
+    with pytest.raises(UsageError, match="does not exist"):
+        timeconf.write("chrony", timeconf.render("chrony", SERVERS), str(conf_d / "x.sources"),
+                       reload=False)
+    assert timeconf.write("timesyncd", content, str(conf_d / "ntpguard.conf"), reload=False)
+    assert (conf_d / "ntpguard.conf").read_text() == content
