@@ -333,6 +333,12 @@ def _check_pins(source: str, raw: bytes, digest: str, sha256: str, pubkey: str,
         raise FetchError(f"{source}: SHA-256 {digest} does not match the pinned {sha256}")
     if not pubkey:
         return ""
+    try:
+        # The key before the signature is fetched or read: a malformed key is the problem to
+        # report, not a missing signature that it could not have checked anyway.
+        minisign.parse_pubkey(pubkey)
+    except minisign.SignatureError as exc:
+        raise SignatureError(f"{source}: {exc}") from None
     sig = signature()
     try:
         return minisign.verify(raw, sig, pubkey)
@@ -404,6 +410,13 @@ def import_source(config: Any, state_dir: str, source: str, name: str = "", kind
         raise UsageError(f"list name {name!r} is a subscription; `list fetch` refreshes it")
     if trust not in lists.TRUSTS:
         raise UsageError(f"unknown trust {trust!r} (enforce or report)")
+    if pubkey:
+        # The key the admin typed is checked before the list and its signature are read: a
+        # mistyped key, not a missing FILE.minisig or an unreadable FILE, is what to report.
+        try:
+            minisign.parse_pubkey(pubkey)
+        except minisign.SignatureError as exc:
+            raise UsageError(f"--pubkey: {exc}") from None
     limits = lists.limits_for(config, kind=kind)
     if "://" in source:
         _, parsed, trusted = get_checked(source, limits=limits, timeout=IMPORT_TIMEOUT,

@@ -386,6 +386,17 @@ def test_signed_subscription(server, keys, tmp_path, state_dir):
     assert "h.txt.minisig: HTTP 404" in r.results[0].message
 
 
+def test_a_malformed_key_is_reported_before_the_signature_is_fetched(server, tmp_path,
+                                                                   state_dir):
+    """A subscription's key that cannot be a key: that is the error, and URL.minisig is not
+    asked for (before, a missing signature was reported, HTTP 404, the key never looked at)."""
+    server.put("/h.txt", GOOD)
+    r = fetch.refresh_subscriptions(cfg(server, tmp_path, 'pubkey = "RWQnotakey"\n'),
+                                    str(state_dir))
+    assert r.results[0].message == f"{server.base}/h.txt: public key is not base64"
+    assert [path for path, _ in server.requests] == ["/h.txt"]
+
+
 # -- CLI ------------------------------------------------------------------------------------------
 
 
@@ -424,6 +435,25 @@ def test_cli_import_show_fetch(server, tmp_path, run_cli, state_dir):
     assert p.returncode == 2 and "is a subscription" in p.stderr
     p = run_cli("list", "remove", "mylist")
     assert p.returncode == 0 and not (state_dir / "lists" / "mylist.txt").exists()
+
+
+@pytest.mark.parametrize("key,error", [
+    ("RWQnotakey", "--pubkey: public key is not base64"),
+    ("RWQ" + "A" * 49, "--pubkey: public key has 39 bytes, expected 42"),
+    ("AAAA" * 14, "--pubkey: public key: not an Ed25519 minisign key"),
+    ("", "--pubkey: empty; give the public key's base64 line (RW...)"),
+    (" ", "--pubkey: empty; give the public key's base64 line (RW...)"),
+])
+def test_cli_import_checks_the_typed_key_first(run_cli, tmp_path, state_dir, key, error):
+    """`list import FILE --pubkey KEY` with no FILE.minisig: a malformed key is the error, not
+    the missing signature (and not a missing FILE either); an empty one (`--pubkey "$KEY"`,
+    KEY unset) imported the list unsigned."""
+    good = tmp_path / "l.txt"
+    good.write_bytes(GOOD)
+    for source in (good, tmp_path / "missing.txt"):
+        p = run_cli("list", "import", source, "--pubkey", key)
+        assert (p.returncode, p.stderr) == (2, f"ntpguard: {error}\n")
+    assert not (state_dir / "lists" / "l.txt").exists()
 
 
 def test_cli_export_roundtrip(run_cli, state_dir, tmp_path):

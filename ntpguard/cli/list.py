@@ -41,7 +41,7 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                      help="enforce: used for verdicts and rules; report: shown only")
     imp.add_argument("--format", choices=("auto", "text", "json"), default="auto")
     imp.add_argument("--sha256", default="", help="refuse unless the content has this SHA-256")
-    imp.add_argument("--pubkey", default="",
+    imp.add_argument("--pubkey",
                      help="minisign public key (RW...); needs SOURCE.minisig")
     imp.add_argument("--ca-file", default="", help="CA certificates for an https:// URL")
     imp.add_argument("--json", action="store_true",
@@ -128,12 +128,15 @@ def run_import(ctx: Context, args: argparse.Namespace) -> int:
     from ntpguard.cli import print_json
 
     try:
+        if args.pubkey is not None and not args.pubkey.strip():
+            # `--pubkey "$KEY"` with KEY unset would otherwise import the list unsigned.
+            raise UsageError("--pubkey: empty; give the public key's base64 line (RW...)")
         # The lock keeps an import from interleaving with a running `sync` that reads the lists.
         with ctx.open_state(write=True):
             name, parsed = fetch.import_source(
                 ctx.config, ctx.state_dir, args.source, name=args.name, kind=args.kind,
-                trust=args.trust, ca_file=args.ca_file, sha256=args.sha256, pubkey=args.pubkey,
-                fmt=args.format,
+                trust=args.trust, ca_file=args.ca_file, sha256=args.sha256,
+                pubkey=args.pubkey or "", fmt=args.format,
             )
     except NtpguardError as exc:
         # stderr still gets the one line (first 20 problems); stdout gets all of them.
