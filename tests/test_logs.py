@@ -181,7 +181,7 @@ def test_a_stamp_no_log_line_can_carry_leaves_the_line_untimed(line):
     covered time so far ahead that the retention deleted every real fact."""
     parser = LineParser(boot_time=1767000000.0)
     assert parser.parse_line(line) is None
-    assert parser.stats.lines == 1 and parser.stats.events == 0
+    assert parser.stats.lines == 1 and parser.stats.events == 0 and parser.stats.untimed == 1
     assert LineParser(boot_time=1767000000.0).parse_line(line.replace("1e400", "1767319445")
                                                          .replace("9e15", "1767319445250")
                                                          .replace('"inf"', "1767319445")
@@ -355,6 +355,35 @@ def test_kmsg_records_are_read_by_every_path_alike():
     assert times[:3] == [pytest.approx(1.7e9 + 43.594532), None, pytest.approx(1.7e9 + 43.594533)]
     untimed = LineParser()  # no boot time
     assert untimed.parse_line(raw[0].decode()) is None and untimed.stats.untimed == 1
+
+
+_ULOGD = {"oob.prefix": "ntp: ", "oob.in": "", "oob.out": "eth0", "ip.protocol": 17,
+          "src_ip": "2001:db8::1", "dest_ip": "2001:db8::123", "src_port": 123, "dest_port": 123}
+
+
+def test_a_packet_without_a_time_is_untimed_in_every_path_and_format():
+    """ulogd2's JSON with `timestamp=0` has no time for a packet the kernel sent none with: it
+    was counted as "not netfilter" (the raw text has no SRC=) unless --format json was given.
+    What is not a packet stays "not netfilter", and a garbled one "garbled", whatever the
+    stamp: a kernel message with an impossible uptime was untimed in the full parser and not
+    netfilter on the fast paths."""
+    untimed = [json.dumps(_ULOGD), json.dumps(dict(_ULOGD, timestamp="not a time")),
+               json.dumps(dict(_ULOGD, **{"ip.protocol": 1}, src_port=None))]
+    other = [json.dumps({"__REALTIME_TIMESTAMP": "99999999999999999999999",
+                         "MESSAGE": "usb 1-1: new high-speed USB device"}),
+             "[99999999999999.5] usb 1-1: new high-speed USB device", json.dumps({"x": 1})]
+    garbled = [json.dumps(dict(_ULOGD, src_port="123")),
+               f"[99999999999999.5] ntp: {BODY.replace('SPT=123 ', 'SPT=x ')}"]
+    raw = [line.encode() for line in untimed + other + garbled]
+    _both(raw)  # the full parser, the Python fast path and the C one: the same counts
+    parser = LineParser(boot_time=1.7e9)
+    assert list(parser.packets([raw])) == []
+    s = parser.stats
+    assert (s.lines, s.untimed, s.not_netfilter, s.garbled) == (8, 3, 3, 2)
+    parser = LineParser("json")  # the JSON lines with --format json
+    assert list(parser.parse_lines(x for x in untimed + other + garbled if x[0] == "{")) == []
+    s = parser.stats
+    assert (s.lines, s.untimed, s.not_netfilter, s.garbled) == (6, 3, 2, 1)
 
 
 def test_the_c_scan_finds_every_byte_at_every_offset():

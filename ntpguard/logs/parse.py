@@ -574,12 +574,15 @@ class LineParser:
     # -- dispatch ------------------------------------------------------------------------------
 
     def _auto(self, line: str) -> Any:
-        """Pick the envelope from the first characters; the generic search is the fallback."""
+        """Pick the envelope from the first characters; the generic search is the fallback.
+        An envelope's None (a whole packet without a usable time) stands unless the generic
+        search finds a time: its other answers are about the raw text, which for a ulogd2
+        JSON record has no SRC= at all ("not netfilter")."""
         kind = self._kind(line)
         result = self._dispatch[kind](line) if kind else None
         if type(result) is not Event and result != NOT_NETFILTER:
             generic = self._generic(line)
-            if type(generic) is Event or result is None:
+            if type(generic) is Event or kind is None:
                 result = generic
                 kind = "other"
         if type(result) is Event and kind:
@@ -781,11 +784,12 @@ class LineParser:
         src, dst = self._canonical(src), self._canonical(dst)
         if not src or not dst:
             return GARBLED
+        # No time at all is ulogd2's JSON with `timestamp=0` for a packet the kernel sent no
+        # time with (oob.time.sec is then left out): untimed, once the record is known to be
+        # a whole packet (a garbled one is garbled, with or without a time).
         sec = obj.get("oob.time.sec")
         t = (_instant(float(sec) + float(obj.get("oob.time.usec", 0)) / 1e6)
              if sec is not None else _iso_to_epoch(str(obj.get("timestamp", ""))))
-        if t is None:
-            return None
         number = obj.get("ip.protocol")
         proto = _PROTO_BY_NUMBER.get(number, str(number)) if number is not None else ""
         sport, dport = obj.get("src_port"), obj.get("dest_port")
@@ -793,6 +797,8 @@ class LineParser:
             sport = dport = None
         elif not isinstance(sport, int) or not isinstance(dport, int):
             return GARBLED
+        if t is None:
+            return None
         return Event(t, src, dst, proto, sport, dport, str(obj.get("oob.in", "") or ""),
                      str(obj.get("oob.out", "") or ""), str(obj.get("oob.prefix", "")).strip())
 
@@ -852,10 +858,11 @@ class LineParser:
         """Cut `PREFIX IN= OUT= ... SRC= DST= ... PROTO= [SPT= DPT=]` out of line[start:].
 
         tagged: the envelope may carry `host tag:` before the message (syslog); skip it when
-        working out the prefix. A stamp no log line can carry (_instant) makes it untimed.
+        working out the prefix. A stamp no log line can carry (_instant) makes a whole packet
+        untimed; a line that is not netfilter, or garbled, is counted as that whatever its
+        stamp (_auto keeps an envelope's "untimed": it must mean a packet).
         """
-        if _instant(t) is None:
-            return None
+        timed = _instant(t) is not None
         s = line.find(" SRC=", start)
         if s < 0:
             return NOT_NETFILTER
@@ -880,6 +887,8 @@ class LineParser:
             if q < 0:
                 # A packet too short for its header: the kernel says "INCOMPLETE [N bytes]".
                 if line.startswith("INCOMPLETE [", pe + 1):
+                    if not timed:
+                        return None
                     return Event(t, src, dst, proto, None, None, *self._ifaces(line, start, s,
                                                                                tagged))
                 return GARBLED
@@ -897,6 +906,8 @@ class LineParser:
                 return GARBLED
         elif proto not in _PROTO_NAMES and not proto.isdigit():
             return GARBLED
+        if not timed:
+            return None
         return Event(t, src, dst, proto, sport, dport, *self._ifaces(line, start, s, tagged))
 
     @staticmethod
