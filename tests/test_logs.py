@@ -248,6 +248,31 @@ def test_a_block_device_is_no_log_and_is_not_opened(monkeypatch):
         next(sources.file_blocks("/dev/sdz"))
 
 
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_a_pipe_is_read_from_its_first_byte(gz):
+    """`detect <(zcat kern.log.2.gz)` reads /dev/fd/63, a pipe. It was opened twice, once to
+    look for gzip's magic: that read took the first 4-8 KiB with it (of a gzip stream, the
+    header too, so nothing was read at all)."""
+    import threading
+
+    text = b"".join(b"line %d " % i + b"x" * 100 + b"\n" for i in range(2000))
+    data = gzip.compress(text) if gz else text
+    r, w = os.pipe()
+
+    def write() -> None:
+        with os.fdopen(w, "wb") as fh:
+            fh.write(data)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        lines = list(file_lines(f"/dev/fd/{r}"))
+    finally:
+        os.close(r)
+    writer.join(10)
+    assert "\n".join(lines).encode() + b"\n" == text
+
+
 def test_gzip_file(tmp_path):
     path = tmp_path / "kern.log.2.gz"
     with gzip.open(path, "wt") as fh:

@@ -46,10 +46,14 @@ class Position:
     cursor: str = ""
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def _is_gzip(path: str) -> bool:
+    """Whether a regular file is gzip (it is opened again to be read: not for a FIFO)."""
     try:
         with open(path, "rb") as fh:
-            return fh.read(2) == b"\x1f\x8b"
+            return fh.read(2) == GZIP_MAGIC
     except OSError:
         return False
 
@@ -148,7 +152,11 @@ def file_blocks(path: str, position: Optional[Position] = None) -> Iterator[Bloc
             except OSError:
                 continue
         position.offset = 0
-    gz = _is_gzip(path)
+    # A FIFO (`detect <(zcat ...)`, /dev/stdin on a pipe) can be read only once: opened to
+    # look at its first bytes and again to read it, it lost them and the rest of the buffered
+    # read (4-8 KiB). It is opened once, and gzip is told by _unpiped.
+    regular = stat.S_ISREG(st.st_mode)
+    gz = regular and _is_gzip(path)
     if position is not None:
         position.inode = st.st_ino
         if not gz and st.st_size < position.offset:  # truncated in place (copytruncate)
@@ -168,7 +176,7 @@ def file_blocks(path: str, position: Optional[Position] = None) -> Iterator[Bloc
             if start:
                 fh.seek(start)
             pos = [start]
-            for lines in _raw_chunks(fh, pos):
+            for lines in _raw_chunks(fh if regular else _unpiped(fh), pos):
                 yield lines
                 if position is not None:
                     position.offset = pos[0]
@@ -176,6 +184,34 @@ def file_blocks(path: str, position: Optional[Position] = None) -> Iterator[Bloc
                 position.offset = pos[0]
         except (OSError, EOFError) as exc:  # a corrupt or cut gzip member
             raise UsageError(f"{path}: cannot read log: {exc}") from None
+
+
+class _Prefixed:
+    """A file object whose first bytes were read already: they are handed out again first."""
+
+    def __init__(self, head: bytes, fh: _Reader) -> None:
+        self.head, self.fh = head, fh
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.fh.read(size)
+        if 0 <= size <= len(self.head):
+            data, self.head = self.head[:size], self.head[size:]
+            return data
+        data, self.head = self.head, b""
+        return data + self.fh.read(size - len(data) if size >= 0 else -1)
+
+
+def _unpiped(fh: BinaryIO) -> _Reader:
+    """What a file read once (a FIFO) holds, gunzipped if it is gzip: the first two bytes tell,
+    and are read again from memory."""
+    head = _Prefixed(fh.read(2), fh)
+    if head.head != GZIP_MAGIC:
+        return head
+    import gzip
+
+    # typeshed asks for a seek() too: GzipFile seeks only to rewind, which this never does.
+    return gzip.GzipFile(fileobj=head, mode="rb")  # type: ignore[call-overload]
 
 
 def range_blocks(path: str, start: int, stop: Optional[int] = None,
