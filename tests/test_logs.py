@@ -93,6 +93,13 @@ BODY = ("IN= OUT=eth0 SRC=2001:0db8:0000:0000:0000:0000:0000:0001 "
     ('{"oob.time.sec": 1767319445, "oob.time.usec": 250000, "oob.prefix": "ntp: ", '
      '"ip.protocol": 17, "src_ip": "2001:db8::1", "dest_ip": "2001:db8::123", '
      '"src_port": 123, "dest_port": 123, "oob.in": "", "oob.out": "eth0"}', 1767319445.25),
+    ('{"timestamp": "2026-01-02T02:04:05.25Z", "oob.prefix": "ntp: ", "ip.protocol": 17, '
+     '"src_ip": "2001:db8::1", "dest_ip": "2001:db8::123", "src_port": 123, '
+     '"dest_port": 123, "oob.in": "", "oob.out": "eth0"}', 1767319445.25),   # ulogd2, time
+    ('{"@timestamp": "2026-01-02T02:04:05.25Z", "@version": 1, "oob.prefix": "ntp: ", '
+     '"ip.protocol": 17, "src_ip": "2001:db8::1", "dest_ip": "2001:db8::123", '
+     '"src_port": 123, "dest_port": 123, "oob.in": "", "oob.out": "eth0"}',
+     1767319445.25),                                                      # ulogd2, eventv1=1
 ])
 def test_envelopes(line, expected):
     ev = LineParser(boot_time=1767000000.0).parse_line(line)

@@ -786,10 +786,12 @@ class LineParser:
             return GARBLED
         # No time at all is ulogd2's JSON with `timestamp=0` for a packet the kernel sent no
         # time with (oob.time.sec is then left out): untimed, once the record is known to be
-        # a whole packet (a garbled one is garbled, with or without a time).
+        # a whole packet (a garbled one is garbled, with or without a time). The time it
+        # writes itself is "timestamp", or "@timestamp" with eventv1=1 (Logstash's name).
         sec = obj.get("oob.time.sec")
         t = (_instant(float(sec) + float(obj.get("oob.time.usec", 0)) / 1e6)
-             if sec is not None else _iso_to_epoch(str(obj.get("timestamp", ""))))
+             if sec is not None else _iso_to_epoch(str(obj.get("timestamp",
+                                                                 obj.get("@timestamp", "")))))
         number = obj.get("ip.protocol")
         proto = _PROTO_BY_NUMBER.get(number, str(number)) if number is not None else ""
         sport, dport = obj.get("src_port"), obj.get("dest_port")
