@@ -280,6 +280,26 @@ def test_a_pipe_is_read_from_its_first_byte(gz):
     assert "\n".join(lines).encode() + b"\n" == text
 
 
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_stdin_is_read_plain_or_gzip(monkeypatch, gz):
+    """`detect -` reads what it is given as `detect /dev/stdin` does: gzip is gunzipped
+    (`cat kern.log.2.gz | ntpguard detect -`); a cut gzip stream is a one-line error."""
+    import io
+    import sys
+
+    from ntpguard.errors import UsageError
+    from ntpguard.logs.sources import stdin_blocks
+
+    text = b"".join(b"line %d " % i + b"x" * 100 + b"\n" for i in range(20000))
+    data = gzip.compress(text) if gz else text
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert [line for block in stdin_blocks() for line in block] == text.splitlines()
+    if gz:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data[:len(data) // 2])))
+        with pytest.raises(UsageError, match=r"^-: cannot read log"):
+            list(stdin_blocks())
+
+
 def test_gzip_file(tmp_path):
     path = tmp_path / "kern.log.2.gz"
     with gzip.open(path, "wt") as fh:

@@ -269,8 +269,12 @@ def file_lines(path: str, position: Optional[Position] = None) -> Iterator[str]:
 
 
 def stdin_blocks() -> Iterator[list[bytes]]:
+    """Lines from stdin (`detect -`), gunzipped if they come gzipped (`cat kern.log.2.gz |`)."""
     pos = [0]
-    yield from _raw_blocks(sys.stdin.buffer, pos)
+    try:
+        yield from _raw_blocks(_unpiped(sys.stdin.buffer), pos)
+    except (OSError, EOFError) as exc:  # a corrupt or cut gzip stream
+        raise UsageError(f"-: cannot read log: {exc}") from None
 
 
 def journal_blocks(position: Position, journalctl: str = "journalctl",
