@@ -233,6 +233,19 @@ def _sha256_hex(value: str) -> str:
     return v
 
 
+def _pubkey(value: str) -> str:
+    """Empty, or a minisign public key: a malformed one is the configuration's error, found
+    when it is loaded, not by the first fetch (in a timer's log, hours later)."""
+    if value:
+        from ntpguard import minisign  # only a configuration that names a key pays for it
+
+        try:
+            minisign.parse_pubkey(value)
+        except minisign.SignatureError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 @dataclass(frozen=True)
 class Subscription:
     """One shared list fetched by `list fetch` and `sync` ([[lists.subscriptions]])."""
@@ -243,7 +256,7 @@ class Subscription:
     sha256: str = field(default="", metadata=_check(_sha256_hex))
     # A minisign public key (the base64 line of a .pub file, "RW..."): the list must come with
     # a valid signature at URL.minisig.
-    pubkey: str = ""
+    pubkey: str = field(default="", metadata=_check(_pubkey))
     # A list is read only up to these (the transfer stops there), so they bound its memory:
     # ~1 KiB per entry while validating, plus the bytes. 64 MiB is `list import`'s own cap.
     max_entries: int = field(default=100_000, metadata=_check(_range(0, 1_000_000, above=True)))

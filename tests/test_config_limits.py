@@ -28,6 +28,8 @@ CASES = [
      "lists.subscriptions[0].max_bytes", "must be greater than 0 and at most 67108864"),
     ("sub-max-bytes-1e23", f"{SUB}max_bytes = 1e23\n", ["list", "fetch"],
      "lists.subscriptions[0].max_bytes", "must be an integer"),
+    ("sub-pubkey-not-a-key", f'{SUB}pubkey = "RWQnotakey"\n', ["list", "fetch"],
+     "lists.subscriptions[0].pubkey", "public key is not base64"),
     ("interval-400-digits", f"[pool]\ninterval = {10**400}\n", ["resolve"],
      "pool.interval", "must be a number of a sensible size"),
     ("state-dir-nul", '[general]\nstate_dir = "/var/lib/ntp\\u0000guard"\n', ["status"],

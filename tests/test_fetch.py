@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -389,10 +390,14 @@ def test_signed_subscription(server, keys, tmp_path, state_dir):
 def test_a_malformed_key_is_reported_before_the_signature_is_fetched(server, tmp_path,
                                                                    state_dir):
     """A subscription's key that cannot be a key: that is the error, and URL.minisig is not
-    asked for (before, a missing signature was reported, HTTP 404, the key never looked at)."""
+    asked for (before, a missing signature was reported, HTTP 404, the key never looked at).
+    A configuration file with such a key is refused when it loads (test_config_limits); this
+    is the fetch's own check, for settings made otherwise."""
     server.put("/h.txt", GOOD)
-    r = fetch.refresh_subscriptions(cfg(server, tmp_path, 'pubkey = "RWQnotakey"\n'),
-                                    str(state_dir))
+    c = cfg(server, tmp_path)
+    bad = dataclasses.replace(c.lists.subscriptions[0], pubkey="RWQnotakey")
+    c = dataclasses.replace(c, lists=dataclasses.replace(c.lists, subscriptions=(bad,)))
+    r = fetch.refresh_subscriptions(c, str(state_dir))
     assert r.results[0].message == f"{server.base}/h.txt: public key is not base64"
     assert [path for path, _ in server.requests] == ["/h.txt"]
 
