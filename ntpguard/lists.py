@@ -839,9 +839,11 @@ COMPILED_EXT = ".compiled"
 
 
 def _write_compiled(path: str, c: Compiled) -> None:
-    """Best effort: a compiled form that is not written is built again when next needed."""
+    """Best effort: a compiled form that is not written is built again when next needed. Not
+    synced (the list itself is): after a crash it is whole (its CRC) and names the very copy
+    it was built from, or it is built again."""
     with contextlib.suppress(OSError):
-        atomic_write(path, compiled_mod.dumps(c))
+        atomic_write(path, compiled_mod.dumps(c), durable=False)
 
 
 # Compiled forms read in this process, by path, with the identity of the file they came from:
