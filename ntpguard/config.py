@@ -226,7 +226,8 @@ def _list_url(value: str) -> str:
     return value
 
 
-def _sha256_hex(value: str) -> str:
+def sha256_hex(value: str) -> str:
+    """A SHA-256 pin as 64 lowercase hex digits, or empty; ValueError otherwise."""
     v = value.strip().lower()
     if v and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v)):
         raise ValueError("must be empty or 64 hex digits (a SHA-256)")
@@ -253,7 +254,7 @@ class Subscription:
     name: str = field(metadata=_check(_list_name))
     url: str = field(metadata=_check(_list_url))
     trust: str = field(default="enforce", metadata=_check(_one_of("enforce", "report")))
-    sha256: str = field(default="", metadata=_check(_sha256_hex))
+    sha256: str = field(default="", metadata=_check(sha256_hex))
     # A minisign public key (the base64 line of a .pub file, "RW..."): the list must come with
     # a valid signature at URL.minisig.
     pubkey: str = field(default="", metadata=_check(_pubkey))

@@ -23,6 +23,7 @@ from http.client import HTTPMessage
 from typing import IO, Any, Callable, Optional
 
 from ntpguard import files, lists, minisign
+from ntpguard.config import sha256_hex
 from ntpguard.errors import NtpguardError, UsageError
 from ntpguard.progress import Show, quiet
 
@@ -410,6 +411,10 @@ def import_source(config: Any, state_dir: str, source: str, name: str = "", kind
         raise UsageError(f"list name {name!r} is a subscription; `list fetch` refreshes it")
     if trust not in lists.TRUSTS:
         raise UsageError(f"unknown trust {trust!r} (enforce or report)")
+    try:  # a mistyped pin, too, is the error, not a "does not match" after the read
+        sha256 = sha256_hex(sha256)
+    except ValueError as exc:
+        raise UsageError(f"--sha256: {exc}") from None
     if pubkey:
         # The key the admin typed is checked before the list and its signature are read: a
         # mistyped key, not a missing FILE.minisig or an unreadable FILE, is what to report.

@@ -461,6 +461,27 @@ def test_cli_import_checks_the_typed_key_first(run_cli, tmp_path, state_dir, key
     assert not (state_dir / "lists" / "l.txt").exists()
 
 
+@pytest.mark.parametrize("pin,error", [
+    ("abc", "--sha256: must be empty or 64 hex digits (a SHA-256)"),
+    ("g" * 64, "--sha256: must be empty or 64 hex digits (a SHA-256)"),
+    ("", "--sha256: empty; give the list's SHA-256 (64 hex digits)"),
+    (" ", "--sha256: empty; give the list's SHA-256 (64 hex digits)"),
+])
+def test_cli_import_checks_the_typed_pin_first(run_cli, tmp_path, state_dir, pin, error):
+    """`list import FILE --sha256 PIN`: a pin that cannot be a SHA-256 is the error, before
+    the file is read (it was "does not match", or the missing file); an empty one (`--sha256
+    "$SUM"`, SUM unset) imported the list unchecked. A right pin in capitals is taken."""
+    good = tmp_path / "l.txt"
+    good.write_bytes(GOOD)
+    for source in (good, tmp_path / "missing.txt"):
+        p = run_cli("list", "import", source, "--sha256", pin)
+        assert (p.returncode, p.stderr) == (2, f"ntpguard: {error}\n")
+    assert not (state_dir / "lists" / "l.txt").exists()
+    right = hashlib.sha256(GOOD).hexdigest().upper()
+    p = run_cli("list", "import", good, "--sha256", f" {right} ")
+    assert p.returncode == 0, p.stderr
+
+
 def test_cli_export_roundtrip(run_cli, state_dir, tmp_path):
     from ntpguard.state import State
 

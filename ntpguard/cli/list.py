@@ -40,7 +40,7 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     imp.add_argument("--trust", choices=lists.TRUSTS, default="enforce",
                      help="enforce: used for verdicts and rules; report: shown only")
     imp.add_argument("--format", choices=("auto", "text", "json"), default="auto")
-    imp.add_argument("--sha256", default="", help="refuse unless the content has this SHA-256")
+    imp.add_argument("--sha256", help="refuse unless the content has this SHA-256")
     imp.add_argument("--pubkey",
                      help="minisign public key (RW...); needs SOURCE.minisig")
     imp.add_argument("--ca-file", default="", help="CA certificates for an https:// URL")
@@ -131,11 +131,14 @@ def run_import(ctx: Context, args: argparse.Namespace) -> int:
         if args.pubkey is not None and not args.pubkey.strip():
             # `--pubkey "$KEY"` with KEY unset would otherwise import the list unsigned.
             raise UsageError("--pubkey: empty; give the public key's base64 line (RW...)")
+        if args.sha256 is not None and not args.sha256.strip():
+            # Likewise `--sha256 "$SUM"`: the list would be imported unchecked.
+            raise UsageError("--sha256: empty; give the list's SHA-256 (64 hex digits)")
         # The lock keeps an import from interleaving with a running `sync` that reads the lists.
         with ctx.open_state(write=True):
             name, parsed = fetch.import_source(
                 ctx.config, ctx.state_dir, args.source, name=args.name, kind=args.kind,
-                trust=args.trust, ca_file=args.ca_file, sha256=args.sha256,
+                trust=args.trust, ca_file=args.ca_file, sha256=args.sha256 or "",
                 pubkey=args.pubkey or "", fmt=args.format,
             )
     except NtpguardError as exc:
