@@ -93,7 +93,8 @@ def test_only_its_own_canary_scanned_convicts_a_server():
 
 
 def test_exempt_destinations_keep_the_real_source():
-    on_link = [ipaddress.IPv6Network("2001:db8:4057:1::/64")]
+    on_link = set(HostFacts(("2001:db8:4057:1::2", "192.0.2.2")).blocks64())
+    assert not canary.exempt("2001:db8:4057:2::53", on_link)  # the next /64 is not on-link
     assert canary.exempt("fe80::1", on_link)
     assert canary.exempt("fd00::123", on_link)
     assert canary.exempt("2001:db8:4057:1::53", on_link)

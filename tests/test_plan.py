@@ -18,6 +18,7 @@ from ntpguard.plan import (
     HostFacts,
     PlanInputError,
     PrefixEntry,
+    PrefixSet,
     UnsafePlan,
     build,
 )
@@ -389,3 +390,12 @@ def test_one_server_verdict_never_changes_the_sets_only_their_elements():
         after = build(judged, [], [], Rules(unknown="allow"), HOST)
         assert rules_for(after).skeleton == rules_for(before).skeleton
         assert rules_for(after).sets != rules_for(before).sets
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_set_masks_are_the_netmasks_ipaddress_gives(family):
+    """The `& MASK` of each set in the nft rules, for every prefix length."""
+    zero = "0.0.0.0" if family == 4 else "::"
+    for length in range(33 if family == 4 else 129):
+        ps = PrefixSet(family, length, ())
+        assert ps.mask() == str(ipaddress.ip_network(f"{zero}/{length}").netmask), length

@@ -4,7 +4,6 @@ place (exit 5 when they are missing or drifted from the last applied plan)."""
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import time
 from collections import Counter
 from typing import Any, Optional
@@ -46,8 +45,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         now = time.time()
         made = state.canaries()
         host = hostinfo.gather()
-        prefixes = [ipaddress.IPv6Network(f"{a.split('%')[0]}/64", strict=False)
-                    for a in host.addresses if ":" in a]
+        prefixes = frozenset(host.blocks64())
         trusted = ctx.config.servers.trusted if ctx.config.canary.exempt_trusted else ()
         real, scanned = canary.exposure(
             state.contacts().runs, state.probe_addresses(), made, now - EXPOSURE_WINDOW,
