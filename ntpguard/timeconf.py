@@ -135,8 +135,14 @@ def write(fmt: str, content: str, path: str, reload: bool = True,
     # A missing directory is not made (only timesyncd's, which its package does not ship):
     # /etc/chrony/sources.d missing means chrony is not installed, or too old to read it, and
     # a typo in --path would otherwise become a new tree nothing reads.
-    if not os.path.isdir(directory) and os.path.abspath(directory) != daemon.unshipped_dir:
-        raise UsageError(f"{path}: cannot write: {directory} does not exist")
+    if not os.path.isdir(directory):
+        # The one directory made here needs its parent: no /etc/systemd means no systemd,
+        # so no timesyncd to read it (a sysvinit host, a container without it).
+        made = os.path.abspath(directory) == daemon.unshipped_dir
+        missing = os.path.dirname(directory) if made else directory
+        if not made or not os.path.isdir(missing):
+            raise UsageError(f"{path}: cannot write: {missing} does not exist"
+                             + (f" (is {daemon.name} installed?)" if made else ""))
     try:
         if not os.path.isdir(directory):
             os.mkdir(directory, mode=0o755)
