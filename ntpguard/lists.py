@@ -342,6 +342,11 @@ class Reader:
         if len(raw) < len(_BOM) and not final and _BOM.startswith(bytes(raw)):
             return False
         self._bom = len(_BOM) if raw[:len(_BOM)] == _BOM else 0
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            # What Windows Notepad saves as "Unicode": every other byte NUL, so each line
+            # would be refused as binary; the cause is one setting in the editor.
+            self._fatal("line 1: UTF-16 text (an editor's \"Unicode\"): save the list as "
+                        "UTF-8")
         if self.format == "auto":
             # As detect_format, searched from where the last chunk's search ended (a list of
             # nothing but 64 MiB of blanks must not be rescanned from the start each chunk).

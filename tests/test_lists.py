@@ -85,6 +85,11 @@ def test_bad_encodings():
     assert refused(b"2604:a880:1:20::a7:f001 harvester\n\xff\xfe bad\n")[0].startswith(
         "line 2: not valid UTF-8")
     assert "NUL byte" in refused(b"2604:a880:1:20::a7:f001 harvester\x00\n")[0]
+    # UTF-16 (Notepad's "Unicode"), either byte order: the cause named, not "NUL byte".
+    text = "2604:a880:1:20::a7:f001 harvester\n"
+    for encoded in (text.encode("utf-16"), b"\xfe\xff" + text.encode("utf-16-be")):
+        assert refused(encoded) == ['line 1: UTF-16 text (an editor\'s "Unicode"): save the '
+                                    'list as UTF-8']
     # A UTF-8 BOM (Windows editors) is not an error.
     assert len(lists.parse(b"\xef\xbb\xbf2604:a880:1:20::a7:f001 harvester\n", "b", LIM)
                .entries) == 1
