@@ -166,9 +166,30 @@ def test_iptables_variant(tmp_path, monkeypatch, target, says, legacy):
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "iptables").symlink_to(tmp_path / target)
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    backends.iptables_is_legacy.cache_clear()
-    try:
-        assert backends.iptables_is_legacy() is legacy
-        assert backends.auto_name() == ("iptables" if legacy else "nft")
-    finally:
-        backends.iptables_is_legacy.cache_clear()
+    assert backends.iptables_is_legacy() is legacy
+    assert backends.auto_name() == ("iptables" if legacy else "nft")
+
+
+def test_iptables_variant_switched_in_a_running_process(tmp_path, monkeypatch):
+    """The watcher runs for weeks: `update-alternatives --set iptables ...` meanwhile is seen
+    at its next question, and a program asked once is not asked again."""
+    from ntpguard import backends
+
+    for target in ("xtables-legacy-multi", "xtables-nft-multi"):
+        _program(tmp_path / target, "iptables v1.8.9 (legacy)")
+    calls = tmp_path / "calls"
+    (tmp_path / "wrapper").write_text(f"#!/bin/sh\necho x >> {calls}\n"
+                                      "echo 'iptables v1.8.9 (legacy)'\n")
+    (tmp_path / "wrapper").chmod(0o755)
+    (tmp_path / "bin").mkdir()
+    link = tmp_path / "bin" / "iptables"
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    answers = []
+    for target in ("xtables-nft-multi", "xtables-legacy-multi", "wrapper", "wrapper",
+                   "xtables-nft-multi"):
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(tmp_path / target)
+        answers.append(backends.iptables_is_legacy())
+    assert answers == [False, True, True, True, False]
+    assert calls.read_text() == "x\n"

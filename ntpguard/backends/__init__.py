@@ -110,18 +110,24 @@ class Backend(Protocol):
 _VARIANTS = {"xtables-legacy-multi": True, "xtables-nft-multi": False}
 
 
-@functools.cache
 def iptables_is_legacy() -> bool:
     """True where `iptables` is the legacy x_tables variant, the only one python-iptables drives.
-    Asked once a process (a `rules apply` with canaries asks three times, and `iptables
-    --version` was ~3 ms each): by where the link on $PATH ends (update-alternatives --set
-    iptables ...), by running `iptables --version` only when it ends elsewhere."""
+    Told by where the link on $PATH ends (update-alternatives --set iptables ...: a few
+    stat calls, so the long-running watcher sees a switch), by running `iptables --version`
+    only when it ends elsewhere, once a process per program (a `rules apply` with canaries
+    asks three times, and the process was ~3 ms each)."""
     found = commands.which("iptables")
     if found is None:
         return False
-    known = _VARIANTS.get(os.path.basename(os.path.realpath(found)))
-    if known is not None:
-        return known
+    program = os.path.realpath(found)
+    known = _VARIANTS.get(os.path.basename(program))
+    return known if known is not None else _says_legacy(found, program)
+
+
+@functools.cache
+def _says_legacy(found: str, program: str) -> bool:
+    """`iptables --version`, run by the name on $PATH (a multi-call program reads its name),
+    remembered for that name and the program it ends at."""
     try:
         out = commands.run([found, "--version"], check=False, seconds=10).stdout
     except NtpguardError:
