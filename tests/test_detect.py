@@ -530,6 +530,31 @@ def test_a_harvester_whose_scans_others_split_is_a_suspect(tmp_path):
     assert {s for s, v in verdicts.items() if v.status == "harvester"} <= truth.harvesters
 
 
+@pytest.mark.scenarios
+def test_rivals_neither_of_which_is_likely_are_suspects(tmp_path):
+    """Sparse, seed 12: three servers were in both scanned groups, the harvester and a clean
+    server with the same two contacts among them, and the mean field split the two scans
+    between them, none likely (0.34, 0.14, 0.06), so the harvester was unknown, not blocked.
+    Weighed as a pair, one of the two harvests and the log cannot tell which: both are
+    suspects; none is a harvester."""
+    import dataclasses
+
+    from ntpguard.evidence import detect_sources
+    from ntpguard.verdict import attribute
+
+    sc = dataclasses.replace(ATTRIBUTION["sparse"], rotation="burst")
+    truth = Truth()
+    log = tmp_path / "sparse.log"
+    log.write_text("\n".join(generate(sc, 12, truth)) + "\n")
+    scans, contacts = detect_sources([str(log)], Detect(), workers=1)
+    verdicts, _ = attribute(contacts.runs, scans, contacts.end, Detect())
+    (harvester,) = truth.harvesters
+    assert truth.scans_by[harvester] == 2
+    assert verdicts[harvester].probability < Detect().suspect_probability
+    assert verdicts[harvester].status == "suspect"
+    assert not any(v.status == "harvester" for v in verdicts.values())
+
+
 def _tapped_read(lines: list[bytes], st: Detect, tap: bool, native: bool = True,
                  count: tuple[float, float] = (-math.inf, math.inf), size: int = 37,
                  ref: float = 1_760_500_000.0, give: bool = True
