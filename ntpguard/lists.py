@@ -339,8 +339,9 @@ class Reader:
     def _begin(self, final: bool) -> bool:
         """Skip a UTF-8 BOM (Windows editors) and pick the format; False: too few bytes yet."""
         raw = self._raw
-        if len(raw) < len(_BOM) and not final and _BOM.startswith(bytes(raw)):
-            return False
+        if len(raw) < len(_BOM) and not final and (
+                _BOM.startswith(bytes(raw)) or bytes(raw[:1]) in (b"\xff", b"\xfe")):
+            return False  # a BOM (UTF-8, or UTF-16's two bytes) may be cut after its first
         self._bom = len(_BOM) if raw[:len(_BOM)] == _BOM else 0
         if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
             # What Windows Notepad saves as "Unicode": every other byte NUL, so each line

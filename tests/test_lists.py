@@ -314,6 +314,9 @@ def _parsed_in_pieces(raw: bytes, cuts: list[int], limits: lists.Limits) -> obje
 @hypothesis.given(st.lists(st.sampled_from(LINES), max_size=12), st.booleans(),
                   st.lists(st.integers(min_value=0, max_value=400), max_size=6),
                   st.integers(min_value=1, max_value=12))
+# UTF-16's BOM cut after its first byte (found on a slower machine's draw).
+@hypothesis.example([b"\xff\xfe"], False, [1], 1)
+@hypothesis.example([b"\xfe\xff2604:a880:1:20::1"], False, [1, 2], 1)
 def test_text_fed_in_pieces_parses_as_a_whole(lines, bom, cuts, max_entries):
     raw = (b"\xef\xbb\xbf" if bom else b"") + b"\n".join(lines)
     limits = lists.Limits(max_entries=max_entries)
