@@ -286,38 +286,45 @@ class Reader:
         straight into bytes and arrays: lists of ints per group cost a 100k-entry import
         ~10 MB more at its peak."""
         kinds, numbers, comments, seen = self._kinds, self._numbers, self._comments, self._seen
+        # The keys by kind and IP version (code << 1 | family bit), in one pass: a filtered
+        # pass for each of the four took ~0.1 s of a 100k-entry import.
+        buckets: list[list[int]] = [[], [], [], []]
+        for key, index in seen.items():
+            buckets[kinds[index] << 1 | key & 1].append(key)
         parts = []
         for code in (0, 1):
-            groups: dict[Key, bytearray] = {}
-            lines: dict[Key, array] = {}
-            notes: dict[Key, list[str]] = {}
+            # (family, length) → (packed networks, line numbers, comments), made in order.
+            groups: dict[Key, tuple[bytearray, array, list[str]]] = {}
             inside: dict[Key, list[int]] = {}
             # A family at a time: IPv6 values below 2^32 (::/96) would sort among IPv4 ones.
             for fam_bit, fam in ((0, 4), (1, 6)):
                 bits, width = BITS[fam], 16 if fam == 6 else 4
                 last_net, last_len = -1, 0
-                for key in sorted(k for k, i in seen.items()
-                                  if k & 1 == fam_bit and kinds[i] == code):
-                    index = seen[key]
+                by_length: dict[int, tuple[bytearray, array, list[str]]] = {}
+                keys = buckets[code << 1 | fam_bit]
+                keys.sort()
+                for key in keys:
                     length = key >> 1 & 0xFF
                     net = key >> 9
-                    group = (fam, length)
-                    packed = groups.get(group)
-                    if packed is None:
-                        packed = groups[group] = bytearray()
-                        lines[group] = array("I")
-                        notes[group] = []
+                    group = by_length.get(length)
+                    if group is None:
+                        group = by_length[length] = groups[(fam, length)] = (
+                            bytearray(), array("I"), [])
+                    packed = group[0]
                     if last_net >= 0 and net >> (bits - last_len) == \
                             last_net >> (bits - last_len):
-                        inside.setdefault(group, []).append(len(packed) // width)
+                        inside.setdefault((fam, length), []).append(len(packed) // width)
                     else:
                         last_net, last_len = net, length
                     packed += net.to_bytes(width, "big")
-                    lines[group].append(numbers[index])
+                    index = seen[key]
+                    group[1].append(numbers[index])
                     if code == 0:
-                        notes[group].append(comments.get(index, ""))
-            part = Part.of({}, {}, {}, notes if code == 0 else None)
-            parts.append(Part({k: Networks(k[0], bytes(v)) for k, v in groups.items()}, lines,
+                        group[2].append(comments.get(index, ""))
+            notes = {k: v[2] for k, v in groups.items()} if code == 0 else None
+            part = Part.of({}, {}, {}, notes)
+            parts.append(Part({k: Networks(k[0], bytes(v[0])) for k, v in groups.items()},
+                              {k: v[1] for k, v in groups.items()},
                               {k: tuple(v) for k, v in inside.items()}, part.comments))
         return Compiled(self.sha256, self.limits.key(),
                         self.format if self.format != "auto" else "text", parts[0], parts[1])
