@@ -157,6 +157,8 @@ MAX_LINE = 64 << 10
 # value is only decoded once it is known to fit in this many bytes.
 MAX_JSON_VALUE = 16 << 10
 _BOM = b"\xef\xbb\xbf"
+# UTF-16's, either byte order: what Windows Notepad saves as "Unicode" begins with one.
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _WS = frozenset(b" \t\r\n")
 _NOT_WS = re.compile(rb"[^ \t\r\n]")
 _NOT_BLANK = re.compile(rb"[^\xef\xbb\xbf \t\r\n]")  # the first byte after BOM and blanks
@@ -346,13 +348,13 @@ class Reader:
     def _begin(self, final: bool) -> bool:
         """Skip a UTF-8 BOM (Windows editors) and pick the format; False: too few bytes yet."""
         raw = self._raw
-        if len(raw) < len(_BOM) and not final and (
-                _BOM.startswith(bytes(raw)) or bytes(raw[:1]) in (b"\xff", b"\xfe")):
-            return False  # a BOM (UTF-8, or UTF-16's two bytes) may be cut after its first
+        if len(raw) < len(_BOM) and not final and any(
+                bom.startswith(bytes(raw)) for bom in (_BOM, *_UTF16_BOMS)):
+            return False  # a BOM may be cut after its first byte or two
         self._bom = len(_BOM) if raw[:len(_BOM)] == _BOM else 0
-        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-            # What Windows Notepad saves as "Unicode": every other byte NUL, so each line
-            # would be refused as binary; the cause is one setting in the editor.
+        if raw[:2] in _UTF16_BOMS:
+            # Every other byte NUL, so each line would be refused as binary; the cause is
+            # one setting in the editor.
             self._fatal("line 1: UTF-16 text (an editor's \"Unicode\"): save the list as "
                         "UTF-8")
         if self.format == "auto":

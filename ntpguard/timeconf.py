@@ -135,16 +135,17 @@ def write(fmt: str, content: str, path: str, reload: bool = True,
     # A missing directory is not made (only timesyncd's, which its package does not ship):
     # /etc/chrony/sources.d missing means chrony is not installed, or too old to read it, and
     # a typo in --path would otherwise become a new tree nothing reads.
-    if not os.path.isdir(directory):
+    make = not os.path.isdir(directory)
+    if make:
         # The one directory made here needs its parent: no /etc/systemd means no systemd,
         # so no timesyncd to read it (a sysvinit host, a container without it).
-        made = os.path.abspath(directory) == daemon.unshipped_dir
-        missing = os.path.dirname(directory) if made else directory
-        if not made or not os.path.isdir(missing):
+        ours = os.path.abspath(directory) == daemon.unshipped_dir
+        missing = os.path.dirname(directory) if ours else directory
+        if not ours or not os.path.isdir(missing):
             raise UsageError(f"{path}: cannot write: {missing} does not exist"
-                             + (f" (is {daemon.name} installed?)" if made else ""))
+                             + (f" (is {daemon.name} installed?)" if ours else ""))
     try:
-        if not os.path.isdir(directory):
+        if make:
             os.mkdir(directory, mode=0o755)
         atomic_write(path, content.encode("utf-8"))
     except OSError as exc:

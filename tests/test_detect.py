@@ -507,12 +507,9 @@ def test_attribution_scenarios(tmp_path, name, seeds, rotation):
     assert eligible > 0 and named >= 0.85 * eligible
 
 
-@pytest.mark.scenarios
-def test_a_harvester_whose_scans_others_split_is_a_suspect(tmp_path):
-    """Sparse, seed 23: the one harvester was met in both scanned groups, and a clean server
-    in each group claimed one of its scans (the mean field's fixed point), leaving it unknown,
-    so not blocked. Weighed jointly against them it is at least a suspect; no clean server
-    becomes a harvester for it."""
+def _sparse_verdicts(tmp_path, seed: int):
+    """(ground truth, verdicts) of the sparse scenario's log for `seed`, burst rotation, read
+    as `ntpguard detect FILE` reads it."""
     import dataclasses
 
     from ntpguard.evidence import detect_sources
@@ -521,9 +518,19 @@ def test_a_harvester_whose_scans_others_split_is_a_suspect(tmp_path):
     sc = dataclasses.replace(ATTRIBUTION["sparse"], rotation="burst")
     truth = Truth()
     log = tmp_path / "sparse.log"
-    log.write_text("\n".join(generate(sc, 23, truth)) + "\n")
+    log.write_text("\n".join(generate(sc, seed, truth)) + "\n")
     scans, contacts = detect_sources([str(log)], Detect(), workers=1)
     verdicts, _ = attribute(contacts.runs, scans, contacts.end, Detect())
+    return truth, verdicts
+
+
+@pytest.mark.scenarios
+def test_a_harvester_whose_scans_others_split_is_a_suspect(tmp_path):
+    """Sparse, seed 23: the one harvester was met in both scanned groups, and a clean server
+    in each group claimed one of its scans (the mean field's fixed point), leaving it unknown,
+    so not blocked. Weighed jointly against them it is at least a suspect; no clean server
+    becomes a harvester for it."""
+    truth, verdicts = _sparse_verdicts(tmp_path, 23)
     (harvester,) = truth.harvesters
     assert truth.scans_by[harvester] == 2
     assert verdicts[harvester].status in ("harvester", "suspect")
@@ -537,17 +544,7 @@ def test_rivals_neither_of_which_is_likely_are_suspects(tmp_path):
     between them, none likely (0.34, 0.14, 0.06), so the harvester was unknown, not blocked.
     Weighed as a pair, one of the two harvests and the log cannot tell which: both are
     suspects; none is a harvester."""
-    import dataclasses
-
-    from ntpguard.evidence import detect_sources
-    from ntpguard.verdict import attribute
-
-    sc = dataclasses.replace(ATTRIBUTION["sparse"], rotation="burst")
-    truth = Truth()
-    log = tmp_path / "sparse.log"
-    log.write_text("\n".join(generate(sc, 12, truth)) + "\n")
-    scans, contacts = detect_sources([str(log)], Detect(), workers=1)
-    verdicts, _ = attribute(contacts.runs, scans, contacts.end, Detect())
+    truth, verdicts = _sparse_verdicts(tmp_path, 12)
     (harvester,) = truth.harvesters
     assert truth.scans_by[harvester] == 2
     assert verdicts[harvester].probability < Detect().suspect_probability
