@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import typing
-from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Union
 
 from ntpguard import files, setstore
@@ -26,6 +25,7 @@ from ntpguard.errors import StateError, UnsafePathError
 from ntpguard.files import atomic_write
 from ntpguard.plan import Plan
 from ntpguard.prefixes import Networks
+from ntpguard.records import record
 from ntpguard.state import FileLock
 
 PLAN_NAME = "applied-plan.json"
@@ -36,7 +36,7 @@ FORMAT, VERSION = "ntpguard-applied-plan", 2
 _READS = (1, 2)
 
 
-@dataclass(frozen=True)
+@record
 class Applied:
     """What the rules were last made to be: a plan on a backend, or removed (plan None)."""
 

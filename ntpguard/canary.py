@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Optional, Sequence
 
 from ntpguard import backends, commands, hostinfo
@@ -30,6 +30,7 @@ from ntpguard.config import Canary as Settings
 from ntpguard.config import Config, Detect, Probe
 from ntpguard.errors import NtpguardError
 from ntpguard.fresh import ProbeError, Target, find_target, fresh_address
+from ntpguard.records import record
 from ntpguard.status import ServerStatus, Source, Status, Verdict
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class CanaryError(NtpguardError):
     """A canary address could not be added or changed."""
 
 
-@dataclass(frozen=True)
+@record
 class Canary:
     """One canary address: whose it is (SPARE for the spare) and its life."""
 
@@ -67,7 +68,7 @@ class Canary:
         return self.retired is None
 
 
-@dataclass(frozen=True)
+@record
 class Change:
     """What one maintenance run does: addresses to add, and to retire."""
 
@@ -256,7 +257,7 @@ def new_address(prefix: ipaddress.IPv6Network, taken: set[str]) -> str:
     return fresh_address(prefix, taken)
 
 
-@dataclass
+@record(frozen=False)
 class Report:
     """What a maintenance run found and did (the sync step's message)."""
 

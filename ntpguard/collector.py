@@ -18,7 +18,7 @@ import dataclasses
 import glob
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Optional
 
 from ntpguard.config import HOST_NAME, Detect
@@ -27,6 +27,7 @@ from ntpguard.evidence import detect_sources
 from ntpguard.facts import Contacts, Scan
 from ntpguard.logs import ReadStats
 from ntpguard.logs.sources import Position
+from ntpguard.records import record
 
 log = logging.getLogger("ntpguard")
 JOURNAL = "journal:"
@@ -36,7 +37,7 @@ JOURNAL = "journal:"
 _JOURNAL_TAIL = "[.@]*journal"
 
 
-@dataclass(frozen=True)
+@record
 class HostLog:
     """One host's forwarded log: its name and the source string the readers take."""
 
@@ -44,7 +45,7 @@ class HostLog:
     source: str
 
 
-@dataclass
+@record(frozen=False)
 class HostRead:
     """What reading one host's new lines found."""
 

@@ -22,10 +22,11 @@ import os
 import sys
 import zlib
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Iterable, Optional
 
 from ntpguard.prefixes import Key, Networks, without
+from ntpguard.records import record
 
 # Version 2: the arrays raw after a JSON line (version 1 held them as base64 inside the JSON;
 # such a file is rebuilt from the stored copy once, like any that does not match).
@@ -55,7 +56,7 @@ def _u32_from(data: bytes) -> array:
     return a
 
 
-@dataclass(frozen=True)
+@record
 class Part:
     """One kind's entries of a list, by (IP version, prefix length)."""
 
@@ -106,7 +107,7 @@ class Part:
                    {k: tuple(v) for k, v in inside.items()}, notes)
 
 
-@dataclass(frozen=True)
+@record
 class Compiled:
     """A list as validated under `limits`, from the stored copy with this SHA-256."""
 

@@ -14,12 +14,13 @@ import os
 import re
 import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Callable, Optional, TypeVar
 
 from ntpguard import configfile
 from ntpguard.addr import canonical
 from ntpguard.errors import ConfigError, UsageError
+from ntpguard.records import record
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -102,7 +103,7 @@ def _record_types(values: tuple[str, ...]) -> tuple[str, ...]:
     return out
 
 
-@dataclass(frozen=True)
+@record
 class General:
     """[general]: where the state lives and how long an external command may take."""
 
@@ -121,7 +122,7 @@ def _trusted(values: tuple[str, ...]) -> tuple[str, ...]:
     return out
 
 
-@dataclass(frozen=True)
+@record
 class Servers:
     """[servers]: time servers the admin vouches for, in or outside the pool."""
 
@@ -130,7 +131,7 @@ class Servers:
     trusted: tuple[str, ...] = field(default=(), metadata=_check(_trusted))
 
 
-@dataclass(frozen=True)
+@record
 class Pool:
     """[pool]: the pool names to resolve and how (the known-server set comes from them)."""
 
@@ -184,7 +185,7 @@ def _log_group(value: int) -> int:
     return value
 
 
-@dataclass(frozen=True)
+@record
 class Rules:
     """[rules]: what the firewall does: host or gateway, unknown servers, logging, backend."""
 
@@ -247,7 +248,7 @@ def _pubkey(value: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
+@record
 class Subscription:
     """One shared list fetched by `list fetch` and `sync` ([[lists.subscriptions]])."""
 
@@ -279,7 +280,7 @@ def _unique_subscriptions(values: tuple[Subscription, ...]) -> tuple[Subscriptio
     return values
 
 
-@dataclass(frozen=True)
+@record
 class Lists:
     """[lists]: the shipped lists, the limits of imported ones, the subscriptions to fetch."""
 
@@ -297,7 +298,7 @@ class Lists:
     )
 
 
-@dataclass(frozen=True)
+@record
 class Timeconf:
     """[timeconf]: the time daemon's drop-in that names the usable servers."""
 
@@ -346,7 +347,7 @@ def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-@dataclass(frozen=True)
+@record
 class Detect:
     """[detect]: scan detection, trigger attribution and harvester verdicts (ntpguard detect)."""
 
@@ -398,7 +399,7 @@ def _log_sources(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
-@dataclass(frozen=True)
+@record
 class Sync:
     """[sync]: what the cron job / timer (`ntpguard sync`) does on each run."""
 
@@ -435,7 +436,7 @@ def _probe_prefix(value: str) -> str:
     return str(net)
 
 
-@dataclass(frozen=True)
+@record
 class Probe:
     """[probe]: active confirmation from fresh source addresses (ntpguard probe)."""
 
@@ -456,7 +457,7 @@ class Probe:
     in_sync: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class Canary:
     """[canary]: every NTP packet leaves from a throwaway address its server alone sees."""
 
@@ -497,7 +498,7 @@ def _host_patterns(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
-@dataclass(frozen=True)
+@record
 class CollectorHost:
     """[[collector.hosts]]: what a collector knows of one host's network (direction)."""
 
@@ -515,7 +516,7 @@ def _unique_hosts(values: tuple[CollectorHost, ...]) -> tuple[CollectorHost, ...
     return values
 
 
-@dataclass(frozen=True)
+@record
 class Collector:
     """[collector]: judge on the pooled firewall logs other hosts forward here."""
 
@@ -534,7 +535,7 @@ def _publish_statuses(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
-@dataclass(frozen=True)
+@record
 class Publish:
     """[publish]: `sync` writes this host's own findings as a signed list for others."""
 
@@ -558,7 +559,7 @@ def _textfile(value: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
+@record
 class Metrics:
     """[metrics]: Prometheus metrics from every `sync`."""
 
@@ -566,7 +567,7 @@ class Metrics:
     textfile: str = field(default="", metadata=_check(_textfile))
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     """The whole configuration: one section each, and the file it was read from."""
 

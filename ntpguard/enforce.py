@@ -16,7 +16,6 @@ import importlib
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ntpguard import applied, backends, canary, hostinfo, snapshot
@@ -24,6 +23,7 @@ from ntpguard.backends import IN_PLACE, MISSING, Check, Result
 from ntpguard.config import Config
 from ntpguard.errors import NtpguardError, StateError
 from ntpguard.plan import Plan
+from ntpguard.records import record
 from ntpguard.state import State
 
 log = logging.getLogger("ntpguard")
@@ -70,7 +70,7 @@ def remove(state_dir: str, names: list[str], now: Callable[[], float] = time.tim
             raise
 
 
-@dataclass(frozen=True)
+@record
 class Restored:
     """What a restore found and did."""
 
@@ -160,7 +160,7 @@ def _remember(state_dir: str, backend: str, plan: Plan, now: float) -> None:
         log.warning("%s; a restore would put back the rules applied before", exc)
 
 
-@dataclass(frozen=True)
+@record
 class RulesStatus:
     """The kernel against the last applied plan: IN_PLACE, MISSING, DRIFTED, NOT_APPLIED or
     REMOVED."""

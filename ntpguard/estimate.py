@@ -8,11 +8,12 @@ samples and unequal detection rates (GeoDNS weights servers by their netspeed).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable
 
+from ntpguard.records import record
 
-@dataclass(frozen=True)
+
+@record
 class ZoneEstimate:
     observed: int
     estimated: float

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from ntpguard import files
@@ -29,6 +29,7 @@ from ntpguard.logs.parse import LineParser
 from ntpguard.logs.read import read_blocks
 from ntpguard.logs.sources import Position, range_blocks
 from ntpguard.logs.split import Share, plan_shares
+from ntpguard.records import record
 from ntpguard.status import DETECT, Status, Verdict
 from ntpguard.verdict import Estimates, Finding, attribute
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # only the ingest needs it, and it pulls in most of ntpguard
     from ntpguard.state import State
 
 
-@dataclass
+@record(frozen=False)
 class Summary:
     """What one ingest did; printed by the CLI and stored in the run summary."""
 

@@ -8,11 +8,13 @@ the state, `rules apply` among them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Optional
 
+from ntpguard.records import record
 
-@dataclass(frozen=True)
+
+@record
 class Trigger:
     """An outbound packet that may have made a harvester call the scanner."""
 
@@ -24,7 +26,7 @@ class Trigger:
     lag: float  # seconds from this packet to the scan's start
 
 
-@dataclass(frozen=True)
+@record
 class Scan:
     """One source (or its /64) probing ports of one local address, and the packets that
     address sent in the lookback before it."""
@@ -39,7 +41,7 @@ class Scan:
     triggers: tuple[Trigger, ...] = ()
 
 
-@dataclass
+@record(frozen=False)
 class Contacts:
     """Every contact of each local address with each server, as a run of packets
     [first time, last time, packets], plus the time span the log covers. A run per pair (not

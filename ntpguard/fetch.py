@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import field
 from http.client import HTTPMessage
 from typing import IO, Any, Callable, Optional
 
@@ -26,6 +26,7 @@ from ntpguard import files, lists, minisign
 from ntpguard.config import sha256_hex
 from ntpguard.errors import NtpguardError, UsageError
 from ntpguard.progress import Show, quiet
+from ntpguard.records import record
 
 USER_AGENT = "ntpguard (shared-list fetch)"
 # `list import URL|FILE`: no subscription sets these. 30 s is the subscriptions' default
@@ -45,7 +46,7 @@ class SignatureError(FetchError, minisign.SignatureError):
     """A minisign signature is missing, malformed or does not match the key."""
 
 
-@dataclass(frozen=True)
+@record
 class Response:
     status: int  # 200 or 304
     body: bytes  # empty when a sink took the body
@@ -254,7 +255,7 @@ def _read_file(path: str, max_bytes: int, sink: Optional[Callable[[bytes], None]
 # -- subscriptions -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class ListResult:
     name: str
     status: str  # updated | unchanged | failed
@@ -264,7 +265,7 @@ class ListResult:
     problems: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class RefreshReport:
     results: tuple[ListResult, ...] = field(default_factory=tuple)
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
 from typing import AbstractSet, Any, Callable, Optional
 
 from ntpguard.addr import nonglobal_reason
 from ntpguard.config import Probe
 from ntpguard.errors import NtpguardError, UsageError
 from ntpguard.hostinfo import addresses, default_route_list
+from ntpguard.records import record
 
 # RFC 5453 reserved interface identifiers: the subnet-router anycast (all zero) and the
 # reserved subnet anycast range fdff:ffff:ffff:ff80-ffff. Never a host's unicast address.
@@ -25,7 +25,7 @@ class ProbeError(NtpguardError):
     """The host cannot probe: no global IPv6 prefix, an address cannot be added, no root."""
 
 
-@dataclass(frozen=True)
+@record
 class Target:
     """Where probes come from: the interface and the prefix routed to it."""
 

@@ -27,12 +27,13 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Optional
 
 from ntpguard import __version__, configfile, files, hostinfo, listfiles, revision
 from ntpguard.backends import nft_gen
 from ntpguard.errors import NtpguardError
+from ntpguard.records import record
 
 if TYPE_CHECKING:  # records only: the run that finds nothing to do imports none of them
     from ntpguard.backends import Result
@@ -49,7 +50,7 @@ FORMAT = "ntpguard-applied-inputs-2"
 log = logging.getLogger("ntpguard")
 
 
-@dataclass(frozen=True)
+@record
 class Record:
     """The inputs a plan was built from and what became of it: the kernel held that plan at
     `generation` (in `scope`), valid until `until` (epoch seconds)."""

@@ -26,7 +26,7 @@ import json
 import os
 import re
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Optional
 
 from ntpguard import compiled as compiled_mod
@@ -44,6 +44,7 @@ from ntpguard.files import (
 )
 from ntpguard.listfiles import builtin_paths, list_dir
 from ntpguard.prefixes import BITS, Key, Networks, as_network, text_prefix
+from ntpguard.records import record
 
 if TYPE_CHECKING:
     from ntpguard.status import Verdict
@@ -82,7 +83,7 @@ class ListError(UsageError):
         self.problems = problems
 
 
-@dataclass(frozen=True)
+@record
 class Entry:
     """One listed address or prefix. A single address is a /128 (or /32) network."""
 
@@ -101,7 +102,7 @@ class Entry:
         return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
 
 
-@dataclass(frozen=True)
+@record
 class Limits:
     """What a list may contain; from the [lists] config section or a subscription."""
 
@@ -116,7 +117,7 @@ class Limits:
         return repr(self)
 
 
-@dataclass(frozen=True)
+@record
 class ParsedList:
     """A list that passed validation: its raw bytes (what is stored) and its compiled form.
 
@@ -1007,7 +1008,7 @@ def remove_stored(state_dir: str, name: str) -> bool:
 
 # -- the lists in force --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@record
 class LoadedList:
     """A list in force: its name (`builtin-harvesters`, a subscription, an import) and trust.
 

@@ -15,16 +15,17 @@ state and the sync's report.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Iterable, Optional
 
 from ntpguard import files
 from ntpguard.errors import NtpguardError, UsageError
+from ntpguard.records import record
 
 STATUSES = ("harvester", "suspect", "clean", "unknown")
 
 
-@dataclass(frozen=True)
+@record
 class Metric:
     name: str
     kind: str  # gauge | counter
@@ -32,7 +33,7 @@ class Metric:
     samples: tuple[tuple[tuple[tuple[str, str], ...], float], ...]  # (labels, value)
 
 
-@dataclass
+@record(frozen=False)
 class Facts:
     """Everything the textfile says, gathered at the end of one sync."""
 

@@ -25,10 +25,10 @@ import base64
 import binascii
 import hashlib
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from ntpguard.errors import NtpguardError
+from ntpguard.records import record
 
 _ED = b"Ed"          # the signature algorithm of every key
 _PREHASHED = b"ED"   # a signature over BLAKE2b-512 of the data
@@ -50,7 +50,7 @@ class SecretKeyError(NtpguardError):
     exit_code = 2
 
 
-@dataclass(frozen=True)
+@record
 class PublicKey:
     key_id: bytes  # 8 bytes, as stored (minisign prints them reversed, in hex)
     key: bytes     # Ed25519, 32 bytes
@@ -67,7 +67,7 @@ class PublicKey:
         return f"untrusted comment: minisign public key {self.id_hex}\n{self.line()}\n"
 
 
-@dataclass(frozen=True)
+@record
 class SecretKey:
     key_id: bytes
     seed: bytes    # the Ed25519 private key (32 bytes); the public half is derived from it

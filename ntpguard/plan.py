@@ -12,7 +12,7 @@ an admin's `clean` (or a trusted server) inside a listed harvester prefix stays 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
 from ntpguard.addr import IPNetwork, address_int
@@ -29,6 +29,7 @@ from ntpguard.prefixes import (
     merge,
     ntop,
 )
+from ntpguard.records import record
 from ntpguard.status import ServerStatus
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class UnsafePlan(FirewallError):
     """A plan that would cut the host off (e.g. from all time sync); applied only with --force."""
 
 
-@dataclass(frozen=True)
+@record
 class PrefixEntry:
     """An address or prefix from a list or a verdict; `source` is for error messages.
 
@@ -77,7 +78,7 @@ class PrefixEntry:
     source: str
 
 
-@dataclass(frozen=True)
+@record
 class HostFacts:
     """What must stay reachable: the host's own addresses and its default gateways."""
 
@@ -92,7 +93,7 @@ class HostFacts:
                        if ":" in a})
 
 
-@dataclass(frozen=True)
+@record
 class Listed:
     """One list's entries of one kind, as the rules take them: compiled (packed groups by
     IP version and length, each entry's line) and where the list came from (for messages)."""
@@ -101,7 +102,7 @@ class Listed:
     part: Part
 
 
-@dataclass(frozen=True)
+@record
 class PrefixSet:
     """All prefixes of one family and length: one hash set each in the kernel.
 
@@ -140,7 +141,7 @@ class PrefixSet:
 _NOT_PUBLIC6 = ("::1/128", "::ffff:0:0/96", "fc00::/7", "fe80::/10", "ff00::/8")
 
 
-@dataclass(frozen=True)
+@record
 class Canaries:
     """The canary part of a plan (ntpguard.canary): NTP's source rewritten per server."""
 
@@ -164,7 +165,7 @@ def canaries(mapping: dict[str, str], spare: str, addresses: list[str], host: Ho
     return Canaries(tuple(sorted(mapping.items())), spare, tuple(addresses), tuple(exempt))
 
 
-@dataclass(frozen=True)
+@record
 class Plan:
     """The desired firewall state. Addresses are canonical strings, every tuple sorted."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable, Optional
 
 import dns.exception
@@ -23,12 +23,13 @@ from ntpguard.config import Pool
 from ntpguard.errors import NtpguardError
 from ntpguard.estimate import ZoneEstimate, chao2
 from ntpguard.progress import Show, count, countdown, duration, lock_wait, quiet
+from ntpguard.records import record
 from ntpguard.state import State
 
 log = logging.getLogger("ntpguard")
 
 
-@dataclass
+@record(frozen=False)
 class Answer:
     """One query's outcome: the usable addresses, or an error text for the report."""
 
@@ -40,7 +41,7 @@ class Answer:
     error: Optional[str] = None
 
 
-@dataclass
+@record(frozen=False)
 class NameReport:
     name: str
     rdtype: str
@@ -52,7 +53,7 @@ class NameReport:
     errors: list[str] = field(default_factory=list)
 
 
-@dataclass
+@record(frozen=False)
 class ResolveReport:
     rounds: int = 0
     queries: int = 0

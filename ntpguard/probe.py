@@ -26,7 +26,6 @@ import ipaddress
 import os
 import socket
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ContextManager, Iterable, Mapping
 
 from ntpguard import commands, sntp
@@ -37,6 +36,7 @@ from ntpguard.fresh import ProbeError, Target, find_target, fresh_address
 from ntpguard.hostinfo import addresses
 from ntpguard.plan import PROBE_MARK
 from ntpguard.progress import TICK, Show, duration, quiet
+from ntpguard.records import record
 from ntpguard.status import ServerStatus, Status
 from ntpguard.verdict import Finding
 
@@ -48,7 +48,7 @@ NTP_PORT = 123
 _NEVER = ("unspecified", "loopback", "link-local", "multicast", "IPv4-mapped")
 
 
-@dataclass(frozen=True)
+@record
 class Result:
     """One probe: the server, the fresh source address, when, and what happened."""
 

@@ -15,14 +15,14 @@ import os
 import re
 import stat
 import time
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from ntpguard import files, lists, minisign
 from ntpguard.errors import UnsafePathError, UsageError
+from ntpguard.records import record
 
 
-@dataclass(frozen=True)
+@record
 class Published:
     """What one publish did."""
 

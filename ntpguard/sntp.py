@@ -11,14 +11,15 @@ import socket
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Iterable, Optional
+
+from ntpguard.records import record
 
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 _PACKET = struct.Struct("!BBbbII4sQQQQ")
 
 
-@dataclass(frozen=True)
+@record
 class SntpResult:
     address: str
     ok: bool

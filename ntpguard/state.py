@@ -15,13 +15,13 @@ import os
 import sqlite3
 import stat
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 from ntpguard import files, revision
 from ntpguard.canary import Canary, Change
 from ntpguard.errors import LockBusy, StateError, UnsafePathError
 from ntpguard.facts import Contacts, Scan, Trigger
+from ntpguard.records import record
 from ntpguard.status import ServerStatus, Source, Status, Verdict
 
 if TYPE_CHECKING:  # the log readers: imported where a read position is made (positions)
@@ -233,7 +233,7 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
-@dataclass(frozen=True)
+@record
 class Server:
     address: str
     family: int

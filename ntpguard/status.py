@@ -19,10 +19,10 @@ host's own evidence judged it; an address only a list names is blocked, never kn
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 from ntpguard.prefixes import Key, address_value, text_prefix
+from ntpguard.records import record
 
 if TYPE_CHECKING:  # records only; at run time nothing here imports the actors
     from ntpguard.lists import LoadedList
@@ -55,7 +55,7 @@ class Status(str, enum.Enum):
 RANKS = {"manual": 0, "trusted": 1, "canary": 2, "detect": 3, "probe": 3, "list": 4}
 
 
-@dataclass(frozen=True)
+@record
 class Source:
     """Who gave a verdict: manual, trusted, detect, probe, or list:NAME."""
 
@@ -85,7 +85,7 @@ class Source:
 MANUAL, TRUSTED, DETECT = Source("manual"), Source("trusted"), Source("detect")
 
 
-@dataclass(frozen=True)
+@record
 class Verdict:
     """One source's judgement of one address, with the evidence behind it (JSON-able)."""
 
@@ -103,7 +103,7 @@ class Verdict:
                    float(time))
 
 
-@dataclass(frozen=True)
+@record
 class ServerStatus:
     """A server's effective status, the verdict that decided it, and why, in one line."""
 
@@ -128,7 +128,7 @@ class ServerStatus:
         return self.known and not self.status.blocked
 
 
-@dataclass(frozen=True)
+@record
 class Snapshot:
     """What the status of every server is decided from, read at one moment."""
 

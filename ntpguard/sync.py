@@ -19,7 +19,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Callable, Optional
 
 from ntpguard import backends, canary, enforce, evidence, inputs, snapshot, timeconf
@@ -27,10 +27,11 @@ from ntpguard.config import Config
 from ntpguard.errors import NtpguardError
 from ntpguard.logs.read import order_sources, unreadable
 from ntpguard.progress import Show, lock_wait, prefixed, quiet
+from ntpguard.records import record
 from ntpguard.state import DB_NAME, State
 
 
-@dataclass
+@record(frozen=False)
 class Step:
     name: str
     ok: bool = True
@@ -40,7 +41,7 @@ class Step:
     trace: str = ""  # the traceback of an unexpected failure (printed with -v)
 
 
-@dataclass
+@record(frozen=False)
 class SyncReport:
     dry_run: bool
     steps: list[Step] = field(default_factory=list)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 from ntpguard import commands, daemons, snapshot
 from ntpguard.config import Config
 from ntpguard.errors import NtpguardError, UsageError
 from ntpguard.files import atomic_write, read_regular
+from ntpguard.records import record
 from ntpguard.sntp import SntpResult, query_many
 from ntpguard.state import Server, State
 from ntpguard.status import RANKS, ServerStatus, Status
@@ -28,7 +28,7 @@ class ReloadError(NtpguardError):
     """The file was written but the daemon could not be told; it picks it up on restart."""
 
 
-@dataclass(frozen=True)
+@record
 class Candidate:
     """A usable server: the firewall lets NTP reach it."""
 
@@ -211,7 +211,7 @@ def choose(config: Config, state: State, now: float, check: Optional[bool] = Non
     return chosen, checks
 
 
-@dataclass(frozen=True)
+@record
 class Outcome:
     daemon: Optional[str]
     servers: tuple[str, ...]

@@ -42,11 +42,11 @@ from __future__ import annotations
 import bisect
 import math
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from ntpguard.config import Detect
 from ntpguard.facts import Scan
+from ntpguard.records import record
 from ntpguard.status import Status
 
 # An unrelated scan of a probe address: it was never used for anything but one packet to one
@@ -81,7 +81,7 @@ CLEAN_TAIL = 0.001
 MAX_CLAIMANTS = 4
 
 
-@dataclass(frozen=True)
+@record
 class Finding:
     """What the attribution model found about one server: its status and the evidence."""
 
@@ -101,7 +101,7 @@ class Finding:
                 "explained": self.explained}
 
 
-@dataclass(frozen=True)
+@record
 class Estimates:
     """What the data says about the harvesters (reported, and used by the verdicts)."""
 
@@ -159,7 +159,7 @@ class _Lags:
         return self.edges[-1]
 
 
-@dataclass
+@record(frozen=False)
 class _Candidate:
     """One contact that may explain one scan: its pair, and the bins of its packets' lags."""
 

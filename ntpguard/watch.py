@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from ntpguard import applied, backends, commands, enforce
 from ntpguard.backends.nft import FAMILY, TABLE
 from ntpguard.config import Config
 from ntpguard.errors import FirewallError, NtpguardError
+from ntpguard.records import record
 
 # Seconds of quiet after which lines without a closing `# new generation` (nft before 0.9.1
 # prints none) count as one transaction.
@@ -39,7 +39,7 @@ GENERATION = "# new generation"
 LOST = "# ERROR"  # nft monitor: "# ERROR: We lost some netlink events!"
 
 
-@dataclass
+@record(frozen=False)
 class Transaction:
     """One nftables transaction as `nft monitor` prints it, judged line by line (a full
     apply of 100k elements is 100k lines: nothing is kept but two flags)."""

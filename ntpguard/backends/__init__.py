@@ -14,11 +14,12 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from ntpguard import commands
 from ntpguard.errors import FirewallError, NtpguardError
+from ntpguard.records import record
 
 if TYPE_CHECKING:  # annotations only: a run with nothing to do imports no plan code
     from ntpguard.plan import Plan
@@ -32,7 +33,7 @@ REGISTRY = {
 NAMES = tuple(REGISTRY)
 
 
-@dataclass(frozen=True)
+@record
 class Result:
     """What an apply or remove did."""
 
@@ -71,7 +72,7 @@ class Result:
 IN_PLACE, MISSING, DRIFTED = "in place", "missing", "drifted"
 
 
-@dataclass(frozen=True)
+@record
 class Check:
     """Whether the kernel holds a plan's rules; `detail` says what differs, in one line."""
 

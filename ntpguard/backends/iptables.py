@@ -21,13 +21,14 @@ import contextlib
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Optional
 
 from ntpguard import commands
 from ntpguard.backends import DRIFTED, IN_PLACE, MISSING, Check, Result
 from ntpguard.errors import FirewallError
 from ntpguard.plan import PROBE_MARK, Plan
+from ntpguard.records import record
 
 CHAINS = {"OUTPUT": "NTPGUARD-OUT", "INPUT": "NTPGUARD-IN", "FORWARD": "NTPGUARD-FWD"}
 LOG_NTP_OUT = "ntpguard-ntp-out: "
@@ -49,7 +50,7 @@ def _temp(name: str) -> str:
     return f"{name}-new"
 
 
-@dataclass(frozen=True)
+@record
 class XRule:
     """One rule, from which both the iptc object and its iptables-save line are made."""
 
@@ -86,7 +87,7 @@ def _save_opt(match: str, key: str, value: str) -> str:
     return f"--{key.replace('_', '-')} {value}"
 
 
-@dataclass
+@record(frozen=False)
 class Rendered:
     """Per family: our chains' save lines, the hooks we jump from, and each set's members."""
 

@@ -18,7 +18,7 @@ import json
 import os
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Iterable, Mapping, Optional, Union
 
 from ntpguard import commands, setstore
@@ -27,6 +27,7 @@ from ntpguard.errors import FirewallError, UnsafePathError
 from ntpguard.files import atomic_write, read_regular
 from ntpguard.plan import PROBE_MARK, Plan, PrefixSet
 from ntpguard.prefixes import Networks, ntop
+from ntpguard.records import record
 
 FAMILY, TABLE = "inet", "ntpguard"
 CACHE_NAME = "rules-nft.json"
@@ -55,7 +56,7 @@ def _digest(elements: Elements) -> str:
     return hashlib.sha256("\n".join(elements).encode()).hexdigest()
 
 
-@dataclass
+@record(frozen=False)
 class Rendered:
     """A plan as nft text: the rule skeleton (no elements) and each set's elements."""
 

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Mapping, Optional, Sequence
+
+from ntpguard.records import record
 
 # Named base-chain priorities of the ip, ip6 and inet families (nft(8), "CHAINS").
 NAMED_PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50,
                     "srcnat": 100}
 
 
-@dataclass
+@record(frozen=False)
 class ChainShape:
     hook: Optional[str] = None
     priority: Optional[int] = None  # None: base chain whose priority could not be read
@@ -30,7 +32,7 @@ class ChainShape:
     rules: int = 0
 
 
-@dataclass
+@record(frozen=False)
 class Shape:
     chains: dict[str, ChainShape] = field(default_factory=dict)
     sets: dict[str, list[Any]] = field(default_factory=dict)

@@ -7,8 +7,10 @@ and remembers how far each was read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import NamedTuple, Optional, Union
+
+from ntpguard.records import record
 
 
 class Event(NamedTuple):
@@ -76,7 +78,7 @@ class Sieve(NamedTuple):
 Logged = Union[Packet, Event]
 
 
-@dataclass
+@record(frozen=False)
 class ReadStats:
     """What a read saw; the report prints it so silent data loss is visible."""
 

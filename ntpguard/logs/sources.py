@@ -12,10 +12,10 @@ import os
 import stat
 import sys
 import threading
-from dataclasses import dataclass
 from typing import BinaryIO, Iterator, NamedTuple, Optional, Protocol, Sequence, Union
 
 from ntpguard.errors import UsageError
+from ntpguard.records import record
 
 # 1 MiB: big enough to amortise decoding and the detector's per-block work, small enough that
 # what a read copies is still in the CPU's cache (2 MiB of L2 here) when the C parser walks it
@@ -36,7 +36,7 @@ _DEV_NULL = (1, 3)
 _DEV_KMSG = (1, 11)
 
 
-@dataclass
+@record(frozen=False)
 class Position:
     """How far a source was read: file (inode, offset) or journal cursor."""
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from typing import Optional
 
 from ntpguard.logs.parse import LineParser
 from ntpguard.logs.read import STDIN, is_journal
 from ntpguard.logs.sources import Position, _is_gzip, line_start, range_blocks
+from ntpguard.records import record
 
 
-@dataclass(frozen=True)
+@record
 class Share:
     """One worker's part of a file: read [warm, hi) (hi None: to the end and on until its
     scans are over), report what starts in [t_lo, t_hi)."""
