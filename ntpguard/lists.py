@@ -2,11 +2,15 @@
 
 Two formats (README "Shared lists"):
 
-text   one entry a line: ADDRESS-OR-PREFIX KIND [# comment]; KIND is `harvester` or `scanner`;
-       blank lines and lines starting with `#` are ignored. The format of existing blocklists
-       (maltrail's `IP # comment`; `;` starts a comment too, as in Spamhaus DROP's
+text   one entry a line: ADDRESS-OR-PREFIX KIND [# comment]; KIND is `harvester` or `scanner`
+       (any case); blank lines and lines starting with `#` are ignored. The format of existing
+       blocklists (maltrail's `IP # comment`; `;` starts a comment too, as in Spamhaus DROP's
        `1.10.16.0/20 ; SBL256894`), plus the kind column. A list without kinds can be read with a
-       default kind (`list import --kind scanner`).
+       default kind (`list import --kind scanner`). A line that is a JSON object is an entry of
+       JSON Lines, the format Spamhaus publishes DROP in since 2024 (`drop_v4.json`:
+       `{"cidr": "1.10.16.0/20", "sblid": "SBL256894", "rir": "apnic"}` a line, then a
+       `{"type": "metadata", ...}` one): its "cidr" (or "address"), "kind" and "sblid" (or
+       "comment"); a "type": "metadata" line is skipped.
 json   {"format": "ntpguard-list", "version": 1, "generated": ISO-8601, "entries": [
          {"address": "...", "kind": "...", "comment": "...", "evidence": {"NAME": count, ...},
           "first_seen": ISO-8601, "last_seen": ISO-8601}, ...]}
@@ -181,10 +185,24 @@ _JSON = json.JSONDecoder(parse_int=_parse_int)
 _MORE = object()  # "the value goes on past the bytes received so far"
 
 
-def detect_format(raw: bytes) -> str:
-    """JSON lists start with `{`; everything else is read as text."""
-    first = _NOT_BLANK.search(raw)
-    return "json" if first is not None and raw[first.start()] == ord("{") else "text"
+def _json_lines(raw: bytes, start: int, final: bool) -> Optional[bool]:
+    """Whether a list whose first byte (at `start`) is `{` is JSON Lines (read as text, line
+    by line) rather than one JSON document: its first line is a whole JSON object with an
+    address in it. None: too few bytes yet to tell. An ntpguard JSON list starts with `{` and
+    a line break, or is one line whose object has no "cidr" or "address" but "format"."""
+    end = raw.find(b"\n", start, start + MAX_LINE)
+    if end < 0:
+        if len(raw) - start >= MAX_LINE:
+            return False  # no line of JSON Lines is that long
+        if not final:
+            return None
+        end = len(raw)
+    try:
+        first = json.loads(bytes(raw[start:end]))
+    except (ValueError, RecursionError):
+        return False  # the JSON reader words what is wrong with it
+    return isinstance(first, dict) and "format" not in first and (
+        "cidr" in first or "address" in first)
 
 
 def parse(raw: bytes, source: str, limits: Limits = Limits(), fmt: str = "auto") -> ParsedList:
@@ -359,14 +377,20 @@ class Reader:
             self._fatal("line 1: UTF-16 text (an editor's \"Unicode\"): save the list as "
                         "UTF-8")
         if self.format == "auto":
-            # As detect_format, searched from where the last chunk's search ended (a list of
+            # JSON starts with `{` (JSON Lines too: _json_lines tells them apart); everything
+            # else is text. Searched from where the last chunk's search ended (a list of
             # nothing but 64 MiB of blanks must not be rescanned from the start each chunk).
             first = _NOT_BLANK.search(raw, self._blank_to)
             if first is None and not final:
                 self._blank_to = len(raw)
                 return False
-            self.format = "json" if first is not None and raw[first.start()] == ord("{") \
-                else "text"
+            fmt = "text"
+            if first is not None and raw[first.start()] == ord("{"):
+                lines = _json_lines(raw, first.start(), final)
+                if lines is None:
+                    return False
+                fmt = "text" if lines else "json"
+            self.format = fmt
         self._pos = self._bom
         return True
 
@@ -384,6 +408,9 @@ class Reader:
              = ((), None, None)) -> None:
         """Validate one entry; keep it unless an earlier one has the same network."""
         code = _KIND_CODE.get(kind)
+        if code is None and kind.lower() in _KIND_CODE:  # `SCANNER`, `Harvester`
+            kind = kind.lower()
+            code = _KIND_CODE[kind]
         if code is None:
             self.problems.append(f"{unit} {number}: unknown kind {kind!r} (harvester or "
                                  "scanner)")
@@ -519,6 +546,9 @@ class Reader:
         fields = body.split()
         if not fields:
             return
+        if fields[0][0] == "{":  # tested here, not first: 100k lines are text
+            self._json_line(line, number)
+            return
         self._count += 1
         if self._count > self.limits.max_entries:
             self._counted(f"line {number}")
@@ -532,6 +562,41 @@ class Reader:
                                  f"{fields[0]!r}")
             return
         self._add(fields[0], kind, comment.strip(), number, "line")
+
+    def _json_line(self, line: str, number: int) -> None:
+        """One line of JSON Lines (see the module's docstring)."""
+        try:
+            item = _JSON.decode(line)
+        except RecursionError:
+            self.problems.append(f"line {number}: invalid JSON: nested too deeply")
+            return
+        except ValueError as exc:  # JSONDecodeError, or _parse_int's limit
+            self.problems.append(f"line {number}: invalid JSON: "
+                                 f"{getattr(exc, 'msg', 'a number with too many digits')}")
+            return
+        if isinstance(item, dict) and item.get("type") == "metadata" and \
+                "cidr" not in item and "address" not in item:
+            return  # Spamhaus's last line: when, how many, the copyright
+        self._count += 1
+        if self._count > self.limits.max_entries:
+            self._counted(f"line {number}")
+        where = f"line {number}"
+        if not isinstance(item, dict):
+            self.problems.append(f"{where}: a JSON line must be an object")
+            return
+        address = item.get("cidr", item.get("address"))
+        kind = item.get("kind", self.limits.default_kind)
+        comment = item.get("sblid", item.get("comment", ""))
+        if not isinstance(address, str):
+            self.problems.append(f'{where}: no "cidr" or "address" string in the object')
+            return
+        if not isinstance(kind, str) or not kind:
+            self.problems.append(f"{where}: no kind (harvester or scanner) for {address!r}")
+            return
+        if not isinstance(comment, str) or "\n" in comment:
+            self.problems.append(f'{where}: "sblid" and "comment" must be one-line strings')
+            return
+        self._add(address, kind, comment, number, "line")
 
     # -- json ------------------------------------------------------------------------------------
 
@@ -623,30 +688,37 @@ class Reader:
                 window = bytes(window)
             more_here = start + len(window) < len(buf)  # the buffer goes on past the window
             cut = more_here or not final
+            # Where bytes that are not text start (not UTF-8, or a NUL): the value must end
+            # before them. (What follows the value is met where the reading gets to it,
+            # however the list was cut into pieces.)
+            bad, why = None, ""
+            nul = window.find(b"\x00")
+            if nul >= 0:
+                window = window[:nul]
+                bad, why = start + nul, "NUL byte (a binary file, not a list)"
             try:
                 text = window.decode("utf-8")
             except UnicodeDecodeError as exc:
-                if not (cut and exc.end == len(window) and exc.reason == "unexpected end of data"):
-                    self._fatal(f"line {self._line_at(start + exc.start)}: not valid UTF-8 "
-                                f"(byte {start - self._bom + exc.start})")
+                if not (cut and exc.end == len(window) and exc.reason == "unexpected end of data"
+                        and bad is None):
+                    bad = start + exc.start
+                    why = f"not valid UTF-8 (byte {bad - self._bom})"
                 text = window[:exc.start].decode("utf-8")  # a character cut at the window's end
-            nul = window.find(b"\x00")
-            if nul >= 0:
-                self._fatal(f"line {self._line_at(start + nul)}: NUL byte (a binary file, "
-                            "not a list)")
             try:
                 value, end = _JSON.raw_decode(text)
             except RecursionError:
                 self._bad_json(start, "nested too deeply")
             except json.JSONDecodeError as exc:
+                if bad is not None:  # the value went on into them (or broke before them)
+                    self._fatal(f"line {self._line_at(bad)}: {why}")
                 if not (cut and _value_end(window) is None):
                     self._bad_json(start, exc.msg, exc.lineno - 1)
             except ValueError:  # _parse_int's limit
                 self._bad_json(start, "a number with too many digits")
             else:
                 # A value ending right at a cut may go on (`1` of `10`): only a delimiter after
-                # it says it is whole.
-                if not (cut and end == len(text)):
+                # it says it is whole (or bytes that cannot continue it).
+                if bad is not None or not (cut and end == len(text)):
                     self._pos = start + (end if text.isascii()
                                          else len(text[:end].encode("utf-8")))
                     return value

@@ -134,6 +134,54 @@ def test_semicolon_comments_read_spamhaus_drop():
         "line 1: expected ADDRESS KIND [# comment], got '1.10.16.0/20 scanner extra ; x'"]
 
 
+# Spamhaus DROP as published since 2024 (drop_v4.json, drop_v6.json): JSON Lines, then a
+# metadata line.
+DROP_JSON = (b'{"cidr":"1.10.16.0/20","sblid":"SBL256894","rir":"apnic"}\n'
+             b'{"cidr":"2a06:e480::/32","sblid":"SBL301771","rir":"ripencc"}\r\n'
+             b'{"type":"metadata","timestamp":1764504000,"size":130,"records":2,'
+             b'"copyright":"(c) 2026 The Spamhaus Project SLU",'
+             b'"terms":"https://www.spamhaus.org/drop/terms/"}\n')
+
+
+def test_json_lines_read_spamhaus_drop_json():
+    p = lists.parse(DROP_JSON, "drop_v4.json", lists.Limits(default_kind="scanner"))
+    assert p.format == "text"  # stored and read again line by line
+    assert [(str(e.network), e.kind, e.comment, e.line) for e in p.entries] == [
+        ("1.10.16.0/20", "scanner", "SBL256894", 1),
+        ("2a06:e480::/32", "scanner", "SBL301771", 2)]
+    # Without --kind: each entry says it has none, as a plain text blocklist's would.
+    assert refused(DROP_JSON) == ["line 1: no kind (harvester or scanner) for '1.10.16.0/20'",
+                                  "line 2: no kind (harvester or scanner) for '2a06:e480::/32'"]
+    # A JSON line's own kind and comment; bad lines are named like any other.
+    assert [(e.address, e.kind, e.comment) for e in lists.parse(
+        b'{"address": "2604:a880:1:20::1", "kind": "Harvester", "comment": "c"}\n', "x").entries
+    ] == [("2604:a880:1:20::1", "harvester", "c")]
+    assert refused(b'{"cidr": "1.10.16.0/20", "kind": "scanner"}\n{"cidr": 5}\n["x"]\n'
+                   b'{"cidr": "1.10.20.0/24", "kind": "scanner"\n{"sblid": "SBL1"}\n') == [
+        'line 2: no "cidr" or "address" string in the object',
+        "line 3: no kind (harvester or scanner) after '[\"x\"]'",
+        "line 4: invalid JSON: Expecting ',' delimiter",
+        'line 5: no "cidr" or "address" string in the object']
+
+
+def test_json_documents_are_not_taken_for_json_lines():
+    """An ntpguard JSON list stays one document, pretty-printed or on one line; broken JSON
+    gets the JSON reader's words."""
+    entry = '{"address": "2604:a880:1:20::1", "kind": "harvester"}'
+    for doc in ('{"format": "ntpguard-list", "version": 1, "entries": [' + entry + "]}\n",
+                '{\n "format": "ntpguard-list",\n "version": 1,\n "entries": [' + entry + "]}"):
+        assert lists.parse(doc.encode(), "l.json").format == "json"
+    assert refused(b'{"format": "ntpguard-list", "version": 1, "entries": [}\n') == [
+        "line 1: invalid JSON: Expecting value"]
+
+
+def test_kinds_in_any_case():
+    p = parse_text("2604:a880:800:10::/64 SCANNER\n2604:a880:1:20::1 Harvester # x\n")
+    assert [(e.kind, e.comment) for e in p.entries] == [("scanner", ""), ("harvester", "x")]
+    assert refused(b"2604:a880:1:20::1 harvesters\n") == [
+        "line 1: unknown kind 'harvesters' (harvester or scanner)"]
+
+
 def test_json_roundtrip_with_evidence_and_times():
     e = lists.Entry(ipaddress.ip_network("2604:a880:1:20::a7:f007/128"), "harvester", "lag 7 s",
                     0, (("scans", 3), ("triggers", 5)), 1452713545.0, 1452715279.0)
@@ -293,7 +341,10 @@ LINES = [b"2604:a880:1:20::a7:f001 harvester # caf\xc3\xa9\r", b"2604:a880:800:1
          b"\xe2\x82\xac", b"2604:a880:1:20::3 harvester", b"# a\rb", b"#\r", b"\t# x\x0b",
          b"# \xe2\x80\xa8 2604:a880:1:20::4 harvester", b"# \xff", b"#\x00", b"#" * 300,
          b"2604:a880:1:20::5 scanner\x0c2604:a880:1:20::6 scanner",
-         b"; Spamhaus", b"2604:a880:1:20::7 scanner ; SBL1 # x"]
+         b"; Spamhaus", b"2604:a880:1:20::7 scanner ; SBL1 # x",
+         b'{"cidr": "2604:a880:1:20::8", "sblid": "SBL2", "kind": "scanner"}',
+         b'{"type": "metadata", "records": 1}', b'{"cidr": 1}', b' {"address": "2604:a880:1:'
+         b'20::a", "kind": "SCANNER"}', b'{"cidr": "2604:a880:1:20::b"']
 
 
 def _parsed_in_pieces(raw: bytes, cuts: list[int], limits: lists.Limits) -> object:
