@@ -376,15 +376,16 @@ class Reader:
             # one setting in the editor.
             self._fatal("line 1: UTF-16 text (an editor's \"Unicode\"): save the list as "
                         "UTF-8")
-        if self.format == "auto":
-            # JSON starts with `{` (JSON Lines too: _json_lines tells them apart); everything
-            # else is text. Searched from where the last chunk's search ended (a list of
-            # nothing but 64 MiB of blanks must not be rescanned from the start each chunk).
+        if self.format in ("auto", "json"):
+            # JSON starts with `{`, JSON Lines too (_json_lines tells them apart, and reads
+            # them as text even with --format json: they are JSON); everything else is text.
+            # Searched from where the last chunk's search ended (a list of nothing but 64 MiB
+            # of blanks must not be rescanned from the start each chunk).
             first = _NOT_BLANK.search(raw, self._blank_to)
             if first is None and not final:
                 self._blank_to = len(raw)
                 return False
-            fmt = "text"
+            fmt = "text" if self.format == "auto" else "json"
             if first is not None and raw[first.start()] == ord("{"):
                 lines = _json_lines(raw, first.start(), final)
                 if lines is None:

@@ -144,8 +144,9 @@ DROP_JSON = (b'{"cidr":"1.10.16.0/20","sblid":"SBL256894","rir":"apnic"}\n'
 
 
 def test_json_lines_read_spamhaus_drop_json():
-    p = lists.parse(DROP_JSON, "drop_v4.json", lists.Limits(default_kind="scanner"))
-    assert p.format == "text"  # stored and read again line by line
+    for fmt in ("auto", "json"):  # `list import drop_v4.json --format json` reads them too
+        p = lists.parse(DROP_JSON, "drop_v4.json", lists.Limits(default_kind="scanner"), fmt)
+        assert p.format == "text"  # stored and read again line by line
     assert [(str(e.network), e.kind, e.comment, e.line) for e in p.entries] == [
         ("1.10.16.0/20", "scanner", "SBL256894", 1),
         ("2a06:e480::/32", "scanner", "SBL301771", 2)]
