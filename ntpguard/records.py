@@ -57,10 +57,10 @@ def _repr(self: Any) -> str:
 
 
 def _make(cls: T, frozen: bool) -> T:
-    own = cls.__dict__
-    # A method the class defines itself wins (as with dataclasses): __eq__ defined in a
-    # class body also sets __hash__ to None there, so both are checked before the decorator.
-    defines = {name for name in ("__eq__", "__hash__", "__repr__") if name in own}
+    own = dict(cls.__dict__)
+    # A method the class defines itself wins, as with dataclasses; a class body that defines
+    # __eq__ gets __hash__ = None from Python, which dataclasses does not count as defined.
+    explicit_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
     made: Any = dataclasses.dataclass(frozen=frozen, eq=False, repr=False)(cls)
     fields = dataclasses.fields(made)
     made._record_compared = staticmethod(_tuple_of([f.name for f in fields if f.compare]))
@@ -68,11 +68,11 @@ def _make(cls: T, frozen: bool) -> T:
         [f.name for f in fields if (f.compare if f.hash is None else f.hash)]))
     made._record_shown = tuple(f.name for f in fields if f.repr)
     made._record_shown_values = staticmethod(_tuple_of(list(made._record_shown)))
-    if "__eq__" not in defines:
+    if "__eq__" not in own:
         made.__eq__ = _eq
-        if "__hash__" not in defines:
-            made.__hash__ = _hash if frozen else None
-    if "__repr__" not in defines:
+    if not explicit_hash:
+        made.__hash__ = _hash if frozen else None
+    if "__repr__" not in own:
         made.__repr__ = _repr
     return made
 

@@ -105,6 +105,24 @@ def test_a_method_the_class_defines_wins() -> None:
 
     assert Odd(1) == Odd(2) and hash(Odd(1)) == 7 and repr(Odd(1)) == "odd"
 
+    def own_eq(self: object, other: object) -> bool:
+        return True
+
+    # Only __eq__ of its own: a frozen record is still hashed by its fields, a mutable one
+    # not at all, as dataclasses does it.
+    for frozen in (True, False):
+        mine = type("Half", (), {"__annotations__": {"x": "int"}, "__eq__": own_eq,
+                                 "__module__": __name__})
+        theirs = type("Half", (), {"__annotations__": {"x": "int"}, "__eq__": own_eq,
+                                   "__module__": __name__})
+        mine = record(mine) if frozen else record(frozen=False)(mine)
+        theirs = dataclasses.dataclass(frozen=frozen)(theirs)
+        assert mine(1) == mine(2)
+        if frozen:
+            assert hash(mine(3)) == hash(theirs(3)) == hash((3,))
+        else:
+            assert mine.__hash__ is None and theirs.__hash__ is None
+
     @record
     class Empty:
         pass
