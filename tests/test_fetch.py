@@ -492,3 +492,20 @@ def test_cli_export_roundtrip(run_cli, state_dir, tmp_path):
             ("2604:a880:1:20::a7:f007", "harvester")]
         p = run_cli("list", "import", out, "--name", f"back-{fmt}")
         assert p.returncode == 0, p.stderr
+
+
+def test_a_list_from_a_file_loads_no_http_or_tls(tmp_path):
+    """A list read from a file (`list import FILE`, a file:/// URL) imports neither urllib,
+    http.client nor ssl: ~25 ms of every such import (ntpguard.https holds them)."""
+    path = tmp_path / "l.txt"
+    path.write_text("2604:a880:800:10::/64 scanner\n")
+    code = (f"import sys; from ntpguard import fetch, lists\n"
+            f"r = lists.Reader('l', lists.Limits())\n"
+            f"fetch.fetch_url('file://{path}', sink=r.feed); r.end()\n"
+            f"assert r.result().count == 1\n"
+            f"print(sorted(m for m in ('http.client', 'ssl', 'urllib.request', 'ntpguard.https')"
+            f" if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ,
+                                          "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert out.stdout.strip() == "[]"

@@ -427,3 +427,9 @@ def test_a_refusal_names_the_setting_behind_a_limit():
     with pytest.raises(lists.ListError) as exc:
         lists.parse(b"5.134.128.0/19 sender\n", "x.txt", lists.Limits())
     assert str(exc.value).endswith("unknown kind 'sender' (harvester or scanner)")
+
+
+@hypothesis.given(st.text(alphabet=st.sampled_from(
+    list("a1:/ #\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\xe9"))))
+def test_other_line_breaks_found_as_the_regex_finds_them(text):
+    assert lists._other_break(text) == (lists._OTHER_BREAK.search(text) is not None)
