@@ -34,16 +34,21 @@ SLOW_NFT = """#!/bin/sh
 case " $* " in *" -f "*) sleep 0.3 ;; esac
 exec {nft} "$@"
 """
+# A transaction quicker than the timer (a fast run) is followed by the kill all the same: the
+# process waits for it after the call instead of finishing first (as it did once in a full run).
 KILLER = """
-import os, signal, threading
+import os, signal, threading, time
 _after = float(os.environ.get("NTPG_H_KILL_IN_CMD", "-1"))
 if _after >= 0:
     import nftables
     _cmd = nftables.Nftables.cmd
     def cmd(self, text):
-        if text.startswith("table inet ntpguard"):  # the full replace, not a read
-            threading.Timer(_after, os.kill, (os.getpid(), signal.SIGKILL)).start()
-        return _cmd(self, text)
+        if not text.startswith("table inet ntpguard"):  # a read, not the full replace
+            return _cmd(self, text)
+        threading.Timer(_after, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        result = _cmd(self, text)
+        time.sleep(_after + 10)
+        return result
     nftables.Nftables.cmd = cmd
 """
 
