@@ -196,6 +196,10 @@ _JSON = json.JSONDecoder(parse_int=_parse_int)
 _MORE = object()  # "the value goes on past the bytes received so far"
 
 
+# The keys that hold a JSON line's address, the first present wins: Spamhaus's, ntpguard's.
+_ADDRESS_KEYS = ("cidr", "address")
+
+
 def _json_lines(raw: bytes, start: int, final: bool) -> Optional[bool]:
     """Whether a list whose first byte (at `start`) is `{` is JSON Lines (read as text, line
     by line) rather than one JSON document: its first line is a whole JSON object with an
@@ -212,8 +216,8 @@ def _json_lines(raw: bytes, start: int, final: bool) -> Optional[bool]:
         first = json.loads(bytes(raw[start:end]))
     except (ValueError, RecursionError):
         return False  # the JSON reader words what is wrong with it
-    return isinstance(first, dict) and "format" not in first and (
-        "cidr" in first or "address" in first)
+    return isinstance(first, dict) and "format" not in first and any(
+        key in first for key in _ADDRESS_KEYS)
 
 
 def parse(raw: bytes, source: str, limits: Limits = Limits(), fmt: str = "auto") -> ParsedList:
@@ -586,17 +590,16 @@ class Reader:
             self.problems.append(f"line {number}: invalid JSON: "
                                  f"{getattr(exc, 'msg', 'a number with too many digits')}")
             return
-        if isinstance(item, dict) and item.get("type") == "metadata" and \
-                "cidr" not in item and "address" not in item:
+        found = [item[key] for key in _ADDRESS_KEYS if key in item] \
+            if isinstance(item, dict) else []
+        if not found and isinstance(item, dict) and item.get("type") == "metadata":
             return  # Spamhaus's last line: when, how many, the copyright
-        self._count += 1
-        if self._count > self.limits.max_entries:
-            self._counted(f"line {number}")
         where = f"line {number}"
+        self._counted(where)
         if not isinstance(item, dict):
             self.problems.append(f"{where}: a JSON line must be an object")
             return
-        address = item.get("cidr", item.get("address"))
+        address = found[0] if found else None
         kind = item.get("kind", self.limits.default_kind)
         comment = item.get("sblid", item.get("comment", ""))
         if not isinstance(address, str):
