@@ -96,7 +96,6 @@ def generate(sc: Scenario, seed: int, truth: Optional[Truth] = None) -> Iterator
             heapq.heappush(events, (t, seq, line))
             seq += 1
 
-    scanned: set[tuple[str, str]] = set()
     # A host's own packets leave by eth0 (IN= empty); a gateway forwards its LAN's (eth1)
     # to the internet (eth0) and the scans back.
     out_if, in_if = ("eth0", "eth1") if sc.gateway else ("eth0", "")
@@ -137,6 +136,9 @@ def generate(sc: Scenario, seed: int, truth: Optional[Truth] = None) -> Iterator
               if any(h2 == h for h2, _, _, _ in lives)}
     for (_, address, t, life_end), group in zip(lives, groups):
         spread = sc.poll if sc.rotation == "poll" and t not in firsts else 8.0
+        # The scans this address would get, by harvester; with cooldown "address" only the
+        # first of them in time happens (the scanner has swept it when the others report it).
+        due: list[tuple[float, str]] = []
         for server in group:
             first = t + rng.uniform(0, spread)  # iburst within seconds, or the next poll
             polls = []
@@ -148,14 +150,13 @@ def generate(sc: Scenario, seed: int, truth: Optional[Truth] = None) -> Iterator
                 pt += sc.poll * rng.uniform(0.9, 1.1)
             if server not in harvesters or not polls:
                 continue
-            key = (address, server if sc.cooldown == "harvester" else "")
             rate, lag = harvesters[server]
-            if key in scanned or rng.random() >= rate:
+            if rng.random() >= rate:
                 continue
             seen = polls[0] if rng.random() < sc.first_packet or len(polls) == 1 else \
                 polls[min(1 + int(rng.expovariate(0.5)), len(polls) - 1)]
-            scanned.add(key)
-            st = seen + lag * rng.uniform(0.7, 1.3)
+            due.append((seen + lag * rng.uniform(0.7, 1.3), server))
+        for st, server in sorted(due)[:1] if sc.cooldown == "address" else due:
             if st < end:
                 truth.harvester_scans += 1
                 truth.scans_by[server] += 1

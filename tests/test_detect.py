@@ -471,16 +471,18 @@ def test_the_sieve_changes_no_result(tmp_path, name):
     # Running daemons meet a new address server by server, at each one's next poll: the lags
     # then tell the sparse scenario's harvester from the servers met with it.
     ("sparse", range(4), "poll"),
+    # Regressions: each seed below gives a log on which the model without the step named
+    # calls a clean server harvester (checked when the generator's scans last changed).
     # A clean server met at a common lag took a harvester's scans while the shared lag
     # distribution was fitted bin by bin (spiky), not spread over the neighbouring bins.
-    ("gateway", [3], "poll"),
+    ("gateway", range(8, 11), "poll"),  # seed 9; the recall bound holds over 8-10
     # Unrelated scans of addresses in use: a clean server's own lags, fitted to a few of them
     # that came at one lag after it, made it a harvester until a harvester had to be a
     # suspect under the shared lags too.
-    ("journal-active", [0], "burst"),
+    ("journal-active", [10], "burst"),
     # A clean server that fitted only at a harvest rate far from the harvesters' common one
     # was called harvester while every rate was as likely beforehand.
-    ("journal-active", [2], "burst")])
+    ("journal-active", [6], "burst")])
 def test_attribution_scenarios(tmp_path, name, seeds, rotation):
     """The issue's scenarios (benchmarks/attribution.py runs 10 seeds of each): no clean
     server called harvester, no harvester that triggered two scans called clean, and nearly
