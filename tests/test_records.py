@@ -6,8 +6,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import inspect
 import pickle
 import pkgutil
+import sys
 from dataclasses import field
 from typing import Any
 
@@ -141,3 +143,90 @@ def test_every_record_in_ntpguard_is_made_by_record() -> None:
             if isinstance(obj, type) and obj.__module__ == info.name and \
                     dataclasses.is_dataclass(obj):
                 assert "_record_compared" in vars(obj), f"{info.name}.{obj.__name__}"
+
+
+# A field of each kind dataclasses' __init__ knows: no default, a default, a default factory,
+# not a parameter (init=False) with either, and keyword-only (Python >= 3.10) with or without.
+_KINDS = ["plain", "default", "factory", "hidden", "hidden_factory"] + (
+    ["kw", "kw_default"] if sys.version_info >= (3, 10) else [])
+
+
+def _spec_body(kinds: list[str], post_init: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"__annotations__": {}, "__module__": __name__}
+    for i, kind in enumerate(kinds):
+        name = f"f{i}"
+        body["__annotations__"][name] = "Any"
+        body[name] = {
+            "plain": None, "default": i * 10, "factory": field(default_factory=list),
+            "hidden": field(default=-i, init=False),
+            "hidden_factory": field(default_factory=dict, init=False),
+            "kw": field(kw_only=True) if sys.version_info >= (3, 10) else None,
+            "kw_default": field(default="k", kw_only=True) if sys.version_info >= (3, 10)
+            else None}[kind]
+        if body[name] is None:
+            del body[name]
+    if post_init:
+        def __post_init__(self: Any) -> None:
+            object.__setattr__(self, "seen", sorted(vars(self)))
+        body["__post_init__"] = __post_init__
+    return body
+
+
+def _outcome(fn: Any) -> Any:
+    try:
+        return ("ok", fn())
+    except TypeError:
+        return ("TypeError", None)
+
+
+@given(st.lists(st.sampled_from(_KINDS), max_size=5), st.booleans(), st.booleans(),
+       st.integers(0, 6), st.lists(st.booleans(), max_size=7))
+def test_a_record_is_made_as_its_dataclass(kinds: list[str], frozen: bool, post_init: bool,
+                                           given_args: int, keywords: list[bool]) -> None:
+    """The same class body, the same arguments: the same fields set (and __post_init__ run),
+    or TypeError from both, when the class is defined or when it is called."""
+    def made(decorate: Any) -> Any:
+        return _outcome(lambda: decorate(type("Spec", (), _spec_body(kinds, post_init))))
+    mine = made(record if frozen else record(frozen=False))
+    theirs = made(dataclasses.dataclass(frozen=frozen))
+    assert mine[0] == theirs[0]
+    if mine[0] != "ok":
+        return
+    positional = [f"p{i}" for i in range(given_args)]
+    named = {f"f{i}": f"k{i}" for i, kw in enumerate(keywords) if kw}
+    for _ in range(2):  # the first call writes the record's __init__, the second uses it
+        a = _outcome(lambda: vars(mine[1](*positional, **named)))
+        b = _outcome(lambda: vars(theirs[1](*positional, **named)))
+        assert a == b
+    if a[0] == "ok":
+        # A factory's value is a new one each time (dataclasses' instances tell when).
+        one, two = mine[1](*positional, **named), mine[1](*positional, **named)
+        three, four = theirs[1](*positional, **named), theirs[1](*positional, **named)
+        for name in vars(one):
+            assert (getattr(one, name) is getattr(two, name)) == (
+                getattr(three, name) is getattr(four, name))
+        params = inspect.signature(mine[1]).parameters
+        assert [(p.name, p.kind, p.default is p.empty) for p in params.values()] == [
+            (p.name, p.kind, p.default is p.empty)
+            for p in inspect.signature(theirs[1]).parameters.values()]
+
+
+def test_a_record_refuses_what_dataclasses_refuses() -> None:
+    with pytest.raises(TypeError, match="non-default argument 'y' follows default"):
+        record(type("Bad", (), {"__annotations__": {"x": "int", "y": "int"}, "x": 0}))
+    with pytest.raises(TypeError, match="__setattr__"):
+        record(type("Own", (), {"__annotations__": {"x": "int"},
+                                "__setattr__": lambda self, n, v: None}))
+    with pytest.raises(TypeError, match="cannot inherit"):
+        record(type("Child", (Point,), {"__annotations__": {"z": "int"}}))
+    with pytest.raises(TypeError):
+        Point(1)  # type: ignore[call-arg]
+
+    class Plain(Point):  # a plain subclass may have attributes of its own, not new fields
+        pass
+    p = Plain(1, 2)
+    p.extra = 3  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.x = 5  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Point(1, 2).extra = 3  # type: ignore[attr-defined]
