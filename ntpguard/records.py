@@ -11,7 +11,9 @@ defined, ~0.6 ms a frozen class of 7 fields on the 2-core machine, and `rules ap
 `__eq__`, `__hash__` and `__repr__` are shared functions that read per-class field tuples
 (operator.attrgetter), so are a frozen record's `__setattr__` / `__delattr__`, and `__init__`
 is written and compiled (as dataclasses writes it) when the class is first instantiated: 12 of
-the 47 never are in a `rules apply`.
+the 47 never are in a `rules apply`. A whole `rules apply` after one verdict change, 40 runs
+alternating with the tree before on one state, each step: the shared comparison took the CPU
+median from 0.245 to 0.209 s, the rest from 0.209 to 0.194 s (on another day).
 
 A record cannot inherit from another (none does): the frozen checks and `__init__` here are
 those of a class whose fields are all its own.
