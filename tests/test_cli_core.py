@@ -277,3 +277,24 @@ def test_output_that_cannot_be_written_is_one_line_and_a_failure(tmp_path, run_c
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)))
     assert proc.stderr == "ntpguard: cannot write the output: File too large\n"
     assert proc.returncode == 1
+
+
+@pytest.mark.parametrize("module, argv, package", [
+    ("dns", ["--help"], "python3-dnspython"),   # --help imports every command's module
+    ("dns", ["resolve"], "python3-dnspython"),
+    ("tomli", ["status"], None),                # only Python < 3.11 reads TOML with it
+])
+def test_a_missing_dependency_is_named_in_one_line(tmp_path, state_dir, module, argv, package):
+    """A module that cannot be imported (pip without dependencies, a venv without Debian's
+    site packages) is named with the package that holds it, in one line, exit 1."""
+    code = (f"import sys; sys.modules[{module!r}] = None; sys.argv[0] = 'ntpguard'; "
+            "from ntpguard.cli import command; command()")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          env=cli_env(tmp_path, state_dir), timeout=60)
+    if package is None and sys.version_info >= (3, 11):
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"ntpguard: the Python module {module!r} is missing: "
+                                  f"install {package or 'python3-tomli'}"), proc.stderr

@@ -44,6 +44,16 @@ EXIT_CODES = """exit status:
   4  partly done: some steps or names failed, the rest succeeded
   5  ntpguard's rules are missing or differ from the last applied plan (rules show, status)
 """
+# The packages that hold the modules ntpguard imports from outside the standard library:
+# a missing one (pip without its dependencies, a venv without Debian's site packages) is
+# named, not shown as a traceback.
+PACKAGES = {
+    "dns": "python3-dnspython (PyPI: dnspython)",
+    "nftables": "python3-nftables (Debian's, not on PyPI)",
+    "iptc": "python3-iptables (PyPI: python-iptables)",
+    "tomli": "python3-tomli (PyPI: tomli)",
+    "cryptography": "python3-cryptography (PyPI: cryptography)",
+}
 # `rules show` and `status` when the kernel lacks the last applied rules or holds others.
 RULES_NOT_IN_PLACE = 5
 
@@ -211,6 +221,14 @@ def command() -> NoReturn:
     os._exit(code)
 
 
+def missing_module(exc: ModuleNotFoundError) -> str:
+    """What to install for a module that could not be imported."""
+    name = (exc.name or "").partition(".")[0]
+    package = PACKAGES.get(name)
+    return (f"the Python module {name!r} is missing: install {package}" if package
+            else f"the Python module {exc.name!r} is missing ({exc})")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     if words == ["--version"]:
@@ -222,7 +240,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         sys.stdout = cast(TextIO, VisibleControls(sys.stdout, _fmt.OUTPUT))
     if sys.stderr.isatty() and not isinstance(sys.stderr, VisibleControls):
         sys.stderr = cast(TextIO, VisibleControls(sys.stderr, _fmt.MESSAGES))
-    parser = build_parser(chosen_command(words))
+    try:
+        parser = build_parser(chosen_command(words))
+    except ModuleNotFoundError as exc:  # every command's module is imported for --help
+        print(f"ntpguard: {missing_module(exc)}", file=sys.stderr)
+        return 1
     args = parser.parse_args(words)
     logging.basicConfig(
         format="ntpguard: %(message)s",
@@ -251,6 +273,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except ModuleNotFoundError as exc:
+        print(f"ntpguard: {missing_module(exc)}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a bug or an unforeseen failure: still one line, exit 1
         if args.verbose:
             traceback.print_exc()
