@@ -380,6 +380,9 @@ class Detect:
     # ...and the posterior probability / evidence counts each status needs.
     harvester_probability: float = field(default=0.95, metadata=_check(_probability))
     harvester_min_positive: int = field(default=2, metadata=_check(_range(0, 10_000, above=True)))
+    # A harvester's fitted harvest rate (the share of the addresses it sees that it reports)
+    # at least this; one that fits only a lower rate is at most a suspect (see verdict.py).
+    harvester_min_rate: float = field(default=0.2, metadata=_check(_range(0, 1)))
     suspect_probability: float = field(default=0.5, metadata=_check(_probability))
     clean_probability: float = field(default=0.05, metadata=_check(_probability))
     clean_min_negative: int = field(default=2, metadata=_check(_range(0, 10_000, above=True)))

@@ -482,7 +482,10 @@ def test_the_sieve_changes_no_result(tmp_path, name):
     ("journal-active", [10], "burst"),
     # A clean server that fitted only at a harvest rate far from the harvesters' common one
     # was called harvester while every rate was as likely beforehand.
-    ("journal-active", [6], "burst")])
+    ("journal-active", [6], "burst"),
+    # A clean server with 33 of its 87 contacts followed by a scan (rate 0.1) was called
+    # harvester until a harvester had to fit a rate of at least harvester_min_rate.
+    ("journal-active", [2], "burst")])
 def test_attribution_scenarios(tmp_path, name, seeds, rotation):
     """The issue's scenarios (benchmarks/attribution.py runs 10 seeds of each): no clean
     server called harvester, no harvester that triggered two scans called clean, and nearly
@@ -662,3 +665,25 @@ def test_the_tap_keeps_the_order_of_the_stream():
         assert [t.time - base for t in first.triggers] == [
             t for t in range(0, 200, 4) if t >= 300 - 600] + [299]
         assert (second.ports, second.packets) == (16, 16)
+
+
+@pytest.mark.scenarios
+def test_a_fit_that_swings_between_two_states_stops(tmp_path):
+    """Journal with unrelated scans of addresses in use, seed 2 (burst): one server's p went
+    0.031, 0.044, 0.031, ... and the fit ran all its 100 rounds (3.3 s); it stops once a
+    round is back where the one before last left it, with the same verdicts of the
+    harvesters."""
+    import dataclasses
+
+    from ntpguard.evidence import detect_sources
+    from ntpguard.verdict import attribute
+
+    sc = dataclasses.replace(ATTRIBUTION["journal-active"], rotation="burst")
+    truth = Truth()
+    log = tmp_path / "journal.log"
+    log.write_text("\n".join(generate(sc, 2, truth)) + "\n")
+    scans, contacts = detect_sources([str(log)], Detect(), workers=1)
+    verdicts, est = attribute(contacts.runs, scans, contacts.end, Detect())
+    assert est.rounds < 50
+    found = {s for s, n in truth.scans_by.items() if n >= 2}
+    assert found and all(verdicts[s].status == "harvester" for s in found)

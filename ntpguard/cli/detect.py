@@ -233,4 +233,5 @@ def estimate_lines(est: Estimates) -> list[str]:
             f"see (each one's own rate under 'rate'); unrelated scans: "
             f"{est.background_rate:.3g} per address and hour. {est.explained:.0f} of "
             f"{est.scans} scans explained by harvesters, {est.unattributed_scans} with no "
-            f"contact in the lookback ({est.contacts} address-server contacts weighed)."]
+            f"contact in the lookback ({est.contacts} address-server contacts weighed, "
+            f"{est.rounds} rounds of the fit)."]
