@@ -345,6 +345,21 @@ def _take_lock(path: str, holder: str, wait: bool,
     return _Lock(path, holder, wait)
 
 
+# SQLite's words for a file that is not, or no longer, a whole ntpguard database (as opposed
+# to a full disk, an I/O error or a lock, which pass).
+_DAMAGED = ("malformed", "not a database", "no such table", "no such column")
+
+
+def _sqlite_error(path: str, exc: sqlite3.Error) -> StateError:
+    """SQLite's failure as one line naming the file; for a damaged database, what to do."""
+    text = f"{path}: {exc}"
+    if any(words in str(exc) for words in _DAMAGED):
+        text += ("; the state database is damaged: restore it from a backup, or move it aside"
+                 " and the next run starts a new one (it reads the logs still on disk again;"
+                 " marks and older evidence are lost)")
+    return StateError(text)
+
+
 class State:
     """The open state database. Use `State.open()`; close with `close()` or `with`."""
 
@@ -397,7 +412,7 @@ class State:
             if conn is not None:
                 conn.close()
             held.release()
-            raise StateError(f"{path}: {exc}") from None
+            raise _sqlite_error(path, exc) from None
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -425,7 +440,7 @@ class State:
             conn.execute("PRAGMA busy_timeout=30000")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise StateError(f"{path}: {exc}") from None
+            raise _sqlite_error(path, exc) from None
         state = cls(conn, directory, None)
         state._check_version(version, path)
         if version < len(MIGRATIONS):
@@ -483,7 +498,7 @@ class State:
         # not an "unexpected DatabaseError". Misuse (ProgrammingError, IntegrityError) stays
         # a bug.
         if type(exc) is sqlite3.DatabaseError or isinstance(exc, sqlite3.OperationalError):
-            raise StateError(f"{os.path.join(self.directory, DB_NAME)}: {exc}") from exc
+            raise _sqlite_error(os.path.join(self.directory, DB_NAME), exc) from exc
 
     @contextlib.contextmanager
     def unlocked(self, waiting: Optional[Callable[[str], None]] = None) -> Iterator[None]:

@@ -100,8 +100,28 @@ def test_a_database_damaged_past_its_header_is_a_state_error_too(state_dir, run_
     db.write_bytes(bytes(data))
     for args in (["servers"], ["status"], ["mark", "2606:4700::1", "harvester"]):
         out = run_cli(*args)
-        assert out.stderr == f"ntpguard: {db}: database disk image is malformed\n", args
-        assert out.returncode == 1
+        assert out.stderr.startswith(f"ntpguard: {db}: database disk image is malformed; "
+                                     "the state database is damaged: restore it"), args
+        assert out.stderr.count("\n") == 1 and out.returncode == 1
+
+
+def test_a_database_missing_a_table_says_what_to_do(state_dir, run_cli):
+    """A table dropped by hand (or another program's file by that name) is damaged the same
+    way: one line, exit 1, with what the admin can do; a full disk or a lock would not say so."""
+    import sqlite3
+
+    with State.open(str(state_dir)) as st:
+        st.add_verdict(Verdict.of("2606:4700::1", "harvester", "manual", {}, 1.7e9))
+    conn = sqlite3.connect(state_dir / "state.db")
+    conn.execute("DROP TABLE verdicts")
+    conn.commit()
+    conn.close()
+    for args in (["status"], ["mark", "2606:4700::2", "harvester"]):
+        out = run_cli(*args)
+        assert out.returncode == 1, (args, out.stderr)
+        assert "no such table: verdicts; the state database is damaged: restore it from a " \
+               "backup, or move it aside" in out.stderr, args
+        assert out.stderr.count("\n") == 1, out.stderr
 
 
 def test_second_writer_is_refused_and_names_the_holder(state_dir):
