@@ -178,6 +178,14 @@ def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-_clamp(x, -50, 50)))
 
 
+def _settled(now: Sequence[float], beta: float, then: Sequence[float], beta_then: float
+             ) -> bool:
+    """Whether a round of the fit left it where `then` was: every value within 1e-4, the
+    background rate beta within 1e-4 of itself."""
+    return bool(then) and abs(beta - beta_then) < 1e-4 * beta_then and max(
+        abs(a - b) for a, b in zip(now, then)) < 1e-4
+
+
 def _rate_values(plain: int, terms: Iterable[tuple[float, float]]) -> list[float]:
     """A server's log likelihood ratio at each rate of GRID: `plain` contacts the log covered
     with no scan after them, and (G, x) for each of the others (see the module docstring)."""
@@ -655,10 +663,9 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
                 v -= m * (0.5 if bb == b else 0.25 if abs(bb - b) == 1 else 0.0)
             return (max(v, 0.0) + OWN_PRIOR * mass[b]) / (n - n_k + OWN_PRIOR) / width[b]
         return at
-    before_at: tuple[float, ...] = ()
-    before_p: tuple[float, ...] = ()  # the state the round before left, and the one before
-    swing_p: tuple[float, ...] = ()
-    beta_before = beta_swing = 0.0
+    # The state (with beta) the round before left, and the one before that.
+    before: tuple[tuple[float, ...], float] = ((), 0.0)
+    before_last = before
     rate_prior = _rate_prior(h)
     round_ = -1
     for round_ in range(rounds):
@@ -696,7 +703,6 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         # (Gauss-Seidel): updating all at once oscillates (every scan explained by everyone,
         # then by no one), and the likeliest claiming its scans first is what breaks the tie
         # between a server in two positive groups and the servers in only one.
-        change = 0.0
         for srv in sorted(servers, key=lambda srv: (-p[srv], -positive[srv], srv)):
             x: dict[int, float] = defaultdict(float)  # pair → sum of g / lambda(-srv)
             old = p[srv] * h_s[srv]
@@ -713,7 +719,6 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
             values = _rate_values(plain, terms)
             arg = GRID[values.index(max(values))]
             new = _sigmoid(prior_logit + _marginal(values, rate_prior))
-            change = max(change, abs(new - p[srv]))
             p[srv], h_s[srv] = new, arg
             for k, ci in cands_of[srv]:
                 lam[k] += (new * arg - old) * gs[k][ci]
@@ -782,23 +787,16 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         # probabilities and rates, the lag distribution, u and the background rate. Most
         # logs settle in 3-6 rounds; every round costs ~7 ms with 150 servers and 300
         # candidates, which was a fifth of `detect`'s whole process on a 1M-line log when
-        # every fit ran at least 20 rounds.
-        now_at = (h, u, *lags.mass, *(h_s[srv] for srv in servers))
-        moved = max([change, abs(beta - beta_before) / beta_before if beta_before else 1.0,
-                     *(abs(a - b) for a, b in zip(now_at, before_at))])
-        if moved < 1e-4 and round_ >= 2:
+        # every fit ran at least 20 rounds. Or when it swings between two states, each round
+        # back where the one before last left it: on a journal log (12 hosts, a quarter of
+        # the unrelated scans at addresses in use) one server's p went 0.031, 0.044, 0.031,
+        # ... and the fit ran all its rounds, 3.3 s where it settles in ~0.9. A fit that runs
+        # out of rounds stops on either side too; there both were below clean_probability.
+        now = (h, u, *lags.mass, *(h_s[srv] for srv in servers), *(p[srv] for srv in servers))
+        if round_ >= 2 and any(_settled(now, beta, then, beta_then)
+                               for then, beta_then in (before, before_last)):
             break
-        # Or when it swings between two states, each round back where the one before last
-        # left it: on a journal log (12 hosts, a quarter of the unrelated scans at addresses
-        # in use) one server's p went 0.031, 0.044, 0.031, ... and the fit ran all its
-        # rounds, 3.3 s where it settles in ~0.9. A fit that runs out of rounds stops on
-        # either side too; there both were below clean_probability.
-        now_p = (*now_at, *(p[srv] for srv in servers))
-        if round_ >= 2 and abs(beta - beta_swing) <= 1e-4 * beta_swing and max(
-                abs(a - b) for a, b in zip(now_p, swing_p)) < 1e-4:
-            break
-        swing_p, beta_swing = before_p, beta_before
-        before_at, before_p, beta_before = now_at, now_p, beta
+        before_last, before = before, (now, beta)
 
     # A candidate's g for _rivals: under the shared lag distribution (a server's own lags are
     # those the fit credited it with, so they favour the server that won the scans), each bin
