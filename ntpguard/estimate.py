@@ -15,6 +15,8 @@ from ntpguard.records import record
 
 @record
 class ZoneEstimate:
+    """One zone's size: servers seen, and the estimate of all it holds."""
+
     observed: int
     estimated: float
     samples: int

@@ -39,6 +39,8 @@ class SignatureError(FetchError, minisign.SignatureError):
 
 @record
 class Response:
+    """One HTTP answer to a list fetch."""
+
     status: int  # 200 or 304
     body: bytes  # empty when a sink took the body
     etag: str = ""
@@ -83,6 +85,8 @@ def _read_file(path: str, max_bytes: int, sink: Optional[Callable[[bytes], None]
 
 @record
 class ListResult:
+    """What a fetch did to one list."""
+
     name: str
     status: str  # updated | unchanged | failed
     entries: int = 0
@@ -93,6 +97,8 @@ class ListResult:
 
 @record
 class RefreshReport:
+    """What one `list fetch` did to every list it fetched."""
+
     results: tuple[ListResult, ...] = field(default_factory=tuple)
 
     @property

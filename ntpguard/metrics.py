@@ -27,6 +27,8 @@ STATUSES = ("harvester", "suspect", "clean", "unknown")
 
 @record
 class Metric:
+    """One metric in Prometheus' text format: name, type, help and samples."""
+
     name: str
     kind: str  # gauge | counter
     help: str

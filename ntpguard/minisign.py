@@ -52,6 +52,8 @@ class SecretKeyError(NtpguardError):
 
 @record
 class PublicKey:
+    """A minisign public key: its id and Ed25519 key."""
+
     key_id: bytes  # 8 bytes, as stored (minisign prints them reversed, in hex)
     key: bytes     # Ed25519, 32 bytes
 
@@ -69,6 +71,8 @@ class PublicKey:
 
 @record
 class SecretKey:
+    """A minisign secret key, unencrypted: its id and Ed25519 seed."""
+
     key_id: bytes
     seed: bytes    # the Ed25519 private key (32 bytes); the public half is derived from it
 

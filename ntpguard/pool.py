@@ -43,6 +43,8 @@ class Answer:
 
 @record(frozen=False)
 class NameReport:
+    """What one pool name and record type answered over a resolve."""
+
     name: str
     rdtype: str
     queries: int = 0
@@ -55,6 +57,8 @@ class NameReport:
 
 @record(frozen=False)
 class ResolveReport:
+    """What one resolve asked, got and learned."""
+
     rounds: int = 0
     queries: int = 0
     answers: int = 0

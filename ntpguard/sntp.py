@@ -21,6 +21,8 @@ _PACKET = struct.Struct("!BBbbII4sQQQQ")
 
 @record
 class SntpResult:
+    """One SNTP exchange with a server: timeconf's check that it answers and keeps time."""
+
     address: str
     ok: bool
     stratum: int = 0

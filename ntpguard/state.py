@@ -235,6 +235,8 @@ MIGRATIONS: list[Migration] = [
 
 @record
 class Server:
+    """A known NTP server: where and when the resolver met it."""
+
     address: str
     family: int
     first_seen: float

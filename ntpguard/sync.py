@@ -33,6 +33,8 @@ from ntpguard.state import DB_NAME, State
 
 @record(frozen=False)
 class Step:
+    """One step of a sync and how it went."""
+
     name: str
     ok: bool = True
     skipped: bool = False
@@ -43,6 +45,8 @@ class Step:
 
 @record(frozen=False)
 class SyncReport:
+    """Every step of one sync, and the servers' counts by status at its end."""
+
     dry_run: bool
     steps: list[Step] = field(default_factory=list)
     servers: dict[str, int] = field(default_factory=dict)

@@ -213,6 +213,8 @@ def choose(config: Config, state: State, now: float, check: Optional[bool] = Non
 
 @record
 class Outcome:
+    """What writing the time daemon's server lines did."""
+
     daemon: Optional[str]
     servers: tuple[str, ...]
     path: Optional[str]  # the file written, None where ntpguard writes none

@@ -26,6 +26,8 @@ NAMED_PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "s
 
 @record(frozen=False)
 class ChainShape:
+    """What verify compares of one chain: its hook, priority, policy and rule count."""
+
     hook: Optional[str] = None
     priority: Optional[int] = None  # None: base chain whose priority could not be read
     policy: Optional[str] = None
@@ -34,6 +36,8 @@ class ChainShape:
 
 @record(frozen=False)
 class Shape:
+    """What verify compares of a table: its chains' shapes and its sets' elements."""
+
     chains: dict[str, ChainShape] = field(default_factory=dict)
     sets: dict[str, list[Any]] = field(default_factory=dict)
 
