@@ -382,6 +382,51 @@ def _pair(s: str, r: str, p: Mapping[str, float], h_s: Mapping[str, float],
     return (es + eb) / z, (er + eb) / z, z / (z + en)
 
 
+def _scan_terms(group: Sequence[str], fitted: Mapping[str, float], h_s: Mapping[str, float],
+                h: float, cands_of: Mapping[str, Sequence[tuple[int, int]]],
+                gs: Sequence[Sequence[float]], g_shared: Callable[[int, int], float],
+                lam: Sequence[float]) -> list[list[tuple[int, float]]]:
+    """For each scan a member of `group` may have made: (member, h g / rest) for each such
+    member, rest being the scan's intensity from everything outside the group as fitted."""
+    rest: dict[int, float] = {}
+    got: dict[int, list[tuple[int, float]]] = defaultdict(list)  # scan → (member, g)
+    for m, q in enumerate(group):
+        for k, ci in cands_of[q]:
+            rest[k] = rest.get(k, lam[k]) - fitted[q] * h_s[q] * gs[k][ci]
+            got[k].append((m, g_shared(k, ci)))
+    return [[(m, h * g / max(rest[k], 1e-300)) for m, g in members]
+            for k, members in got.items()]
+
+
+def _set_shares(alone: Sequence[float], scans: Sequence[Sequence[tuple[int, float]]]
+                ) -> list[float]:
+    """Each member's probability of harvesting, over every set of the members that may: a
+    set's log weight is the sum of its members' `alone` and, for each scan, the log of one
+    plus the x (_scan_terms) of its members in the set (the Poisson form of the likelihood).
+    A scan only one member may have made adds to that member alone, so the sets differ only
+    in the scans two or more may have made."""
+    alone = list(alone)
+    joint = []
+    for scan in scans:
+        if len(scan) == 1:
+            alone[scan[0][0]] += math.log1p(scan[0][1])
+        else:
+            joint.append(scan)
+    values = [sum(v for m, v in enumerate(alone) if mask >> m & 1) + sum(
+        math.log1p(sum(x for m, x in scan if mask >> m & 1)) for scan in joint)
+        for mask in range(1 << len(alone))]
+    top = max(values)
+    weight = [0.0] * len(alone)
+    total = 0.0
+    for mask, v in enumerate(values):
+        e = math.exp(v - top)
+        total += e
+        for m in range(len(alone)):
+            if mask >> m & 1:
+                weight[m] += e
+    return [w / total for w in weight]
+
+
 def _claimed(p: dict[str, float], h_s: Mapping[str, float], h: float,
              cands: Sequence[Sequence[_Candidate]],
              cands_of: Mapping[str, Sequence[tuple[int, int]]], gs: Sequence[Sequence[float]],
@@ -419,29 +464,9 @@ def _claimed(p: dict[str, float], h_s: Mapping[str, float], h: float,
         if not claimants or len(claimants) > MAX_CLAIMANTS:
             continue
         group = [r, *claimants]
-        rest: dict[int, float] = {}
-        g: dict[tuple[int, int], float] = {}  # (member, scan) → its g at that scan
-        for m, q in enumerate(group):
-            for k, ci in cands_of[q]:
-                rest[k] = rest.get(k, lam[k]) - fitted[q] * h_s[q] * gs[k][ci]
-                g[(m, k)] = g_shared(k, ci)
-        covered = [sum(coverage[i] for i in pairs_of.get(q, ())) for q in group]
-        weight = [0.0] * len(group)
-        total = 0.0
-        values = []
-        for mask in range(1 << len(group)):
-            members = [m for m in range(len(group)) if mask >> m & 1]
-            v = len(members) * prior_logit - h * sum(covered[m] for m in members) + sum(
-                math.log1p(h * sum(g.get((m, k), 0.0) for m in members) / max(rest_k, 1e-300))
-                for k, rest_k in rest.items())
-            values.append((members, v))
-        top = max(v for _, v in values)
-        for members, v in values:
-            e = math.exp(v - top)
-            total += e
-            for m in members:
-                weight[m] += e
-        share = [w / total for w in weight]
+        alone = [prior_logit - h * sum(coverage[i] for i in pairs_of.get(q, ())) for q in group]
+        share = _set_shares(alone, _scan_terms(group, fitted, h_s, h, cands_of, gs, g_shared,
+                                               lam))
         if share[0] >= RIVAL_ODDS * max(share[1:]):
             tied.update(group)
             p[r] = max(p[r], min(share[0], max(fitted[c] for c in claimants)))
@@ -496,9 +521,10 @@ def _contested(p: dict[str, float], h_s: Mapping[str, float], h: float,
                     shared_scans[r] += 1
         if not shared_scans:
             continue
-        rivals = sorted(shared_scans, key=lambda r: (-shared_scans[r], -fitted[r], r))
-        group = [s, *rivals[:MAX_GROUP // 2]]
-        for r in group[1:]:
+        rivals = sorted(shared_scans, key=lambda r: (-shared_scans[r], -fitted[r], r)
+                        )[:MAX_GROUP // 2]
+        group = [s, *rivals]
+        for r in rivals:
             for k, ci in cands_of[r]:
                 theirs = g_shared(k, ci)
                 for cj, c in enumerate(cands[k]):
@@ -506,43 +532,16 @@ def _contested(p: dict[str, float], h_s: Mapping[str, float], h: float,
                     if q not in group and fitted[q] >= likely and len(group) < MAX_GROUP \
                             and theirs >= RIVAL_ODDS * g_shared(k, cj):
                         group.append(q)
-        rest: dict[int, float] = {}
-        got: dict[int, list[tuple[int, float]]] = defaultdict(list)  # scan → (member, g)
-        for m, q in enumerate(group):
-            for k, ci in cands_of[q]:
-                rest[k] = rest.get(k, lam[k]) - fitted[q] * h_s[q] * gs[k][ci]
-                got[k].append((m, g_shared(k, ci)))
-        # A scan only one member may have made adds to that member alone; the sets differ
-        # only in the scans two or more may have made.
         alone = [prior_logit + sum(-h * coverage[i] if i in with_scan else
                                    math.log(max(1 - h * coverage[i], 1e-300))
                                    for i in pairs_of.get(q, ())) for q in group]
-        joint: list[list[tuple[int, float]]] = []
-        for k, members in got.items():
-            scaled = [(m, h * g / max(rest[k], 1e-300)) for m, g in members]
-            if len(scaled) == 1:
-                alone[scaled[0][0]] += math.log1p(scaled[0][1])
-            else:
-                joint.append(scaled)
-        values = []
-        for mask in range(1 << len(group)):
-            values.append(sum(v for m, v in enumerate(alone) if mask >> m & 1) + sum(
-                math.log1p(sum(x for m, x in scan if mask >> m & 1)) for scan in joint))
-        top = max(values)
-        weight = [0.0] * len(group)
-        total = 0.0
-        for mask, v in enumerate(values):
-            e = math.exp(v - top)
-            total += e
-            for m in range(len(group)):
-                if mask >> m & 1:
-                    weight[m] += e
-        share = [w / total for w in weight]
+        share = _set_shares(alone, _scan_terms(group, fitted, h_s, h, cands_of, gs, g_shared,
+                                               lam))
         if share[0] >= sure:
             continue
         tied.add(s)
         p[s] = min(p[s], share[0])
-        for m, r in enumerate(group[1:len(rivals[:MAX_GROUP // 2]) + 1], 1):
+        for m, r in enumerate(rivals, 1):
             if share[m] >= RIVAL_ODDS * share[0]:
                 tied.add(r)
                 p[r] = max(p[r], min(share[m], share[0]))
@@ -926,8 +925,9 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         """g_shared of the first packet alone (see the harvester verdict below)."""
         c = cands[k][ci]
         return u * smooth[c.first_bin] if c.first_bin is not None else 0.0
+    server_of = [srv for _, srv in keys]
     tied = _rivals(p, h_s, cands, cands_of, gs, g_shared, background, pairs_of, with_scan, coverage,
-            [srv for _, srv in keys], prior_logit, rate_prior, settings.suspect_probability)
+            server_of, prior_logit, rate_prior, settings.suspect_probability)
     def intensities(counted: Callable[[str], bool]) -> list[float]:
         """Each scan's intensity from the background and the servers `counted` says."""
         out = []
@@ -941,10 +941,9 @@ def attribute(runs: Mapping[tuple[str, str], Sequence[float]], scans: Iterable[S
         return out
     lam = intensities(lambda srv: True)
     claimed = _claimed(p, h_s, h, cands, cands_of, gs, g_shared, lam, pairs_of, coverage,
-                       [srv for _, srv in keys], prior_logit, settings.suspect_probability)
+                       server_of, prior_logit, settings.suspect_probability)
     tied |= _contested(p, h_s, h, cands, cands_of, gs, g_shared, lam, pairs_of, with_scan,
-                       coverage,
-                       [srv for _, srv in keys], prior_logit, settings.harvester_probability,
+                       coverage, server_of, prior_logit, settings.harvester_probability,
                        settings.suspect_probability, settings.harvester_min_positive)
     # The servers that may explain another's scans away when that one's clean check asks:
     # those likely enough to be called harvesters. A tied or claimed server is a suspect
