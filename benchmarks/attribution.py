@@ -17,6 +17,11 @@ harvester suspect, not harvester (the sparse scenario's one harvester, met twice
 all its address's servers: two logs in three). The recall is printed over all eligible
 harvesters and over the unmatched ones.
 
+Twinned harvesters: one clean server met every address where a scan followed the harvester,
+each within MATCH_SECONDS of it, and left no more contacts unscanned. Swapping the two explains
+the log as well, so no model names the harvester without naming that server too: the recall
+any model can reach without a clean server called harvester is printed beside the recall.
+
 --rotation poll: a host's later addresses meet each server at that server's next poll (how
 running chrony and ntpd move to a new temporary address), not all within seconds (a daemon
 restarted with the address, as at boot: the scenarios' default).
@@ -62,6 +67,29 @@ def matched(harvester: str, runs: dict, scans: list, verdicts: dict, truth: Trut
     return bool(rivals) and all(rivals.values())
 
 
+def twinned(harvester: str, runs: dict, scans: list, verdicts: dict, truth: Truth,
+            lookback: float) -> bool:
+    """Whether one clean server met every address where a scan followed `harvester`'s packets,
+    each within MATCH_SECONDS of the harvester's first packet, and has no more contacts left
+    unscanned than the harvester. Swapping the two explains the log as well (their lags differ
+    by less than the harvester's own jitter), so no model can find the harvester likelier than
+    that clean server: at most a suspect, at about 1:1."""
+    scanned: dict[str, list[float]] = {}
+    for s in scans:
+        scanned.setdefault(s.dst, []).append(s.start)
+    firsts = {a: run[0] for (a, srv), run in runs.items() if srv == harvester
+              and any(run[0] <= t <= run[1] + lookback for t in scanned.get(a, ()))}
+    if not firsts or harvester not in verdicts:
+        return False
+    met: dict[str, set[str]] = {}
+    for (a, srv), run in runs.items():
+        if a in firsts and srv not in truth.harvesters and abs(run[0] - firsts[a]) <= MATCH_SECONDS:
+            met.setdefault(srv, set()).add(a)
+    return any(len(addresses) == len(firsts) and srv in verdicts
+               and verdicts[srv].negative <= verdicts[harvester].negative
+               for srv, addresses in met.items())
+
+
 def run(job: tuple[str, int, str]) -> dict:
     name, seed, rotation = job
     sc = dataclasses.replace(ATTRIBUTION[name], rotation=rotation)
@@ -85,6 +113,8 @@ def run(job: tuple[str, int, str]) -> dict:
         "status": {s: status.get(s, "unseen") for s in truth.harvesters},
         "clean_called": {s for s, v in status.items() if v == "clean"},
         "matched": {s for s in eligible if matched(s, contacts.runs, scans, verdicts, truth,
+                                                      settings.lookback)},
+        "twinned": {s for s in eligible if twinned(s, contacts.runs, scans, verdicts, truth,
                                                       settings.lookback)},
         "scans": len(scans), "lines": truth.lines, "seconds": took,
         "lag": (est.lag_median, est.lag_p90), "rate": est.harvest_rate,
@@ -138,6 +168,13 @@ def main() -> None:
               f"{sum(sum(r['status'][s] == 'harvester' for s in r['matched']) for r in rs)}); "
               f"of the others {clear} of {eligible - match} named "
               f"({clear / (eligible - match) if eligible > match else 1.0:.3f})")
+        twins = sum(len(r["twinned"]) for r in rs)
+        untwinned = sum(sum(r["status"][s] == "harvester" for s in r["eligible"] - r["twinned"])
+                        for r in rs)
+        print(f"  twinned with a clean server: {twins} of the {eligible} (the most any model "
+              f"can name without naming a clean server: {eligible - twins}, "
+              f"{(eligible - twins) / eligible if eligible else 1.0:.3f}); named of the others "
+              f"{untwinned}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"targets {'met' if ok else 'NOT met'} on every scenario")
 
