@@ -18,7 +18,7 @@ all its address's servers: two logs in three). The recall is printed over all el
 harvesters and over the unmatched ones.
 
 Twinned harvesters: one clean server met every address where a scan followed the harvester,
-each within MATCH_SECONDS of it, and left no more contacts unscanned. Swapping the two explains
+each within MATCH_SECONDS of it, and has no more contacts than it. Swapping the two explains
 the log as well, so no model names the harvester without naming that server too: the recall
 any model can reach without a clean server called harvester is printed beside the recall.
 
@@ -67,11 +67,11 @@ def matched(harvester: str, runs: dict, scans: list, verdicts: dict, truth: Trut
     return bool(rivals) and all(rivals.values())
 
 
-def twinned(harvester: str, runs: dict, scans: list, verdicts: dict, truth: Truth,
+def twinned(harvester: str, runs: dict, scans: list, truth: Truth,
             lookback: float) -> bool:
     """Whether one clean server met every address where a scan followed `harvester`'s packets,
-    each within MATCH_SECONDS of the harvester's first packet, and has no more contacts left
-    unscanned than the harvester. Swapping the two explains the log as well (their lags differ
+    each within MATCH_SECONDS of the harvester's first packet, and has no more contacts than the
+    harvester. Swapping the two explains the log as well (their lags differ
     by less than the harvester's own jitter), so no model can find the harvester likelier than
     that clean server: at most a suspect, at about 1:1."""
     scanned: dict[str, list[float]] = {}
@@ -79,14 +79,16 @@ def twinned(harvester: str, runs: dict, scans: list, verdicts: dict, truth: Trut
         scanned.setdefault(s.dst, []).append(s.start)
     firsts = {a: run[0] for (a, srv), run in runs.items() if srv == harvester
               and any(run[0] <= t <= run[1] + lookback for t in scanned.get(a, ()))}
-    if not firsts or harvester not in verdicts:
+    if not firsts:
         return False
     met: dict[str, set[str]] = {}
     for (a, srv), run in runs.items():
         if a in firsts and srv not in truth.harvesters and abs(run[0] - firsts[a]) <= MATCH_SECONDS:
             met.setdefault(srv, set()).add(a)
-    return any(len(addresses) == len(firsts) and srv in verdicts
-               and verdicts[srv].negative <= verdicts[harvester].negative
+    contacts: dict[str, int] = {}
+    for _, srv in runs:
+        contacts[srv] = contacts.get(srv, 0) + 1
+    return any(len(addresses) == len(firsts) and contacts[srv] <= contacts[harvester]
                for srv, addresses in met.items())
 
 
@@ -114,7 +116,7 @@ def run(job: tuple[str, int, str]) -> dict:
         "clean_called": {s for s, v in status.items() if v == "clean"},
         "matched": {s for s in eligible if matched(s, contacts.runs, scans, verdicts, truth,
                                                       settings.lookback)},
-        "twinned": {s for s in eligible if twinned(s, contacts.runs, scans, verdicts, truth,
+        "twinned": {s for s in eligible if twinned(s, contacts.runs, scans, truth,
                                                       settings.lookback)},
         "scans": len(scans), "lines": truth.lines, "seconds": took,
         "lag": (est.lag_median, est.lag_p90), "rate": est.harvest_rate,
