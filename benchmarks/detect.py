@@ -19,8 +19,12 @@ script does), with the peak resident memory of each process; ntpguard's bytecode
 compiled first, as an installed package has it.
 A real journal of as many netfilter lines (systemd-journal-remote writes it) is read the way
 `sync` reads the journal, beside the way it was read before (`-o json`, full parser).
+The "json" log is the gateway's as `journalctl -o json` records in a file (a journal saved,
+or what a shipper collects): the fast paths take them as RFC 3339 lines; beside it, the full
+parser alone (how every record was read before) and `ntpguard detect FILE` as a whole
+process.
 Usage: python3 benchmarks/detect.py [LINES] [REPEATS] [LOG ...]  (LOG: syslog, rfc3339,
-mixed, radiation, journal)
+mixed, radiation, journal, json)
 """
 
 from __future__ import annotations
@@ -163,11 +167,11 @@ def main() -> None:
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    chosen = sys.argv[3:] or ["syslog", "rfc3339", "mixed", "radiation", "journal"]
+    chosen = sys.argv[3:] or ["syslog", "rfc3339", "mixed", "radiation", "journal", "json"]
     compile_bytecode()
     with tempfile.TemporaryDirectory() as tmp:
         for name in (n for n in chosen if n != "journal"):
-            envelope = "rfc3339" if name == "rfc3339" else "syslog"
+            envelope = {"rfc3339": "rfc3339", "json": "journal"}.get(name, "syslog")
             # A gateway for 40 hosts polling every 64 s with background noise: ~1M lines in
             # 2.2 days (mixed: a fifth of that, and 4 other lines for each; radiation: half,
             # and a line of radiation for each).
@@ -230,6 +234,8 @@ def main() -> None:
                   f"(file {size / 1e6:.0f} MB)")
             if name == "radiation":
                 compare(path, lines, repeats, tmp)
+            if name == "json":
+                records(path, lines, repeats, tmp)
         if "journal" in chosen:
             journal(target, repeats, tmp)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -257,6 +263,32 @@ def compare(path: str, lines: int, repeats: int, tmp: str) -> None:
     ratio = sorted(b / a for (a, _), (b, _) in zip(ours, theirs))
     print(f"  ntpguard detect / plain regex script, per pair of runs: "
           f"{', '.join(f'{r:.1f}x' for r in ratio)}")
+
+
+def records(path: str, lines: int, repeats: int, tmp: str) -> None:
+    """The full parser alone on the records (how the fast paths read them before), and
+    `ntpguard detect FILE` as a whole process."""
+    def full_parser() -> int:
+        parser = LineParser()
+        gc.disable()
+        with open(path, "rb") as fh:
+            n = sum(1 for _ in parser.parse_lines(raw.decode("utf-8", "replace") for raw in fh))
+        gc.enable()
+        return n
+
+    t_full, _ = best(full_parser, repeats)
+    config = os.path.join(tmp, "empty.toml")
+    open(config, "w").close()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NTPGUARD_CONFIG": config,
+           "NTPGUARD_STATE_DIR": os.path.join(tmp, "state")}
+    runs = [whole_process([sys.executable, "-m", "ntpguard", "detect", "--json", path], env)
+            for _ in range(repeats)]
+    times = sorted(t for t, _ in runs)
+    print(f"  the full parser alone (each record json.loads'd, before): "
+          f"{lines / t_full:>11,.0f} lines/s ({t_full:.2f} s)")
+    print(f"  ntpguard detect FILE (whole process): {lines / times[len(times) // 2]:>11,.0f} "
+          f"lines/s median ({times[0]:.2f}-{times[-1]:.2f} s), peak RSS "
+          f"{max(m for _, m in runs):.0f} MB")
 
 
 def journal(target: int, repeats: int, tmp: str) -> None:

@@ -240,7 +240,8 @@ def _envelope(kind: str):
             return json.dumps({"__CURSOR": f"s=0;i={next(cursor):x}",
                                "__REALTIME_TIMESTAMP": str(int(t * 1e6)),
                                "_TRANSPORT": "kernel", "SYSLOG_IDENTIFIER": "kernel",
-                               "PRIORITY": "4", "MESSAGE": msg})
+                               "PRIORITY": "4", "MESSAGE": msg},
+                              separators=(",", ":"))  # as journalctl writes them
         return fmt
     if kind == "rfc3339":
         def fmt(t: float, msg: str) -> str:

@@ -367,6 +367,86 @@ def test_fast_path_equals_full_parser_on_generated_logs(envelope, fmt, start):
     _both([line.encode() for line in generate(sc, 5)], fmt, ref=sc.start + sc.duration)
 
 
+@pytest.mark.parametrize("fmt", ["auto", "json"])
+def test_fast_path_equals_full_parser_on_generated_journal_records(fmt):
+    """`journalctl -o json` records, made into RFC 3339 lines for the fast paths: the same
+    packets, counts and format as the full parser, and the full parser is not asked."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from loggen import Scenario, generate
+
+    sc = Scenario(hosts=3, servers=20, harvesters=2, duration=6 * 3600, envelope="journal",
+                  address_lifetime=3600, unrelated_scans_per_day=20, noise_per_hour=200,
+                  inbound_ntp_per_hour=100, malformed_per_hour=30, kernel_other_per_hour=30,
+                  gateway=True, lan_prefixes=1)
+    # journalctl's own spacing (none), and a JSON writer's (", " and ": ")
+    compact = [json.dumps(json.loads(line), separators=(",", ":")).encode()
+               for line in generate(sc, 3)]
+    spaced = [json.dumps(json.loads(line)).encode() for line in generate(sc, 4)]
+    for raw in (compact, spaced):
+        _both(raw, fmt, ref=sc.start + sc.duration)
+        for native in (False, True):
+            parser = LineParser(fmt, native=native)
+            asked: list[int] = []
+            parser.parse_lines = lambda lines, full=parser.parse_lines, asked=asked: (  # type: ignore
+                asked.append(1) or full(lines))
+            got = list(parser.packets([raw[i:i + 500] for i in range(0, len(raw), 500)]))
+            # Only the malformed lines (cut short inside MESSAGE, so no longer JSON) are
+            # the full parser's.
+            assert got and len(asked) <= sc.malformed_per_hour * 6 + 5, (native, len(asked))
+            assert parser.detected_format() == "json"
+
+
+_RECORD = json.dumps({"__CURSOR": "s=0;i=1", "__REALTIME_TIMESTAMP": "1760000013826832",
+                      "_TRANSPORT": "kernel", "MESSAGE": f"ntp: {BODY}"},
+                     separators=(",", ":"))
+
+
+def test_journal_records_the_fast_paths_leave_or_take_read_alike():
+    """Cases a random edit seldom makes: a key twice (json.loads keeps the last), MESSAGE as a
+    value, escapes and byte arrays in MESSAGE, and stamps past 2242, where int(stamp) / 1e6
+    and the RFC 3339 line's seconds + fraction are doubles one place apart (9728340843.400928
+    against .400927)."""
+    def rec(*pairs: str) -> bytes:
+        return ("{" + ",".join(pairs) + "}").encode()
+    msg = json.dumps(f"ntp: {BODY}")
+    other = json.dumps(f"ntp: {BODY.replace('DPT=123', 'DPT=124')}")
+    at = '"__REALTIME_TIMESTAMP":"1760000013826832"'
+    raw = [rec(at, f'"MESSAGE":{msg}'),
+           rec(at, '"MESSAGE":"usb 1-1: new device"', f'"MESSAGE":{msg}'),
+           rec(at, f'"MESSAGE":{msg}', '"MESSAGE":"usb 1-1: new device"'),
+           rec(at, f'"MESSAGE":{msg}', f'"MESSAGE":{other}'),
+           rec('"__REALTIME_TIMESTAMP":"1760000099000001"', at, f'"MESSAGE":{msg}'),
+           rec(at, '"SYSLOG_IDENTIFIER":"MESSAGE"', f'"MESSAGE":{msg}'),
+           rec(at, f'"MESSAGE":{msg[:-1]}\\t"'),
+           rec(at, f'"MESSAGE":{list(f"ntp: {BODY}".encode())}'),
+           rec(at, f'"MESSAGE":{msg}', '"_PID":1'),
+           *(rec(f'"__REALTIME_TIMESTAMP":"{x}"', f'"MESSAGE":{msg}')
+             for x in (9728340843400927, 9198219959711757, 1000000000000000, 9999999999999999,
+                       999999999999999, 10000000000000000, 1760000013826832)),
+           rec(at, f'"MESSAGE" : {msg} '), b"{ " + rec(at, f'"MESSAGE":{msg}')[1:]]
+    _both(raw)
+    _both(raw, "json")
+    times = [p[0] for p in LineParser(native=True).packets([raw])]
+    assert 9728340843.400927 in times and 9728340843.400928 not in times
+
+
+@settings(max_examples=int(os.environ.get("NTPGUARD_EXAMPLES", "500")), deadline=None)
+@given(st.integers(0, len(_RECORD)), st.integers(0, 6),
+       st.sampled_from(["", " ", "\t", "\\", '\\"', '"', "\\u0041", "\x01", "\x7f", "\u00e9",
+                        ",", ":", "{", "}", "[1]", "null", "0", '"MESSAGE":"x",',
+                        '"__REALTIME_TIMESTAMP":"1760000013826833",', '"MESSAGE"',
+                        "SRC=1.2.3.4 ", " OUT=", "\r", "9", "12345678901234567"]))
+def test_fast_path_equals_full_parser_on_mangled_journal_records(at, cut, junk):
+    """Records with escapes, control characters, duplicate keys, other values, spacing or
+    a cut anywhere: where the check lets one through as a plain record, it reads as
+    json.loads reads it."""
+    mangled = _RECORD[:at] + junk + _RECORD[at + cut:]
+    _both([mangled.encode("utf-8"), _RECORD.encode(), mangled.encode("utf-8")[:at + 3]])
+    _both([mangled.encode("utf-8"), _RECORD.encode()], "json")
+
+
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not present")
 def test_fast_path_equals_full_parser_on_corpus():
     for path in _corpus_files():
