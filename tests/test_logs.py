@@ -384,7 +384,16 @@ def test_fast_path_equals_full_parser_on_generated_journal_records(fmt):
     compact = [json.dumps(json.loads(line), separators=(",", ":")).encode()
                for line in generate(sc, 3)]
     spaced = [json.dumps(json.loads(line)).encode() for line in generate(sc, 4)]
-    for raw in (compact, spaced):
+    # Vector's events (the journal's fields, MESSAGE as "message", a UTC stamp)
+    events = []
+    for line in generate(sc, 5):
+        rec = json.loads(line)
+        t = int(rec.pop("__REALTIME_TIMESTAMP")) / 1e6
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e3):03d}Z"
+        events.append(json.dumps({"host": "gw", "message": rec.pop("MESSAGE"),
+                                  "source_type": "journald", "timestamp": stamp, **rec},
+                                 separators=(",", ":")).encode())
+    for raw in (compact, spaced, events):
         _both(raw, fmt, ref=sc.start + sc.duration)
         for native in (False, True):
             parser = LineParser(fmt, native=native)
@@ -401,6 +410,8 @@ def test_fast_path_equals_full_parser_on_generated_journal_records(fmt):
 _RECORD = json.dumps({"__CURSOR": "s=0;i=1", "__REALTIME_TIMESTAMP": "1760000013826832",
                       "_TRANSPORT": "kernel", "MESSAGE": f"ntp: {BODY}"},
                      separators=(",", ":"))
+_EVENT = json.dumps({"host": "gw", "message": f"ntp: {BODY}",
+                     "timestamp": "2025-10-09T08:53:22.061Z"}, separators=(",", ":"))
 
 
 def test_journal_records_the_fast_paths_leave_or_take_read_alike():
@@ -425,7 +436,19 @@ def test_journal_records_the_fast_paths_leave_or_take_read_alike():
            *(rec(f'"__REALTIME_TIMESTAMP":"{x}"', f'"MESSAGE":{msg}')
              for x in (9728340843400927, 9198219959711757, 1000000000000000, 9999999999999999,
                        999999999999999, 10000000000000000, 1760000013826832)),
-           rec(at, f'"MESSAGE" : {msg} '), b"{ " + rec(at, f'"MESSAGE":{msg}')[1:]]
+           rec(at, f'"MESSAGE" : {msg} '), b"{ " + rec(at, f'"MESSAGE":{msg}')[1:],
+           # shippers' events: "@timestamp" before "timestamp", stamps they write and others
+           *(rec(*stamps, f'"message":{msg}') for stamps in (
+               ['"timestamp":"2025-10-09T08:53:22.061Z"'],
+               ['"@timestamp":"2025-10-09T08:53:22.061Z"', '"timestamp":"2025-10-09T09:00:00.5Z"'],
+               ['"timestamp":"2025-10-09T08:53:22.061Z"', '"@timestamp":"2025-10-09T07:00:00Z"'],
+               ['"timestamp":"2025-10-09T08:53:22.061+02:00"'],
+               ['"timestamp":"2025-10-09T08:53:22.Z"'], ['"timestamp":"2025-13-09T08:53:22.1Z"'],
+               ['"timestamp":"2025-10-09 08:53:22.061Z"'], ['"timestamp":"1760000013"'],
+               ['"timestamp":"2025-10-09T08:53:22.061Z"', '"src_ip":"2001:db8::1"'],
+               ['"timestamp":"2025-10-09T08:53:22.061Z"', '"message":"x"'], [])),
+           rec('"timestamp":"2025-10-09T08:53:22.123456789Z"', f'"message":{msg}'),
+           rec('"timestamp":1760000013', f'"message":{msg}')]
     _both(raw)
     _both(raw, "json")
     times = [p[0] for p in LineParser(native=True).packets([raw])]
@@ -437,14 +460,16 @@ def test_journal_records_the_fast_paths_leave_or_take_read_alike():
        st.sampled_from(["", " ", "\t", "\\", '\\"', '"', "\\u0041", "\x01", "\x7f", "\u00e9",
                         ",", ":", "{", "}", "[1]", "null", "0", '"MESSAGE":"x",',
                         '"__REALTIME_TIMESTAMP":"1760000013826833",', '"MESSAGE"',
+                        '"message":"x",', '"@timestamp":"2025-10-09T08:53:22.5Z",', "+01:00",
                         "SRC=1.2.3.4 ", " OUT=", "\r", "9", "12345678901234567"]))
 def test_fast_path_equals_full_parser_on_mangled_journal_records(at, cut, junk):
     """Records with escapes, control characters, duplicate keys, other values, spacing or
     a cut anywhere: where the check lets one through as a plain record, it reads as
     json.loads reads it."""
-    mangled = _RECORD[:at] + junk + _RECORD[at + cut:]
-    _both([mangled.encode("utf-8"), _RECORD.encode(), mangled.encode("utf-8")[:at + 3]])
-    _both([mangled.encode("utf-8"), _RECORD.encode()], "json")
+    for record in (_RECORD, _EVENT):
+        mangled = record[:at] + junk + record[at + cut:]
+        _both([mangled.encode("utf-8"), record.encode(), mangled.encode("utf-8")[:at + 3]])
+        _both([mangled.encode("utf-8"), record.encode()], "json")
 
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not present")
