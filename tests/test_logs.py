@@ -418,7 +418,7 @@ def test_journal_records_the_fast_paths_leave_or_take_read_alike():
     """Cases a random edit seldom makes: a key twice (json.loads keeps the last), MESSAGE as a
     value, escapes and byte arrays in MESSAGE, and stamps past 2242, where int(stamp) / 1e6
     and the RFC 3339 line's seconds + fraction are doubles one place apart (9728340843.400928
-    against .400927)."""
+    against .400927); a stamp of 400 digits (no float: it stopped the read) is untimed."""
     def rec(*pairs: str) -> bytes:
         return ("{" + ",".join(pairs) + "}").encode()
     msg = json.dumps(f"ntp: {BODY}")
@@ -435,7 +435,7 @@ def test_journal_records_the_fast_paths_leave_or_take_read_alike():
            rec(at, f'"MESSAGE":{msg}', '"_PID":1'),
            *(rec(f'"__REALTIME_TIMESTAMP":"{x}"', f'"MESSAGE":{msg}')
              for x in (9728340843400927, 9198219959711757, 1000000000000000, 9999999999999999,
-                       999999999999999, 10000000000000000, 1760000013826832)),
+                       999999999999999, 10000000000000000, 1760000013826832, "9" * 400)),
            rec(at, f'"MESSAGE" : {msg} '), b"{ " + rec(at, f'"MESSAGE":{msg}')[1:],
            # shippers' events: "@timestamp" before "timestamp", stamps they write and others
            *(rec(*stamps, f'"message":{msg}') for stamps in (
