@@ -143,6 +143,15 @@ def compile_bytecode() -> None:
                    env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
 
 
+def cli_env(tmp: str) -> dict[str, str]:
+    """The environment `ntpguard` runs in here: this tree, an empty configuration, a state
+    directory in `tmp`."""
+    config = os.path.join(tmp, "empty.toml")
+    open(config, "w").close()
+    return {**os.environ, "PYTHONPATH": str(ROOT), "NTPGUARD_CONFIG": config,
+            "NTPGUARD_STATE_DIR": os.path.join(tmp, "state")}
+
+
 def whole_process(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall seconds and peak resident MB (the largest process of the run) of a command."""
     out = subprocess.run([sys.executable, "-c", TIMER, *argv], env=env, check=True,
@@ -243,10 +252,7 @@ def main() -> None:
 
 def compare(path: str, lines: int, repeats: int, tmp: str) -> None:
     """`ntpguard detect FILE` and the plain regex script as whole processes, alternating."""
-    config = os.path.join(tmp, "empty.toml")
-    open(config, "w").close()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NTPGUARD_CONFIG": config,
-           "NTPGUARD_STATE_DIR": os.path.join(tmp, "state")}
+    env = cli_env(tmp)
     script = os.path.join(tmp, "regex.py")
     with open(script, "w") as fh:
         fh.write(REGEX_SCRIPT)
@@ -277,10 +283,7 @@ def records(path: str, lines: int, repeats: int, tmp: str) -> None:
         return n
 
     t_full, _ = best(full_parser, repeats)
-    config = os.path.join(tmp, "empty.toml")
-    open(config, "w").close()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NTPGUARD_CONFIG": config,
-           "NTPGUARD_STATE_DIR": os.path.join(tmp, "state")}
+    env = cli_env(tmp)
     runs = [whole_process([sys.executable, "-m", "ntpguard", "detect", "--json", path], env)
             for _ in range(repeats)]
     times = sorted(t for t, _ in runs)
@@ -324,10 +327,7 @@ def journal(target: int, repeats: int, tmp: str) -> None:
 
     t_fast, n_fast = best(fast, repeats)
     t_old, n_old = best(old_way, repeats)
-    config = os.path.join(tmp, "empty.toml")
-    open(config, "w").close()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NTPGUARD_CONFIG": config,
-           "NTPGUARD_STATE_DIR": os.path.join(tmp, "state")}
+    env = cli_env(tmp)
     whole = sorted(whole_process([sys.executable, "-m", "ntpguard", "detect", "--json",
                                   "--journal-file", path], env)[0] for _ in range(repeats))
     print(f"journal: {entries} entries (written in {gen:.1f} s), {n_fast} packets")
